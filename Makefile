@@ -1,0 +1,48 @@
+# The two commands of the README: `make dev` (whole platform) and `make test` (whole test suite).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install services migrate topics dev test lint format bench down
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+services:
+	platform/services up
+
+migrate: install services
+	$(PY) manage.py migrate --noinput
+
+topics: install services
+	$(PY) manage.py ensure_topics
+
+# Brings up PostgreSQL, Redis and Kafka, migrates, creates the dev superuser and demo data, and
+# runs every platform process from the Procfile (Ctrl-C stops them; `make down` stops the services).
+dev: migrate topics
+	DJANGO_DEBUG=1 $(PY) manage.py bootstrap_dev
+	$(PY) manage.py collectstatic --noinput -v 0
+	DJANGO_DEBUG=1 honcho start
+
+test: install services
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install services migrate topics
+	$(PY) benchmarks/relay_throughput.py
+
+down:
+	platform/services down

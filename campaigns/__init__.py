@@ -1,0 +1,1 @@
+"""Campaigns: audience predicates, the batched fanout orchestrator and live progress."""

@@ -1,0 +1,1 @@
+"""Campaign models (see issue: campaigns)."""

@@ -1,0 +1,1 @@
+"""Django project package: settings, URL routes and the WSGI/ASGI entry points."""

@@ -1,0 +1,19 @@
+"""URL routes: admin, the versioned REST API, the OpenAPI schema and the health probes."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from notifications import health
+from notifications.metrics_view import metrics_view
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("notifications.urls")),
+    path("api/v1/", include("preferences.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
+]

@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by every role: topic registry, client configuration, envelopes, runner."""

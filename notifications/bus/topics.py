@@ -1,0 +1,66 @@
+"""The topic registry: every Kafka topic the platform uses, in one place.
+
+`manage.py ensure_topics` creates exactly these. Names carry `settings.KAFKA_TOPIC_PREFIX`, so test
+runs (and tenants) can share a cluster without colliding.
+"""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from notifications.channels import ALL_CHANNELS
+
+DAY_MS = 24 * 3600 * 1000
+
+#: Retry tiers: a message waits in the first tier whose delay covers its backoff. Fixed delays per
+#: topic let the retry consumer pause a partition until its head is due (no sleeping past
+#: max.poll.interval.ms).
+RETRY_TIERS: tuple[tuple[str, float], ...] = (("5s", 5.0), ("1m", 60.0), ("10m", 600.0))
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic as the registry defines it. `name` is logical (no prefix)."""
+
+    name: str
+    retention_ms: int = 7 * DAY_MS
+    cleanup_policy: str = "delete"
+    partitions: int | None = None  # None → settings.KAFKA_DEFAULT_PARTITIONS
+
+    @property
+    def full_name(self) -> str:
+        return topic_name(self.name)
+
+    @property
+    def partition_count(self) -> int:
+        return self.partitions or settings.KAFKA_DEFAULT_PARTITIONS
+
+    def config(self) -> dict[str, str]:
+        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+
+
+def topic_name(logical: str) -> str:
+    """Full topic name for a logical name, e.g. `events` → `<prefix>notif.events`."""
+    return f"{settings.KAFKA_TOPIC_PREFIX}notif.{logical}"
+
+
+def channel_topic(channel: str, suffix: str = "") -> str:
+    """`notif.<channel>` or `notif.<channel>.<suffix>` (retry.5s, dlq, delayed, batch)."""
+    return topic_name(f"{channel}.{suffix}" if suffix else channel)
+
+
+def registry() -> list[TopicSpec]:
+    specs = [
+        TopicSpec("events", retention_ms=7 * DAY_MS),
+        TopicSpec("events.dlq", retention_ms=30 * DAY_MS),
+        TopicSpec("campaigns", retention_ms=30 * DAY_MS),
+    ]
+    for channel in ALL_CHANNELS:
+        specs += [
+            TopicSpec(channel, retention_ms=3 * DAY_MS),
+            TopicSpec(f"{channel}.batch", retention_ms=3 * DAY_MS),
+            TopicSpec(f"{channel}.delayed", retention_ms=14 * DAY_MS),
+            TopicSpec(f"{channel}.dlq", retention_ms=30 * DAY_MS),
+        ]
+        specs += [TopicSpec(f"{channel}.retry.{tier}", retention_ms=3 * DAY_MS) for tier, _ in RETRY_TIERS]
+    return specs

@@ -1,0 +1,68 @@
+"""Health probes: `/healthz` says the process is alive, `/readyz` that its dependencies answer."""
+
+import time
+from collections.abc import Callable
+from functools import lru_cache
+
+import redis
+from confluent_kafka.admin import AdminClient
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+PROBE_TIMEOUT = 2.0
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+def check_postgres() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def check_redis() -> None:
+    client = redis.Redis.from_url(
+        settings.REDIS_URL, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT
+    )
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+@lru_cache(maxsize=1)
+def _kafka_admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(PROBE_TIMEOUT * 1000)})
+
+
+def check_kafka() -> None:
+    metadata = _kafka_admin(settings.KAFKA_BOOTSTRAP_SERVERS).list_topics(timeout=PROBE_TIMEOUT)
+    if not metadata.brokers:
+        raise ConnectionError("no broker in metadata")
+
+
+CHECKS: dict[str, Callable[[], None]] = {
+    "postgres": check_postgres,
+    "redis": check_redis,
+    "kafka": check_kafka,
+}
+
+
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    components = {}
+    for name, check in CHECKS.items():
+        started = time.perf_counter()
+        try:
+            check()
+            components[name] = {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+        except Exception as exc:  # any failure means "not ready"; the detail says which and why
+            components[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    ready = all(c["ok"] for c in components.values())
+    return JsonResponse(
+        {"status": "ready" if ready else "unavailable", "components": components},
+        status=200 if ready else 503,
+    )

@@ -1,0 +1,30 @@
+"""Run an outbox relay until SIGTERM (several may run at once; they share the key buckets)."""
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from notifications.bus.config import producer_config
+from notifications.outbox.relay import OutboxRelay, RelayConfig, conninfo_from_django
+from notifications.process import install_stop_handlers, start_metrics_server
+
+
+class Command(BaseCommand):
+    help = "Relay committed outbox rows to Kafka (at least once, in order per key)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--batch-size", type=int, default=settings.OUTBOX_BATCH_SIZE)
+        parser.add_argument("--metrics-port", type=int, default=None)
+
+    def handle(self, *args, batch_size: int, metrics_port: int | None, **options):
+        relay = OutboxRelay(
+            RelayConfig(
+                conninfo=conninfo_from_django(),
+                producer_config=producer_config(),
+                buckets=settings.OUTBOX_BUCKETS,
+                batch_size=batch_size,
+                poll_interval=settings.OUTBOX_POLL_INTERVAL,
+            )
+        )
+        install_stop_handlers(relay.stop_event)
+        start_metrics_server(metrics_port)
+        relay.run()

@@ -1,0 +1,269 @@
+"""Models of the notification core: the outbox, producer API keys, accepted events, types."""
+
+import hashlib
+import secrets
+import zlib
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from notifications.channels import Channel
+
+
+def bucket_for_key(key: str, buckets: int | None = None) -> int:
+    """Stable key bucket (CRC32 mod N): relays own buckets, so per-key order survives several relays."""
+    n = buckets or settings.OUTBOX_BUCKETS
+    return zlib.crc32(key.encode()) % n
+
+
+class OutboxEvent(models.Model):
+    """A message waiting to be produced to Kafka, written in the same transaction as the change.
+
+    The relay deletes a row only after the broker acknowledged it; see `outbox/relay.py`.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    topic = models.CharField(max_length=249)
+    key = models.CharField(max_length=255)
+    bucket = models.SmallIntegerField()
+    payload = models.JSONField()
+    headers = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["bucket", "id"], name="outbox_bucket_id")]
+        verbose_name = "outbox event"
+
+    def __str__(self) -> str:
+        return f"{self.topic} key={self.key} #{self.id}"
+
+
+class ApiKey(models.Model):
+    """A producer service's API key. Only a SHA-256 of the secret is stored.
+
+    Keys are 32 random bytes, so a fast hash is safe here (no dictionary to attack) and keeps
+    authentication off the request's critical path, unlike a password hasher.
+    """
+
+    PREFIX_LENGTH = 8
+
+    service = models.CharField(max_length=100, help_text="Name of the producing service, e.g. 'orders'.")
+    prefix = models.CharField(max_length=PREFIX_LENGTH, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        state = "revoked" if self.revoked_at else "active"
+        return f"{self.service} ({self.prefix}…, {state})"
+
+    @staticmethod
+    def hash_secret(raw_key: str) -> str:
+        return hashlib.sha256(raw_key.encode()).hexdigest()
+
+    @classmethod
+    def generate(cls, *, service: str, created_by=None) -> tuple["ApiKey", str]:
+        """Create a key and return it with the raw secret, which is shown once and never stored."""
+        prefix = secrets.token_hex(cls.PREFIX_LENGTH // 2)
+        raw = f"np_{prefix}_{secrets.token_urlsafe(32)}"
+        key = cls.objects.create(
+            service=service, prefix=prefix, key_hash=cls.hash_secret(raw), created_by=created_by
+        )
+        return key, raw
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class AcceptedEvent(models.Model):
+    """The record that makes ingestion idempotent: one row per (service, producer event id)."""
+
+    id = models.UUIDField(primary_key=True, help_text="Platform event id (uuid5 of service and event_id).")
+    service = models.CharField(max_length=100)
+    producer_event_id = models.CharField(max_length=200)
+    type = models.CharField(max_length=100)
+    recipient_count = models.PositiveIntegerField()
+    accepted_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = "accepted event"
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.producer_event_id} from {self.service}"
+
+
+class Category(models.TextChoices):
+    TRANSACTIONAL = "transactional", "Transactional"
+    SECURITY = "security", "Account / security"
+    MARKETING = "marketing", "Marketing"
+    PRODUCT = "product", "Product updates"
+    SOCIAL = "social", "Social"
+
+
+#: Categories a user cannot opt out of.
+MANDATORY_CATEGORIES = frozenset({Category.SECURITY})
+
+
+class Urgency(models.TextChoices):
+    URGENT = "urgent", "Urgent (ignores quiet hours)"
+    NORMAL = "normal", "Normal"
+    BULK = "bulk", "Bulk (lowest priority)"
+
+
+def default_channels() -> list[str]:
+    return [Channel.EMAIL.value]
+
+
+class NotificationType(models.Model):
+    """A kind of notification producers may emit, e.g. `order.shipped`."""
+
+    key = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[
+            RegexValidator(
+                r"^[a-z0-9][a-z0-9_.-]*$",
+                "Use lower-case letters, digits, '.', '_' and '-', e.g. order.shipped.",
+            )
+        ],
+    )
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    category = models.CharField(max_length=20, choices=Category.choices, default=Category.TRANSACTIONAL)
+    urgency = models.CharField(max_length=10, choices=Urgency.choices, default=Urgency.NORMAL)
+    default_channels = models.JSONField(default=default_channels)
+    sample_payload = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class NotificationTemplate(models.Model):
+    """The copy of one notification type on one channel, in one locale ('' is the fallback).
+
+    Fields are Django templates rendered with the event's data: email uses subject, body (text) and
+    html; push and in-app use title and body; SMS uses body; webhook uses payload (a JSON template).
+    """
+
+    notification_type = models.ForeignKey(NotificationType, related_name="templates", on_delete=models.CASCADE)
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    locale = models.CharField(
+        max_length=20, blank=True, help_text="Empty for the default; e.g. 'de' or 'de-ch' (most specific wins)."
+    )
+    subject = models.CharField(max_length=300, blank=True, help_text="Email subject.")
+    title = models.CharField(max_length=200, blank=True, help_text="Push / in-app title.")
+    body = models.TextField(blank=True, help_text="Email plain text, push / in-app / SMS body.")
+    html = models.TextField(blank=True, help_text="Email HTML (autoescaped).")
+    payload = models.TextField(blank=True, help_text="Webhook JSON body template; empty sends the event data.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["notification_type", "channel", "locale"], name="template_unique_locale")
+        ]
+        ordering = ["notification_type", "channel", "locale"]
+
+    def __str__(self) -> str:
+        return f"{self.notification_type_id}/{self.channel}/{self.locale or 'default'}"
+
+    def save(self, *args, **kwargs):
+        self.locale = self.locale.lower().replace("_", "-")
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        from notifications.dispatch.templating import validate_template
+
+        validate_template(self)
+
+
+class KillSwitchMode(models.TextChoices):
+    NORMAL = "normal", "Normal"
+    DELAY = "delay", "Delay non-urgent (park in notif.<channel>.delayed)"
+    DROP_NON_URGENT = "drop_non_urgent", "Drop non-urgent"
+    PAUSE = "pause", "Pause (park everything)"
+
+
+class KillSwitch(models.Model):
+    """An operator's brake on a channel (or one provider of it), honoured within seconds."""
+
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    provider = models.CharField(max_length=50, blank=True, help_text="Empty for the whole channel.")
+    mode = models.CharField(max_length=20, choices=KillSwitchMode.choices, default=KillSwitchMode.NORMAL)
+    reason = models.CharField(max_length=300, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["channel", "provider"], name="killswitch_unique")]
+        verbose_name_plural = "kill switches"
+
+    def __str__(self) -> str:
+        return f"{self.channel}{'/' + self.provider if self.provider else ''}: {self.mode}"
+
+
+class DeliveryStatus(models.TextChoices):
+    SUPPRESSED = "suppressed", "Suppressed"
+    SCHEDULED = "scheduled", "Deferred (quiet hours)"
+    PARKED = "parked", "Parked by kill switch"
+    QUEUED = "queued", "Queued"
+    SENT = "sent", "Sent"
+    RETRYING = "retrying", "Retrying"
+    FAILED = "failed", "Failed"
+    DLQ = "dlq", "In DLQ"
+
+
+class DeliveryLog(models.Model):
+    """One row per (event, user, channel): what happened to it and why. Written in batches."""
+
+    event_id = models.UUIDField()
+    user_id = models.BigIntegerField()
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    type = models.CharField(max_length=100)
+    status = models.CharField(max_length=12, choices=DeliveryStatus.choices)
+    reason = models.CharField(max_length=200, blank=True)
+    provider = models.CharField(max_length=50, blank=True)
+    provider_message_id = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["event_id", "user_id", "channel"], name="deliverylog_unique")
+        ]
+        indexes = [
+            models.Index(fields=["user_id", "-created_at"], name="deliverylog_user"),
+            models.Index(fields=["status", "-created_at"], name="deliverylog_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id}/{self.user_id}/{self.channel}: {self.status}"
+
+
+class ScheduledMessage(models.Model):
+    """A ready message held until `due_at` (quiet hours); moved to the outbox when due."""
+
+    due_at = models.DateTimeField(db_index=True)
+    topic = models.CharField(max_length=249)
+    key = models.CharField(max_length=255)
+    payload = models.JSONField()
+    headers = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.topic} key={self.key} due {self.due_at:%Y-%m-%d %H:%M}"

@@ -1,0 +1,1 @@
+"""Transactional outbox: writing events with the caller's transaction, and relaying them to Kafka."""

@@ -1,0 +1,228 @@
+"""The outbox relay: moves committed outbox rows to Kafka, in order per key, at least once.
+
+How one relay works:
+
+1. It owns a share of the key buckets, each held by a session-level PostgreSQL advisory lock.
+   Several relays split the buckets fairly (by counting live relays); a dead relay's locks vanish
+   with its session and the others take its buckets. Because only one relay ever serves a bucket,
+   and a key always maps to one bucket, per-key order is kept however many relays run.
+2. It claims a batch with `DELETE … WHERE id IN (SELECT … ORDER BY id LIMIT n FOR UPDATE SKIP
+   LOCKED) RETURNING …` inside a transaction, produces every row with an idempotent producer,
+   waits for all delivery reports, and only then commits. A crash before the commit rolls the
+   delete back, so the rows are relayed again: a redelivery, never a loss. The consumers
+   deduplicate (event id + user + channel), which absorbs it.
+3. When a batch comes back short it waits for `NOTIFY notif_outbox` (sent by a trigger on insert)
+   or the poll interval, so an idle relay forwards a new row within milliseconds.
+"""
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg
+from confluent_kafka import KafkaError, Producer
+from prometheus_client import Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "notif_outbox"
+APPLICATION_NAME = "relay_outbox"
+#: First key of the two-int advisory lock; the second is the bucket number.
+ADVISORY_LOCK_CLASS = 7301
+#: How often a relay re-counts its peers and rebalances buckets.
+REBALANCE_INTERVAL = 2.0
+OLDEST_AGE_INTERVAL = 5.0
+
+RELAYED = Counter("outbox_relayed_events_total", "Outbox rows produced to Kafka and deleted")
+RELAY_FAILURES = Counter("outbox_relay_failed_batches_total", "Batches rolled back (will be retried)")
+OLDEST_AGE = Gauge("outbox_oldest_unrelayed_age_seconds", "Age of the oldest row still in the outbox")
+OWNED_BUCKETS = Gauge("outbox_owned_buckets", "Key buckets this relay currently owns")
+BATCH_SECONDS = Histogram(
+    "outbox_relay_batch_seconds",
+    "Time to claim, produce and commit one batch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+class DeliveryFailed(Exception):
+    """The broker did not acknowledge every message of a batch; the batch is rolled back."""
+
+
+@dataclass
+class RelayConfig:
+    conninfo: str
+    producer_config: dict[str, Any]
+    table: str = "notifications_outboxevent"
+    buckets: int = 64
+    batch_size: int = 2000
+    poll_interval: float = 1.0
+    flush_timeout: float = 30.0
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        stop_event: threading.Event | None = None,
+        producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
+    ) -> None:
+        self.config = config
+        self.stop_event = stop_event or threading.Event()
+        self.producer = producer_factory(config.producer_config)
+        self.conn: psycopg.Connection | None = None
+        self.owned: set[int] = set()
+        self._last_rebalance = 0.0
+        self._last_age = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Relay until `stop_event` is set; the batch in hand is always finished first."""
+        self._connect()
+        log.info("relay started", extra={"buckets": self.config.buckets})
+        try:
+            while not self.stop_event.is_set():
+                self._maybe_rebalance()
+                self._maybe_report_age()
+                relayed = self.relay_batch() if self.owned else 0
+                if relayed < self.config.batch_size:
+                    self._wait_for_work()
+        finally:
+            self.close()
+            log.info("relay stopped")
+
+    def close(self) -> None:
+        self.producer.flush(self.config.flush_timeout)
+        if self.conn is not None and not self.conn.closed:
+            self.conn.close()  # releases every advisory lock with the session
+        self.owned.clear()
+        OWNED_BUCKETS.set(0)
+
+    def _connect(self) -> None:
+        self.conn = psycopg.connect(self.config.conninfo, autocommit=True, application_name=APPLICATION_NAME)
+        self.conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+    # -- bucket ownership ----------------------------------------------------------------------
+    def _maybe_rebalance(self) -> None:
+        now = time.monotonic()
+        if now - self._last_rebalance >= REBALANCE_INTERVAL:
+            self.rebalance()
+            self._last_rebalance = now
+
+    def rebalance(self) -> None:
+        """Hold a fair share of the buckets: release extras, then take free ones up to the share."""
+        assert self.conn is not None
+        live = self.conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
+            (APPLICATION_NAME,),
+        ).fetchone()[0]
+        share = math.ceil(self.config.buckets / max(1, live))
+        for bucket in sorted(self.owned, reverse=True)[: max(0, len(self.owned) - share)]:
+            self.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (ADVISORY_LOCK_CLASS, bucket))
+            self.owned.discard(bucket)
+        for bucket in range(self.config.buckets):
+            if len(self.owned) >= share:
+                break
+            if bucket in self.owned:
+                continue
+            got = self.conn.execute(
+                "SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_LOCK_CLASS, bucket)
+            ).fetchone()[0]
+            if got:
+                self.owned.add(bucket)
+        OWNED_BUCKETS.set(len(self.owned))
+
+    # -- relaying --------------------------------------------------------------------------------
+    def relay_batch(self) -> int:
+        """Claim, produce and delete one batch. Returns the number of rows relayed."""
+        assert self.conn is not None
+        started = time.perf_counter()
+        all_buckets = len(self.owned) == self.config.buckets
+        where = "" if all_buckets else "WHERE bucket = ANY(%(buckets)s)"
+        sql = (
+            f"DELETE FROM {self.config.table} WHERE id IN ("  # noqa: S608 - table name is config, not input
+            f"  SELECT id FROM {self.config.table} {where} ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+            ") RETURNING id, topic, key, payload::text, headers::text"
+        )
+        params = {"buckets": sorted(self.owned), "limit": self.config.batch_size}
+        try:
+            with self.conn.transaction():
+                rows = self.conn.execute(sql, params).fetchall()
+                if not rows:
+                    return 0
+                rows.sort(key=lambda r: r[0])  # RETURNING order is unspecified; produce oldest first
+                self._produce_and_wait(rows)
+        except DeliveryFailed:
+            RELAY_FAILURES.inc()
+            log.exception("relay batch rolled back; its rows will be relayed again")
+            self.stop_event.wait(1.0)
+            return 0
+        RELAYED.inc(len(rows))
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        return len(rows)
+
+    def _produce_and_wait(self, rows: list[tuple]) -> None:
+        errors: list[KafkaError] = []
+
+        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+            if err is not None:
+                errors.append(err)
+
+        produce = self.producer.produce
+        for _id, topic, key, payload, headers_json in rows:
+            headers = orjson.loads(headers_json) if headers_json != "{}" else None
+            while True:
+                try:
+                    produce(
+                        topic,
+                        value=payload.encode(),
+                        key=key.encode(),
+                        headers=list(headers.items()) if headers else None,
+                        on_delivery=on_delivery,
+                    )
+                    break
+                except BufferError:  # local queue full: serve delivery reports, then retry
+                    self.producer.poll(0.05)
+        remaining = self.producer.flush(self.config.flush_timeout)
+        if remaining or errors:
+            raise DeliveryFailed(f"{len(errors)} delivery errors, {remaining} unacknowledged: {errors[:3]}")
+
+    # -- waiting -------------------------------------------------------------------------------
+    def _wait_for_work(self) -> None:
+        """Block until a NOTIFY arrives, the poll interval passes, or a stop is requested."""
+        assert self.conn is not None
+        deadline = time.monotonic() + self.config.poll_interval
+        while not self.stop_event.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            # Short slices so SIGTERM is noticed quickly even while idle.
+            for _ in self.conn.notifies(timeout=min(remaining, 0.25), stop_after=1):
+                return
+
+    def _maybe_report_age(self) -> None:
+        now = time.monotonic()
+        if now - self._last_age < OLDEST_AGE_INTERVAL:
+            return
+        self._last_age = now
+        assert self.conn is not None
+        row = self.conn.execute(
+            f"SELECT extract(epoch FROM now() - created_at) FROM {self.config.table} ORDER BY id LIMIT 1"  # noqa: S608
+        ).fetchone()
+        OLDEST_AGE.set(float(row[0]) if row else 0.0)
+
+
+def conninfo_from_django(alias: str = "default") -> str:
+    """A libpq connection string for the Django database `alias` (honours the test database)."""
+    from django.db import connections
+
+    params = connections[alias].get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("prepare_threshold", None)
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in params.items() if v not in (None, "")})

@@ -1,0 +1,1 @@
+"""Recipients' contact points, devices and preference documents, with their REST API and cache."""

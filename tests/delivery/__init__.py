@@ -1,0 +1,1 @@
+"""Tests for notifications.delivery (plain Python + real Redis; no Django)."""

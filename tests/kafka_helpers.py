@@ -1,0 +1,39 @@
+"""Test helpers that read real Kafka topics."""
+
+import time
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, Message
+from django.conf import settings
+
+
+def consume(topic: str, *, expected: int, timeout: float = 30.0, idle: float = 0.0) -> list[Message]:
+    """Read `topic` from the beginning until `expected` messages arrived (then `idle` s more) or timeout."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    idle_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            if len(messages) >= expected:
+                idle_until = idle_until or time.monotonic() + idle
+                if time.monotonic() >= idle_until:
+                    break
+            for msg in consumer.consume(num_messages=10_000, timeout=0.2):
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise RuntimeError(msg.error())
+                messages.append(msg)
+    finally:
+        consumer.close()
+    return messages

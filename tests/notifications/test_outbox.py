@@ -1,0 +1,157 @@
+"""The transactional outbox and its relay, against real PostgreSQL and Kafka."""
+
+import collections
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+import pytest
+from django.db import transaction
+
+from notifications import publish
+from notifications.bus.config import producer_config
+from notifications.bus.topics import topic_name
+from notifications.models import OutboxEvent
+from notifications.outbox.relay import OutboxRelay, RelayConfig, conninfo_from_django
+from notifications.outbox.services import OutboxMessage, enqueue_messages
+from tests.kafka_helpers import consume
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def few_buckets(settings):
+    settings.OUTBOX_BUCKETS = 16  # rows and relays must agree on the bucket count
+
+
+def make_relay(**overrides) -> OutboxRelay:
+    from django.conf import settings
+
+    config = RelayConfig(
+        conninfo=conninfo_from_django(), producer_config=producer_config(), buckets=settings.OUTBOX_BUCKETS
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return OutboxRelay(config)
+
+
+def run_in_thread(relay: OutboxRelay) -> threading.Thread:
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_rollback_publishes_nothing(notification_type):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        publish(type="order.shipped", recipients=[1, 2], data={"n": 1}, event_id="rolled-back")
+        assert OutboxEvent.objects.count() == 2  # visible inside the transaction…
+        raise RuntimeError("caller fails after publishing")
+    assert OutboxEvent.objects.count() == 0  # …and gone with it
+
+
+def test_publish_commits_one_row_per_recipient_with_envelope(notification_type):
+    with transaction.atomic():
+        result = publish(type="order.shipped", recipients=[7, 8], data={"order": "A1"}, event_id="e-1")
+    rows = list(OutboxEvent.objects.order_by("id"))
+    assert [r.key for r in rows] == ["7", "8"]
+    assert rows[0].topic == topic_name("events")
+    envelope = rows[0].payload
+    assert envelope["v"] == 1 and envelope["id"] == str(result.id) and envelope["type"] == "order.shipped"
+    assert envelope["data"] == {"order": "A1"} and envelope["recipient"] == "7"
+    assert rows[0].headers["idempotency-key"] == f"{result.id}:7"
+
+
+def test_publish_is_idempotent_by_event_id(notification_type):
+    first = publish(type="order.shipped", recipients=[1], event_id="same")
+    again = publish(type="order.shipped", recipients=[1], event_id="same")
+    assert again.id == first.id and again.duplicate and not first.duplicate
+    assert again.accepted_at == first.accepted_at
+    assert OutboxEvent.objects.count() == 1
+
+
+def test_idle_relay_wakes_on_notify(notification_type):
+    """With a 30 s poll interval, only the NOTIFY trigger can make the relay forward this quickly."""
+    relay = make_relay(poll_interval=30.0)
+    thread = run_in_thread(relay)
+    try:
+        time.sleep(0.5)  # let it go idle, waiting on LISTEN
+        result = publish(type="order.shipped", recipients=[5], event_id="wake-up")
+        messages = consume(topic_name("events"), expected=1, timeout=10)
+        assert [orjson.loads(m.value())["id"] for m in messages] == [str(result.id)]
+    finally:
+        relay.stop_event.set()
+        thread.join(10)
+    assert OutboxEvent.objects.count() == 0
+
+
+def test_two_concurrent_relays_deliver_every_row_once_in_order_per_key(fresh_topic):
+    topic = fresh_topic
+    keys = [f"user-{i}" for i in range(40)]
+    total = 4000
+    relays = [make_relay(batch_size=100), make_relay(batch_size=100)]
+    threads = [run_in_thread(r) for r in relays]
+    try:
+        # Write while the relays run, in many small transactions, as producers would.
+        for start in range(0, total, 200):
+            with transaction.atomic():
+                enqueue_messages(
+                    OutboxMessage(topic=topic, key=keys[i % len(keys)], payload={"seq": i})
+                    for i in range(start, start + 200)
+                )
+        messages = consume(topic, expected=total, timeout=60, idle=1.0)
+        owned = [len(r.owned) for r in relays]
+    finally:
+        for r in relays:
+            r.stop_event.set()
+        for t in threads:
+            t.join(10)
+    seqs = [orjson.loads(m.value())["seq"] for m in messages]
+    assert sorted(seqs) == list(range(total)), "every row exactly once"
+    per_key = collections.defaultdict(list)
+    for m in messages:
+        per_key[m.key().decode()].append(orjson.loads(m.value())["seq"])
+    for key, key_seqs in per_key.items():
+        assert key_seqs == sorted(key_seqs), f"order broken for {key}"
+    assert sum(owned) == 16 and min(owned) > 0, f"buckets were not shared: {owned}"
+    assert OutboxEvent.objects.count() == 0
+
+
+def test_relay_killed_mid_batch_loses_nothing(subprocess_env, capsys, fresh_topic):
+    topic = fresh_topic
+    total = 30_000
+    with transaction.atomic():
+        enqueue_messages(
+            OutboxMessage(topic=topic, key=f"k{i % 100}", payload={"seq": i, "pad": "x" * 200})
+            for i in range(total)
+        )
+    cmd = [sys.executable, "manage.py", "relay_outbox", "--batch-size", "500"]
+    first = subprocess.Popen(cmd, env=subprocess_env)
+    try:
+        deadline = time.monotonic() + 60
+        while OutboxEvent.objects.count() > total * 0.7 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)  # no chance to finish the batch or clean up
+        first.wait(10)
+    finally:
+        first.kill()
+    left = OutboxEvent.objects.count()
+    assert 0 < left < total, f"the kill should land mid-run, {left} rows left"
+    second = subprocess.Popen(cmd, env=subprocess_env)
+    try:
+        messages = consume(topic, expected=total, timeout=90, idle=1.0)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20) == 0, "SIGTERM is a clean stop"
+    counts = collections.Counter(orjson.loads(m.value())["seq"] for m in messages)
+    missing = set(range(total)) - set(counts)
+    duplicates = sum(c - 1 for c in counts.values())
+    with capsys.disabled():
+        print(
+            f"\n[relay SIGKILL] {total} rows, {left} left at kill, missing={len(missing)}, "
+            f"redelivered duplicates={duplicates}"
+        )
+    assert not missing
+    assert OutboxEvent.objects.count() == 0

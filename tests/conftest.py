@@ -7,6 +7,13 @@ import pytest
 from django.conf import settings
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings():
+    """A test database per run, so concurrent runs (developers, CI, benchmarks) never collide."""
+    name = os.environ.get("TEST_DATABASE_NAME") or f"test_notifications_{os.getpid()}"
+    settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = name
+
+
 @pytest.fixture(scope="session", autouse=True)
 def kafka_topics():
     """Every test run gets its own topic prefix, created up front and deleted afterwards."""

@@ -76,7 +76,10 @@ class ConsumerRunner:
         self.consumer.subscribe(list(self.config.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("consumer started", extra={"role": role, "topics": list(self.config.topics)})
         try:
+            tick = getattr(self.handler, "tick", None)
             while not self.stop_event.is_set():
+                if tick is not None:
+                    tick()  # periodic work of the role (e.g. releasing due messages)
                 messages = self.consumer.consume(self.config.batch_size, self.config.poll_timeout)
                 batch = [m for m in messages if self._usable(m)]
                 if not batch:

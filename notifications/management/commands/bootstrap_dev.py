@@ -14,13 +14,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, force: bool, **options):
         if not (settings.DEBUG or force):
-            raise CommandError(
-                "bootstrap_dev creates well-known credentials; set DJANGO_DEBUG=1 or pass --force"
-            )
+            raise CommandError("bootstrap_dev creates well-known credentials; set DJANGO_DEBUG=1 or pass --force")
         summary = bootstrap_dev_data()
         self.stdout.write(self.style.WARNING("Development only — these credentials are public:"))
-        self.stdout.write(
-            f"  admin:   http://127.0.0.1:8000/admin/  user {DEV_USERNAME!r} password {DEV_PASSWORD!r}"
-        )
+        self.stdout.write(f"  admin:   http://127.0.0.1:8000/admin/  user {DEV_USERNAME!r} password {DEV_PASSWORD!r}")
         self.stdout.write(f"  API key: {DEV_API_KEY}")
         self.stdout.write(f"  demo:    {summary}")

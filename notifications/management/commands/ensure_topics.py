@@ -21,8 +21,6 @@ class Command(BaseCommand):
             self.stdout.write(f"created {name}")
         for line in report.mismatched:
             self.stderr.write(self.style.WARNING(f"partition mismatch: {line}"))
-        self.stdout.write(
-            self.style.SUCCESS(f"{len(report.created)} created, {len(report.existing)} already present")
-        )
+        self.stdout.write(self.style.SUCCESS(f"{len(report.created)} created, {len(report.existing)} already present"))
         if strict and report.mismatched:
             raise CommandError(f"{len(report.mismatched)} topics differ from the registry")

@@ -1,0 +1,105 @@
+"""Writing the delivery log in batches: one row per (event, user, channel), never one write per message."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.db import connection
+from django.utils import timezone
+
+from notifications.models import DeliveryLog, DeliveryStatus
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    event_id: str
+    user_id: int
+    channel: str
+    type: str
+    status: str
+    reason: str = ""
+    provider: str = ""
+    provider_message_id: str = ""
+    attempts: int = 0
+
+
+def record_dispatch_outcomes(entries: Iterable[LogEntry]) -> int:
+    """The dispatcher's decisions. The first decision wins: a redelivered event never overwrites a
+    row a worker has already moved on (say from queued to sent)."""
+    now = timezone.now()
+    rows = [
+        DeliveryLog(
+            event_id=e.event_id,
+            user_id=e.user_id,
+            channel=e.channel,
+            type=e.type,
+            status=e.status,
+            reason=e.reason[:200],
+            created_at=now,
+            updated_at=now,
+        )
+        for e in entries
+    ]
+    DeliveryLog.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
+    return len(rows)
+
+
+#: A later status may replace an earlier one only in this order (sent is final).
+_RANK = {
+    DeliveryStatus.SUPPRESSED: 0,
+    DeliveryStatus.SCHEDULED: 1,
+    DeliveryStatus.PARKED: 1,
+    DeliveryStatus.QUEUED: 2,
+    DeliveryStatus.RETRYING: 3,
+    DeliveryStatus.FAILED: 4,
+    DeliveryStatus.DLQ: 5,
+    DeliveryStatus.SENT: 6,
+}
+
+
+def record_delivery_outcomes(entries: Iterable[LogEntry]) -> int:
+    """The workers' outcomes: upsert, but never move a row backwards (a late retry report does not
+    turn `sent` into `retrying`). One statement per batch."""
+    latest: dict[tuple[str, int, str], LogEntry] = {}
+    for e in entries:  # one row per key per statement (ON CONFLICT cannot touch a row twice)
+        key = (e.event_id, e.user_id, e.channel)
+        if key not in latest or _RANK[e.status] >= _RANK[latest[key].status]:
+            latest[key] = e
+    entries = list(latest.values())
+    if not entries:
+        return 0
+    now = timezone.now()
+    values, params = [], []
+    for e in entries:
+        values.append("(%s::uuid, %s::bigint, %s, %s, %s, %s, %s, %s, %s::smallint, %s::timestamptz, %s::timestamptz)")
+        params += [
+            e.event_id,
+            e.user_id,
+            e.channel,
+            e.type,
+            e.status,
+            e.reason[:200],
+            e.provider,
+            e.provider_message_id[:200],
+            e.attempts,
+            now,
+            now,
+        ]
+    table = DeliveryLog._meta.db_table
+    rank_case = "CASE t.status " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in _RANK.items()) + " END"
+    sql = f"""
+        INSERT INTO {table} AS t (event_id, user_id, channel, type, status, reason, provider,
+                                  provider_message_id, attempts, created_at, updated_at)
+        SELECT v.event_id, v.user_id, v.channel, v.type, v.status, v.reason, v.provider,
+               v.provider_message_id, v.attempts, v.created_at, v.updated_at
+        FROM (VALUES {", ".join(values)}) AS v(event_id, user_id, channel, type, status, reason, provider,
+                                               provider_message_id, attempts, created_at, updated_at)
+        ON CONFLICT (event_id, user_id, channel) DO UPDATE SET
+            status = EXCLUDED.status, reason = EXCLUDED.reason,
+            provider = COALESCE(NULLIF(EXCLUDED.provider, ''), t.provider),
+            provider_message_id = COALESCE(NULLIF(EXCLUDED.provider_message_id, ''), t.provider_message_id),
+            attempts = GREATEST(t.attempts, EXCLUDED.attempts), updated_at = EXCLUDED.updated_at
+        WHERE {rank_case} <= {rank_case.replace("t.status", "EXCLUDED.status")}
+    """  # noqa: S608 - only constants are interpolated; values are parameters
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+    return len(entries)

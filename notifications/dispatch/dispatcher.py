@@ -1,0 +1,339 @@
+"""The dispatcher: `notif.events` in, one ready-to-send message per wanted channel out.
+
+For each event and recipient it resolves the type, the user's preferences (opt-outs, global mute,
+security override), contact points, kill switches, frequency caps (atomic in Redis) and quiet
+hours, renders the copy in the user's locale, and produces to `notif.<channel>` keyed by user.
+Preferences are decided here once; workers never look at them again.
+
+A batch is handled as a whole: preferences with one MGET, contact points with two queries,
+frequency caps with one pipeline, delivery-log rows with one insert. Offsets are committed by the
+runner only after every produced message is acknowledged and the log and deferred rows are stored.
+A malformed or unknown event goes to `notif.events.dlq` with the reason; it never stops the batch.
+"""
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import redis
+from confluent_kafka import KafkaError, Message, Producer
+from django.conf import settings
+from django.utils import timezone
+from prometheus_client import Counter
+
+from notifications.bus.topics import channel_topic, topic_name
+from notifications.channels import Channel
+from notifications.delivery_log import LogEntry, record_dispatch_outcomes
+from notifications.dispatch.catalog import TypeCatalog, TypeEntry
+from notifications.dispatch.killswitch import KillSwitchBoard
+from notifications.dispatch.messages import ChannelMessage, Header, encode, idempotency_key
+from notifications.dispatch.scheduling import Deferred, release_due_messages, schedule_messages
+from notifications.dispatch.templating import RenderError, build_context, render_fields
+from notifications.models import MANDATORY_CATEGORIES, Category, DeliveryStatus, KillSwitchMode, Urgency
+from preferences.cache import preferences_get_many
+from preferences.frequency import CapRequest, frequency_cap_take_many
+from preferences.rules import is_allowed, quiet_hours_end
+from preferences.selectors import ContactPoints, contact_points_for_users
+from preferences.state import PreferenceState
+from preferences.unsubscribe import unsubscribe_url
+
+log = logging.getLogger(__name__)
+
+EVENTS = Counter("dispatcher_events_total", "Events handled by the dispatcher", ["outcome"])
+MESSAGES = Counter("dispatcher_messages_total", "Per-channel decisions", ["channel", "status", "reason"])
+
+#: How often due (quiet-hours) messages are moved to the outbox.
+RELEASE_INTERVAL = 1.0
+
+
+class InvalidEvent(Exception):
+    """The event cannot be dispatched (malformed, unknown type); it goes to the events DLQ."""
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+
+def parse_event(raw: bytes | None) -> dict[str, Any]:
+    try:
+        event = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("invalid_json", f"not JSON: {exc}") from exc
+    if not isinstance(event, dict):
+        raise InvalidEvent("invalid_event", "envelope is not an object")
+    if event.get("v") != 1:
+        raise InvalidEvent("unsupported_version", f"envelope version {event.get('v')!r} is not 1")
+    for field in ("id", "type", "recipient"):
+        if not event.get(field):
+            raise InvalidEvent("invalid_event", f"missing field '{field}'")
+    try:
+        uuid.UUID(str(event["id"]))
+        event["recipient"] = int(event["recipient"])
+    except (ValueError, TypeError) as exc:
+        raise InvalidEvent("invalid_event", f"bad id or recipient: {exc}") from exc
+    if not isinstance(event.get("data", {}), dict):
+        raise InvalidEvent("invalid_event", "'data' is not an object")
+    return event
+
+
+def address_for(channel: str, contact: ContactPoints) -> dict[str, Any] | None:
+    """Where this channel reaches the user, or None when it cannot (no or invalid contact point)."""
+    if channel == Channel.EMAIL:
+        return {"email": contact.email} if contact.email else None
+    if channel == Channel.SMS:
+        return {"phone": contact.phone} if contact.phone else None
+    if channel == Channel.PUSH:
+        return {"devices": [list(d) for d in contact.devices]} if contact.devices else None
+    if channel == Channel.WEBHOOK:
+        return {"url": contact.webhook_url} if contact.webhook_url else None
+    if channel == Channel.INAPP:
+        return {"user_id": contact.user_id}
+    return None
+
+
+def candidate_channels(entry: TypeEntry, state: PreferenceState) -> list[str]:
+    """The type's default channels plus any the user explicitly opted in to for this category."""
+    channels = list(entry.default_channels)
+    for channel, enabled in (state.categories.get(entry.category) or {}).items():
+        if enabled is True and channel not in channels and channel in Channel.values:
+            channels.append(channel)
+    return channels
+
+
+def priority_for(entry: TypeEntry) -> str:
+    return "bulk" if entry.urgency == Urgency.BULK or entry.category == Category.MARKETING else "transactional"
+
+
+@dataclass
+class _Candidate:
+    event: dict[str, Any]
+    entry: TypeEntry
+    user_id: int
+    channel: str
+    to: dict[str, Any]
+    state: PreferenceState
+    contact: ContactPoints
+    mode: str
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        producer: Producer,
+        redis_client: redis.Redis,
+        catalog: TypeCatalog | None = None,
+        switches: KillSwitchBoard | None = None,
+        clock: Callable[[], datetime] = timezone.now,
+    ) -> None:
+        self.producer = producer
+        self.redis = redis_client
+        self.catalog = catalog or TypeCatalog()
+        self.switches = switches or KillSwitchBoard()
+        self.clock = clock
+        self._errors: list[KafkaError] = []
+        self._last_release = float("-inf")
+
+    # -- the batch ---------------------------------------------------------------------------
+    def handle_batch(self, messages: list[Message]) -> None:
+        now = self.clock()
+        logs: list[LogEntry] = []
+        deferred: list[Deferred] = []
+        parsed: list[tuple[dict[str, Any], TypeEntry]] = []
+        for message in messages:
+            try:
+                event = parse_event(message.value())
+                entry = self.catalog.get(event["type"])
+                if entry is None:
+                    raise InvalidEvent("unknown_type", f"unknown or disabled notification type '{event['type']}'")
+            except InvalidEvent as exc:
+                self._event_to_dlq(message, exc)
+                continue
+            parsed.append((event, entry))
+
+        user_ids = {event["recipient"] for event, _ in parsed}
+        states = preferences_get_many(user_ids, redis_client=self.redis) if user_ids else {}
+        contacts = contact_points_for_users(user_ids) if user_ids else {}
+
+        candidates: list[_Candidate] = []
+        for event, entry in parsed:
+            EVENTS.labels("dispatched").inc()
+            user_id = event["recipient"]
+            contact = contacts.get(user_id)
+            state = states.get(user_id) or PreferenceState(user_id=user_id, version=0, document={})
+            channels = candidate_channels(entry, state)
+            if contact is None:
+                logs += [
+                    self._log(event, user_id, ch, DeliveryStatus.SUPPRESSED, "unknown_recipient") for ch in channels
+                ]
+                continue
+            for channel in channels:
+                allowed, reason = is_allowed(
+                    state, category=entry.category, channel=channel, type_default_channels=entry.default_channels
+                )
+                if not allowed:
+                    logs.append(self._log(event, user_id, channel, DeliveryStatus.SUPPRESSED, reason))
+                    continue
+                to = address_for(channel, contact)
+                if to is None:
+                    logs.append(self._log(event, user_id, channel, DeliveryStatus.SUPPRESSED, "no_contact_point"))
+                    continue
+                mode = self.switches.channel_mode(channel)
+                if mode == KillSwitchMode.DROP_NON_URGENT and entry.urgency != Urgency.URGENT:
+                    logs.append(self._log(event, user_id, channel, DeliveryStatus.SUPPRESSED, "kill_switch"))
+                    continue
+                candidates.append(_Candidate(event, entry, user_id, channel, to, state, contact, mode))
+
+        caps = frequency_cap_take_many(
+            self.redis,
+            [
+                CapRequest(c.user_id, c.entry.category, c.channel, c.state.caps_for(c.entry.category))
+                for c in candidates
+            ],
+            now=now,
+        )
+        for candidate, cap in zip(candidates, caps, strict=True):
+            event, user_id, channel = candidate.event, candidate.user_id, candidate.channel
+            if not cap.allowed:
+                logs.append(self._log(event, user_id, channel, DeliveryStatus.SUPPRESSED, "frequency_cap"))
+                continue
+            try:
+                message = self._build_message(candidate, now)
+            except RenderError as exc:
+                self._render_failure_to_dlq(candidate, exc)
+                logs.append(self._log(event, user_id, channel, DeliveryStatus.DLQ, f"render_error: {exc}"))
+                continue
+            headers = {Header.IDEMPOTENCY_KEY: message["id"]}
+            if candidate.entry.urgency != Urgency.URGENT:
+                quiet_end = quiet_hours_end(candidate.state, now)
+                if quiet_end is not None:
+                    deferred.append(Deferred(quiet_end, channel_topic(channel), str(user_id), dict(message), headers))
+                    logs.append(self._log(event, user_id, channel, DeliveryStatus.SCHEDULED, "quiet_hours"))
+                    continue
+            park = candidate.mode == KillSwitchMode.PAUSE or (
+                candidate.mode == KillSwitchMode.DELAY and candidate.entry.urgency != Urgency.URGENT
+            )
+            topic = channel_topic(channel, "delayed" if park else "")
+            self._produce(topic, str(user_id), encode(message), headers)
+            status = DeliveryStatus.PARKED if park else DeliveryStatus.QUEUED
+            logs.append(self._log(event, user_id, channel, status, f"kill_switch_{candidate.mode}" if park else ""))
+
+        self._flush()
+        if deferred:
+            schedule_messages(deferred)
+        record_dispatch_outcomes(logs)
+        for entry in logs:
+            MESSAGES.labels(entry.channel, entry.status, entry.reason.split(":")[0]).inc()
+
+    def tick(self) -> None:
+        """Called by the runner between polls: release quiet-hours messages that are due."""
+        import time
+
+        now = time.monotonic()
+        if now - self._last_release >= RELEASE_INTERVAL:
+            self._last_release = now
+            release_due_messages()
+
+    # -- building ------------------------------------------------------------------------------
+    def _build_message(self, c: _Candidate, now: datetime) -> ChannelMessage:
+        locale = c.contact.locale or settings.LANGUAGE_CODE
+        template = c.entry.template_for(c.channel, locale)
+        if template is None and c.channel != Channel.WEBHOOK:
+            raise RenderError(f"no {c.channel} template for type '{c.entry.key}'")
+        data = c.event.get("data") or {}
+        extra: dict[str, Any] = {}
+        mandatory = c.entry.category in MANDATORY_CATEGORIES
+        if not mandatory:
+            extra["unsubscribe_url"] = unsubscribe_url(c.user_id, c.entry.category)
+        context = build_context(
+            data=data,
+            event={"id": c.event["id"], "type": c.entry.key, "occurred_at": c.event.get("occurred_at")},
+            user={"id": c.user_id, "email": c.contact.email},
+            extra=extra,
+        )
+        content = render_fields(template, c.channel, context) if template is not None else {}
+        if c.channel == Channel.WEBHOOK and template is None:
+            content = {"payload": {"type": c.entry.key, "event_id": c.event["id"], "data": data}}
+        if c.channel in (Channel.PUSH, Channel.INAPP):
+            content["data"] = {"type": c.entry.key, "event_id": c.event["id"], **_stringly(data)}
+        if c.channel == Channel.EMAIL and not mandatory:
+            content["list_unsubscribe"] = extra["unsubscribe_url"]
+        message: ChannelMessage = {
+            "v": 1,
+            "id": idempotency_key(c.event["id"], c.user_id, c.channel),
+            "event_id": c.event["id"],
+            "user_id": c.user_id,
+            "channel": c.channel,
+            "type": c.entry.key,
+            "category": c.entry.category,
+            "urgency": c.entry.urgency,
+            "priority": priority_for(c.entry),  # type: ignore[typeddict-item]
+            "created_at": now.isoformat(),
+            "locale": locale,
+            "to": c.to,
+            "content": content,
+        }
+        if c.event.get("meta"):
+            message["meta"] = c.event["meta"]
+        return message
+
+    # -- producing -------------------------------------------------------------------------------
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(err)
+
+    def _produce(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    topic, value=value, key=key.encode(), headers=list(headers.items()), on_delivery=self._on_delivery
+                )
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _flush(self) -> None:
+        remaining = self.producer.flush(60)
+        errors, self._errors = self._errors, []
+        if remaining or errors:
+            # Crash rather than commit: the batch is redelivered and dedup absorbs what did go out.
+            raise RuntimeError(f"dispatcher produce failed: {len(errors)} errors, {remaining} unacknowledged")
+
+    def _event_to_dlq(self, message: Message, exc: InvalidEvent) -> None:
+        EVENTS.labels(exc.error_class).inc()
+        log.warning("event sent to DLQ", extra={"error_class": exc.error_class, "error": str(exc)})
+        headers = {
+            Header.ORIGIN_TOPIC: message.topic(),
+            Header.ERROR_CLASS: exc.error_class,
+            Header.ERROR: str(exc)[:1000],
+        }
+        self._produce(
+            topic_name("events.dlq"), (message.key() or b"").decode(errors="replace"), message.value() or b"", headers
+        )
+
+    def _render_failure_to_dlq(self, c: _Candidate, exc: RenderError) -> None:
+        payload = orjson.dumps(
+            {"v": 1, "id": idempotency_key(c.event["id"], c.user_id, c.channel), "event": c.event, "channel": c.channel}
+        )
+        headers = {
+            Header.ORIGIN_TOPIC: topic_name("events"),
+            Header.ERROR_CLASS: "render_error",
+            Header.ERROR: str(exc)[:1000],
+            Header.IDEMPOTENCY_KEY: idempotency_key(c.event["id"], c.user_id, c.channel),
+        }
+        self._produce(channel_topic(c.channel, "dlq"), str(c.user_id), payload, headers)
+
+    @staticmethod
+    def _log(event: dict[str, Any], user_id: int, channel: str, status: str, reason: str) -> LogEntry:
+        return LogEntry(
+            event_id=event["id"], user_id=user_id, channel=channel, type=event["type"], status=status, reason=reason
+        )
+
+
+def _stringly(data: dict[str, Any]) -> dict[str, str]:
+    """Push data values must be strings (FCM); keep only scalars, stringified."""
+    return {str(k): str(v) for k, v in data.items() if isinstance(v, str | int | float | bool)}

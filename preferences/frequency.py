@@ -1,0 +1,173 @@
+"""Per-user frequency caps ("at most 3 marketing messages a day"), counted atomically in Redis.
+
+A cap applies to one category and either one channel or ``"*"`` (all channels of the category
+together). A take for (user, category, channel) checks the channel's cap and the ``"*"`` cap in
+one Lua call (``lua/frequency_cap.lua``): if every counter is below its max, all are incremented;
+otherwise nothing is, so refused messages never use up the budget.
+
+Windows are fixed calendar windows in UTC (hour, day, week starting Monday 00:00 UTC). Each
+counter key names its window (``{prefix}fcap:{<user_id>}:<category>:<channel|*>:<per>:<start>``,
+the ``{user_id}`` hash tag keeps one user's counters in one cluster slot) and expires at the
+window's end (a TTL computed from ``now``, plus a minute of grace for callers whose clocks lag).
+
+The caller supplies ``now``: windows are hours to weeks long, so a few seconds of clock skew
+between dispatcher processes moves a message into a neighbouring window at worst. (Contrast the
+provider token bucket, which must use Redis ``TIME``; see the design notes.)
+
+Redis errors fail open (the message is allowed, ``fail_open=True`` in the decision, counted in
+``preferences_frequency_cap_fail_open_total``): a cap is a courtesy, and dropping a notification
+because Redis blinked is worse than sending one more. Pass ``fail_open=False`` to get the error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from django.conf import settings
+from redis.exceptions import RedisError
+
+from .metrics import FREQUENCY_CAP_FAIL_OPEN
+from .scripts import lua_script
+
+__all__ = [
+    "CapDecision",
+    "CapRequest",
+    "frequency_cap_take",
+    "frequency_cap_take_many",
+    "window_bounds",
+]
+
+logger = logging.getLogger(__name__)
+
+EXPIRY_GRACE_SECONDS = 60
+_WEEK_ORIGIN = dt.datetime(1970, 1, 5, tzinfo=dt.UTC)  # a Monday
+_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400}
+
+
+@dataclass(frozen=True, slots=True)
+class CapRequest:
+    """One intended send; ``caps`` is the category's caps, i.e. ``state.caps_for(category)``."""
+
+    user_id: int
+    category: str
+    channel: str
+    caps: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CapDecision:
+    """Outcome of a take. When refused, ``limited_by`` is ``"<channel>"`` or ``"*"`` and ``reset_at``
+    is when that window ends (the earliest time a retry can succeed)."""
+
+    allowed: bool
+    limited_by: str | None = None
+    per: str | None = None
+    reset_at: dt.datetime | None = None
+    fail_open: bool = False
+
+
+ALLOWED = CapDecision(allowed=True)
+
+
+def window_bounds(per: str, now: dt.datetime) -> tuple[int, int]:
+    """Unix seconds (start, end) of the fixed UTC window of kind ``per`` that contains ``now``."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    length = _SECONDS[per]
+    if per == "week":
+        offset = int((now - _WEEK_ORIGIN).total_seconds())
+        start = int(_WEEK_ORIGIN.timestamp()) + (offset // length) * length
+    else:
+        epoch = int(now.timestamp())
+        start = epoch - epoch % length
+    return start, start + length
+
+
+def _applicable(request: CapRequest) -> list[tuple[str, int, str]]:
+    """(scope, max, per) of the caps that apply: the channel's own cap, then the category-wide one."""
+    found = []
+    for scope in (request.channel, "*"):
+        cap = request.caps.get(scope)
+        if not isinstance(cap, Mapping):
+            continue
+        maximum, per = cap.get("max"), cap.get("per")
+        if isinstance(maximum, int) and not isinstance(maximum, bool) and maximum >= 0 and per in _SECONDS:
+            found.append((scope, maximum, per))
+    return found
+
+
+def _key(request: CapRequest, scope: str, per: str, start: int) -> str:
+    prefix = settings.REDIS_KEY_PREFIX
+    return f"{prefix}fcap:{{{request.user_id}}}:{request.category}:{scope}:{per}:{start}"
+
+
+def frequency_cap_take_many(
+    client: redis.Redis, requests: Sequence[CapRequest], *, now: dt.datetime, fail_open: bool = True
+) -> list[CapDecision]:
+    """Take one unit for each request, in order, in one pipeline (one script call per capped request).
+
+    Requests are applied in sequence, so two requests for the same user and category in one batch
+    see each other. Requests without applicable caps are allowed without touching Redis.
+    """
+    decisions: list[CapDecision | None] = [None] * len(requests)
+    calls: list[tuple[int, list[tuple[str, int, str]], list[int]]] = []
+    script = lua_script("frequency_cap")
+    pipe = client.pipeline(transaction=False)
+    for index, request in enumerate(requests):
+        caps = _applicable(request)
+        if not caps:
+            decisions[index] = ALLOWED
+            continue
+        keys, args, ends = [], [], []
+        for scope, maximum, per in caps:
+            start, end = window_bounds(per, now)
+            keys.append(_key(request, scope, per, start))
+            ttl = max(1, end - int(now.timestamp())) + EXPIRY_GRACE_SECONDS
+            args += [maximum, ttl]
+            ends.append(end)
+        script(keys=keys, args=args, client=pipe)
+        calls.append((index, caps, ends))
+    if calls:
+        try:
+            results = pipe.execute()
+        except RedisError as exc:
+            if not fail_open:
+                raise
+            FREQUENCY_CAP_FAIL_OPEN.inc(len(calls))
+            logger.warning("frequency caps unavailable, allowing", extra={"error": str(exc), "count": len(calls)})
+            for index, _caps, _ends in calls:
+                decisions[index] = CapDecision(allowed=True, fail_open=True)
+        else:
+            for (index, caps, ends), result in zip(calls, results, strict=True):
+                refused = int(result[0])
+                if refused == 0:
+                    decisions[index] = ALLOWED
+                else:
+                    scope, _maximum, per = caps[refused - 1]
+                    decisions[index] = CapDecision(
+                        allowed=False,
+                        limited_by=scope,
+                        per=per,
+                        reset_at=dt.datetime.fromtimestamp(ends[refused - 1], tz=dt.UTC),
+                    )
+    return [decision if decision is not None else ALLOWED for decision in decisions]
+
+
+def frequency_cap_take(
+    client: redis.Redis,
+    *,
+    user_id: int,
+    category: str,
+    channel: str,
+    caps: Mapping[str, Mapping[str, Any]],
+    now: dt.datetime,
+    fail_open: bool = True,
+) -> CapDecision:
+    """Take one unit of the caps that apply to (user, category, channel); see the module docstring."""
+    request = CapRequest(user_id=user_id, category=category, channel=channel, caps=caps)
+    return frequency_cap_take_many(client, [request], now=now, fail_open=fail_open)[0]

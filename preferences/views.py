@@ -1,0 +1,373 @@
+"""Thin DRF views of the end-user API and the one-click unsubscribe endpoint.
+
+Every ``/me/…`` view works on ``request.user`` only: another user's device or message id is a 404.
+Business rules live in :mod:`preferences.services`; reads in :mod:`preferences.selectors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.pagination import CursorPagination
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from notifications.models import MANDATORY_CATEGORIES, Category
+
+from . import selectors, services
+from .models import Device, InboxMessage, RecipientProfile
+from .serializers import (
+    DeviceInSerializer,
+    DeviceOutSerializer,
+    ErrorOutSerializer,
+    InboxMessageOutSerializer,
+    InboxPageOutSerializer,
+    InboxReadAllInSerializer,
+    InboxReadAllOutSerializer,
+    PreferenceDocumentSerializer,
+    PreferencesOutSerializer,
+    ProfileSerializer,
+    UnsubscribeOutSerializer,
+)
+from .state import PreferenceState
+from .unsubscribe import InvalidUnsubscribeToken, UnsubscribeTokenExpired, read_unsubscribe_token
+
+logger = logging.getLogger(__name__)
+
+TAGS = ["me"]
+
+
+def _as_drf_error(exc: DjangoValidationError) -> serializers.ValidationError:
+    if hasattr(exc, "error_dict"):
+        return serializers.ValidationError(exc.message_dict)
+    return serializers.ValidationError({"non_field_errors": exc.messages})
+
+
+class MeAPIView(APIView):
+    """Base of the ``/me/…`` views: JSON in, authenticated user only (project defaults)."""
+
+    parser_classes = [JSONParser]
+
+
+# --- preferences -----------------------------------------------------------------------------
+
+
+def _preferences_response(state: PreferenceState, *, status_code: int = status.HTTP_200_OK) -> Response:
+    response = Response({"version": state.version, "document": state.document}, status=status_code)
+    response["ETag"] = f'"{state.version}"'
+    return response
+
+
+def _if_match_version(request: Request) -> int | None:
+    raw = request.headers.get("If-Match", "").strip()
+    if not raw or raw == "*":
+        return None
+    raw = raw.removeprefix("W/").strip('"')
+    try:
+        return int(raw)
+    except ValueError:
+        raise serializers.ValidationError({"If-Match": ["must be the version (ETag) from a previous GET"]}) from None
+
+
+_PREFERENCES_DESCRIPTION = (
+    "Missing entries mean the notification type's default (opted in on its default channels). "
+    "`categories.security.*` cannot be false. Validation errors are keyed by the JSON path of the bad "
+    'field, e.g. `{"categories.marketing.push": ["must be boolean"]}`. Send `If-Match: "<version>"` '
+    "to refuse the write (412) when the document changed since you read it."
+)
+
+
+class MyPreferencesView(MeAPIView):
+    """The signed-in user's preference document (opt-outs, global mute, quiet hours, frequency caps)."""
+
+    @extend_schema(tags=TAGS, summary="My preference document", responses=PreferencesOutSerializer)
+    def get(self, request: Request) -> Response:
+        return _preferences_response(selectors.preferences_get(request.user.pk))
+
+    def _write(self, request: Request, *, partial: bool) -> Response:
+        try:
+            state = services.preferences_update(
+                user=request.user, document=request.data, partial=partial, expected_version=_if_match_version(request)
+            )
+        except DjangoValidationError as exc:
+            raise _as_drf_error(exc) from exc
+        except services.PreferenceVersionConflict as exc:
+            return Response(
+                {"detail": str(exc), "code": "version_conflict", "version": exc.current_version},
+                status=status.HTTP_412_PRECONDITION_FAILED,
+            )
+        return _preferences_response(state)
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Replace my preference document",
+        description=_PREFERENCES_DESCRIPTION,
+        request=PreferenceDocumentSerializer,
+        responses={200: PreferencesOutSerializer, 400: OpenApiTypes.OBJECT, 412: ErrorOutSerializer},
+    )
+    def put(self, request: Request) -> Response:
+        return self._write(request, partial=False)
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Change part of my preference document (JSON Merge Patch)",
+        description=_PREFERENCES_DESCRIPTION
+        + " Objects are merged recursively (RFC 7396); `null` removes an entry (back to the default).",
+        request=PreferenceDocumentSerializer,
+        responses={200: PreferencesOutSerializer, 400: OpenApiTypes.OBJECT, 412: ErrorOutSerializer},
+    )
+    def patch(self, request: Request) -> Response:
+        return self._write(request, partial=True)
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+
+class MyDevicesView(MeAPIView):
+    """The signed-in user's push devices (FCM / APNs tokens)."""
+
+    @extend_schema(tags=TAGS, summary="My active push devices", responses=DeviceOutSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        return Response(DeviceOutSerializer(selectors.devices_for_user(request.user), many=True).data)
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Register a push token",
+        description="Registering a token again refreshes it; a token registered by another account moves to you.",
+        request=DeviceInSerializer,
+        responses={201: DeviceOutSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        data = DeviceInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            device = services.device_register(user=request.user, **data.validated_data)
+        except DjangoValidationError as exc:
+            raise _as_drf_error(exc) from exc
+        return Response(DeviceOutSerializer(device).data, status=status.HTTP_201_CREATED)
+
+
+class MyDeviceView(MeAPIView):
+    """One of the signed-in user's push devices."""
+
+    @extend_schema(tags=TAGS, summary="Unregister a push device", responses={204: None, 404: ErrorOutSerializer})
+    def delete(self, request: Request, pk: int) -> Response:
+        try:
+            services.device_unregister(user=request.user, device_id=pk)
+        except Device.DoesNotExist:
+            raise Http404 from None
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- in-app inbox ----------------------------------------------------------------------------
+
+
+class InboxCursorPagination(CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 20
+    page_size_query_param = "page_size"
+    max_page_size = 100
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class MyNotificationsView(MeAPIView):
+    """The signed-in user's in-app inbox."""
+
+    @extend_schema(
+        tags=TAGS,
+        summary="My in-app inbox, newest first",
+        parameters=[
+            OpenApiParameter("unread", OpenApiTypes.BOOL, description="Only unread messages."),
+            OpenApiParameter("cursor", OpenApiTypes.STR, description="Opaque cursor from `next` / `previous`."),
+            OpenApiParameter("page_size", OpenApiTypes.INT, description="1–100, default 20."),
+        ],
+        responses=InboxPageOutSerializer,
+    )
+    def get(self, request: Request) -> Response:
+        queryset = selectors.inbox_for_user(request.user, unread_only=_flag(request.query_params.get("unread")))
+        paginator = InboxCursorPagination()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return Response(
+            {
+                "next": paginator.get_next_link(),
+                "previous": paginator.get_previous_link(),
+                "unread_count": selectors.inbox_unread_count(request.user),
+                "results": InboxMessageOutSerializer(page, many=True).data,
+            }
+        )
+
+
+class MyNotificationReadView(MeAPIView):
+    """Mark one in-app message read."""
+
+    @extend_schema(tags=TAGS, summary="Mark one message read", request=None, responses={200: InboxMessageOutSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        try:
+            message = services.inbox_mark_read(user=request.user, message_id=pk)
+        except InboxMessage.DoesNotExist:
+            raise Http404 from None
+        return Response(InboxMessageOutSerializer(message).data)
+
+
+class MyNotificationsReadAllView(MeAPIView):
+    """Mark every unread in-app message read."""
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Mark all my messages read",
+        request=InboxReadAllInSerializer,
+        responses={200: InboxReadAllOutSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        data = InboxReadAllInSerializer(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        marked = services.inbox_mark_all_read(user=request.user, until=data.validated_data.get("until"))
+        return Response({"marked": marked, "unread_count": selectors.inbox_unread_count(request.user)})
+
+
+# --- profile ---------------------------------------------------------------------------------
+
+
+def _profile_payload(user: Any) -> dict[str, Any]:
+    profile = RecipientProfile.objects.filter(user=user).first() or RecipientProfile(user=user)
+    email = getattr(user, get_user_model().get_email_field_name(), "") or ""
+    email_invalid = profile.email_invalid_at is not None and profile.email_invalid_address.lower() in (
+        "",
+        email.lower(),
+    )
+    return {
+        "email": email,
+        "phone": profile.phone,
+        "locale": profile.locale,
+        "timezone": profile.timezone,
+        "email_valid": bool(email) and not email_invalid,
+        "phone_valid": bool(profile.phone) and profile.phone_invalid_at is None,
+    }
+
+
+class MyProfileView(MeAPIView):
+    """The signed-in user's contact profile (phone, locale, time zone)."""
+
+    @extend_schema(tags=TAGS, summary="My contact profile", responses=ProfileSerializer)
+    def get(self, request: Request) -> Response:
+        return Response(ProfileSerializer(_profile_payload(request.user)).data)
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Change my phone, locale or time zone",
+        request=ProfileSerializer,
+        responses={200: ProfileSerializer, 400: OpenApiTypes.OBJECT},
+    )
+    def patch(self, request: Request) -> Response:
+        data = ProfileSerializer(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        try:
+            services.profile_update(user=request.user, **data.validated_data)
+        except DjangoValidationError as exc:
+            raise _as_drf_error(exc) from exc
+        return Response(ProfileSerializer(_profile_payload(request.user)).data)
+
+
+# --- one-click unsubscribe -------------------------------------------------------------------
+
+
+def _category_label(category: str) -> str:
+    try:
+        return Category(category).label
+    except ValueError:
+        return category
+
+
+class UnsubscribeView(APIView):
+    """RFC 8058 one-click unsubscribe. No login (the signed token is the authorisation), no CSRF.
+
+    GET shows a confirmation page and changes nothing (mail scanners follow links); POST opts out.
+    """
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    parser_classes = [FormParser, MultiPartParser, JSONParser]
+
+    def _html(self, request: HttpRequest, template_context: dict[str, Any], status_code: int) -> HttpResponse:
+        return render(request, "preferences/unsubscribe.html", template_context, status=status_code)
+
+    def _error(self, request: Request, detail: str, code: str, status_code: int, *, html: bool) -> HttpResponse:
+        if html:
+            return self._html(request._request, {"state": "error", "detail": detail}, status_code)
+        return Response({"detail": detail, "code": code}, status=status_code)
+
+    def _resolve(self, request: Request, token: str, *, html: bool) -> tuple[Any, HttpResponse | None]:
+        try:
+            target = read_unsubscribe_token(token)
+        except UnsubscribeTokenExpired:
+            return None, self._error(
+                request, "This unsubscribe link has expired.", "expired", status.HTTP_410_GONE, html=html
+            )
+        except InvalidUnsubscribeToken:
+            return None, self._error(request, "invalid link", "invalid_link", status.HTTP_400_BAD_REQUEST, html=html)
+        if target.category in MANDATORY_CATEGORIES:
+            return None, self._error(
+                request,
+                "Security notifications cannot be unsubscribed from.",
+                "mandatory_category",
+                status.HTTP_400_BAD_REQUEST,
+                html=html,
+            )
+        if target.category not in Category.values:
+            return None, self._error(request, "invalid link", "invalid_link", status.HTTP_400_BAD_REQUEST, html=html)
+        return target, None
+
+    @extend_schema(
+        tags=["unsubscribe"],
+        summary="Unsubscribe confirmation page (no change)",
+        auth=[],
+        responses={
+            (200, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="Confirmation page with a button"),
+            (400, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="Invalid link or security category"),
+            (410, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="Expired link"),
+        },
+    )
+    def get(self, request: Request, token: str) -> HttpResponse:
+        target, error = self._resolve(request, token, html=True)
+        if error is not None:
+            return error
+        context = {"state": "confirm", "category": _category_label(target.category)}
+        return self._html(request._request, context, status.HTTP_200_OK)
+
+    @extend_schema(
+        tags=["unsubscribe"],
+        summary="One-click unsubscribe (RFC 8058)",
+        description="Mail clients POST `List-Unsubscribe=One-Click` (form-encoded). Opts the recipient out of "
+        "the link's category on every channel. Idempotent. 400 for a tampered link or the security "
+        "category, 410 for an expired link.",
+        auth=[],
+        request={"application/x-www-form-urlencoded": OpenApiTypes.OBJECT},
+        responses={200: UnsubscribeOutSerializer, 400: ErrorOutSerializer, 410: ErrorOutSerializer},
+    )
+    def post(self, request: Request, token: str) -> HttpResponse:
+        html = "text/html" in request.headers.get("Accept", "")
+        target, error = self._resolve(request, token, html=html)
+        if error is not None:
+            return error
+        user = get_user_model().objects.filter(pk=target.user_id).first()
+        if user is not None:
+            services.preferences_opt_out_category(user=user, category=target.category)
+            logger.info("unsubscribed", extra={"user_id": target.user_id, "category": target.category})
+        if html:
+            context = {"state": "done", "category": _category_label(target.category)}
+            return self._html(request._request, context, status.HTTP_200_OK)
+        return Response({"unsubscribed": True, "category": target.category})

@@ -1,0 +1,1 @@
+"""Tests for the provider sandboxes (``notifications.sandbox``): plain pytest, no Django."""

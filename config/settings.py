@@ -82,7 +82,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = env.path("STATIC_ROOT", default=str(BASE_DIR / ".platform" / "static"))
+STATIC_ROOT = Path(env("STATIC_ROOT", default=str(BASE_DIR / ".platform" / "static")))
 WHITENOISE_AUTOREFRESH = DEBUG
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -158,3 +158,65 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+
+# --- Delivery workers ---------------------------------------------------------------------------
+WORKER_BATCH_SIZE = env.int("WORKER_BATCH_SIZE", default=500)
+# Sends in flight per worker process: at 100 ms provider latency, 200 in flight ≈ 2,000 sends/s.
+WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=200)
+WORKER_IN_PROCESS_RETRIES = env.int("WORKER_IN_PROCESS_RETRIES", default=2)
+# Provider HTTP timeout (s); the dedup lease is derived from it so a claim outlives the send.
+PROVIDER_TIMEOUT = env.float("PROVIDER_TIMEOUT", default=10.0)
+DEDUP_SENT_TTL = env.float("DEDUP_SENT_TTL", default=24 * 3600)
+RETRY_MAX_ATTEMPTS = env.int("RETRY_MAX_ATTEMPTS", default=8)
+RETRY_MAX_AGE = env.float("RETRY_MAX_AGE", default=24 * 3600)
+RETRY_BASE_DELAY = env.float("RETRY_BASE_DELAY", default=0.5)
+RETRY_MAX_DELAY = env.float("RETRY_MAX_DELAY", default=600)
+RETRY_IN_PROCESS_THRESHOLD = env.float("RETRY_IN_PROCESS_THRESHOLD", default=2.0)
+PROVIDER_BREAKER_FAILURES = env.int("PROVIDER_BREAKER_FAILURES", default=5)
+PROVIDER_BREAKER_COOL_DOWN = env.float("PROVIDER_BREAKER_COOL_DOWN", default=30.0)
+
+# --- Providers ----------------------------------------------------------------------------------
+# USE_PROVIDER_SANDBOX=1 (make dev, the tests, the benchmarks) points every provider at the local
+# sandboxes (`manage.py run_sandbox_providers`), with throwaway credentials from
+# `notifications/sandbox/credentials.py`. Production leaves it off and sets the real credentials.
+USE_PROVIDER_SANDBOX = env.bool("USE_PROVIDER_SANDBOX", default=False)
+SANDBOX_HOST = env("SANDBOX_HOST", default="127.0.0.1")
+SANDBOX_CREDENTIALS_DIR = Path(env("SANDBOX_CREDENTIALS_DIR", default=str(BASE_DIR / ".platform" / "sandbox")))
+
+
+def _provider(name: str, *, sandbox, real):
+    return env(name, default=sandbox if USE_PROVIDER_SANDBOX else real)
+
+
+from notifications.sandbox import credentials as _sandbox  # noqa: E402 - plain module, no Django
+
+_SB = f"http://{SANDBOX_HOST}"
+NOTIFICATIONS_FROM_EMAIL = env("NOTIFICATIONS_FROM_EMAIL", default="Notifications <notifications@example.com>")
+DEFAULT_FROM_EMAIL = NOTIFICATIONS_FROM_EMAIL
+ANYMAIL = {
+    "SENDGRID_API_KEY": _provider("SENDGRID_API_KEY", sandbox=_sandbox.SENDGRID_API_KEY, real=""),
+    "SENDGRID_API_URL": _provider(
+        "SENDGRID_API_URL", sandbox=f"{_SB}:58101/v3/", real="https://api.sendgrid.com/v3/"
+    ),
+}
+SMTP_HOST = _provider("SMTP_HOST", sandbox=SANDBOX_HOST, real="127.0.0.1")
+SMTP_PORT = int(_provider("SMTP_PORT", sandbox=58125, real=25))
+TWILIO_BASE_URL = _provider("TWILIO_BASE_URL", sandbox=f"{_SB}:58102", real="https://api.twilio.com")
+TWILIO_ACCOUNT_SID = _provider("TWILIO_ACCOUNT_SID", sandbox=_sandbox.TWILIO_ACCOUNT_SID, real="")
+TWILIO_AUTH_TOKEN = _provider("TWILIO_AUTH_TOKEN", sandbox=_sandbox.TWILIO_AUTH_TOKEN, real="")
+TWILIO_FROM_NUMBER = _provider("TWILIO_FROM_NUMBER", sandbox="+15005550006", real="")
+TWILIO_MESSAGING_SERVICE_SID = env("TWILIO_MESSAGING_SERVICE_SID", default="")
+FCM_BASE_URL = _provider("FCM_BASE_URL", sandbox=f"{_SB}:58103", real="https://fcm.googleapis.com")
+FCM_PROJECT_ID = _provider("FCM_PROJECT_ID", sandbox=_sandbox.FCM_PROJECT_ID, real="")
+FCM_SERVICE_ACCOUNT_FILE = _provider(
+    "FCM_SERVICE_ACCOUNT_FILE", sandbox=str(SANDBOX_CREDENTIALS_DIR / "fcm-service-account.json"), real=""
+)
+APNS_BASE_URL = _provider("APNS_BASE_URL", sandbox=f"{_SB}:58104", real="https://api.push.apple.com")
+APNS_KEY_FILE = _provider(
+    "APNS_KEY_FILE", sandbox=str(SANDBOX_CREDENTIALS_DIR / f"AuthKey_{_sandbox.APNS_KEY_ID}.p8"), real=""
+)
+APNS_KEY_ID = _provider("APNS_KEY_ID", sandbox=_sandbox.APNS_KEY_ID, real="")
+APNS_TEAM_ID = _provider("APNS_TEAM_ID", sandbox=_sandbox.APNS_TEAM_ID, real="")
+APNS_TOPIC = _provider("APNS_TOPIC", sandbox=_sandbox.APNS_TOPIC, real="")
+WEBHOOK_SIGNING_SECRET = _provider("WEBHOOK_SIGNING_SECRET", sandbox=_sandbox.WEBHOOK_SECRET, real="")
+PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")

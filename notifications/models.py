@@ -267,3 +267,51 @@ class ScheduledMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic} key={self.key} due {self.due_at:%Y-%m-%d %H:%M}"
+
+
+class ProviderKind(models.TextChoices):
+    SENDGRID = "sendgrid", "SendGrid (django-anymail)"
+    ANYMAIL = "anymail", "Any ESP via django-anymail (EMAIL_BACKEND)"
+    SMTP = "smtp", "SMTP"
+    TWILIO = "twilio", "Twilio Messages"
+    FCM = "fcm", "Firebase Cloud Messaging (HTTP v1)"
+    APNS = "apns", "Apple Push Notification service"
+    WEBHOOK = "webhook", "Webhook (Standard Webhooks)"
+    INAPP = "inapp", "In-app inbox"
+
+
+class Provider(models.Model):
+    """A provider contract on one channel: its rate limit, burst, failover order and switch.
+
+    Credentials never live here: the adapter for `kind` reads them from settings/environment.
+    """
+
+    name = models.SlugField(max_length=50, unique=True, help_text="Also the token bucket's name.")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    kind = models.CharField(max_length=20, choices=ProviderKind.choices)
+    rate = models.FloatField(help_text="Contract rate, requests per second, shared by every worker.")
+    burst = models.PositiveIntegerField(
+        default=10, help_text="Bucket capacity. The largest count in any 1 s window is at most rate + burst."
+    )
+    transactional_reserve = models.PositiveIntegerField(
+        default=0, help_text="Tokens bulk traffic may never take, kept for transactional messages."
+    )
+    priority = models.PositiveSmallIntegerField(default=1, help_text="Failover order: lower is tried first.")
+    enabled = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["channel", "priority", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.channel}, {self.rate:g}/s)"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if self.rate is not None and self.rate <= 0:
+            raise ValidationError({"rate": "The rate must be positive."})
+        if self.burst is not None and self.burst < 1:
+            raise ValidationError({"burst": "The burst must be at least 1."})
+        if self.transactional_reserve and self.burst and self.transactional_reserve >= self.burst:
+            raise ValidationError({"transactional_reserve": "The reserve must be smaller than the burst."})

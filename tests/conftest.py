@@ -21,6 +21,9 @@ def kafka_topics():
 
     prefix = f"test{uuid.uuid4().hex[:8]}."
     settings.KAFKA_TOPIC_PREFIX = prefix
+    # Redis keys too: user ids restart in every run's fresh database, so cached preferences,
+    # dedup keys and caps of an earlier run must not be visible.
+    settings.REDIS_KEY_PREFIX = f"{prefix[:-1]}:"
     settings.KAFKA_DEFAULT_PARTITIONS = 3
     ensure_topics()
     yield prefix
@@ -41,6 +44,7 @@ def subprocess_env(db, kafka_topics):
             "KAFKA_TOPIC_PREFIX": kafka_topics,
             "KAFKA_DEFAULT_PARTITIONS": str(settings.KAFKA_DEFAULT_PARTITIONS),
             "REDIS_URL": settings.REDIS_URL,
+            "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
             "DJANGO_SETTINGS_MODULE": "config.settings",
             "METRICS_PORT": "0",
             "OUTBOX_BUCKETS": str(settings.OUTBOX_BUCKETS),
@@ -87,3 +91,55 @@ def fresh_topic(kafka_topics):
     futures = admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
     futures[name].result(30)
     return name
+
+
+SANDBOX_PROVIDERS = ("sendgrid", "twilio", "fcm", "apns", "webhook", "smtp")
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory):
+    """Every provider sandbox on free ports, for the whole run; settings point the adapters at it."""
+    from notifications.sandbox import credentials
+    from notifications.sandbox.process import SandboxProcess
+
+    args = ["--only", ",".join(SANDBOX_PROVIDERS), "--smtp-control-port", "0", "--seed", "11"]
+    for name in SANDBOX_PROVIDERS:
+        args += [f"--{name}-port", "0"]
+    args += ["--webhook-secret", credentials.WEBHOOK_SECRET]
+    proc = SandboxProcess(args).start()
+    creds = credentials.ensure_sandbox_credentials(
+        tmp_path_factory.mktemp("sandbox-credentials"), fcm_token_uri=f"{proc.url('fcm')}/token"
+    )
+    overrides = {
+        "USE_PROVIDER_SANDBOX": True,
+        "ANYMAIL": {"SENDGRID_API_KEY": credentials.SENDGRID_API_KEY, "SENDGRID_API_URL": f"{proc.url('sendgrid')}/v3/"},
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": proc.ports["smtp"],
+        "TWILIO_BASE_URL": proc.url("twilio"),
+        "TWILIO_ACCOUNT_SID": credentials.TWILIO_ACCOUNT_SID,
+        "TWILIO_AUTH_TOKEN": credentials.TWILIO_AUTH_TOKEN,
+        "TWILIO_FROM_NUMBER": "+15005550006",
+        "FCM_BASE_URL": proc.url("fcm"),
+        "FCM_PROJECT_ID": credentials.FCM_PROJECT_ID,
+        "FCM_SERVICE_ACCOUNT_FILE": str(creds.fcm_service_account_file),
+        "APNS_BASE_URL": proc.url("apns"),
+        "APNS_KEY_FILE": str(creds.apns_key_file),
+        "APNS_KEY_ID": credentials.APNS_KEY_ID,
+        "APNS_TEAM_ID": credentials.APNS_TEAM_ID,
+        "APNS_TOPIC": credentials.APNS_TOPIC,
+        "WEBHOOK_SIGNING_SECRET": credentials.WEBHOOK_SECRET,
+    }
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+    proc.env = {  # for platform processes started by tests
+        "USE_PROVIDER_SANDBOX": "1",
+        "SENDGRID_API_URL": f"{proc.url('sendgrid')}/v3/",
+        "SMTP_PORT": str(proc.ports["smtp"]),
+        "TWILIO_BASE_URL": proc.url("twilio"),
+        "FCM_BASE_URL": proc.url("fcm"),
+        "FCM_SERVICE_ACCOUNT_FILE": str(creds.fcm_service_account_file),
+        "APNS_BASE_URL": proc.url("apns"),
+        "APNS_KEY_FILE": str(creds.apns_key_file),
+    }
+    yield proc
+    proc.stop()

@@ -31,8 +31,15 @@ BATCH_SECONDS = Histogram(
 )
 
 
+#: A handler may hold back part of a batch: {(topic, partition): (first offset not handled, due
+#: time in time.monotonic())}. The runner commits only what came before, rewinds the partition to
+#: that offset and pauses it until it is due, so a retry topic is never read ahead of its time and
+#: the consumer keeps polling (no sleeping past max.poll.interval.ms).
+Deferrals = dict[tuple[str, int], tuple[int, float]]
+
+
 class BatchHandler(Protocol):
-    def handle_batch(self, messages: list[Message]) -> None: ...
+    def handle_batch(self, messages: list[Message]) -> Deferrals | None: ...
 
 
 @dataclass
@@ -60,6 +67,7 @@ class ConsumerRunner:
         self.assigned = threading.Event()
         self._on_assign_cb = on_assign
         self.consumer = Consumer(consumer_config(config.group, **config.consumer_overrides))
+        self._paused: dict[tuple[str, int], float] = {}
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"role": self.config.role, "count": len(partitions)})
@@ -70,6 +78,8 @@ class ConsumerRunner:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Handling is synchronous inside the loop, so nothing is in flight during a revocation.
         log.info("partitions revoked", extra={"role": self.config.role, "count": len(partitions)})
+        for tp in partitions:
+            self._paused.pop((tp.topic, tp.partition), None)
 
     def run(self) -> None:
         role = self.config.role
@@ -80,18 +90,43 @@ class ConsumerRunner:
             while not self.stop_event.is_set():
                 if tick is not None:
                     tick()  # periodic work of the role (e.g. releasing due messages)
+                self._resume_due()
                 messages = self.consumer.consume(self.config.batch_size, self.config.poll_timeout)
                 batch = [m for m in messages if self._usable(m)]
                 if not batch:
                     continue
                 started = time.perf_counter()
-                self.handler.handle_batch(batch)
-                self.commit(batch)
+                deferrals = self.handler.handle_batch(batch) or {}
+                if deferrals:
+                    batch = [m for m in batch if not _held_back(m, deferrals)]
+                    self._pause(deferrals)
+                if batch:
+                    self.commit(batch)
                 BATCH_SECONDS.labels(role).observe(time.perf_counter() - started)
                 CONSUMED.labels(role).inc(len(batch))
         finally:
             self.consumer.close()  # leaves the group at once, so a rebalance does not wait
+            from django.db import connections
+
+            connections.close_all()  # this thread's database connections (roles run in threads in tests)
             log.info("consumer stopped", extra={"role": role})
+
+    def _pause(self, deferrals: Deferrals) -> None:
+        for (topic, partition), (offset, due) in deferrals.items():
+            tp = TopicPartition(topic, partition, offset)
+            self.consumer.pause([tp])
+            self.consumer.seek(tp)  # the held-back message is read again when the partition resumes
+            self._paused[(topic, partition)] = due
+
+    def _resume_due(self) -> None:
+        if not self._paused:
+            return
+        now = time.monotonic()
+        due = [key for key, at in self._paused.items() if at <= now]
+        if due:
+            self.consumer.resume([TopicPartition(t, p) for t, p in due])
+            for key in due:
+                del self._paused[key]
 
     def commit(self, batch: list[Message]) -> None:
         highest: dict[tuple[str, int], int] = {}
@@ -101,6 +136,10 @@ class ConsumerRunner:
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
         self.consumer.commit(offsets=offsets, asynchronous=False)
 
+    @property
+    def paused_partitions(self) -> dict[tuple[str, int], float]:
+        return dict(self._paused)
+
     @staticmethod
     def _usable(message: Message) -> bool:
         error = message.error()
@@ -109,3 +148,8 @@ class ConsumerRunner:
         if error.code() == KafkaError._PARTITION_EOF:
             return False
         raise RuntimeError(f"consumer error: {error}")
+
+
+def _held_back(message: Message, deferrals: Deferrals) -> bool:
+    deferral = deferrals.get((message.topic(), message.partition()))
+    return deferral is not None and message.offset() >= deferral[0]

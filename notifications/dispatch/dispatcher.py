@@ -12,6 +12,7 @@ A malformed or unknown event goes to `notif.events.dlq` with the reason; it neve
 """
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import orjson
 import redis
 from confluent_kafka import KafkaError, Message, Producer
 from django.conf import settings
+from django.db import close_old_connections
 from django.utils import timezone
 from prometheus_client import Counter
 
@@ -140,6 +142,7 @@ class Dispatcher:
 
     # -- the batch ---------------------------------------------------------------------------
     def handle_batch(self, messages: list[Message]) -> None:
+        close_old_connections()  # a long-running consumer must notice a dropped database connection
         now = self.clock()
         logs: list[LogEntry] = []
         deferred: list[Deferred] = []
@@ -207,18 +210,27 @@ class Dispatcher:
                 self._render_failure_to_dlq(candidate, exc)
                 logs.append(self._log(event, user_id, channel, DeliveryStatus.DLQ, f"render_error: {exc}"))
                 continue
-            headers = {Header.IDEMPOTENCY_KEY: message["id"]}
             if candidate.entry.urgency != Urgency.URGENT:
                 quiet_end = quiet_hours_end(candidate.state, now)
                 if quiet_end is not None:
-                    deferred.append(Deferred(quiet_end, channel_topic(channel), str(user_id), dict(message), headers))
+                    deferred += [
+                        Deferred(
+                            quiet_end,
+                            channel_topic(channel),
+                            str(user_id),
+                            dict(part),
+                            {Header.IDEMPOTENCY_KEY: part["id"]},
+                        )
+                        for part in split_by_platform(message)
+                    ]
                     logs.append(self._log(event, user_id, channel, DeliveryStatus.SCHEDULED, "quiet_hours"))
                     continue
             park = candidate.mode == KillSwitchMode.PAUSE or (
                 candidate.mode == KillSwitchMode.DELAY and candidate.entry.urgency != Urgency.URGENT
             )
             topic = channel_topic(channel, "delayed" if park else "")
-            self._produce(topic, str(user_id), encode(message), headers)
+            for part in split_by_platform(message):
+                self._produce(topic, str(user_id), encode(part), {Header.IDEMPOTENCY_KEY: part["id"]})
             status = DeliveryStatus.PARKED if park else DeliveryStatus.QUEUED
             logs.append(self._log(event, user_id, channel, status, f"kill_switch_{candidate.mode}" if park else ""))
 
@@ -231,8 +243,6 @@ class Dispatcher:
 
     def tick(self) -> None:
         """Called by the runner between polls: release quiet-hours messages that are due."""
-        import time
-
         now = time.monotonic()
         if now - self._last_release >= RELEASE_INTERVAL:
             self._last_release = now
@@ -332,6 +342,20 @@ class Dispatcher:
         return LogEntry(
             event_id=event["id"], user_id=user_id, channel=channel, type=event["type"], status=status, reason=reason
         )
+
+
+def split_by_platform(message: ChannelMessage) -> list[ChannelMessage]:
+    """A push message becomes one message per platform (FCM, APNs): each goes to its own provider,
+    with its own rate limit and outcome, so its dedup key carries the platform."""
+    if message["channel"] != Channel.PUSH:
+        return [message]
+    platforms: dict[str, list] = {}
+    for platform, token in message["to"]["devices"]:
+        platforms.setdefault(platform, []).append([platform, token])
+    return [
+        {**message, "id": f"{message['id']}:{platform}", "to": {"platform": platform, "devices": devices}}
+        for platform, devices in sorted(platforms.items())
+    ]
 
 
 def _stringly(data: dict[str, Any]) -> dict[str, str]:

@@ -1,0 +1,47 @@
+"""The push channel over several platforms: routes each device to its platform's adapter (FCM, APNs)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from notifications.dispatch.messages import ChannelMessage
+from notifications.providers.base import (
+    InvalidMessageError,
+    ProviderAdapter,
+    SendResult,
+    combine_results,
+    devices_for,
+)
+
+
+class PushRouter(ProviderAdapter):
+    """Sends a push message through every platform adapter that has devices in it, concurrently, and
+    combines the results (sent if any platform delivered; dead tokens of all platforms listed).
+
+    A worker that rate-limits FCM and APNs with separate token buckets should call the platform
+    adapters itself (``adapter_for("fcm")`` / ``("apns")``); this router is for callers that do not.
+    """
+
+    name = "push"
+    channel = "push"
+
+    def __init__(self, adapters: Mapping[str, ProviderAdapter], *, owns_adapters: bool = True) -> None:
+        super().__init__()
+        self.adapters = dict(adapters)  # platform ("fcm", "apns") -> adapter
+        self.owns_adapters = owns_adapters
+
+    async def _send(self, message: ChannelMessage) -> SendResult:
+        targets = [adapter for platform, adapter in self.adapters.items() if devices_for(message, platform)]
+        if not targets:
+            raise InvalidMessageError(
+                "message has no device of a configured push platform", provider=self.name, error_code="no_devices"
+            )
+        results = await asyncio.gather(*(adapter.send(message) for adapter in targets))
+        if len(results) == 1:
+            return results[0]
+        return combine_results(self.name, results)
+
+    async def aclose(self) -> None:
+        if self.owns_adapters:
+            await asyncio.gather(*(adapter.aclose() for adapter in self.adapters.values()))

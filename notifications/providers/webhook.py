@@ -1,0 +1,125 @@
+"""Webhooks: POST the JSON payload to the recipient's URL, signed the Standard Webhooks way."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import weakref
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from standardwebhooks.webhooks import Webhook
+
+from notifications.dispatch.messages import ChannelMessage
+from notifications.providers.base import (
+    ConfigurationError,
+    HttpProviderAdapter,
+    InvalidContactError,
+    Secret,
+    SendResult,
+    build_http_client,
+    require,
+)
+from notifications.providers.classification import classify_webhook_response
+
+DEFAULT_MAX_CONNECTIONS = 200
+#: In-flight requests per receiving host: a slow endpoint may hold this many sockets, never the whole
+#: pool, so the other tenants' webhooks keep flowing (Hermes isolates endpoints the same way).
+DEFAULT_MAX_PER_HOST = 100
+DEFAULT_USER_AGENT = "notification-platform-webhooks/1"
+
+
+class WebhookAdapter(HttpProviderAdapter):
+    """Standard Webhooks sender: headers ``webhook-id`` (= the notification id, what receivers dedupe
+    on), ``webhook-timestamp`` and ``webhook-signature`` (``v1,<HMAC-SHA256>`` from the package
+    ``standardwebhooks``). Redirects are not followed (a 3xx is a permanent failure, not a new target).
+    """
+
+    name = "webhook"
+    channel = "webhook"
+
+    def __init__(
+        self,
+        *,
+        signing_secret: str | Secret,
+        timeout: float = 10.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_host: int = DEFAULT_MAX_PER_HOST,
+        user_agent: str = DEFAULT_USER_AGENT,
+        client: httpx.AsyncClient | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._secret = Secret.of(signing_secret)
+        self._signer: Webhook | None = None
+        self._signer_error: Exception | None = None
+        if self._secret:
+            try:
+                self._signer = Webhook(self._secret.reveal())
+            except Exception as exc:  # malformed base64 / empty: report per send as config_error
+                self._signer_error = exc
+        self.max_per_host = max(1, int(max_per_host))
+        self._host_slots: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
+        client = client or build_http_client(
+            timeout=timeout, max_connections=max_connections, headers={"User-Agent": user_agent}
+        )
+        super().__init__(client=client, **kwargs)
+
+    def sign(self, msg_id: str, timestamp: int, body: bytes) -> str:
+        if self._signer is None:
+            raise ConfigurationError(
+                "webhook signing secret missing or malformed (expected whsec_<base64>)",
+                provider=self.name,
+                error_code="missing_secret",
+            ) from self._signer_error
+        return self._signer.sign(msg_id, dt.datetime.fromtimestamp(timestamp, dt.UTC), body.decode("utf-8"))
+
+    def build_request(self, message: ChannelMessage) -> httpx.Request:
+        url = str(require(message, "to", "url", provider=self.name))
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidContactError(
+                f"webhook URL {url!r} is not an http(s) URL", provider=self.name, error_code="bad_url"
+            )
+        payload = (message.get("content") or {}).get("payload")
+        body = orjson.dumps(payload if payload is not None else {})
+        msg_id = message["id"]
+        timestamp = int(self.clock())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": self.sign(msg_id, timestamp, body),
+        }
+        try:
+            return self.client.build_request("POST", url, content=body, headers=headers)
+        except httpx.InvalidURL as exc:
+            raise InvalidContactError(
+                f"webhook URL {url!r} is invalid", provider=self.name, error_code="bad_url"
+            ) from exc
+
+    async def _send(self, message: ChannelMessage) -> SendResult:
+        host = urlsplit(str(require(message, "to", "url", provider=self.name))).netloc.lower()
+        slots = self._host_slots.get(host)
+        if slots is None:
+            slots = asyncio.Semaphore(self.max_per_host)
+            self._host_slots[host] = slots  # weak: forgotten once no send to that host is in flight
+        async with slots:
+            # Signed only once a slot is ours: a send queued behind a slow host keeps a fresh timestamp.
+            request = self.build_request(message)
+            response = await self.client.send(request)
+        return self.parse_response(response, message)
+
+    def parse_response(self, response: httpx.Response, message: ChannelMessage) -> SendResult:
+        return classify_webhook_response(
+            response.status_code,
+            response.headers,
+            response.content,
+            now=self.clock(),
+            provider=self.name,
+            message_id=message["id"],
+        )
+
+    def __repr__(self) -> str:
+        return f"<WebhookAdapter signing_secret={self._secret!r} max_per_host={self.max_per_host}>"

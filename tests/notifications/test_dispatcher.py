@@ -1,0 +1,285 @@
+"""The dispatcher against real Kafka, PostgreSQL and Redis: one event in, the right messages out."""
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+from django.db import transaction
+from rest_framework.test import APIClient
+
+from notifications.bus.config import producer_config
+from notifications.bus.runner import ConsumerRunner, RunnerConfig
+from notifications.bus.topics import channel_topic, topic_name
+from notifications.dispatch.dispatcher import Dispatcher
+from notifications.dispatch.killswitch import KillSwitchBoard
+from notifications.dispatch.scheduling import release_due_messages
+from notifications.models import (
+    ApiKey,
+    Category,
+    DeliveryLog,
+    KillSwitch,
+    NotificationTemplate,
+    NotificationType,
+    OutboxEvent,
+    ScheduledMessage,
+    Urgency,
+)
+from notifications.outbox.relay import OutboxRelay, RelayConfig, conninfo_from_django
+from notifications.redis_client import get_redis
+from preferences.models import Device, PreferenceDocument, RecipientProfile
+from tests.kafka_helpers import consume, consume_matching, produce_raw
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def types(db):
+    shipped = NotificationType.objects.create(
+        key="order.shipped", name="Order shipped", category=Category.TRANSACTIONAL,
+        default_channels=["email", "push", "sms", "inapp"], sample_payload={"order": "1"},
+    )
+    for channel in ("email", "push", "sms", "inapp"):
+        NotificationTemplate.objects.create(
+            notification_type=shipped, channel=channel, subject="Order {{ order }} shipped",
+            title="Shipped", body="Your order {{ order }} is on its way", html="<p>Order {{ order }}</p>",
+        )
+    NotificationTemplate.objects.create(
+        notification_type=shipped, channel="email", locale="de",
+        subject="Bestellung {{ order }} versandt", body="Ihre Bestellung {{ order }} ist unterwegs",
+    )
+    reset = NotificationType.objects.create(
+        key="auth.password_reset", name="Reset", category=Category.SECURITY, urgency=Urgency.URGENT,
+        default_channels=["email"],
+    )
+    NotificationTemplate.objects.create(notification_type=reset, channel="email", subject="Reset", body="{{ url }}")
+    digest = NotificationType.objects.create(
+        key="marketing.digest", name="Digest", category=Category.MARKETING, urgency=Urgency.BULK,
+        default_channels=["email", "push"],
+    )
+    for channel in ("email", "push"):
+        NotificationTemplate.objects.create(notification_type=digest, channel=channel, subject="Digest",
+                                            title="Digest", body="News")
+    return {"shipped": shipped, "reset": reset, "digest": digest}
+
+
+def make_user(django_user_model, *, phone="+4915112345678", locale="en", tz="UTC", device=True, document=None):
+    user = django_user_model.objects.create(username=f"u{uuid.uuid4().hex[:8]}", email=f"{uuid.uuid4().hex[:8]}@ex.com")
+    RecipientProfile.objects.create(user=user, phone=phone or "", locale=locale, timezone=tz)
+    if device:
+        Device.objects.create(user=user, platform="fcm", token=f"tok-{uuid.uuid4().hex}")
+    if document is not None:
+        PreferenceDocument.objects.create(user=user, document=document, version=1)
+    return user
+
+
+def envelope(type_key: str, user_id: int, data=None, event_id=None) -> dict:
+    return {"v": 1, "id": event_id or str(uuid.uuid4()), "type": type_key, "occurred_at": "2026-11-25T10:00:00+00:00",
+            "recipient": str(user_id), "data": data or {"order": "A-1"}, "source": "test"}
+
+
+def dispatch(fresh_topic, items: list, *, clock=None) -> Dispatcher:
+    """Produce `items` (envelopes or raw bytes) to a fresh topic, consume them for real, dispatch."""
+    produce_raw(fresh_topic, [("k", v if isinstance(v, bytes) else orjson.dumps(v)) for v in items])
+    messages = consume(fresh_topic, expected=len(items), timeout=20)
+    assert len(messages) == len(items)
+    kwargs = {"clock": clock} if clock else {}
+    dispatcher = Dispatcher(producer=Producer(producer_config()), redis_client=get_redis(), **kwargs)
+    dispatcher.handle_batch(messages)
+    return dispatcher
+
+
+def out(channel: str, event_id: str, suffix: str = "", expected: int = 1) -> list[dict]:
+    messages = consume_matching(
+        channel_topic(channel, suffix),
+        lambda m: orjson.loads(m.value()).get("event_id") == event_id,
+        expected=expected, timeout=10 if expected else 2,
+    )
+    return [orjson.loads(m.value()) for m in messages]
+
+
+def statuses(event_id: str) -> dict[str, tuple[str, str]]:
+    return {row.channel: (row.status, row.reason) for row in DeliveryLog.objects.filter(event_id=event_id)}
+
+
+def test_event_becomes_one_rendered_message_per_channel(types, django_user_model, fresh_topic):
+    user = make_user(django_user_model, locale="de-CH")
+    event = envelope("order.shipped", user.id)
+    dispatch(fresh_topic, [event])
+    [email] = out("email", event["id"])
+    assert email["id"] == f"{event['id']}:{user.id}:email" and email["to"] == {"email": user.email}
+    assert email["content"]["subject"] == "Bestellung A-1 versandt", "de-CH falls back to the 'de' template"
+    assert email["content"]["list_unsubscribe"].startswith("http")
+    assert email["priority"] == "transactional"
+    [push] = out("push", event["id"])
+    assert push["id"] == f"{event['id']}:{user.id}:push:fcm" and push["to"]["platform"] == "fcm"
+    assert push["to"]["devices"][0][0] == "fcm" and push["content"]["title"] == "Shipped"
+    [sms] = out("sms", event["id"])
+    assert sms["to"] == {"phone": "+4915112345678"} and sms["content"]["body"] == "Your order A-1 is on its way"
+    [inapp] = out("inapp", event["id"])
+    assert inapp["to"] == {"user_id": user.id}
+    assert statuses(event["id"]) == {c: ("queued", "") for c in ("email", "push", "sms", "inapp")}
+
+
+def test_locale_without_variant_falls_back_to_default(types, django_user_model, fresh_topic):
+    user = make_user(django_user_model, locale="fr-FR")
+    event = envelope("order.shipped", user.id)
+    dispatch(fresh_topic, [event])
+    assert out("email", event["id"])[0]["content"]["subject"] == "Order A-1 shipped"
+
+
+def test_opt_out_and_missing_contact_points_suppress(types, django_user_model, fresh_topic):
+    user = make_user(django_user_model, phone=None, device=False,
+                     document={"categories": {"transactional": {"email": False}}})
+    event = envelope("order.shipped", user.id)
+    dispatch(fresh_topic, [event])
+    assert statuses(event["id"]) == {
+        "email": ("suppressed", "opted_out"),
+        "push": ("suppressed", "no_contact_point"),
+        "sms": ("suppressed", "no_contact_point"),
+        "inapp": ("queued", ""),
+    }
+    assert out("email", event["id"], expected=0) == []
+
+
+def test_global_mute_suppresses_but_security_overrides(types, django_user_model, fresh_topic):
+    user = make_user(django_user_model, document={"global_mute": True, "categories": {"security": {}}})
+    muted = envelope("order.shipped", user.id)
+    reset = envelope("auth.password_reset", user.id, data={"url": "https://x/r"})
+    dispatch(fresh_topic, [muted, reset])
+    assert {s for s, _ in statuses(muted["id"]).values()} == {"suppressed"}
+    assert statuses(muted["id"])["email"] == ("suppressed", "global_mute")
+    [email] = out("email", reset["id"])
+    assert email["content"]["body"] == "https://x/r" and "list_unsubscribe" not in email["content"]
+
+
+def test_explicit_opt_in_adds_a_channel(types, django_user_model, fresh_topic):
+    user = make_user(django_user_model, document={"categories": {"marketing": {"sms": True, "push": False}}})
+    event = envelope("marketing.digest", user.id)
+    dispatch(fresh_topic, [event])
+    log = statuses(event["id"])
+    assert log["push"] == ("suppressed", "opted_out") and log["email"] == ("queued", "")
+    assert log["sms"][0] == "dlq" and "no sms template" in log["sms"][1], "opted in, but the type has no SMS copy"
+
+
+def test_quiet_hours_defer_non_urgent_until_the_window_ends(types, django_user_model, fresh_topic):
+    now = datetime(2026, 11, 25, 23, 30, tzinfo=UTC)  # 00:30 in Berlin
+    quiet = {"quiet_hours": {"enabled": True, "start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}}
+    user = make_user(django_user_model, document=quiet)
+    normal = envelope("order.shipped", user.id)
+    urgent = envelope("auth.password_reset", user.id)
+    dispatch(fresh_topic, [normal, urgent], clock=lambda: now)
+    assert statuses(normal["id"])["email"] == ("scheduled", "quiet_hours")
+    assert len(out("email", urgent["id"])) == 1, "urgent messages ignore quiet hours"
+    held = ScheduledMessage.objects.filter(payload__event_id=normal["id"])
+    assert held.count() == 4
+    assert {m.due_at for m in held} == {datetime(2026, 11, 26, 6, 0, tzinfo=UTC)}  # 07:00 Berlin
+    # When due, they move to the outbox (and from there to the channel topics).
+    held.update(due_at=datetime(2020, 1, 1, tzinfo=UTC))
+    assert release_due_messages() == 4
+    assert OutboxEvent.objects.filter(payload__event_id=normal["id"]).count() == 4
+    assert ScheduledMessage.objects.count() == 0
+
+
+def test_frequency_cap(types, django_user_model, fresh_topic):
+    caps = {"frequency_caps": {"marketing": {"push": {"max": 2, "per": "day"}}}}
+    user = make_user(django_user_model, document=caps)
+    events = [envelope("marketing.digest", user.id) for _ in range(3)]
+    dispatch(fresh_topic, events)
+    push = [statuses(e["id"])["push"] for e in events]
+    assert push == [("queued", ""), ("queued", ""), ("suppressed", "frequency_cap")]
+    assert all(statuses(e["id"])["email"] == ("queued", "") for e in events), "the cap is per channel"
+
+
+@pytest.mark.parametrize(
+    ("mode", "normal_outcome", "urgent_outcome"),
+    [
+        ("normal", ("queued", ""), ("queued", "")),
+        ("delay", ("parked", "kill_switch_delay"), ("queued", "")),
+        ("drop_non_urgent", ("suppressed", "kill_switch"), ("queued", "")),
+        ("pause", ("parked", "kill_switch_pause"), ("parked", "kill_switch_pause")),
+    ],
+)
+def test_kill_switch_modes(types, django_user_model, fresh_topic, mode, normal_outcome, urgent_outcome):
+    KillSwitch.objects.create(channel="email", mode=mode)
+    user = make_user(django_user_model)
+    normal = envelope("order.shipped", user.id)
+    urgent = envelope("auth.password_reset", user.id)
+    dispatch(fresh_topic, [normal, urgent])
+    assert statuses(normal["id"])["email"] == normal_outcome
+    assert statuses(urgent["id"])["email"] == urgent_outcome
+    if normal_outcome[0] == "parked":
+        assert len(out("email", normal["id"], suffix="delayed")) == 1
+        assert out("email", normal["id"], expected=0) == []
+    assert statuses(normal["id"])["push"] == ("queued", ""), "a switch on email leaves push alone"
+
+
+def test_kill_switch_change_is_seen_without_restart():
+    now = [0.0]
+    board = KillSwitchBoard(clock=lambda: now[0])
+    assert board.channel_mode("sms") == "normal"
+    KillSwitch.objects.create(channel="sms", mode="pause")
+    assert board.channel_mode("sms") == "normal"  # cached…
+    now[0] += 2.0
+    assert board.channel_mode("sms") == "pause"  # …for at most 2 s, well inside the 5 s promise
+
+
+def test_poison_messages_go_to_the_events_dlq_and_do_not_block(types, django_user_model, fresh_topic):
+    user = make_user(django_user_model)
+    good = envelope("order.shipped", user.id)
+    unknown = envelope("no.such.type", user.id)
+    marker = uuid.uuid4().hex
+    dispatch(fresh_topic, [b"{not json " + marker.encode(), unknown, good])
+    dlq = consume_matching(
+        topic_name("events.dlq"),
+        lambda m: marker.encode() in (m.value() or b"") or unknown["id"].encode() in (m.value() or b""),
+        expected=2,
+    )
+    classes = sorted(dict(m.headers())["error-class"].decode() for m in dlq)
+    assert classes == ["invalid_json", "unknown_type"]
+    assert len(out("email", good["id"])) == 1
+
+
+def test_unknown_recipient_is_logged_not_crashed(types, fresh_topic):
+    event = envelope("order.shipped", 987654321)
+    dispatch(fresh_topic, [event])
+    assert set(statuses(event["id"]).values()) == {("suppressed", "unknown_recipient")}
+
+
+def test_end_to_end_post_relay_dispatch(types, django_user_model, settings):
+    """POST /api/v1/events → outbox → relay → notif.events → dispatcher (consumer group) → notif.email."""
+    user = make_user(django_user_model)
+    _key, raw = ApiKey.generate(service="shop")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
+    relay = OutboxRelay(RelayConfig(conninfo=conninfo_from_django(), producer_config=producer_config(),
+                                    buckets=settings.OUTBOX_BUCKETS))
+    runner = ConsumerRunner(
+        RunnerConfig(role="dispatcher", topics=[topic_name("events")], group=f"dispatcher-{uuid.uuid4().hex[:6]}"),
+        Dispatcher(producer=Producer(producer_config()), redis_client=get_redis()),
+    )
+    threads = [threading.Thread(target=relay.run, daemon=True), threading.Thread(target=runner.run, daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        assert runner.assigned.wait(20), "dispatcher got its partitions"
+        with transaction.atomic():
+            response = client.post("/api/v1/events", {"event_id": "o-77", "type": "order.shipped",
+                                                      "recipients": [str(user.id)], "data": {"order": "77"}},
+                                    format="json")
+        assert response.status_code == 202
+        event_id = response.json()["id"]
+        [email] = out("email", event_id)
+        assert email["content"]["subject"] == "Order 77 shipped"
+        deadline = time.monotonic() + 10
+        while statuses(event_id).get("email") != ("queued", "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert statuses(event_id)["email"] == ("queued", "")
+    finally:
+        relay.stop_event.set()
+        runner.stop_event.set()
+        for t in threads:
+            t.join(15)

@@ -26,9 +26,9 @@ topics: install services
 # Brings up PostgreSQL, Redis and Kafka, migrates, creates the dev superuser and demo data, and
 # runs every platform process from the Procfile (Ctrl-C stops them; `make down` stops the services).
 dev: migrate topics
-	DJANGO_DEBUG=1 $(PY) manage.py bootstrap_dev
+	DJANGO_DEBUG=1 USE_PROVIDER_SANDBOX=1 $(PY) manage.py bootstrap_dev
 	$(PY) manage.py collectstatic --noinput -v 0
-	DJANGO_DEBUG=1 honcho start
+	DJANGO_DEBUG=1 USE_PROVIDER_SANDBOX=1 honcho start
 
 test: install services
 	$(PY) -m pytest $(PYTEST_ARGS)

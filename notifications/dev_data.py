@@ -1,9 +1,10 @@
 """Demo data for `make dev`: well-known credentials and a few notification types and users."""
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from notifications.models import ApiKey, Category, NotificationType, Urgency
+from notifications.models import ApiKey, Category, NotificationTemplate, NotificationType, Provider, Urgency
 
 DEV_USERNAME = "admin"
 DEV_PASSWORD = "admin-dev-only"
@@ -37,6 +38,35 @@ DEMO_TYPES = [
 ]
 
 
+TEMPLATES = {
+    "order.shipped": {
+        "email": {"subject": "Your order {{ order_number }} has shipped",
+                  "body": "Good news: order {{ order_number }} is on its way with {{ carrier }}.",
+                  "html": "<p>Good news: order <b>{{ order_number }}</b> is on its way with {{ carrier }}.</p>"},
+        "push": {"title": "Order shipped", "body": "Order {{ order_number }} is on its way"},
+        "inapp": {"title": "Order shipped", "body": "Order {{ order_number }} is on its way with {{ carrier }}"},
+    },
+    "auth.password_reset": {
+        "email": {"subject": "Reset your password", "body": "Reset it here: {{ reset_url }}"},
+    },
+    "marketing.weekly_digest": {
+        "email": {"subject": "{{ headline }}", "body": "{{ headline }} — unsubscribe: {{ unsubscribe_url }}"},
+        "push": {"title": "{{ headline }}", "body": "Your weekly digest is ready"},
+    },
+}
+
+#: Provider contracts for the sandboxes (rates are the sandboxes' defaults; edit them in the admin).
+DEV_PROVIDERS = [
+    ("sendgrid", "email", "sendgrid", 100, 20, 1),
+    ("smtp", "email", "smtp", 50, 10, 2),
+    ("twilio", "sms", "twilio", 50, 10, 1),
+    ("fcm", "push", "fcm", 200, 20, 1),
+    ("apns", "push", "apns", 200, 20, 1),
+    ("webhook", "webhook", "webhook", 100, 20, 1),
+    ("inapp", "inapp", "inapp", 5000, 500, 1),
+]
+
+
 @transaction.atomic
 def bootstrap_dev_data(*, demo_users: int = 20) -> str:
     User = get_user_model()
@@ -61,6 +91,31 @@ def bootstrap_dev_data(*, demo_users: int = 20) -> str:
                 "sample_payload": sample,
             },
         )
+    for key, channels in TEMPLATES.items():
+        ntype = NotificationType.objects.get(key=key)
+        for channel, fields in channels.items():
+            NotificationTemplate.objects.get_or_create(
+                notification_type=ntype, channel=channel, locale="", defaults=fields
+            )
+    for name, channel, kind, rate, burst, priority in DEV_PROVIDERS:
+        Provider.objects.get_or_create(
+            name=name, defaults={"channel": channel, "kind": kind, "rate": rate, "burst": burst, "priority": priority}
+        )
+    from preferences.models import Device, RecipientProfile
+
     for i in range(1, demo_users + 1):
-        User.objects.get_or_create(username=f"demo{i}", defaults={"email": f"demo{i}@example.com"})
-    return f"{NotificationType.objects.count()} notification types, {User.objects.count()} users"
+        user, _ = User.objects.get_or_create(username=f"demo{i}", defaults={"email": f"demo{i}@example.com"})
+        RecipientProfile.objects.get_or_create(
+            user=user, defaults={"phone": f"+4915100000{i:03d}", "locale": "en", "timezone": "Europe/Berlin"}
+        )
+        Device.objects.get_or_create(platform="fcm", token=f"demo-fcm-token-{i}", defaults={"user": user})
+    if settings.USE_PROVIDER_SANDBOX:
+        from notifications.sandbox.credentials import ensure_sandbox_credentials
+
+        ensure_sandbox_credentials(
+            settings.SANDBOX_CREDENTIALS_DIR, fcm_token_uri=f"{settings.FCM_BASE_URL.rstrip('/')}/token"
+        )
+    return (
+        f"{NotificationType.objects.count()} notification types, {Provider.objects.count()} providers, "
+        f"{User.objects.count()} users"
+    )

@@ -315,3 +315,26 @@ class Provider(models.Model):
             raise ValidationError({"burst": "The burst must be at least 1."})
         if self.transactional_reserve and self.burst and self.transactional_reserve >= self.burst:
             raise ValidationError({"transactional_reserve": "The reserve must be smaller than the burst."})
+
+
+class OutboxFailure(models.Model):
+    """An outbox row the broker refused for good (unknown topic, too large, …).
+
+    Moved here instead of blocking every row behind it; nothing accepted is lost: an operator fixes
+    the cause (creates the topic, raises the limit) and requeues it from the admin.
+    """
+
+    original_id = models.BigIntegerField()
+    topic = models.CharField(max_length=249)
+    key = models.CharField(max_length=255)
+    payload = models.JSONField()
+    headers = models.JSONField(default=dict)
+    created_at = models.DateTimeField()
+    failed_at = models.DateTimeField(default=timezone.now)
+    error = models.CharField(max_length=500)
+
+    class Meta:
+        ordering = ["-failed_at"]
+
+    def __str__(self) -> str:
+        return f"{self.topic} key={self.key}: {self.error}"

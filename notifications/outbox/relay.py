@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 import psycopg
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,31 @@ class DeliveryFailed(Exception):
     """The broker did not acknowledge every message of a batch; the batch is rolled back."""
 
 
+#: Broker answers that no retry will change: the row is moved to `OutboxFailure` rather than
+#: blocking every row behind it forever. Anything else (timeouts, broker down) rolls back and retries.
+PERMANENT_ERRORS = frozenset(
+    {
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+    }
+)
+#: librdkafka waits `topic.metadata.propagation.max.ms` (30 s) for a topic it does not know before
+#: failing the message; 5 s bounds how long one row with a wrong topic holds up a batch.
+RELAY_PRODUCER_OVERRIDES: dict[str, Any] = {"topic.metadata.propagation.max.ms": 5000}
+PARKED = Counter("outbox_failed_rows_total", "Rows the broker refused for good, moved to OutboxFailure")
+
+
 @dataclass
 class RelayConfig:
     conninfo: str
     producer_config: dict[str, Any]
     table: str = "notifications_outboxevent"
+    failure_table: str = "notifications_outboxfailure"
     buckets: int = 64
     batch_size: int = 2000
     poll_interval: float = 1.0
@@ -79,6 +99,7 @@ class OutboxRelay:
         self.owned: set[int] = set()
         self._last_rebalance = 0.0
         self._last_age = 0.0
+        self._last_rows: list[tuple] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -130,9 +151,7 @@ class OutboxRelay:
                 break
             if bucket in self.owned:
                 continue
-            got = self.conn.execute(
-                "SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_LOCK_CLASS, bucket)
-            ).fetchone()[0]
+            got = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_LOCK_CLASS, bucket)).fetchone()[0]
             if got:
                 self.owned.add(bucket)
         OWNED_BUCKETS.set(len(self.owned))
@@ -147,7 +166,7 @@ class OutboxRelay:
         sql = (
             f"DELETE FROM {self.config.table} WHERE id IN ("  # noqa: S608 - table name is config, not input
             f"  SELECT id FROM {self.config.table} {where} ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
-            ") RETURNING id, topic, key, payload::text, headers::text"
+            ") RETURNING id, topic, key, payload::text, headers::text, created_at"
         )
         params = {"buckets": sorted(self.owned), "limit": self.config.batch_size}
         try:
@@ -156,7 +175,9 @@ class OutboxRelay:
                 if not rows:
                     return 0
                 rows.sort(key=lambda r: r[0])  # RETURNING order is unspecified; produce oldest first
-                self._produce_and_wait(rows)
+                refused = self._produce_and_wait(rows)
+                if refused:
+                    self._move_to_failures(refused)
         except DeliveryFailed:
             RELAY_FAILURES.inc()
             log.exception("relay batch rolled back; its rows will be relayed again")
@@ -166,15 +187,21 @@ class OutboxRelay:
         BATCH_SECONDS.observe(time.perf_counter() - started)
         return len(rows)
 
-    def _produce_and_wait(self, rows: list[tuple]) -> None:
-        errors: list[KafkaError] = []
+    def _produce_and_wait(self, rows: list[tuple]) -> dict[int, str]:
+        """Produce every row and wait. Returns {row id: error} of rows refused for good; raises
+        DeliveryFailed (→ rollback, retry) when any error is one a retry may cure."""
+        errors: list[tuple[int, KafkaError]] = []
 
-        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            if err is not None:
-                errors.append(err)
+        def on_delivery_for(row_id: int):
+            def on_delivery(err: KafkaError | None, _msg: Any) -> None:
+                if err is not None:
+                    errors.append((row_id, err))
+
+            return on_delivery
 
         produce = self.producer.produce
-        for _id, topic, key, payload, headers_json in rows:
+        self._last_rows = rows
+        for row_id, topic, key, payload, headers_json, _created in rows:
             headers = orjson.loads(headers_json) if headers_json != "{}" else None
             while True:
                 try:
@@ -183,14 +210,50 @@ class OutboxRelay:
                         value=payload.encode(),
                         key=key.encode(),
                         headers=list(headers.items()) if headers else None,
-                        on_delivery=on_delivery,
+                        on_delivery=on_delivery_for(row_id),
                     )
                     break
                 except BufferError:  # local queue full: serve delivery reports, then retry
                     self.producer.poll(0.05)
+                except KafkaException as exc:  # refused before queueing (e.g. invalid topic name)
+                    errors.append((row_id, exc.args[0]))
+                    break
         remaining = self.producer.flush(self.config.flush_timeout)
-        if remaining or errors:
+        if remaining or any(err.code() not in PERMANENT_ERRORS for _, err in errors):
             raise DeliveryFailed(f"{len(errors)} delivery errors, {remaining} unacknowledged: {errors[:3]}")
+        return {row_id: f"{err.name()}: {err.str()}"[:500] for row_id, err in errors}
+
+    def _move_to_failures(self, refused: dict[int, str]) -> None:
+        """Inside the batch's transaction: keep refused rows in the failure table (nothing is lost)."""
+        assert self.conn is not None
+        self.conn.execute(
+            f"INSERT INTO {self.config.failure_table} "  # noqa: S608 - table names are config
+            "(original_id, topic, key, payload, headers, created_at, failed_at, error) "
+            "SELECT (r->>'id')::bigint, r->>'topic', r->>'key', r->'payload', r->'headers', "
+            "(r->>'created_at')::timestamptz, now(), r->>'error' FROM jsonb_array_elements(%s::jsonb) AS r",
+            (orjson.dumps(self._failed_rows(refused)).decode(),),
+        )
+        PARKED.inc(len(refused))
+        log.error(
+            "outbox rows refused by the broker, moved to OutboxFailure",
+            extra={"count": len(refused), "sample": next(iter(refused.values()))},
+        )
+
+    def _failed_rows(self, refused: dict[int, str]) -> list[dict[str, Any]]:
+        rows = self._last_rows
+        return [
+            {
+                "id": r[0],
+                "topic": r[1],
+                "key": r[2],
+                "payload": orjson.loads(r[3]),
+                "headers": orjson.loads(r[4]),
+                "created_at": r[5].isoformat(),
+                "error": refused[r[0]],
+            }
+            for r in rows
+            if r[0] in refused
+        ]
 
     # -- waiting -------------------------------------------------------------------------------
     def _wait_for_work(self) -> None:

@@ -103,9 +103,7 @@ def publish_events(*, events: Sequence[EventInput], service: str) -> list[Publis
         inserted = _insert_accepted(prepared, service=service, now=now)
         originals = {
             a.id: a.accepted_at
-            for a in AcceptedEvent.objects.filter(
-                id__in=[pid for _, _, pid in prepared if pid not in inserted]
-            )
+            for a in AcceptedEvent.objects.filter(id__in=[pid for _, _, pid in prepared if pid not in inserted])
         }
         messages = []
         seen: set[uuid.UUID] = set()
@@ -167,3 +165,14 @@ def _insert_accepted(prepared, *, service: str, now: datetime) -> set[uuid.UUID]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return {row[0] for row in cursor.fetchall()}
+
+
+def requeue_outbox_failures(queryset) -> int:
+    """Move refused rows back into the outbox (same topic, key, payload) and drop the failures."""
+    with transaction.atomic():
+        failures = list(queryset.select_for_update())
+        enqueue_messages(
+            OutboxMessage(topic=f.topic, key=f.key, payload=f.payload, headers=f.headers) for f in failures
+        )
+        queryset.model.objects.filter(pk__in=[f.pk for f in failures]).delete()
+    return len(failures)

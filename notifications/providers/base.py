@@ -401,15 +401,18 @@ class ProviderAdapter(ABC):
     name: str = "provider"
     channel: ClassVar[str] = ""
 
-    def __init__(self, *, name: str | None = None, clock: Clock = time.time) -> None:
+    def __init__(self, *, name: str | None = None, clock: Clock = time.time, deadline: float | None = None) -> None:
         if name:
             self.name = name
         self.clock = clock  # wall clock, injectable for tests (rate-limit resets, JWT iat/exp)
+        # Upper bound on one send() however many requests, waits and retries it makes inside, so the
+        # worker can size its dedup lease (httpx timeouts are per phase, not per request).
+        self.deadline = deadline
 
     async def send(self, message: ChannelMessage) -> SendResult:
         """Send one channel message; never raises for provider or network errors."""
         try:
-            result = await self._send(message)
+            result = await self._send_within_deadline(message)
         except Exception as exc:
             translated = result_from_exception(self.name, exc)
             if translated is None:
@@ -418,6 +421,23 @@ class ProviderAdapter(ABC):
             log.debug("provider send failed", extra={"provider": self.name, "error": repr(exc)}, exc_info=exc)
         self._log_result(message, result)
         return result
+
+    async def _send_within_deadline(self, message: ChannelMessage) -> SendResult:
+        if self.deadline is None:
+            return await self._send(message)
+        scope = asyncio.timeout(self.deadline)
+        try:
+            async with scope:
+                return await self._send(message)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            return SendResult(
+                SendOutcome.TRANSIENT,
+                self.name,
+                error_code="deadline",
+                message=f"no provider answer within the {self.deadline:g}s send deadline",
+            )
 
     async def send_many(self, messages: Sequence[ChannelMessage]) -> list[SendResult]:
         """Send several messages concurrently (the connection pool bounds what is really in flight)."""
@@ -533,17 +553,37 @@ class ThreadedProviderAdapter(ProviderAdapter):
     on first use and closed by :meth:`aclose`, so a send costs no handshake.
     """
 
-    def __init__(self, *, max_workers: int, **kwargs: Any) -> None:
+    def __init__(self, *, max_workers: int, queue_timeout: float = 10.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_workers = max(1, int(max_workers))
+        self.queue_timeout = queue_timeout
         self._executor = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix=f"provider-{self.name}")
         self._local = threading.local()
         self._connections: list[Any] = []
         self._connections_lock = threading.Lock()
 
     async def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking send in the pool.
+
+        No asyncio deadline here: cancelling the await would not stop a send already in a thread (it
+        could succeed after being reported failed). Instead a send that waited more than
+        ``queue_timeout`` for a free thread is skipped before it starts (``transient``), and a started
+        one is bounded by the library's own socket timeouts.
+        """
+        enqueued = time.monotonic()
+
+        def call() -> T:
+            waited = time.monotonic() - enqueued
+            if waited > self.queue_timeout:
+                raise TransientError(
+                    f"waited {waited:.1f}s for a free {self.name} thread; not sent",
+                    provider=self.name,
+                    error_code="pool_timeout",
+                )
+            return fn(*args)
+
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await loop.run_in_executor(self._executor, call)
 
     def thread_connection(self) -> Any:
         """This thread's connection, opened on first use (runs in a pool thread)."""

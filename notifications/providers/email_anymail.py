@@ -80,6 +80,7 @@ class AnymailEmailAdapter(ThreadedProviderAdapter):
         self.from_email = from_email
         self.timeout = timeout
         self._backend_options = dict(backend_options or {})  # may hold api_key: never in repr
+        kwargs.setdefault("queue_timeout", timeout)  # a send never waits longer for a thread than to send
         super().__init__(max_workers=max_workers, name=name or self.esp_name.lower(), **kwargs)
 
     # ------------------------------------------------------------------------------------- per-thread backend

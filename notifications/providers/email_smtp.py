@@ -58,6 +58,7 @@ class SmtpEmailAdapter(ThreadedProviderAdapter):
         self.use_tls = use_tls
         self.use_ssl = use_ssl
         self.timeout = timeout
+        kwargs.setdefault("queue_timeout", timeout)  # a send never waits longer for a thread than to send
         super().__init__(max_workers=max_workers, **kwargs)
 
     def open_connection(self) -> SmtpBackend:

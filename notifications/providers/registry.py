@@ -23,6 +23,7 @@ log = logging.getLogger("notifications.providers")
 #: Every setting this package reads, with its default (documented in the package README of the report).
 SETTINGS_DEFAULTS: dict[str, Any] = {
     "PROVIDER_TIMEOUT": 10.0,  # seconds, per request; each provider may override it
+    "PROVIDER_SEND_DEADLINE": None,  # seconds for a whole send(); None: the provider's own timeout
     # which adapter kind serves each channel
     "NOTIFICATION_PROVIDERS": {
         "email": "sendgrid",
@@ -86,6 +87,16 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
 
 def setting(name: str) -> Any:
     return getattr(settings, name, SETTINGS_DEFAULTS[name])
+
+
+def deadline_for(timeout: float) -> float:
+    """The bound on one whole ``send()`` (token exchange, retries and all).
+
+    Defaults to the provider timeout itself, because the worker sizes its dedup lease as
+    ``PROVIDER_TIMEOUT x attempts x 1.5`` (``notifications.delivery.dedup.required_lease_ms``).
+    """
+    value = setting("PROVIDER_SEND_DEADLINE")
+    return float(value) if value is not None else timeout
 
 
 def timeout_setting(name: str) -> float:
@@ -157,6 +168,7 @@ def build_twilio() -> ProviderAdapter:
         status_callback=setting("TWILIO_STATUS_CALLBACK_URL"),
         base_url=setting("TWILIO_BASE_URL"),
         timeout=timeout_setting("TWILIO_TIMEOUT"),
+        deadline=deadline_for(timeout_setting("TWILIO_TIMEOUT")),
         max_connections=int(setting("TWILIO_MAX_CONNECTIONS")),
     )
 
@@ -177,6 +189,7 @@ def build_fcm() -> ProviderAdapter:
         project_id=setting("FCM_PROJECT_ID"),
         base_url=setting("FCM_BASE_URL"),
         timeout=timeout_setting("FCM_TIMEOUT"),
+        deadline=deadline_for(timeout_setting("FCM_TIMEOUT")),
         max_connections=int(setting("FCM_MAX_CONNECTIONS")),
     )
 
@@ -197,6 +210,7 @@ def build_apns() -> ProviderAdapter:
         base_url=setting("APNS_BASE_URL"),
         token_refresh=float(setting("APNS_TOKEN_REFRESH_SECONDS")),
         timeout=timeout_setting("APNS_TIMEOUT"),
+        deadline=deadline_for(timeout_setting("APNS_TIMEOUT")),
         max_connections=int(setting("APNS_MAX_CONNECTIONS")),
     )
 
@@ -211,6 +225,7 @@ def build_webhook() -> ProviderAdapter:
     return WebhookAdapter(
         signing_secret=setting("WEBHOOK_SIGNING_SECRET"),
         timeout=timeout_setting("WEBHOOK_TIMEOUT"),
+        deadline=deadline_for(timeout_setting("WEBHOOK_TIMEOUT")),
         max_connections=int(setting("WEBHOOK_MAX_CONNECTIONS")),
         max_per_host=int(setting("WEBHOOK_MAX_PER_HOST")),
     )

@@ -17,6 +17,7 @@ from notifications.providers.base import (
     ConfigurationError,
     HttpProviderAdapter,
     InvalidContactError,
+    RateLimitedError,
     Secret,
     SendResult,
     build_http_client,
@@ -60,6 +61,7 @@ class WebhookAdapter(HttpProviderAdapter):
             except Exception as exc:  # malformed base64 / empty: report per send as config_error
                 self._signer_error = exc
         self.max_per_host = max(1, int(max_per_host))
+        self.slot_timeout = timeout  # longer in the per-host queue is back-pressure: rate_limited
         self._host_slots: weakref.WeakValueDictionary[str, asyncio.Semaphore] = weakref.WeakValueDictionary()
         client = client or build_http_client(
             timeout=timeout, max_connections=max_connections, headers={"User-Agent": user_agent}
@@ -105,10 +107,22 @@ class WebhookAdapter(HttpProviderAdapter):
         if slots is None:
             slots = asyncio.Semaphore(self.max_per_host)
             self._host_slots[host] = slots  # weak: forgotten once no send to that host is in flight
-        async with slots:
+        try:
+            async with asyncio.timeout(self.slot_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise RateLimitedError(
+                f"{self.max_per_host} webhooks to {host} already in flight",
+                provider=self.name,
+                error_code="endpoint_busy",
+                retry_after=1.0,
+            ) from None
+        try:
             # Signed only once a slot is ours: a send queued behind a slow host keeps a fresh timestamp.
             request = self.build_request(message)
             response = await self.client.send(request)
+        finally:
+            slots.release()
         return self.parse_response(response, message)
 
     def parse_response(self, response: httpx.Response, message: ChannelMessage) -> SendResult:

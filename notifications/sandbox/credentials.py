@@ -17,10 +17,10 @@ APNS_KEY_ID = "SANDBOXKEY"
 APNS_TEAM_ID = "SANDBOXTEAM"
 APNS_TOPIC = "com.example.notifications"
 TWILIO_ACCOUNT_SID = "AC" + "5a" * 16
-TWILIO_AUTH_TOKEN = "sandbox-twilio-token"  # noqa: S105 - sandbox only
+TWILIO_AUTH_TOKEN = "sandbox-twilio-token"
 SENDGRID_API_KEY = "SG.sandbox-key"
 #: Standard Webhooks secret (base64 of 24 fixed bytes), sandbox only.
-WEBHOOK_SECRET = "whsec_c2FuZGJveC13ZWJob29rLXNlY3JldC0xMjM0"  # noqa: S105
+WEBHOOK_SECRET = "whsec_c2FuZGJveC13ZWJob29rLXNlY3JldC0xMjM0"
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,9 @@ def ensure_sandbox_credentials(directory: Path, *, fcm_token_uri: str) -> Sandbo
     if not apns_file.exists():
         key = ec.generate_private_key(ec.SECP256R1())
         apns_file.write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
         )
         apns_file.chmod(0o600)
     return SandboxCredentials(fcm_service_account_file=fcm_file, apns_key_file=apns_file)

@@ -283,3 +283,39 @@ def test_end_to_end_post_relay_dispatch(types, django_user_model, settings):
         runner.stop_event.set()
         for t in threads:
             t.join(15)
+
+
+def test_parked_messages_are_drained_once_the_switch_is_back_to_normal(types, django_user_model, fresh_topic):
+    from notifications.dispatch.drain import DrainRefused, drain_parked
+
+    switch = KillSwitch.objects.create(channel="email", mode="delay")
+    user = make_user(django_user_model)
+    event = envelope("order.shipped", user.id)
+    dispatch(fresh_topic, [event])
+    assert out("email", event["id"], expected=0) == []
+    with pytest.raises(DrainRefused):
+        drain_parked(channel="email")
+    switch.mode = "normal"
+    switch.save()
+    assert drain_parked(channel="email").moved >= 1
+    assert len(out("email", event["id"])) == 1
+
+
+def test_a_template_that_does_not_render_is_refused_on_save(types):
+    from django.core.exceptions import ValidationError
+
+    broken = NotificationTemplate(notification_type=types["shipped"], channel="sms", locale="fr",
+                                  body="{% if %}broken")
+    with pytest.raises(ValidationError) as info:
+        broken.full_clean()
+    assert "body" in info.value.message_dict
+    bad_json = NotificationTemplate(notification_type=types["shipped"], channel="webhook", payload="{not json")
+    with pytest.raises(ValidationError) as info:
+        bad_json.full_clean()
+    assert "payload" in info.value.message_dict
+
+
+def test_admin_preview_renders_every_template(types, admin_client):
+    page = admin_client.get(f"/admin/notifications/notificationtype/{types['shipped'].pk}/change/")
+    assert page.status_code == 200
+    assert b"Bestellung 1 versandt" in page.content and b"Order 1 shipped" in page.content

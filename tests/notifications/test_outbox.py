@@ -155,3 +155,23 @@ def test_relay_killed_mid_batch_loses_nothing(subprocess_env, capsys, fresh_topi
         )
     assert not missing
     assert OutboxEvent.objects.count() == 0
+
+
+def test_a_row_the_broker_refuses_for_good_is_kept_aside_and_does_not_block(fresh_topic):
+    from notifications.models import OutboxFailure
+    from notifications.outbox.relay import RELAY_PRODUCER_OVERRIDES
+
+    with transaction.atomic():
+        enqueue_messages([OutboxMessage(topic=f"{fresh_topic}-does-not-exist", key="k1", payload={"seq": -1})])
+        enqueue_messages(OutboxMessage(topic=fresh_topic, key="k1", payload={"seq": i}) for i in range(5))
+    relay = make_relay(producer_config=producer_config(**RELAY_PRODUCER_OVERRIDES))
+    thread = run_in_thread(relay)
+    try:
+        messages = consume(fresh_topic, expected=5, timeout=40)
+    finally:
+        relay.stop_event.set()
+        thread.join(15)
+    assert sorted(orjson.loads(m.value())["seq"] for m in messages) == [0, 1, 2, 3, 4]
+    [failure] = OutboxFailure.objects.all()
+    assert failure.payload == {"seq": -1} and "UNKNOWN_TOPIC" in failure.error
+    assert OutboxEvent.objects.count() == 0

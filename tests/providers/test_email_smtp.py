@@ -125,3 +125,19 @@ def test_password_stays_out_of_repr(sandbox: SandboxProcess) -> None:
     mail = adapter(sandbox, username="relay", password="s3cret-pass")
     assert "s3cret-pass" not in repr(mail)
     run(mail.aclose())
+
+
+def test_sends_that_wait_too_long_for_a_thread_are_not_sent(sandbox: SandboxProcess, control: SandboxClient) -> None:
+    control.configure(latency=300)
+
+    async def scenario():
+        async with adapter(sandbox, max_workers=1, queue_timeout=0.1) as mail:
+            return await mail.send_many([email_message(f"user{i}@example.com") for i in range(3)])
+
+    results = run(scenario())
+    assert sorted((r.outcome, r.error_code) for r in results) == [
+        (SendOutcome.SENT, ""),
+        (SendOutcome.TRANSIENT, "pool_timeout"),
+        (SendOutcome.TRANSIENT, "pool_timeout"),
+    ]
+    assert control.stats()["accepted"] == 1  # the skipped ones never reached the server

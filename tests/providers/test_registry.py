@@ -85,6 +85,8 @@ def test_every_kind_builds_from_settings(provider_settings: dict) -> None:
     twilio = built["twilio"]
     assert isinstance(twilio, TwilioSmsAdapter) and twilio.channel == "sms"
     assert isinstance(twilio.client._transport, Http1Transport) and twilio.client._transport.max_connections == 50
+    assert twilio.deadline == 4.0  # PROVIDER_TIMEOUT bounds the whole send(), as the worker's lease assumes
+    assert (sendgrid.deadline, sendgrid.queue_timeout) == (None, 4.0)  # threads: bounded queue wait instead
     fcm = built["fcm"]
     assert isinstance(fcm, FcmPushAdapter) and fcm.project_id == "registry-project"
     apns = built["apns"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Iterator
@@ -160,3 +161,21 @@ def test_500_concurrent_webhooks_at_100ms_latency(sandbox: SandboxProcess, contr
     recorded = [r["idempotency_key"] for r in control.iter_requests()]
     assert sorted(k for k in recorded if k in {m["id"] for m in messages}) == sorted(m["id"] for m in messages)
     print(f"\n500 signed webhooks at 100 ms latency: {elapsed:.2f}s ({500 / elapsed:.0f}/s)")
+
+
+def test_send_deadline_and_per_host_back_pressure(sandbox: SandboxProcess, control: SandboxClient) -> None:
+    base = sandbox.url("webhook")
+
+    async def scenario():
+        async with WebhookAdapter(signing_secret=SECRET, timeout=5.0, deadline=0.3) as bounded:
+            late = await bounded.send(webhook_message(f"{base}/hooks/slow-2000"))
+        async with WebhookAdapter(signing_secret=SECRET, max_per_host=1) as narrow:
+            narrow.slot_timeout = 0.05
+            busy = await asyncio.gather(*(narrow.send(webhook_message(f"{base}/hooks/slow-300")) for _ in range(2)))
+        return late, busy
+
+    late, busy = run(scenario())
+    assert (late.outcome, late.error_code) == (SendOutcome.TRANSIENT, "deadline")
+    outcomes = sorted((r.outcome, r.error_code) for r in busy)
+    assert outcomes == [(SendOutcome.RATE_LIMITED, "endpoint_busy"), (SendOutcome.SENT, "")]
+    control.wait_for_accepted(2, timeout=5.0)  # let the abandoned slow request land before the next test

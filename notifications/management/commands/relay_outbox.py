@@ -4,7 +4,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from notifications.bus.config import producer_config
-from notifications.outbox.relay import OutboxRelay, RelayConfig, conninfo_from_django
+from notifications.outbox.relay import RELAY_PRODUCER_OVERRIDES, OutboxRelay, RelayConfig, conninfo_from_django
 from notifications.process import install_stop_handlers, start_metrics_server
 
 
@@ -19,7 +19,7 @@ class Command(BaseCommand):
         relay = OutboxRelay(
             RelayConfig(
                 conninfo=conninfo_from_django(),
-                producer_config=producer_config(),
+                producer_config=producer_config(**RELAY_PRODUCER_OVERRIDES),
                 buckets=settings.OUTBOX_BUCKETS,
                 batch_size=batch_size,
                 poll_interval=settings.OUTBOX_POLL_INTERVAL,

@@ -156,6 +156,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # One INFO line per request, with full URLs (webhook URLs may carry tokens): keep it quiet.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
     },
 }
 
@@ -196,22 +199,22 @@ DEFAULT_FROM_EMAIL = NOTIFICATIONS_FROM_EMAIL
 ANYMAIL = {
     "SENDGRID_API_KEY": _provider("SENDGRID_API_KEY", sandbox=_sandbox.SENDGRID_API_KEY, real=""),
     "SENDGRID_API_URL": _provider(
-        "SENDGRID_API_URL", sandbox=f"{_SB}:58101/v3/", real="https://api.sendgrid.com/v3/"
+        "SENDGRID_API_URL", sandbox=f"{_SB}:18101/v3/", real="https://api.sendgrid.com/v3/"
     ),
 }
 SMTP_HOST = _provider("SMTP_HOST", sandbox=SANDBOX_HOST, real="127.0.0.1")
-SMTP_PORT = int(_provider("SMTP_PORT", sandbox=58125, real=25))
-TWILIO_BASE_URL = _provider("TWILIO_BASE_URL", sandbox=f"{_SB}:58102", real="https://api.twilio.com")
+SMTP_PORT = int(_provider("SMTP_PORT", sandbox=18125, real=25))
+TWILIO_BASE_URL = _provider("TWILIO_BASE_URL", sandbox=f"{_SB}:18102", real="https://api.twilio.com")
 TWILIO_ACCOUNT_SID = _provider("TWILIO_ACCOUNT_SID", sandbox=_sandbox.TWILIO_ACCOUNT_SID, real="")
 TWILIO_AUTH_TOKEN = _provider("TWILIO_AUTH_TOKEN", sandbox=_sandbox.TWILIO_AUTH_TOKEN, real="")
 TWILIO_FROM_NUMBER = _provider("TWILIO_FROM_NUMBER", sandbox="+15005550006", real="")
 TWILIO_MESSAGING_SERVICE_SID = env("TWILIO_MESSAGING_SERVICE_SID", default="")
-FCM_BASE_URL = _provider("FCM_BASE_URL", sandbox=f"{_SB}:58103", real="https://fcm.googleapis.com")
+FCM_BASE_URL = _provider("FCM_BASE_URL", sandbox=f"{_SB}:18103", real="https://fcm.googleapis.com")
 FCM_PROJECT_ID = _provider("FCM_PROJECT_ID", sandbox=_sandbox.FCM_PROJECT_ID, real="")
 FCM_SERVICE_ACCOUNT_FILE = _provider(
     "FCM_SERVICE_ACCOUNT_FILE", sandbox=str(SANDBOX_CREDENTIALS_DIR / "fcm-service-account.json"), real=""
 )
-APNS_BASE_URL = _provider("APNS_BASE_URL", sandbox=f"{_SB}:58104", real="https://api.push.apple.com")
+APNS_BASE_URL = _provider("APNS_BASE_URL", sandbox=f"{_SB}:18104", real="https://api.push.apple.com")
 APNS_KEY_FILE = _provider(
     "APNS_KEY_FILE", sandbox=str(SANDBOX_CREDENTIALS_DIR / f"AuthKey_{_sandbox.APNS_KEY_ID}.p8"), real=""
 )

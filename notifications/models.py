@@ -3,7 +3,9 @@
 import hashlib
 import secrets
 import zlib
+from typing import Any
 
+import orjson
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
@@ -28,8 +30,10 @@ class OutboxEvent(models.Model):
     topic = models.CharField(max_length=249)
     key = models.CharField(max_length=255)
     bucket = models.SmallIntegerField()
-    payload = models.JSONField()
-    headers = models.JSONField(default=dict, blank=True)
+    # JSON stored as text, serialised once at publish: the relay sends these bytes as they are.
+    # (jsonb would cost a parse on insert and a jsonb→text conversion per row on every relay batch.)
+    payload = models.TextField()
+    headers = models.TextField(default="{}", blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -38,6 +42,14 @@ class OutboxEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic} key={self.key} #{self.id}"
+
+    @property
+    def payload_json(self) -> Any:
+        return orjson.loads(self.payload)
+
+    @property
+    def headers_json(self) -> dict[str, str]:
+        return orjson.loads(self.headers or "{}")
 
 
 class ApiKey(models.Model):
@@ -74,9 +86,7 @@ class ApiKey(models.Model):
         """Create a key and return it with the raw secret, which is shown once and never stored."""
         prefix = secrets.token_hex(cls.PREFIX_LENGTH // 2)
         raw = f"np_{prefix}_{secrets.token_urlsafe(32)}"
-        key = cls.objects.create(
-            service=service, prefix=prefix, key_hash=cls.hash_secret(raw), created_by=created_by
-        )
+        key = cls.objects.create(service=service, prefix=prefix, key_hash=cls.hash_secret(raw), created_by=created_by)
         return key, raw
 
     @property
@@ -243,9 +253,7 @@ class DeliveryLog(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["event_id", "user_id", "channel"], name="deliverylog_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["event_id", "user_id", "channel"], name="deliverylog_unique")]
         indexes = [
             models.Index(fields=["user_id", "-created_at"], name="deliverylog_user"),
             models.Index(fields=["status", "-created_at"], name="deliverylog_status"),
@@ -338,3 +346,4 @@ class OutboxFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic} key={self.key}: {self.error}"
+from notifications.dlq.models import *  # noqa: E402,F403  (DLQ models live in notifications/dlq/)

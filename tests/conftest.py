@@ -112,7 +112,10 @@ def sandbox(tmp_path_factory):
     )
     overrides = {
         "USE_PROVIDER_SANDBOX": True,
-        "ANYMAIL": {"SENDGRID_API_KEY": credentials.SENDGRID_API_KEY, "SENDGRID_API_URL": f"{proc.url('sendgrid')}/v3/"},
+        "ANYMAIL": {
+            "SENDGRID_API_KEY": credentials.SENDGRID_API_KEY,
+            "SENDGRID_API_URL": f"{proc.url('sendgrid')}/v3/",
+        },
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": proc.ports["smtp"],
         "TWILIO_BASE_URL": proc.url("twilio"),

@@ -39,7 +39,9 @@ def consume(topic: str, *, expected: int, timeout: float = 30.0, idle: float = 0
     return messages
 
 
-def consume_matching(topic: str, predicate, *, expected: int, timeout: float = 20.0, idle: float = 0.5) -> list[Message]:
+def consume_matching(
+    topic: str, predicate, *, expected: int, timeout: float = 20.0, idle: float = 0.5
+) -> list[Message]:
     """Like `consume`, but keeps only messages for which `predicate(message)` holds (shared topics)."""
     consumer = Consumer(
         {

@@ -102,7 +102,10 @@ def build_worker(channel: str, *, producer: Producer | None = None) -> ChannelWo
     dedup = DedupStore(
         redis_client,
         settings.REDIS_KEY_PREFIX,
-        lease_ms=required_lease_ms(settings.PROVIDER_TIMEOUT, settings.WORKER_IN_PROCESS_RETRIES + 1),
+        # Email sends run in threads that cannot be cancelled mid-send: allow queue wait + 2 timeouts.
+        lease_ms=required_lease_ms(
+            settings.PROVIDER_TIMEOUT * (4 if channel == "email" else 1), settings.WORKER_IN_PROCESS_RETRIES + 1
+        ),
         sent_ttl_ms=int(settings.DEDUP_SENT_TTL * 1000),
         on_fail_open=lambda n: DEDUP_FAIL_OPEN.labels(channel).inc(n),
     )

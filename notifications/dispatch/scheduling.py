@@ -39,7 +39,7 @@ def release_due_messages(*, limit: int = 5000) -> int:
             DELETE FROM notifications_scheduledmessage
             WHERE id IN (SELECT id FROM notifications_scheduledmessage WHERE due_at <= now()
                          ORDER BY due_at, id LIMIT %s FOR UPDATE SKIP LOCKED)
-            RETURNING topic, key, payload, headers
+            RETURNING topic, key, payload::text, headers::text
             """,
             [limit],
         )
@@ -50,14 +50,9 @@ def release_due_messages(*, limit: int = 5000) -> int:
 
         OutboxEvent.objects.bulk_create(
             [
-                OutboxEvent(topic=t, key=k, bucket=bucket_for_key(k), payload=_json(p), headers=_json(h))
+                OutboxEvent(topic=t, key=k, bucket=bucket_for_key(k), payload=p, headers=h)
                 for t, k, p, h in rows
             ]
         )
     return len(rows)
 
-
-def _json(value):
-    import orjson
-
-    return orjson.loads(value) if isinstance(value, str | bytes) else value

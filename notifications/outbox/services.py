@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -35,8 +36,8 @@ def enqueue_messages(messages: Iterable[OutboxMessage]) -> int:
             topic=m.topic,
             key=m.key,
             bucket=bucket_for_key(m.key),
-            payload=m.payload,
-            headers=m.headers or {},
+            payload=orjson.dumps(m.payload).decode(),
+            headers=orjson.dumps(m.headers or {}).decode(),
         )
         for m in messages
     ]

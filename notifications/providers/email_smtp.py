@@ -41,7 +41,7 @@ class SmtpEmailAdapter(ThreadedProviderAdapter):
         *,
         from_email: str,
         host: str = "127.0.0.1",
-        port: int = 58125,
+        port: int = 18125,
         username: str = "",
         password: str | Secret = "",
         use_tls: bool = False,

@@ -38,7 +38,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "EMAIL_SEND_THREADS": 100,
     "EMAIL_SEND_TIMEOUT": None,  # None: PROVIDER_TIMEOUT
     "SMTP_HOST": "127.0.0.1",
-    "SMTP_PORT": 58125,
+    "SMTP_PORT": 18125,
     "SMTP_USERNAME": "",
     "SMTP_PASSWORD": "",
     "SMTP_USE_TLS": False,

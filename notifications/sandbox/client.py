@@ -1,6 +1,6 @@
 """Synchronous (httpx) client for the ``/_sandbox/`` control API, for tests and benchmarks.
 
->>> sg = SandboxClient("http://127.0.0.1:58101")
+>>> sg = SandboxClient("http://127.0.0.1:18101")
 >>> sg.configure(rate=50, latency={"kind": "uniform", "min_ms": 5, "max_ms": 20})
 >>> ...  # drive the production adapter
 >>> sg.stats()["max_1s_window"] <= 50

@@ -14,15 +14,17 @@ from typing import Any
 
 PROVIDERS: tuple[str, ...] = ("sendgrid", "twilio", "fcm", "apns", "webhook", "smtp")
 
+#: Below Linux's ephemeral range (32768-60999), so a test's port-0 listener or an outgoing
+#: connection can never be holding one of them when `make dev` starts.
 DEFAULT_PORTS: dict[str, int] = {
-    "sendgrid": 58101,
-    "twilio": 58102,
-    "fcm": 58103,
-    "apns": 58104,
-    "webhook": 58105,
-    "smtp": 58125,
+    "sendgrid": 18101,
+    "twilio": 18102,
+    "fcm": 18103,
+    "apns": 18104,
+    "webhook": 18105,
+    "smtp": 18125,
 }
-DEFAULT_SMTP_CONTROL_PORT = 58126
+DEFAULT_SMTP_CONTROL_PORT = 18126
 DEFAULT_MAX_RECORDS = 2_000_000
 
 #: Provider specific options and their defaults (``options`` in :class:`ProviderConfig`).

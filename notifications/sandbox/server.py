@@ -4,8 +4,8 @@
 prints exactly one JSON line on stdout once every listener is bound::
 
     {"event": "listening", "pid": 123, "host": "127.0.0.1",
-     "ports": {"sendgrid": 58101, "twilio": 41233},
-     "urls": {"sendgrid": "http://127.0.0.1:58101", "twilio": "http://127.0.0.1:41233"}}
+     "ports": {"sendgrid": 18101, "twilio": 41233},
+     "urls": {"sendgrid": "http://127.0.0.1:18101", "twilio": "http://127.0.0.1:41233"}}
 
 and ``{"event": "stopped"}`` after a graceful shutdown (SIGTERM / SIGINT).
 """

@@ -62,7 +62,7 @@ class SmtpSandbox(ProviderSandbox):
 
     name = "smtp"
 
-    def __init__(self, config: ProviderConfig, *, control_port: int = 58126, **kwargs: Any) -> None:
+    def __init__(self, config: ProviderConfig, *, control_port: int = 18126, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.control_port_requested = control_port
         self.control_port: int | None = None

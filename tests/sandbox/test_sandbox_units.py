@@ -142,6 +142,6 @@ def test_provider_config_update_is_validated_and_atomic() -> None:
 def test_sandbox_config_default_subset() -> None:
     cfg = SandboxConfig.default(only=["twilio", "smtp"])
     assert list(cfg.providers) == ["twilio", "smtp"]
-    assert cfg.providers["twilio"].port == 58102
+    assert cfg.providers["twilio"].port == 18102
     with pytest.raises(ConfigError):
         SandboxConfig.default(only=["pigeon"])

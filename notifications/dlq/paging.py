@@ -1,0 +1,159 @@
+"""Paging a human for unknown dead letters: at most once per fingerprint per window.
+
+The window is a Redis key per fingerprint, taken with `SET NX EX` (`{prefix}dlq:page:{fingerprint}`),
+so every triage process shares it and a flood of one new failure is one page. A page always writes
+an ERROR log line and counts in `dlq_pages_total`; it also goes to a webhook (JSON, Slack-style
+`text` included) and/or an e-mail to on-call, when configured:
+
+    DLQ_PAGE_WEBHOOK_URL     = "https://hooks.example.com/…"   ("" = no webhook)
+    DLQ_PAGE_EMAILS          = ["oncall@example.com"]          (list or comma-separated string)
+    DLQ_PAGE_WINDOW_SECONDS  = 3600
+
+Redis policy: if the window cannot be read (Redis down), fail OPEN — page anyway and count it in
+`dlq_page_window_fail_open_total`: a duplicate page is better than a missed new failure.
+A webhook or e-mail that fails is logged and counted, never retried in a loop and never allowed to
+stop the consumer (the ERROR log line and the metric are the page of last resort).
+"""
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import httpx
+import redis
+from django.conf import settings
+from django.core.mail import send_mail
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+PAGES = Counter("dlq_pages_total", "Pages sent for unknown dead letters (one per fingerprint and window)")
+PAGES_SUPPRESSED = Counter("dlq_pages_suppressed_total", "Unknown fingerprints already paged inside their window")
+PAGE_DELIVERIES = Counter("dlq_page_deliveries_total", "Page deliveries by route and outcome", ["route", "outcome"])
+WINDOW_FAIL_OPEN = Counter("dlq_page_window_fail_open_total", "Pages sent without the window check (Redis down)")
+
+DEFAULT_WINDOW_SECONDS = 3600
+#: A page must not hold up the consumer: a webhook that does not answer in this long is a failure.
+WEBHOOK_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    fingerprint: str
+    count: int
+    entry_id: int
+    channel: str
+    provider: str
+    error_class: str
+    cause_class: str
+    error_code: str
+    error_message: str
+    recipient: str
+    event_id: str
+
+    def admin_url(self) -> str:
+        base = getattr(settings, "PUBLIC_BASE_URL", "").rstrip("/")
+        return f"{base}/admin/notifications/deadletter/?fingerprint={self.fingerprint}"
+
+    def summary(self) -> str:
+        where = f"{self.channel}{'/' + self.provider if self.provider else ''}"
+        return (
+            f"New unknown DLQ failure on {where}: {self.error_class or '?'}"
+            f"{' / ' + self.cause_class if self.cause_class else ''}"
+            f"{' code ' + self.error_code if self.error_code else ''} — {self.error_message[:300]}"
+            f" ({self.count} entr{'y' if self.count == 1 else 'ies'} so far; fingerprint {self.fingerprint})"
+        )
+
+
+def page_settings() -> tuple[str, list[str], int]:
+    url = getattr(settings, "DLQ_PAGE_WEBHOOK_URL", "") or ""
+    emails = getattr(settings, "DLQ_PAGE_EMAILS", []) or []
+    if isinstance(emails, str):
+        emails = [e.strip() for e in emails.split(",") if e.strip()]
+    window = int(getattr(settings, "DLQ_PAGE_WINDOW_SECONDS", DEFAULT_WINDOW_SECONDS) or DEFAULT_WINDOW_SECONDS)
+    return url, list(emails), window
+
+
+class Pager:
+    def __init__(
+        self,
+        *,
+        redis_client: redis.Redis,
+        key_prefix: str,
+        window_seconds: int = DEFAULT_WINDOW_SECONDS,
+        webhook_url: str = "",
+        emails: list[str] | None = None,
+        http_post: Callable[..., httpx.Response] | None = None,
+    ) -> None:
+        self.redis = redis_client
+        self.key_prefix = key_prefix
+        self.window_seconds = window_seconds
+        self.webhook_url = webhook_url
+        self.emails = emails or []
+        self.http_post = http_post or httpx.post
+
+    def window_key(self, fingerprint: str) -> str:
+        return f"{self.key_prefix}dlq:page:{fingerprint}"
+
+    def acquire_window(self, fingerprint: str) -> bool:
+        """True when this fingerprint has not been paged in the current window (and now is)."""
+        try:
+            acquired = bool(self.redis.set(self.window_key(fingerprint), "1", nx=True, ex=self.window_seconds))
+        except redis.RedisError as exc:
+            WINDOW_FAIL_OPEN.inc()
+            log.warning(
+                "page window unavailable, paging anyway", extra={"fingerprint": fingerprint, "error": repr(exc)}
+            )
+            return True
+        if not acquired:
+            PAGES_SUPPRESSED.inc()
+        return acquired
+
+    def page(self, page: Page) -> None:
+        PAGES.inc()
+        log.error(
+            "PAGE: unknown dead letter",
+            extra={"page": asdict(page), "admin_url": page.admin_url(), "window_seconds": self.window_seconds},
+        )
+        if self.webhook_url:
+            self._post_webhook(page)
+        if self.emails:
+            self._send_email(page)
+
+    def _post_webhook(self, page: Page) -> None:
+        body = {"text": page.summary(), "admin_url": page.admin_url(), **asdict(page)}
+        try:
+            response = self.http_post(self.webhook_url, json=body, timeout=WEBHOOK_TIMEOUT_SECONDS)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            PAGE_DELIVERIES.labels("webhook", "failed").inc()
+            log.error("page webhook failed", extra={"fingerprint": page.fingerprint, "error": repr(exc)})
+            return
+        PAGE_DELIVERIES.labels("webhook", "sent").inc()
+
+    def _send_email(self, page: Page) -> None:
+        try:
+            send_mail(
+                subject=f"[DLQ page] {page.summary()[:150]}",
+                message=f"{page.summary()}\n\nOpen: {page.admin_url()}\n",
+                from_email=None,
+                recipient_list=self.emails,
+            )
+        except Exception as exc:  # any mail backend error: logged and counted, never fatal
+            PAGE_DELIVERIES.labels("email", "failed").inc()
+            log.error("page e-mail failed", extra={"fingerprint": page.fingerprint, "error": repr(exc)})
+            return
+        PAGE_DELIVERIES.labels("email", "sent").inc()
+
+
+def pager_from_settings(redis_client: redis.Redis | None = None) -> Pager:
+    from notifications.redis_client import get_redis
+
+    url, emails, window = page_settings()
+    return Pager(
+        redis_client=redis_client or get_redis(),
+        key_prefix=settings.REDIS_KEY_PREFIX,
+        window_seconds=window,
+        webhook_url=url,
+        emails=emails,
+    )

@@ -29,6 +29,7 @@ from notifications.bus.topics import RETRY_TIERS, channel_topic
 from notifications.delivery.backoff import RetryAction, RetryPolicy
 from notifications.delivery.circuit_breaker import CircuitBreaker
 from notifications.delivery.dedup import ClaimStatus, DedupStore
+from notifications.delivery.dispenser import TokenDispenser
 from notifications.delivery.token_bucket import RateLimiterUnavailable, TokenBucket
 from notifications.delivery_log import LogEntry
 from notifications.dispatch.messages import ChannelMessage, Header, headers_dict
@@ -127,6 +128,7 @@ class ChannelWorker:
         self._errors: list[KafkaError] = []
         self._outcomes: list[LogEntry] = []
         self._sem: asyncio.Semaphore | None = None
+        self._dispensers: dict[str, TokenDispenser] = {}
 
     # -- batch -------------------------------------------------------------------------------
     def handle_batch(self, messages: list[Message]) -> Deferrals:
@@ -301,21 +303,15 @@ class ChannelWorker:
         return None
 
     async def _take_token(self, slot: ProviderSlot, job: Job) -> None:
-        priority = job.body.get("priority", "transactional")
-        started = time.monotonic()
-        while True:
-            granted, wait = self.bucket.take(
-                slot.name,
-                slot.rate,
-                slot.burst,
-                n=1,
-                priority=priority,
-                reserve=slot.reserve if priority == "bulk" else None,
+        dispenser = self._dispensers.get(slot.name)
+        if dispenser is None:
+            dispenser = TokenDispenser(
+                bucket=self.bucket, name=slot.name, contract=lambda s=slot: (s.rate, s.burst, s.reserve)
             )
-            if granted:
-                TOKEN_WAIT.labels(slot.name).observe(time.monotonic() - started)
-                return
-            await asyncio.sleep(max(wait, 0.001))  # the script says how long: never spin
+            self._dispensers[slot.name] = dispenser
+        started = time.monotonic()
+        await dispenser.acquire(job.body.get("priority", "transactional"))
+        TOKEN_WAIT.labels(slot.name).observe(time.monotonic() - started)
 
     # -- outcomes ---------------------------------------------------------------------------------
     def _release_and_park(self, job: Job, *, delay: float | None, error: dict | None) -> None:

@@ -96,7 +96,7 @@ class RunningWorker:
 
     def __enter__(self):
         self.thread.start()
-        assert self.runner.assigned.wait(20), "worker got its partitions"
+        assert self.runner.assigned.wait(60), "worker got its partitions"
         return self
 
     def __exit__(self, *exc):

@@ -3,6 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# The services' URLs follow their ports (POSTGRES_PORT, REDIS_PORT, KAFKA_PORT, …), so every
+# Django command runs with the environment `platform/services env` prints.
+WITH_SERVICES := eval "$$(platform/services env)" &&
 
 .PHONY: install services migrate topics dev test lint format bench down
 
@@ -18,20 +21,20 @@ services:
 	platform/services up
 
 migrate: install services
-	$(PY) manage.py migrate --noinput
+	$(WITH_SERVICES) $(PY) manage.py migrate --noinput
 
 topics: install services
-	$(PY) manage.py ensure_topics
+	$(WITH_SERVICES) $(PY) manage.py ensure_topics
 
 # Brings up PostgreSQL, Redis and Kafka, migrates, creates the dev superuser and demo data, and
 # runs every platform process from the Procfile (Ctrl-C stops them; `make down` stops the services).
 dev: migrate topics
-	DJANGO_DEBUG=1 USE_PROVIDER_SANDBOX=1 $(PY) manage.py bootstrap_dev
+	$(WITH_SERVICES) DJANGO_DEBUG=1 USE_PROVIDER_SANDBOX=1 $(PY) manage.py bootstrap_dev
 	$(PY) manage.py collectstatic --noinput -v 0
-	DJANGO_DEBUG=1 USE_PROVIDER_SANDBOX=1 honcho start
+	$(WITH_SERVICES) DJANGO_DEBUG=1 USE_PROVIDER_SANDBOX=1 honcho start
 
 test: install services
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -42,7 +45,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 bench: install services migrate topics
-	$(PY) benchmarks/relay_throughput.py
+	$(WITH_SERVICES) $(PY) benchmarks/relay_throughput.py
 
 down:
 	platform/services down

@@ -54,6 +54,7 @@ def provider_settings(tmp_path: Path, rsa_pem: tuple[str, str], ec_pem: tuple[st
         "TWILIO_MAX_CONNECTIONS": 50,
         "FCM_BASE_URL": "http://127.0.0.1:9",
         "FCM_SERVICE_ACCOUNT_FILE": str(account),
+        "FCM_PROJECT_ID": "",  # the project comes from the service account file
         "APNS_BASE_URL": "http://127.0.0.1:9",
         "APNS_KEY_FILE": str(p8),
         "APNS_KEY_ID": "KEY1234567",

@@ -130,7 +130,14 @@ def build_worker(channel: str, *, producer: Producer | None = None) -> ChannelWo
         producer=producer or Producer(producer_config()),
         on_outcomes=record_delivery_outcomes,
         on_invalid_contact=invalidate_contact,
+        on_campaign_outcomes=_campaign_outcomes,
     )
+
+
+def _campaign_outcomes(entries, metas) -> None:
+    from campaigns.progress import record_outcomes
+
+    record_outcomes(entries, metas)
 
 
 def worker_topics(channel: str) -> list[str]:

@@ -109,6 +109,7 @@ class ChannelWorker:
         producer: Producer,
         on_outcomes: Callable[[list[LogEntry]], None],
         on_invalid_contact: Callable[[ChannelMessage, SendResult], None],
+        on_campaign_outcomes: Callable[[list[LogEntry], list[dict | None]], Any] | None = None,
         wall_clock: Callable[[], float] = time.time,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
@@ -123,12 +124,15 @@ class ChannelWorker:
         self.producer = producer
         self.on_outcomes = on_outcomes
         self.on_invalid_contact = on_invalid_contact
+        self.on_campaign_outcomes = on_campaign_outcomes
         self.now = wall_clock
         self.loop = loop or asyncio.new_event_loop()
         self._errors: list[KafkaError] = []
         self._outcomes: list[LogEntry] = []
         self._sem: asyncio.Semaphore | None = None
         self._dispensers: dict[str, TokenDispenser] = {}
+        self._metas: list[dict | None] = []
+        self._deduplicated: list[tuple[LogEntry, dict | None]] = []
 
     # -- batch -------------------------------------------------------------------------------
     def handle_batch(self, messages: list[Message]) -> Deferrals:
@@ -169,8 +173,12 @@ class ChannelWorker:
         for body, result in invalid:
             self.on_invalid_contact(body, result)
         outcomes, self._outcomes = self._outcomes, []
+        metas, self._metas = self._metas, []
         if outcomes:
             self.on_outcomes(outcomes)
+        deduplicated, self._deduplicated = self._deduplicated, []
+        if self.on_campaign_outcomes is not None and any(metas + [m for _, m in deduplicated]):
+            self.on_campaign_outcomes(outcomes + [e for e, _ in deduplicated], metas + [m for _, m in deduplicated])
         return deferrals
 
     async def _process(self, jobs: list[Job]) -> None:
@@ -182,11 +190,13 @@ class ChannelWorker:
         for job in jobs:
             if job.key in seen:  # the same message twice in one batch: one claim covers both
                 SKIPPED.labels(self.channel).inc()
+                self._note_deduplicated(job)
                 continue
             seen.add(job.key)
             claim = claims[job.key]
             if claim.status == ClaimStatus.ALREADY_SENT:
                 SKIPPED.labels(self.channel).inc()
+                self._note_deduplicated(job)
                 continue
             if claim.status == ClaimStatus.IN_FLIGHT:
                 # Another worker holds the lease (or crashed holding it): look again after the lease
@@ -217,6 +227,7 @@ class ChannelWorker:
                 # The token is taken inside the concurrency slot, right before the call, so the gap
                 # between grant and arrival at the provider stays small (rate accuracy).
                 try:
+                    await self._take_campaign_token(job)
                     await self._take_token(slot, job)
                 except RateLimiterUnavailable:
                     self._release_and_park(job, delay=None, error={"error_class": "rate_limiter_unavailable"})
@@ -302,6 +313,34 @@ class ChannelWorker:
                 return slot
         return None
 
+    def _note_deduplicated(self, job: Job) -> None:
+        meta = job.body.get("meta")
+        if meta and job.body.get("event_id"):
+            entry = LogEntry(
+                event_id=job.body["event_id"],
+                user_id=int(job.body.get("user_id") or 0),
+                channel=self.channel,
+                type=job.body.get("type", ""),
+                status="deduplicated",
+            )
+            self._deduplicated.append((entry, meta))
+
+    async def _take_campaign_token(self, job: Job) -> None:
+        """A campaign's own throttle (max sends/s), on top of the provider's contract."""
+        meta = job.body.get("meta") or {}
+        rate = meta.get("throttle")
+        if not rate or not meta.get("campaign_id"):
+            return
+        from campaigns.throttle import throttle_bucket_name, throttle_burst
+
+        name = throttle_bucket_name(meta["campaign_id"])
+        dispenser = self._dispensers.get(name)
+        if dispenser is None:
+            burst = throttle_burst(float(rate))
+            dispenser = TokenDispenser(bucket=self.bucket, name=name, contract=lambda r=float(rate), b=burst: (r, b, 0))
+            self._dispensers[name] = dispenser
+        await dispenser.acquire("transactional")
+
     async def _take_token(self, slot: ProviderSlot, job: Job) -> None:
         dispenser = self._dispensers.get(slot.name)
         if dispenser is None:
@@ -371,6 +410,7 @@ class ChannelWorker:
         body = job.body
         if not body.get("event_id") or body.get("user_id") is None:
             return
+        self._metas.append(body.get("meta"))
         self._outcomes.append(
             LogEntry(
                 event_id=body["event_id"],

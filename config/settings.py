@@ -223,3 +223,10 @@ APNS_TEAM_ID = _provider("APNS_TEAM_ID", sandbox=_sandbox.APNS_TEAM_ID, real="")
 APNS_TOPIC = _provider("APNS_TOPIC", sandbox=_sandbox.APNS_TOPIC, real="")
 WEBHOOK_SIGNING_SECRET = _provider("WEBHOOK_SIGNING_SECRET", sandbox=_sandbox.WEBHOOK_SECRET, real="")
 PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
+
+# --- DLQ triage ---------------------------------------------------------------------------------
+# Pages (only for entries no rule recognises) go to a webhook and/or on-call email addresses, at
+# most once per fingerprint per window; an ERROR log line and a metric are always emitted.
+DLQ_PAGE_WEBHOOK_URL = env("DLQ_PAGE_WEBHOOK_URL", default="")
+DLQ_PAGE_EMAILS = env.list("DLQ_PAGE_EMAILS", default=[])
+DLQ_PAGE_WINDOW_SECONDS = env.int("DLQ_PAGE_WINDOW_SECONDS", default=3600)

@@ -390,6 +390,8 @@ class ChannelWorker:
             Header.ERRORS: orjson.dumps(job.errors[-50:]).decode(),
             Header.PROVIDER: provider,
         }
+        if job.headers.get(Header.REPLAY):  # lets triage reopen the entry a replay came from
+            headers[Header.REPLAY] = job.headers[Header.REPLAY]
         self._produce(channel_topic(self.channel, "dlq"), job, headers)
         DLQ.labels(self.channel, error_class).inc()
         self._record(job, "dlq", reason=f"{error_class}: {message}"[:200], provider=provider)

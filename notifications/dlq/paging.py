@@ -16,6 +16,7 @@ stop the consumer (the ERROR log line and the metric are the page of last resort
 """
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -84,6 +85,7 @@ class Pager:
         webhook_url: str = "",
         emails: list[str] | None = None,
         http_post: Callable[..., httpx.Response] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis_client
         self.key_prefix = key_prefix
@@ -91,23 +93,50 @@ class Pager:
         self.webhook_url = webhook_url
         self.emails = emails or []
         self.http_post = http_post or httpx.post
+        self.clock = clock
+        self._held: dict[str, float] = {}  # fingerprint → when its window ends (clock time)
 
     def window_key(self, fingerprint: str) -> str:
         return f"{self.key_prefix}dlq:page:{fingerprint}"
 
     def acquire_window(self, fingerprint: str) -> bool:
         """True when this fingerprint has not been paged in the current window (and now is)."""
-        try:
-            acquired = bool(self.redis.set(self.window_key(fingerprint), "1", nx=True, ex=self.window_seconds))
-        except redis.RedisError as exc:
-            WINDOW_FAIL_OPEN.inc()
-            log.warning(
-                "page window unavailable, paging anyway", extra={"fingerprint": fingerprint, "error": repr(exc)}
-            )
-            return True
-        if not acquired:
-            PAGES_SUPPRESSED.inc()
-        return acquired
+        return self.acquire_windows([fingerprint])[fingerprint]
+
+    def acquire_windows(self, fingerprints: list[str]) -> dict[str, bool]:
+        """`acquire_window` for several fingerprints in one pipelined round trip. A window known to
+        be held (taken or seen here) is answered from memory until it ends, without Redis: a flood
+        of one failure costs no Redis call per batch."""
+        now = self.clock()
+        result: dict[str, bool] = {}
+        ask = []
+        for fp in dict.fromkeys(fingerprints):
+            if self._held.get(fp, 0.0) > now:
+                result[fp] = False
+            else:
+                ask.append(fp)
+        if ask:
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for fp in ask:
+                    pipe.set(self.window_key(fp), "1", nx=True, ex=self.window_seconds)
+                    pipe.pttl(self.window_key(fp))
+                replies = pipe.execute()
+            except redis.RedisError as exc:
+                WINDOW_FAIL_OPEN.inc(len(ask))
+                log.warning("page window unavailable, paging anyway", extra={"count": len(ask), "error": repr(exc)})
+                return {**result, **dict.fromkeys(ask, True)}
+            for i, fp in enumerate(ask):
+                acquired, ttl_ms = bool(replies[2 * i]), replies[2 * i + 1]
+                result[fp] = acquired
+                if isinstance(ttl_ms, int) and ttl_ms > 0:
+                    self._held[fp] = now + ttl_ms / 1000
+        if len(self._held) > 10_000:  # bounded memory: forget windows that are over
+            self._held = {fp: until for fp, until in self._held.items() if until > now}
+        suppressed = sum(1 for acquired in result.values() if not acquired)
+        if suppressed:
+            PAGES_SUPPRESSED.inc(suppressed)
+        return {fp: result[fp] for fp in dict.fromkeys(fingerprints)}
 
     def page(self, page: Page) -> None:
         PAGES.inc()

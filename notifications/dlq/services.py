@@ -201,6 +201,15 @@ def _store_sql() -> str:
                                   discarded_reason, stored_at, updated_at)
         SELECT {", ".join(f"r.{n}" for n in names)}, %(status)s, 1, 0, '', %(now)s, %(now)s
         FROM jsonb_to_recordset(%(rows)s::jsonb) AS r({record})
+        -- Skip, before the insert, what certainly changes nothing (a redelivery): a row that
+        -- reaches ON CONFLICT DO UPDATE is locked even when the WHERE below is false, and that
+        -- lock is a heap write plus WAL per row. A concurrent insert still ends in ON CONFLICT.
+        WHERE NOT EXISTS (
+            SELECT 1 FROM {table} AS e
+            WHERE e.message_id = r.message_id
+              AND (e.status <> %(replayed)s
+                   OR (e.dlq_topic, e.dlq_partition, e.dlq_offset) = (r.dlq_topic, r.dlq_partition, r.dlq_offset))
+        )
         ON CONFLICT (message_id) DO UPDATE SET {reopen},
             first_failed_at = LEAST(d.first_failed_at, EXCLUDED.first_failed_at),
             status = %(status)s, failure_count = d.failure_count + 1, updated_at = EXCLUDED.updated_at
@@ -306,8 +315,9 @@ def page_unknown_dead_letters(*, pager, limit: int = 5000) -> PageReport:
             if row.category == DeadLetterCategory.UNKNOWN:  # a rule may have categorised it meanwhile
                 groups[row.fingerprint].append(row)
         now = timezone.now()
+        windows = pager.acquire_windows(list(groups))
         for fp, rows in groups.items():
-            if not pager.acquire_window(fp):
+            if not windows[fp]:
                 suppressed += 1
                 continue
             first = rows[0]

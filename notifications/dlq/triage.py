@@ -133,7 +133,9 @@ def parse_dead_letter(message: Message, channel: str, *, now: Callable[[], datet
     body = payload if isinstance(payload, dict) else {}
 
     try:
-        errors = orjson.loads(headers[Header.ERRORS]) if headers.get(Header.ERRORS) else []
+        # jsonb refuses \u0000 in strings: drop it from the history rather than fail the batch.
+        raw_errors = (headers.get(Header.ERRORS) or "").replace("\\u0000", "")
+        errors = orjson.loads(raw_errors) if raw_errors else []
     except orjson.JSONDecodeError:
         errors = []
     if not isinstance(errors, list):
@@ -181,7 +183,8 @@ def parse_dead_letter(message: Message, channel: str, *, now: Callable[[], datet
         message_key=_text(message.key(), _MAX["key"]),
         payload=payload,
         raw_payload=raw_payload,
-        headers=headers,
+        # The error history is stored once, parsed, in `errors` (not twice: it is the bulk of a row).
+        headers={k: v for k, v in headers.items() if k != Header.ERRORS},
         error_class=_text(headers.get(Header.ERROR_CLASS), _MAX["class"]),
         cause_class=_text(last.get("error_class"), _MAX["class"]),
         error_code=_text(last.get("code"), _MAX["code"]),

@@ -184,6 +184,7 @@ class ChannelWorker:
     async def _process(self, jobs: list[Job]) -> None:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.config.concurrency)
+        jobs = self._apply_campaign_halts(jobs)
         claims = self.dedup.claim_many([j.key for j in jobs])
         to_send: list[Job] = []
         seen: set[str] = set()
@@ -312,6 +313,29 @@ class ChannelWorker:
             if slot.enabled and slot.breaker.allow_request():
                 return slot
         return None
+
+    def _apply_campaign_halts(self, jobs: list[Job]) -> list[Job]:
+        """Drop messages of cancelled campaigns; hold back those of paused ones (retry tier)."""
+        campaign_ids = sorted(
+            {str(j.body["meta"]["campaign_id"]) for j in jobs if (j.body.get("meta") or {}).get("campaign_id")}
+        )
+        if not campaign_ids:
+            return jobs
+        from campaigns.halt import read_halts
+
+        halts = read_halts(self.dedup.client, campaign_ids)
+        if not halts:
+            return jobs
+        kept = []
+        for job in jobs:
+            halt = halts.get(str((job.body.get("meta") or {}).get("campaign_id")))
+            if halt == "cancelled":
+                self._record(job, "suppressed", reason="campaign_cancelled")
+            elif halt == "paused":
+                self._park(job, delay=self.config.tiers[0][1], error=None)
+            else:
+                kept.append(job)
+        return kept
 
     def _note_deduplicated(self, job: Job) -> None:
         meta = job.body.get("meta")

@@ -1,0 +1,703 @@
+"""Batch expansion: one ``notif.<channel>.batch`` message in, per-recipient channel messages out.
+
+The orchestrator emits batches of user ids (10k-50k). The expander turns each into ready-to-send
+messages on ``notif.<channel>`` — rendered from the campaign's copy in the recipient's locale,
+``priority: "bulk"``, ``urgency: "bulk"``, id ``<launch>:<user>:<channel>`` (push: ``:<platform>``
+appended, as the dispatcher's ``split_by_platform`` does), ``event_id`` = launch id, ``meta`` =
+``{"campaign_id", "launch_id", "throttle"}`` — so the channel workers deliver them through the same
+dedup → token bucket → send → retry/DLQ pipeline as transactional messages.
+
+**Backpressure and throttle.** A batch is not dumped into the channel topic at once: messages are
+released in chunks while the queue in front of the channel's workers (their consumer group's lag
+on ``notif.<channel>``, :class:`ChannelBacklog`) is below a bound sized to keep every worker busy
+(2 x WORKER_BATCH_SIZE x workers, at least CAMPAIGN_EXPANSION_LEAD_SECONDS of the contract rate),
+and, for a throttled campaign, as tokens of its global bucket allow
+(``campaign-pace:campaign:<id>``). So ``notif.<channel>`` never holds more than a few seconds of
+campaign traffic: a transactional message produced meanwhile waits behind seconds of it, not
+behind a million bulk messages (measured in ``test_transactional_messages_are_not_held_behind_a_
+running_campaign``); pause and cancel take effect within that; the workers always have work. A
+batch that must wait is handed back to the runner as a *deferral* (its partition pauses until
+due), so the consumer never sleeps past ``max.poll.interval.ms``.
+
+**Progress and idempotency.** Each chunk is produced and acknowledged, then the batch's cursor and
+the counters move in one Redis MULTI (:func:`campaigns.progress.record_expansion`). A crash between
+the two re-expands that chunk: harmless, the worker's dedup key is launch + user + channel.
+
+**Per batch** the recipients' contact points, names and attributes are loaded once (three queries
+whatever the batch size) and kept while the batch is worked through; preferences are re-checked
+per chunk from the preference cache (one MGET), so someone who unsubscribed after the batch was
+emitted (a long, throttled campaign) is not sent to.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+from prometheus_client import Counter
+
+from campaigns.models import Campaign, CampaignState
+from campaigns.progress import read_cursor, record_expansion
+from campaigns.rendering import CopyBook, StaticFieldCache, build_copy_context, render_copy
+from campaigns.selectors import BatchRecipient, batch_recipients
+from campaigns.throttle import throttle_burst, token_bucket_for
+from notifications.bus.config import admin_config, consumer_config
+from notifications.bus.runner import ConsumerRunner, Deferrals, RunnerConfig
+from notifications.bus.topics import channel_topic
+from notifications.channels import ALL_CHANNELS, Channel
+from notifications.delivery.token_bucket import Priority, RateLimiterUnavailable
+from notifications.dispatch.dispatcher import address_for, split_by_platform
+from notifications.dispatch.killswitch import KillSwitchBoard
+from notifications.dispatch.messages import ChannelMessage, Header, encode
+from notifications.dispatch.templating import RenderError
+from notifications.models import MANDATORY_CATEGORIES, KillSwitchMode, Provider
+from preferences.cache import preferences_get_many
+from preferences.rules import is_allowed
+from preferences.selectors import ContactPoints
+from preferences.state import PreferenceState
+from preferences.unsubscribe import unsubscribe_url
+
+log = logging.getLogger(__name__)
+
+BATCHES = Counter("campaign_expander_batches_total", "Batch messages handled", ["channel", "outcome"])
+RELEASED = Counter("campaign_expander_messages_total", "Per-recipient messages produced", ["channel"])
+BACKPRESSURE = Counter(
+    "campaign_expander_backpressure_total", "Times a batch waited because notif.<channel> was backed up", ["channel"]
+)
+SUPPRESSED = Counter("campaign_expander_suppressed_total", "Recipients dropped at expansion", ["channel", "reason"])
+
+#: How often the expander re-reads a campaign's state (pause/cancel take effect within this).
+STATE_REFRESH_SECONDS = 1.0
+#: How often the channels' contract rates are re-read from the Provider table.
+CONTRACT_REFRESH_SECONDS = 5.0
+#: How often the channel topic's backlog (the workers' consumer lag) is measured.
+BACKLOG_REFRESH_SECONDS = 0.25
+#: A wait for throttle tokens up to this long is slept in place; a longer one becomes a deferral.
+MAX_INLINE_WAIT = 0.25
+#: Re-check a paused campaign (or a paused/delayed channel) this often.
+PAUSED_RECHECK_SECONDS = 1.0
+KILL_SWITCH_RECHECK_SECONDS = 5.0
+#: Batches whose recipients stay loaded in memory: a batch is worked through over several polls,
+#: interleaved with the other partitions' batches (a 50k batch holds roughly 15-25 MB).
+LOADED_BATCHES = 8
+
+
+class InvalidBatch(Exception):
+    """A batch message that cannot be expanded (malformed); it goes to the channel's DLQ."""
+
+
+@dataclass(frozen=True)
+class BatchMessage:
+    campaign_id: int
+    launch_id: str
+    channel: str
+    batch: int
+    user_ids: list[int]
+    copy_version: str = ""
+
+
+def parse_batch(raw: bytes | None) -> BatchMessage:
+    try:
+        body = orjson.loads(raw or b"")
+        if not isinstance(body, dict) or body.get("v") != 1 or body.get("type") != "campaign.batch":
+            raise InvalidBatch("not a v1 campaign.batch message")
+        channel = body["channel"]
+        if channel not in ALL_CHANNELS:
+            raise InvalidBatch(f"unknown channel {channel!r}")
+        user_ids = body["user_ids"]
+        if not isinstance(user_ids, list) or not all(isinstance(u, int) for u in user_ids):
+            raise InvalidBatch("user_ids must be a list of integers")
+        return BatchMessage(
+            campaign_id=int(body["campaign_id"]),
+            launch_id=str(body["launch_id"]),
+            channel=channel,
+            batch=int(body["batch"]),
+            user_ids=user_ids,
+            copy_version=str((body.get("content") or {}).get("copy_version") or ""),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InvalidBatch(f"malformed batch message: {exc}") from exc
+
+
+# -- the campaign as the expander sees it ----------------------------------------------------------------
+@dataclass
+class CampaignView:
+    id: int
+    name: str
+    state: str
+    launch_id: str | None
+    throttle: int | None
+    channels: list[str]
+    type_key: str
+    category: str
+    default_channels: list[str]
+    copies: CopyBook
+    copy_version: str
+    loaded_at: float = 0.0
+
+    @classmethod
+    def load(cls, campaign: Campaign) -> CampaignView:
+        copies = list(campaign.copies.all())
+        entry = campaign.notification_type
+        return cls(
+            id=campaign.pk,
+            name=campaign.name,
+            state=campaign.state,
+            launch_id=str(campaign.launch_id) if campaign.launch_id else None,
+            throttle=campaign.throttle,
+            channels=list(campaign.channels or []),
+            type_key=entry.key,
+            category=entry.category,
+            default_channels=list(entry.default_channels or []),
+            copies=CopyBook.from_copies(copies),
+            copy_version=copy_version(copies),
+            loaded_at=time.monotonic(),
+        )
+
+
+def copy_version(copies: Sequence[Any]) -> str:
+    latest = max((c.updated_at for c in copies), default=None)
+    return f"{len(copies)}:{latest.isoformat() if latest else ''}"
+
+
+class CampaignCache:
+    """Campaign views by id: copy loaded once per version, state re-read every STATE_REFRESH_SECONDS."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._views: dict[int, CampaignView] = {}
+
+    def get(self, campaign_id: int, *, copy_version: str = "") -> CampaignView | None:
+        view = self._views.get(campaign_id)
+        now = self._clock()
+        if view is None or (copy_version and copy_version != view.copy_version):
+            campaign = Campaign.objects.select_related("notification_type").filter(pk=campaign_id).first()
+            if campaign is None:
+                self._views.pop(campaign_id, None)
+                return None
+            view = self._views[campaign_id] = CampaignView.load(campaign)
+            view.loaded_at = now
+            return view
+        if now - view.loaded_at >= STATE_REFRESH_SECONDS:
+            row = Campaign.objects.filter(pk=campaign_id).values("state", "launch_id", "throttle").first()
+            if row is None:
+                self._views.pop(campaign_id, None)
+                return None
+            view.state = row["state"]
+            view.launch_id = str(row["launch_id"]) if row["launch_id"] else None
+            view.throttle = row["throttle"]
+            view.loaded_at = now
+        return view
+
+
+# -- building per-recipient messages ---------------------------------------------------------------------
+def build_recipient_messages(
+    view: CampaignView,
+    *,
+    channel: str,
+    launch_id: str,
+    contact: ContactPoints,
+    recipient: dict[str, Any],
+    now,
+    test: bool = False,
+    statics: StaticFieldCache | None = None,
+) -> list[ChannelMessage]:
+    """The ready-to-send message(s) of one recipient on one channel ([] without a contact point).
+    Raises RenderError when the copy does not render for this recipient."""
+    to = address_for(channel, contact)
+    if to is None:
+        return []
+    user_id = contact.user_id
+    locale = contact.locale or settings.LANGUAGE_CODE
+    copy = view.copies.copy_for(channel, locale)
+    # Signing the one-click token is the costliest step of a message: only where it is used (the
+    # e-mail header, or copy that mentions it).
+    wanted = channel == Channel.EMAIL or (copy is not None and view.copies.mentions_unsubscribe(copy))
+    mandatory = view.category in MANDATORY_CATEGORIES
+    unsubscribe = unsubscribe_url(user_id, view.category) if wanted and not mandatory else None
+    if copy is None:
+        if channel != Channel.WEBHOOK:
+            raise RenderError(f"no {channel} copy for locale {locale!r}")
+        content: dict[str, Any] = {"payload": {"type": view.type_key, "campaign_id": view.id, "launch_id": launch_id}}
+    else:
+        content = statics.static_render(copy, channel) if statics is not None else None
+        if content is None:
+            context = build_copy_context(
+                user={"id": user_id, "email": contact.email, "first_name": recipient.get("first_name") or ""},
+                profile={"locale": locale, "attributes": recipient.get("attributes") or {}},
+                campaign={"id": view.id, "name": view.name},
+                unsubscribe_url=unsubscribe,
+            )
+            content = render_copy(copy, channel, context)
+    if channel in (Channel.PUSH, Channel.INAPP):
+        content["data"] = {"type": view.type_key, "campaign_id": str(view.id), "launch_id": launch_id}
+    if channel == Channel.EMAIL and unsubscribe:
+        content["list_unsubscribe"] = unsubscribe
+    meta: dict[str, Any] = {"campaign_id": view.id, "launch_id": None if test else launch_id, "throttle": None}
+    if test:
+        meta["test"] = True
+    else:
+        meta["throttle"] = view.throttle
+    message: ChannelMessage = {
+        "v": 1,
+        "id": f"{launch_id}:{user_id}:{channel}",
+        "event_id": launch_id,
+        "user_id": user_id,
+        "channel": channel,
+        "type": view.type_key,
+        "category": view.category,
+        "urgency": "normal" if test else "bulk",
+        "priority": "transactional" if test else "bulk",
+        "created_at": now.isoformat(),
+        "locale": locale,
+        "to": to,
+        "content": content,
+        "meta": meta,
+    }
+    return split_by_platform(message)
+
+
+# -- pacing ----------------------------------------------------------------------------------------------
+class ChannelContracts:
+    """Each channel's send capacity from the Provider table: push = first enabled FCM + first enabled
+    APNs provider (they send in parallel); other channels = the first enabled provider (the others
+    are failovers). None when the channel has no enabled provider."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._rates: dict[str, float | None] = {}
+        self._loaded_at = float("-inf")
+
+    def rate(self, channel: str) -> float | None:
+        if self._clock() - self._loaded_at >= CONTRACT_REFRESH_SECONDS:
+            self._load()
+        return self._rates.get(channel)
+
+    def _load(self) -> None:
+        self._loaded_at = self._clock()
+        first: dict[tuple[str, str], float] = {}
+        for row in Provider.objects.filter(enabled=True).order_by("priority", "name"):
+            group = row.kind if row.channel == Channel.PUSH else ""
+            first.setdefault((row.channel, group), row.rate)
+        rates: dict[str, float | None] = {}
+        for (channel, _group), rate in first.items():
+            rates[channel] = (rates.get(channel) or 0.0) + rate
+        self._rates = rates
+
+
+class ChannelBacklog:
+    """The queue in front of a channel's workers, read from Kafka with the admin API: messages in
+    ``notif.<channel>`` past the workers' committed offsets (a group that never committed counts
+    the whole topic), and how many workers the group has. Measured at most every ``interval``
+    seconds; what this process released since is added on top, so chunks in a row cannot all
+    fill the same room."""
+
+    def __init__(self, *, interval: float = BACKLOG_REFRESH_SECONDS, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self._clock = clock
+        self._admin: AdminClient | None = None
+        self._measured: dict[str, tuple[float, int, int]] = {}
+        self._released: dict[str, int] = {}
+
+    def waiting(self, channel: str) -> int:
+        return self._current(channel)[0]
+
+    def workers(self, channel: str) -> int:
+        return self._current(channel)[1]
+
+    def released(self, channel: str, n: int) -> None:
+        self._released[channel] = self._released.get(channel, 0) + n
+
+    def _current(self, channel: str) -> tuple[int, int]:
+        at, lag, members = self._measured.get(channel, (float("-inf"), 0, 0))
+        if self._clock() - at >= self.interval:
+            lag, members = self._measure(channel)
+            self._measured[channel] = (self._clock(), lag, members)
+            self._released[channel] = 0
+        return lag + self._released.get(channel, 0), members
+
+    def _measure(self, channel: str) -> tuple[int, int]:
+        if self._admin is None:
+            self._admin = AdminClient(admin_config())
+        admin, topic = self._admin, channel_topic(channel)
+        group = consumer_config(worker_group(channel))["group.id"]
+        partitions = admin.list_topics(topic, timeout=5).topics[topic].partitions
+        tps = [TopicPartition(topic, p) for p in partitions]
+        described = admin.describe_consumer_groups([group], request_timeout=5)[group]
+        committed_future = admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group, tps)], request_timeout=5
+        )[group]
+        ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=5)
+        starts = admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps}, request_timeout=5)
+        committed = {tp.partition: tp.offset for tp in committed_future.result(5).topic_partitions}
+        waiting = 0
+        for tp in tps:
+            low, high = starts[tp].result(5).offset, ends[tp].result(5).offset
+            start = committed.get(tp.partition, -1)
+            waiting += max(0, high - max(start if start >= 0 else low, low))
+        return waiting, len(described.result(5).members)
+
+
+def worker_group(channel: str) -> str:
+    """The channel workers' consumer group (``notifications.delivery.setup.build_worker_runner``)."""
+    return str(getattr(settings, "CAMPAIGN_WORKER_GROUP", "worker.{channel}")).format(channel=channel)
+
+
+@dataclass
+class _Bucket:
+    name: str
+    rate: float
+    burst: int
+
+
+class Pacer:
+    """Release permits from global token buckets (today: the campaign throttle's); tokens granted
+    beyond what a chunk used (recipients suppressed in it) are kept as local credit for the next."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.tokens = token_bucket_for(client)
+        self.credit: dict[str, float] = {}
+
+    def permits(self, buckets: list[_Bucket], want: int) -> tuple[int, float]:
+        """How many messages may be released now (≤ want) and, when none, how long to wait."""
+        if not buckets:
+            return want, 0.0
+        wait = 0.0
+        for bucket in buckets:
+            have = self.credit.get(bucket.name, 0.0)
+            if have < want:
+                ask = max(1, min(math.ceil(want - have), bucket.burst))
+                granted, bucket_wait = self.tokens.take_many(
+                    bucket.name, bucket.rate, bucket.burst, ask, priority=Priority.TRANSACTIONAL
+                )
+                self.credit[bucket.name] = have + granted
+                if have + granted < 1:
+                    wait = max(wait, bucket_wait)
+        permits = min(int(self.credit.get(b.name, 0.0)) for b in buckets)
+        return max(0, min(want, permits)), (wait if permits < 1 else 0.0)
+
+    def spend(self, buckets: list[_Bucket], used: int) -> None:
+        for bucket in buckets:
+            self.credit[bucket.name] = self.credit.get(bucket.name, 0.0) - used
+
+
+# -- the handler -----------------------------------------------------------------------------------------
+@dataclass
+class ExpanderConfig:
+    chunk_size: int = 1000
+    #: Work on one poll's batches for about this long, then hand back to the runner (poll, stop flag).
+    time_budget: float = 1.0
+    #: Throttle and backpressure on; off only for unit tests of the expansion itself.
+    pacing: bool = True
+    #: At most this many messages may wait in notif.<channel> before more are released
+    #: (None: max(2 x WORKER_BATCH_SIZE, lead_seconds x the channel's contract rate)).
+    max_backlog: int | None = None
+    lead_seconds: float = 1.0
+
+    @classmethod
+    def from_settings(cls) -> ExpanderConfig:
+        return cls(
+            chunk_size=int(getattr(settings, "CAMPAIGN_EXPANSION_CHUNK", 1000)),
+            time_budget=float(getattr(settings, "CAMPAIGN_EXPANSION_TIME_BUDGET", 1.0)),
+            pacing=bool(getattr(settings, "CAMPAIGN_EXPANSION_PACING", True)),
+            max_backlog=getattr(settings, "CAMPAIGN_EXPANSION_MAX_BACKLOG", None),
+            lead_seconds=float(getattr(settings, "CAMPAIGN_EXPANSION_LEAD_SECONDS", 1.0)),
+        )
+
+
+class BatchExpander:
+    """BatchHandler for ``notif.<channel>.batch`` topics (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        producer: Producer,
+        redis_client: redis.Redis,
+        config: ExpanderConfig | None = None,
+        campaigns: CampaignCache | None = None,
+        contracts: ChannelContracts | None = None,
+        backlog: ChannelBacklog | None = None,
+        switches: KillSwitchBoard | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.producer = producer
+        self.redis = redis_client
+        self.config = config or ExpanderConfig.from_settings()
+        self.campaigns = campaigns or CampaignCache()
+        self.contracts = contracts or ChannelContracts()
+        self.backlog = backlog or ChannelBacklog()
+        self.switches = switches or KillSwitchBoard()
+        self.pacer = Pacer(redis_client)
+        self.statics = StaticFieldCache()
+        self.clock = clock
+        self.sleep = sleep
+        self._loaded: OrderedDict[tuple[str, str, int], dict[int, BatchRecipient]] = OrderedDict()
+        self._parsed: OrderedDict[tuple[str, int, int], BatchMessage] = OrderedDict()
+        self._errors: list[KafkaError] = []
+
+    # -- batch ---------------------------------------------------------------------------------------
+    def handle_batch(self, messages: list[Message]) -> Deferrals:
+        close_old_connections()
+        deferrals: Deferrals = {}
+        deadline = self.clock() + self.config.time_budget
+        for message in messages:
+            tp = (message.topic(), message.partition())
+            if tp in deferrals:
+                continue  # keep order within a partition: what follows a held-back batch waits too
+            if self.clock() >= deadline:
+                deferrals[tp] = (message.offset(), self.clock())  # come back at once, after a poll
+                continue
+            try:
+                batch = self._parse(message)
+            except InvalidBatch as exc:
+                self._dead_letter(message, str(exc))
+                continue
+            try:
+                due = self._expand(batch, deadline)
+            except (redis.RedisError, RateLimiterUnavailable, KafkaException):
+                # Cursors and the throttle live in Redis, the backlog in Kafka: without them, wait
+                # (never release unpaced).
+                log.warning("batch expansion waits for Redis/Kafka", exc_info=True)
+                due = self.clock() + KILL_SWITCH_RECHECK_SECONDS
+            if due is not None:
+                deferrals[tp] = (message.offset(), due)
+        self._flush()
+        return deferrals
+
+    def _parse(self, message: Message) -> BatchMessage:
+        """Parse (and validate) a batch message once: a deferred batch is read again every poll."""
+        key = (message.topic(), message.partition(), message.offset())
+        batch = self._parsed.get(key)
+        if batch is None:
+            batch = self._parsed[key] = parse_batch(message.value())
+            while len(self._parsed) > 2 * LOADED_BATCHES:
+                self._parsed.popitem(last=False)
+        return batch
+
+    def _expand(self, batch: BatchMessage, deadline: float) -> float | None:
+        """Work on one batch; None when it needs nothing more, else when to come back (monotonic)."""
+        view = self.campaigns.get(batch.campaign_id, copy_version=batch.copy_version)
+        if view is None or view.launch_id != batch.launch_id:
+            BATCHES.labels(batch.channel, "stale").inc()
+            log.info("batch of an unknown or superseded launch dropped", extra={"launch_id": batch.launch_id})
+            return None
+        if view.state in (CampaignState.CANCELLED, CampaignState.FAILED, CampaignState.COMPLETED):
+            BATCHES.labels(batch.channel, view.state).inc()
+            return None
+        if view.state != CampaignState.RUNNING:  # paused (or the start is not committed yet)
+            return self.clock() + PAUSED_RECHECK_SECONDS
+        mode = self.switches.channel_mode(batch.channel)
+        if mode in (KillSwitchMode.PAUSE, KillSwitchMode.DELAY):
+            return self.clock() + KILL_SWITCH_RECHECK_SECONDS
+        key = dict(campaign_id=batch.campaign_id, launch_id=batch.launch_id, channel=batch.channel, batch=batch.batch)
+        cursor = read_cursor(self.redis, **key)
+        total = len(batch.user_ids)
+        if mode == KillSwitchMode.DROP_NON_URGENT:
+            SUPPRESSED.labels(batch.channel, "kill_switch").inc(max(0, total - cursor))
+            record_expansion(
+                self.redis, **key, cursor=total, queued=0, suppressed=max(0, total - cursor), extra=0, done=True
+            )
+            return None
+        buckets = self._buckets(view, batch.channel)
+        while cursor < total:
+            if self.clock() >= deadline:
+                return self.clock()
+            view = self.campaigns.get(batch.campaign_id) or view
+            if view.state != CampaignState.RUNNING:
+                return None if view.state != CampaignState.PAUSED else self.clock() + PAUSED_RECHECK_SECONDS
+            want = min(self.config.chunk_size, total - cursor)
+            if self.config.pacing:
+                try:
+                    room = self._max_backlog(batch.channel) - self.backlog.waiting(batch.channel)
+                except KafkaException as exc:  # e.g. a leader moving: look again shortly, release nothing blind
+                    log.warning("channel backlog unknown", extra={"channel": batch.channel, "error": str(exc)})
+                    return self.clock() + BACKLOG_REFRESH_SECONDS * 2
+                if room < 1:
+                    BACKPRESSURE.labels(batch.channel).inc()
+                    return self.clock() + BACKLOG_REFRESH_SECONDS
+                want = min(want, room)
+            permits, wait = self.pacer.permits(buckets, want)
+            if permits < 1:
+                if wait <= MAX_INLINE_WAIT and self.clock() + wait < deadline:
+                    self.sleep(max(wait, 0.001))
+                    continue
+                return self.clock() + wait
+            ids = batch.user_ids[cursor : cursor + permits]
+            queued, suppressed = self._expand_chunk(view, batch, ids)
+            self.pacer.spend(buckets, queued)
+            self.backlog.released(batch.channel, queued)
+            self._flush()  # acknowledged by Kafka before the cursor moves
+            cursor += len(ids)
+            record_expansion(
+                self.redis,
+                **key,
+                cursor=cursor,
+                queued=queued,
+                suppressed=suppressed,
+                extra=max(0, queued - (len(ids) - suppressed)),
+                done=cursor >= total,
+            )
+        if total == 0:
+            record_expansion(self.redis, **key, cursor=0, queued=0, suppressed=0, extra=0, done=True)
+        self._loaded.pop((batch.launch_id, batch.channel, batch.batch), None)
+        BATCHES.labels(batch.channel, "expanded").inc()
+        return None
+
+    def _buckets(self, view: CampaignView, channel: str) -> list[_Bucket]:
+        if not self.config.pacing or not view.throttle:
+            return []
+        return [_Bucket(f"campaign-pace:campaign:{view.id}", float(view.throttle), throttle_burst(view.throttle))]
+
+    def _max_backlog(self, channel: str) -> int:
+        """How many messages may wait for the channel's workers. Each worker holds up to a poll batch
+        (WORKER_BATCH_SIZE) in flight, still counted as lag until it commits; to never starve, each
+        needs another batch ready when it polls again: 2 x batch x workers. And at least
+        ``lead_seconds`` of the channel's contract rate, so a tick of backpressure never drains it."""
+        if self.config.max_backlog:
+            return int(self.config.max_backlog)
+        batch = int(getattr(settings, "WORKER_BATCH_SIZE", 500))
+        workers = max(1, self.backlog.workers(channel))
+        contract = self.contracts.rate(channel) or 0.0
+        return max(2 * batch * workers, math.ceil(contract * self.config.lead_seconds))
+
+    def _load(self, batch: BatchMessage) -> dict[int, BatchRecipient]:
+        key = (batch.launch_id, batch.channel, batch.batch)
+        loaded = self._loaded.get(key)
+        if loaded is None:
+            loaded = self._loaded[key] = batch_recipients(batch.user_ids)
+            while len(self._loaded) > LOADED_BATCHES:
+                self._loaded.popitem(last=False)
+        else:
+            self._loaded.move_to_end(key)
+        return loaded
+
+    def _expand_chunk(self, view: CampaignView, batch: BatchMessage, ids: list[int]) -> tuple[int, int]:
+        """Produce the chunk's messages (not yet flushed); returns (messages produced, users suppressed)."""
+        loaded = self._load(batch)
+        channel = batch.channel
+        states = preferences_get_many(ids, redis_client=self.redis)
+        now = timezone.now()
+        topic = channel_topic(channel)
+        queued = suppressed = 0
+        for user_id in ids:
+            recipient = loaded.get(user_id)
+            if recipient is None:
+                suppressed += 1
+                SUPPRESSED.labels(channel, "unknown_recipient").inc()
+                continue
+            state = states.get(user_id) or PreferenceState(user_id=user_id)
+            allowed, reason = is_allowed(
+                state, category=view.category, channel=channel, type_default_channels=view.default_channels
+            )
+            if not allowed:
+                suppressed += 1
+                SUPPRESSED.labels(channel, reason).inc()
+                continue
+            try:
+                parts = build_recipient_messages(
+                    view,
+                    channel=channel,
+                    launch_id=batch.launch_id,
+                    contact=recipient.contact,
+                    recipient={"first_name": recipient.first_name, "attributes": recipient.attributes},
+                    now=now,
+                    statics=self.statics,
+                )
+            except RenderError as exc:
+                # Copy was validated with a sample recipient; a failure here is this recipient's data.
+                suppressed += 1
+                SUPPRESSED.labels(channel, "render_error").inc()
+                log.warning("campaign copy did not render", extra={"user_id": user_id, "error": str(exc)})
+                continue
+            if not parts:
+                suppressed += 1
+                SUPPRESSED.labels(channel, "no_contact_point").inc()
+                continue
+            for part in parts:
+                self._produce(topic, str(user_id), encode(part), {Header.IDEMPOTENCY_KEY: part["id"]})
+                queued += 1
+        RELEASED.labels(channel).inc(queued)
+        return queued, suppressed
+
+    # -- producing -----------------------------------------------------------------------------------
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(err)
+
+    def _produce(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    topic, value=value, key=key.encode(), headers=list(headers.items()), on_delivery=self._on_delivery
+                )
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    def _flush(self) -> None:
+        remaining = self.producer.flush(60)
+        errors, self._errors = self._errors, []
+        if remaining or errors:
+            # Crash rather than move the cursor: the chunk is expanded again, dedup absorbs repeats.
+            raise RuntimeError(f"expander produce failed: {len(errors)} errors, {remaining} unacknowledged")
+
+    def _dead_letter(self, message: Message, error: str) -> None:
+        topic = message.topic()
+        channel = topic.rsplit(".", 2)[-2] if topic.endswith(".batch") else "email"
+        BATCHES.labels(channel, "invalid").inc()
+        log.warning("invalid batch message sent to DLQ", extra={"topic": topic, "error": error})
+        headers = {Header.ORIGIN_TOPIC: topic, Header.ERROR_CLASS: "invalid_batch", Header.ERROR: error[:1000]}
+        self._produce(
+            channel_topic(channel, "dlq"),
+            (message.key() or b"").decode(errors="replace"),
+            message.value() or b"",
+            headers,
+        )
+
+
+def expander_topics(channels: Sequence[str]) -> list[str]:
+    return [channel_topic(channel, "batch") for channel in channels]
+
+
+def build_expander_runner(
+    channels: Sequence[str] | None = None,
+    *,
+    group: str | None = None,
+    batch_size: int | None = None,
+    producer: Producer | None = None,
+    redis_client: redis.Redis | None = None,
+    config: ExpanderConfig | None = None,
+) -> ConsumerRunner:
+    from notifications.bus.config import producer_config
+    from notifications.redis_client import get_redis
+
+    channels = list(channels or ALL_CHANNELS)
+    expander = BatchExpander(
+        producer=producer or Producer(producer_config()),
+        redis_client=redis_client or get_redis(),
+        config=config,
+    )
+    return ConsumerRunner(
+        RunnerConfig(
+            role="campaign-expander",
+            topics=expander_topics(channels),
+            group=group or "campaign-expander",
+            # Each batch message carries up to 50k recipients: a few per poll is plenty.
+            batch_size=batch_size or int(getattr(settings, "CAMPAIGN_EXPANDER_POLL_BATCH", 8)),
+            poll_timeout=0.2,
+        ),
+        expander,
+    )

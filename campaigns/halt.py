@@ -1,0 +1,45 @@
+"""A cancelled or paused campaign's halt flag in Redis, honoured by the channel workers.
+
+Messages the expander already released into `notif.<channel>` would otherwise still go out after
+a cancel. The flag makes the workers drop them (cancel) or hold them back in a retry tier (pause),
+so a cancel takes effect within one worker batch. Written on commit of the state change; cleared on
+resume. RedisError policy: setting the flag fails loudly in the admin action's log but never undoes
+the committed state change (the expander stops releasing anyway); workers reading it fail open
+(send), since a missing flag only means the pre-cancel behaviour.
+"""
+
+import logging
+
+import redis
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+HALT_TTL_SECONDS = 7 * 24 * 3600
+
+
+def halt_key(campaign_id: int | str) -> str:
+    return f"{settings.REDIS_KEY_PREFIX}campaign:{campaign_id}:halt"
+
+
+def set_halt(client: redis.Redis, campaign_id: int, state: str | None) -> None:
+    """state: 'cancelled' or 'paused' to halt, None to clear (resume)."""
+    try:
+        if state is None:
+            client.delete(halt_key(campaign_id))
+        else:
+            client.set(halt_key(campaign_id), state, ex=HALT_TTL_SECONDS)
+    except redis.RedisError:
+        log.exception("could not write the campaign halt flag", extra={"campaign_id": campaign_id})
+
+
+def read_halts(client: redis.Redis, campaign_ids: list[int | str]) -> dict[str, str]:
+    """{campaign id: 'cancelled'|'paused'} for the halted ones among `campaign_ids` (one MGET)."""
+    if not campaign_ids:
+        return {}
+    try:
+        values = client.mget([halt_key(c) for c in campaign_ids])
+    except redis.RedisError:
+        log.warning("campaign halt flags unavailable; sending", exc_info=True)
+        return {}
+    return {str(c): v.decode() for c, v in zip(campaign_ids, values, strict=True) if v}

@@ -1,0 +1,284 @@
+"""Live campaign progress: Redis counters written by the expanders and workers, flushed to PostgreSQL.
+
+Keys (all under ``settings.REDIS_KEY_PREFIX``):
+
+* ``campaign:{id}:progress`` — hash of counters: ``queued`` (per-recipient messages handed to the
+  workers), ``suppressed`` (dropped at expansion: no contact point, opted out since the batch was
+  emitted, kill switch), ``extra`` (push messages beyond one per user), ``sent``, ``failed``,
+  ``deduplicated``.
+* ``campaign:{id}:rate:sent`` / ``campaign:{id}:rate:queued`` — hash of epoch second → count, for the
+  current rates (expire after two minutes of silence).
+* ``campaign:{id}:expanded:{launch}`` — set of "<channel>:<batch>" fully expanded (completion).
+* ``campaign:{id}:cursor:{launch}:{channel}:{batch}`` — how far a batch has been expanded.
+
+The orchestrator's own numbers (audience size, batches emitted, suppressed in SQL) are written to
+PostgreSQL at each checkpoint, exactly. The counters here are written after the fact they count is
+durable (message acknowledged by Kafka, outcome settled by the worker); expansion counters move in
+the same MULTI as the batch cursor, so a re-expanded chunk is never counted twice.
+
+RedisError policy: progress is observability, never a reason to fail a delivery. ``record_outcomes``
+logs and drops on RedisError (counted in ``campaign_progress_dropped_total``); the flush skips a
+round; the JSON endpoint falls back to the last flushed values.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+from prometheus_client import Counter as PromCounter
+
+from campaigns.models import ACTIVE_STATES, Campaign, CampaignState
+
+log = logging.getLogger(__name__)
+
+PROGRESS_DROPPED = PromCounter(
+    "campaign_progress_dropped_total", "Campaign outcome counts lost because Redis was unavailable"
+)
+OUTCOMES = PromCounter("campaign_outcomes_total", "Campaign delivery outcomes counted", ["outcome"])
+
+COUNTER_FIELDS = ("queued", "suppressed", "extra", "sent", "failed", "deduplicated")
+#: Worker statuses → progress counter. "retrying" is not an outcome yet; the final one follows.
+STATUS_TO_COUNTER = {
+    "sent": "sent",
+    "dlq": "failed",
+    "failed": "failed",
+    "deduplicated": "deduplicated",
+    "skipped": "deduplicated",
+}
+RATE_WINDOW_SECONDS = 10
+RATE_KEY_TTL = 120
+#: Finished campaigns keep being flushed for a while: sends still in flight land after completion.
+FLUSH_AFTER_FINISH = 3600
+
+
+def _prefix() -> str:
+    return settings.REDIS_KEY_PREFIX
+
+
+def progress_key(campaign_id: int) -> str:
+    return f"{_prefix()}campaign:{campaign_id}:progress"
+
+
+def rate_key(campaign_id: int, what: str) -> str:
+    return f"{_prefix()}campaign:{campaign_id}:rate:{what}"
+
+
+def expanded_key(campaign_id: int, launch_id: str) -> str:
+    return f"{_prefix()}campaign:{campaign_id}:expanded:{launch_id}"
+
+
+def cursor_key(campaign_id: int, launch_id: str, channel: str, batch: int) -> str:
+    return f"{_prefix()}campaign:{campaign_id}:cursor:{launch_id}:{channel}:{batch}"
+
+
+def _client(redis_client: redis.Redis | None) -> redis.Redis:
+    if redis_client is not None:
+        return redis_client
+    from notifications.redis_client import get_redis
+
+    return get_redis()
+
+
+# -- writing -------------------------------------------------------------------------------------------
+def record_outcomes(
+    entries: Sequence[Any], metas: Sequence[dict[str, Any] | None], *, redis_client: redis.Redis | None = None
+) -> int:
+    """Count delivery outcomes of campaign messages. Call from the worker's outcome hook with the
+    settled ``LogEntry`` list and, in the same order, each message's ``meta`` (None or {} for
+    messages that are not part of a campaign). Pipelined: one round trip per call. Never raises.
+
+    Counted statuses: sent → sent; dlq/failed → failed; deduplicated/skipped → deduplicated
+    (a redelivered message the dedup store already saw as sent). Returns how many were counted."""
+    per_campaign: dict[int, Counter] = defaultdict(Counter)
+    for entry, meta in zip(entries, metas, strict=True):
+        if not meta or not meta.get("campaign_id") or not meta.get("launch_id"):
+            continue
+        counter = STATUS_TO_COUNTER.get(getattr(entry, "status", None) or "")
+        if counter is None:
+            continue
+        per_campaign[int(meta["campaign_id"])][counter] += 1
+    if not per_campaign:
+        return 0
+    second = str(int(time.time()))
+    counted = 0
+    try:
+        pipe = _client(redis_client).pipeline(transaction=False)
+        for campaign_id, counts in per_campaign.items():
+            for name, n in counts.items():
+                pipe.hincrby(progress_key(campaign_id), name, n)
+                counted += n
+                OUTCOMES.labels(name).inc(n)
+            if counts.get("sent"):
+                pipe.hincrby(rate_key(campaign_id, "sent"), second, counts["sent"])
+                pipe.expire(rate_key(campaign_id, "sent"), RATE_KEY_TTL)
+        pipe.execute()
+    except redis.RedisError:
+        PROGRESS_DROPPED.inc(counted)
+        log.warning("campaign progress not recorded (Redis unavailable)", exc_info=True)
+        return 0
+    return counted
+
+
+def record_expansion(
+    client: redis.Redis,
+    *,
+    campaign_id: int,
+    launch_id: str,
+    channel: str,
+    batch: int,
+    cursor: int,
+    queued: int,
+    suppressed: int,
+    extra: int,
+    done: bool,
+) -> None:
+    """Advance a batch's expansion cursor and its counters atomically (MULTI/EXEC). Raises RedisError:
+    the expander then retries the chunk later (the worker's dedup absorbs the repeat)."""
+    ttl = int(getattr(settings, "CAMPAIGN_STATE_TTL_SECONDS", 14 * 24 * 3600))
+    pipe = client.pipeline(transaction=True)
+    pipe.set(cursor_key(campaign_id, launch_id, channel, batch), cursor, ex=ttl)
+    key = progress_key(campaign_id)
+    for name, n in (("queued", queued), ("suppressed", suppressed), ("extra", extra)):
+        if n:
+            pipe.hincrby(key, name, n)
+    if queued:
+        second = str(int(time.time()))
+        pipe.hincrby(rate_key(campaign_id, "queued"), second, queued)
+        pipe.expire(rate_key(campaign_id, "queued"), RATE_KEY_TTL)
+    if done:
+        pipe.sadd(expanded_key(campaign_id, launch_id), f"{channel}:{batch}")
+        pipe.expire(expanded_key(campaign_id, launch_id), ttl)
+    pipe.execute()
+
+
+def read_cursor(client: redis.Redis, *, campaign_id: int, launch_id: str, channel: str, batch: int) -> int:
+    raw = client.get(cursor_key(campaign_id, launch_id, channel, batch))
+    return int(raw) if raw else 0
+
+
+def expanded_count(client: redis.Redis, *, campaign_id: int, launch_id: str) -> int:
+    return int(client.scard(expanded_key(campaign_id, launch_id)))
+
+
+# -- reading -------------------------------------------------------------------------------------------
+def read_counters(client: redis.Redis, campaign_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+    ids = list(campaign_ids)
+    if not ids:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for campaign_id in ids:
+        pipe.hgetall(progress_key(campaign_id))
+    out = {}
+    for campaign_id, raw in zip(ids, pipe.execute(), strict=True):
+        values = {k.decode(): int(v) for k, v in raw.items()}
+        out[campaign_id] = {name: values.get(name, 0) for name in COUNTER_FIELDS}
+    return out
+
+
+def read_rates(client: redis.Redis, campaign_id: int, *, now: float | None = None) -> dict[str, float]:
+    """Per-second rates over the last complete RATE_WINDOW_SECONDS (the current second is partial)."""
+    current = int(now if now is not None else time.time())
+    seconds = [str(s) for s in range(current - RATE_WINDOW_SECONDS, current)]
+    pipe = client.pipeline(transaction=False)
+    pipe.hmget(rate_key(campaign_id, "sent"), seconds)
+    pipe.hmget(rate_key(campaign_id, "queued"), seconds)
+    sent, queued = pipe.execute()
+    return {
+        "send_rate": sum(int(v) for v in sent if v) / RATE_WINDOW_SECONDS,
+        "queue_rate": sum(int(v) for v in queued if v) / RATE_WINDOW_SECONDS,
+    }
+
+
+def flush_progress(*, redis_client: redis.Redis | None = None, now=None) -> int:
+    """Copy the Redis counters of active (and recently finished) campaigns into PostgreSQL."""
+    now = now or timezone.now()
+    recent = now - timezone.timedelta(seconds=FLUSH_AFTER_FINISH)
+    campaigns = list(
+        Campaign.objects.filter(launch_id__isnull=False)
+        .filter(Q(state__in=ACTIVE_STATES) | Q(finished_at__gte=recent))
+        .values_list("pk", flat=True)
+    )
+    if not campaigns:
+        return 0
+    try:
+        counters = read_counters(_client(redis_client), campaigns)
+    except redis.RedisError:
+        log.warning("campaign progress flush skipped (Redis unavailable)", exc_info=True)
+        return 0
+    with transaction.atomic():
+        for campaign_id, values in counters.items():
+            Campaign.objects.filter(pk=campaign_id).update(
+                queued=values["queued"],
+                suppressed_expansion=values["suppressed"],
+                extra_messages=values["extra"],
+                sent=values["sent"],
+                failed=values["failed"],
+                deduplicated=values["deduplicated"],
+                progress_flushed_at=now,
+            )
+    return len(counters)
+
+
+def progress_snapshot(campaign: Campaign, *, redis_client: redis.Redis | None = None) -> dict[str, Any]:
+    """Everything the admin's progress panel shows: live from Redis, or the last flush without it."""
+    values = {
+        "queued": campaign.queued,
+        "suppressed": campaign.suppressed_expansion,
+        "extra": campaign.extra_messages,
+        "sent": campaign.sent,
+        "failed": campaign.failed,
+        "deduplicated": campaign.deduplicated,
+    }
+    rates = {"send_rate": 0.0, "queue_rate": 0.0}
+    live = False
+    if campaign.launch_id is not None:
+        try:
+            client = _client(redis_client)
+            values = read_counters(client, [campaign.pk])[campaign.pk]
+            rates = read_rates(client, campaign.pk)
+            live = True
+        except redis.RedisError:
+            log.warning("campaign progress read from PostgreSQL (Redis unavailable)")
+    channels = len(campaign.channels or [])
+    audience = campaign.audience_size
+    suppressed = campaign.suppressed_preferences + values["suppressed"]
+    total = (audience * channels + values["extra"]) if audience is not None else None
+    done = suppressed + values["sent"] + values["failed"]
+    percent = min(100.0, 100.0 * done / total) if total else (100.0 if total == 0 else 0.0)
+    if campaign.state == CampaignState.COMPLETED and total is not None and done >= total:
+        percent = 100.0
+    rate = rates["send_rate"] or rates["queue_rate"]
+    remaining = max(0, total - done) if total is not None else None
+    eta = (remaining / rate) if (rate and remaining is not None) else None
+    return {
+        "id": campaign.pk,
+        "state": campaign.state,
+        "state_label": campaign.get_state_display(),
+        "audience_size": audience,
+        "channels": list(campaign.channels or []),
+        "batches_emitted": campaign.batches_emitted,
+        "recipients_emitted": campaign.recipients_emitted,
+        "queued": values["queued"],
+        "sent": values["sent"],
+        "suppressed": suppressed,
+        "failed": values["failed"],
+        "deduplicated": values["deduplicated"],
+        "total": total,
+        "done": done,
+        "percent": round(percent, 1),
+        "send_rate": round(rates["send_rate"], 1),
+        "queue_rate": round(rates["queue_rate"], 1),
+        "eta_seconds": round(eta) if eta is not None else None,
+        "live": live,
+        "failure_reason": campaign.failure_reason,
+        "updated_at": timezone.now().isoformat(),
+    }

@@ -1,0 +1,98 @@
+"""Progress counters: worker outcomes and expansion in Redis, flushed to PostgreSQL, shown as JSON."""
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from campaigns import services
+from campaigns.models import CampaignState
+from campaigns.progress import flush_progress, progress_snapshot, read_counters, record_expansion, record_outcomes
+from campaigns.throttle import campaign_throttle_take
+from notifications.delivery.token_bucket import RateLimiterUnavailable
+from notifications.delivery_log import LogEntry
+from notifications.redis_client import get_redis
+from tests.campaigns.conftest import make_campaign
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def prefix(settings):
+    import uuid
+
+    settings.REDIS_KEY_PREFIX = f"tprog{uuid.uuid4().hex[:6]}:"
+    return settings.REDIS_KEY_PREFIX
+
+
+def entry(status, user_id=1):
+    return LogEntry(
+        event_id="00000000-0000-0000-0000-000000000001",
+        user_id=user_id,
+        channel="email",
+        type="marketing.promo",
+        status=status,
+    )
+
+
+def test_record_outcomes_counts_campaign_messages_only(prefix, promo_type, marketer):
+    campaign = make_campaign(promo_type, channels=["email", "push"])
+    services.campaign_launch(campaign_id=campaign.pk, user=marketer)
+    services.campaign_transition(campaign_id=campaign.pk, to=CampaignState.RUNNING, audience_size=10)
+    campaign.refresh_from_db()
+    meta = {"campaign_id": campaign.pk, "launch_id": str(campaign.launch_id), "throttle": None}
+    entries = [
+        entry("sent", 1),
+        entry("sent", 2),
+        entry("dlq", 3),
+        entry("retrying", 4),
+        entry("deduplicated", 5),
+        entry("sent", 6),
+    ]
+    metas = [meta, meta, meta, meta, meta, None]  # the last is not a campaign message
+    assert record_outcomes(entries, metas) == 4
+    record_expansion(
+        get_redis(),
+        campaign_id=campaign.pk,
+        launch_id=str(campaign.launch_id),
+        channel="email",
+        batch=0,
+        cursor=10,
+        queued=9,
+        suppressed=1,
+        extra=0,
+        done=True,
+    )
+    assert read_counters(get_redis(), [campaign.pk])[campaign.pk] == {
+        "queued": 9,
+        "suppressed": 1,
+        "extra": 0,
+        "sent": 2,
+        "failed": 1,
+        "deduplicated": 1,
+    }
+    snapshot = progress_snapshot(campaign)
+    assert snapshot["total"] == 20 and snapshot["done"] == 4 and snapshot["percent"] == 20.0
+    assert snapshot["live"] is True
+    assert flush_progress() == 1
+    campaign.refresh_from_db()
+    assert (campaign.sent, campaign.failed, campaign.deduplicated, campaign.queued) == (2, 1, 1, 9)
+    assert campaign.suppressed == 1
+
+
+def test_record_outcomes_never_raises_when_redis_is_down(promo_type):
+    dead = redis.Redis(port=1, socket_timeout=0.1, socket_connect_timeout=0.1, retry=Retry(NoBackoff(), 0))
+    meta = {"campaign_id": 1, "launch_id": "x"}
+    assert record_outcomes([entry("sent")], [meta], redis_client=dead) == 0
+
+
+def test_campaign_throttle_take(prefix):
+    client = get_redis()
+    granted = [campaign_throttle_take(client, campaign_id=77, rate=10)[0] for _ in range(3)]
+    assert granted == [1, 0, 0], "burst of max(1, 10 x 0.1) = 1 token, then refill at 10/s"
+    granted, wait = campaign_throttle_take(client, campaign_id=77, rate=10)
+    assert granted == 0 and 0 < wait <= 0.11
+    assert campaign_throttle_take(client, campaign_id=78, rate=None) == (1, 0.0)
+    dead = redis.Redis(port=1, socket_timeout=0.1, socket_connect_timeout=0.1, retry=Retry(NoBackoff(), 0))
+    with pytest.raises(RateLimiterUnavailable):
+        campaign_throttle_take(dead, campaign_id=77, rate=10)

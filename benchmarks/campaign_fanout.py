@@ -360,7 +360,9 @@ def send_rate(args, campaign, env: dict[str, str], sandbox, tmp: Path, *, expand
     def start(name: str, *cmd: str) -> None:
         out = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed below
         logs.append(out)
-        profile = ["-m", "cProfile", "-o", args.profile_expander] if name == "expander" and args.profile_expander else []
+        profile = (
+            ["-m", "cProfile", "-o", args.profile_expander] if name == "expander" and args.profile_expander else []
+        )
         procs.append(
             (
                 name,

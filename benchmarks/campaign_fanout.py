@@ -561,11 +561,13 @@ def main() -> int:
         print_report(args, results)
         emit_ok = results["emit"]["seconds"] <= EMIT_TARGET_SECONDS
         send_ok = args.skip_send or (results["send"]["share"] >= RATE_TARGET and not results["send"]["unclean"])
-        if not results.get("send", {}).get("unclean"):
-            shutil.rmtree(tmp, ignore_errors=True)
         return 0 if emit_ok and send_ok else 1
     finally:
         log("cleaning up ...")
+        if any(results.get(phase, {}).get("unclean") for phase in ("send", "baseline")):
+            log(f"process logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         if sandbox is not None:
             sandbox.stop()
         with contextlib.suppress(Exception):

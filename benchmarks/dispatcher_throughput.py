@@ -110,6 +110,21 @@ def wait_for_quiet_machine(max_wait: float, threshold: float = 0.25) -> float:
             log(f"machine {busy * 100:.0f}% busy with other work; waiting for it to quieten down ...")
 
 
+def require_loopback() -> None:
+    """Every service this benchmark talks to must be on this machine (it sends real traffic)."""
+    from django.conf import settings
+
+    hosts = {
+        "database": settings.DATABASES["default"].get("HOST") or "127.0.0.1",
+        "redis": urlsplit(settings.REDIS_URL).hostname or "127.0.0.1",
+        **{f"kafka {i}": server.rsplit(":", 1)[0].strip("[]") for i, server in
+           enumerate(settings.KAFKA_BOOTSTRAP_SERVERS.split(","))},
+    }  # fmt: skip
+    remote = {name: host for name, host in hosts.items() if host not in ("127.0.0.1", "localhost", "::1")}
+    if remote:
+        raise SystemExit(f"refusing to run: not on 127.0.0.1: {remote}")
+
+
 # --- the dedicated database (before Django is set up) ---------------------------------------------
 def use_bench_database(name: str) -> str:
     """Point DATABASE_URL at database `name` on the same server, creating it if missing."""
@@ -593,6 +608,7 @@ def main() -> int:
     settings.KAFKA_DEFAULT_PARTITIONS = args.partitions
     db_name = settings.DATABASES["default"]["NAME"]
     assert db_name == args.database, f"refusing to run on database {db_name!r}"
+    require_loopback()
 
     from confluent_kafka import Consumer
     from confluent_kafka.admin import AdminClient

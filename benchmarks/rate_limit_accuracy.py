@@ -122,6 +122,21 @@ def wait_for_quiet_machine(max_wait: float, threshold: float = 0.25) -> float:
             log(f"machine {busy * 100:.0f}% busy with other work; waiting for it to quieten down ...")
 
 
+def require_loopback() -> None:
+    """Every service this benchmark talks to must be on this machine (it sends real traffic)."""
+    from django.conf import settings
+
+    hosts = {
+        "database": settings.DATABASES["default"].get("HOST") or "127.0.0.1",
+        "redis": urlsplit(settings.REDIS_URL).hostname or "127.0.0.1",
+        **{f"kafka {i}": server.rsplit(":", 1)[0].strip("[]") for i, server in
+           enumerate(settings.KAFKA_BOOTSTRAP_SERVERS.split(","))},
+    }  # fmt: skip
+    remote = {name: host for name, host in hosts.items() if host not in ("127.0.0.1", "localhost", "::1")}
+    if remote:
+        raise SystemExit(f"refusing to run: not on 127.0.0.1: {remote}")
+
+
 # --- the dedicated database (before Django is set up) ---------------------------------------------
 def use_bench_database(name: str) -> str:
     """Point DATABASE_URL at database `name` on the same server, creating it if missing."""
@@ -306,7 +321,8 @@ def analyse(times: list[float], rate: float | None) -> dict:
             per_second[k] += 1
     from notifications.sandbox.recorder import max_in_window
 
-    out["steady_max_1s"] = max_in_window([t for t in times if t >= times[0] + STEADY_AFTER])[0]
+    steady = [t for t in times if t >= times[0] + STEADY_AFTER]
+    out["steady_max_1s"] = max_in_window(steady)[0] if span >= STEADY_AFTER + 1 else None
     out["min_second"] = min(per_second) if whole else n
     out["max_second"] = max(per_second) if whole else n
     if rate:
@@ -328,6 +344,7 @@ class Bench:
         self.index = 0
         self.type_key = f"bench.rl.{run}"
         self.prefixes: list[str] = []
+        self.groups: list[str] = []
         self.failed_logs: list[Path] = []
 
     def worker_env(self, topic_prefix: str, redis_prefix: str, concurrency: int) -> dict[str, str]:
@@ -376,12 +393,14 @@ class Bench:
         from django.conf import settings
 
         from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
+        from notifications.bus.config import consumer_config
         from notifications.models import Provider
 
         self.index += 1
         topic_prefix, redis_prefix = f"benchrl{self.run}{self.index}.", f"benchrl{self.run}{self.index}:"
         self.prefixes.append(topic_prefix)
         settings.KAFKA_TOPIC_PREFIX, settings.REDIS_KEY_PREFIX = topic_prefix, redis_prefix
+        self.groups.append(consumer_config("worker.sms")["group.id"])  # run_worker's group under this prefix
         settings.KAFKA_DEFAULT_PARTITIONS = self.args.partitions
         log(
             f"[{label}] prefix {topic_prefix}: {workers} worker(s), provider {provider_rate:g}/s "
@@ -619,6 +638,7 @@ def main() -> int:
     settings.KAFKA_TOPIC_PREFIX, settings.REDIS_KEY_PREFIX = topic_prefix, redis_prefix
     settings.KAFKA_DEFAULT_PARTITIONS = args.partitions
     assert settings.DATABASES["default"]["NAME"] == args.database
+    require_loopback()
 
     from django.db import connection
 
@@ -697,6 +717,17 @@ def main() -> int:
                 delete_topics_with_prefix(prefix)
             with contextlib.suppress(Exception):
                 delete_redis_prefix(redis_client, f"{prefix[:-1]}:*")
+        if bench.groups:
+            with contextlib.suppress(Exception):
+                from confluent_kafka.admin import AdminClient
+
+                from notifications.bus.config import admin_config
+
+                for future in (
+                    AdminClient(admin_config()).delete_consumer_groups(bench.groups, request_timeout=10).values()
+                ):
+                    with contextlib.suppress(Exception):
+                        future.result()
         with contextlib.suppress(Exception), connection.cursor() as cur:
             cur.execute("DELETE FROM notifications_deliverylog WHERE type LIKE %s", [f"{bench.type_key}.%"])
         with contextlib.suppress(Exception):
@@ -755,7 +786,7 @@ def print_report(args: argparse.Namespace, accuracy: list[dict], throughput: lis
             sandbox = "=R" if r["sandbox_rate"] == r["provider_rate"] else "open"
             print(
                 f"{r['label']:<13} {sandbox:>8} {r['accepted']:>8,} {r['max_1s']:>6} {r['max_1s'] / rate:>6.3f} "
-                f"{fmt(r.get('steady_max_1s', 0) / rate, '>6.3f'):>6} "
+                f"{fmt(r['steady_max_1s'] / rate if r.get('steady_max_1s') is not None else None, '>6.3f'):>6} "
                 f"{fmt(r.get('util'), '>6.3f'):>6} {fmt(r.get('util_mid'), '>6.3f'):>6} "
                 f"{fmt(r.get('min_second'), '>6'):>6} {fmt(r.get('max_second'), '>6'):>6} {r['rate_limited']:>6,} "
                 f"{r['duplicates']:>5} {fmt(r.get('span'), '>7.1f'):>7} {fmt(r['first_send_after'], '>6.1f'):>6} "

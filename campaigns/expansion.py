@@ -23,10 +23,10 @@ due), so the consumer never sleeps past ``max.poll.interval.ms``.
 the counters move in one Redis MULTI (:func:`campaigns.progress.record_expansion`). A crash between
 the two re-expands that chunk: harmless, the worker's dedup key is launch + user + channel.
 
-**Per batch** the recipients' contact points, names and attributes are loaded once (three queries
-whatever the batch size) and kept while the batch is worked through; preferences are re-checked
-per chunk from the preference cache (one MGET), so someone who unsubscribed after the batch was
-emitted (a long, throttled campaign) is not sent to.
+**Per batch** the recipients' contact points, names and attributes are loaded once (two queries
+whatever the batch size, :func:`campaigns.selectors.batch_recipients`) and kept while the batch is
+worked through; preferences are re-checked per chunk from the preference cache (one MGET), so
+someone who unsubscribed after the batch was emitted (a long, throttled campaign) is not sent to.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ STATUS_TO_COUNTER = {
     "failed": "failed",
     "deduplicated": "deduplicated",
     "skipped": "deduplicated",
+    "suppressed": "suppressed",  # dropped by a worker because the campaign was cancelled (halt flag)
 }
 RATE_WINDOW_SECONDS = 10
 RATE_KEY_TTL = 120
@@ -97,7 +98,8 @@ def record_outcomes(
     messages that are not part of a campaign). Pipelined: one round trip per call. Never raises.
 
     Counted statuses: sent → sent; dlq/failed → failed; deduplicated/skipped → deduplicated
-    (a redelivered message the dedup store already saw as sent). Returns how many were counted."""
+    (a redelivered message the dedup store already saw as sent); suppressed → suppressed (a worker
+    dropped it: campaign cancelled). Returns how many were counted."""
     per_campaign: dict[int, Counter] = defaultdict(Counter)
     for entry, meta in zip(entries, metas, strict=True):
         if not meta or not meta.get("campaign_id") or not meta.get("launch_id"):

@@ -764,7 +764,7 @@ def cleanup(ids, created_type, redis_client, redis_prefix, topic_prefix, groups,
         with contextlib.suppress(Exception):
             for future in admin.delete_consumer_groups(groups, request_timeout=10).values():
                 with contextlib.suppress(Exception):
-                    future.result()
+                    future.result(timeout=15)
     log("clean-up done")
 
 

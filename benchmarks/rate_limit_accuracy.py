@@ -137,6 +137,19 @@ def require_loopback() -> None:
         raise SystemExit(f"refusing to run: not on 127.0.0.1: {remote}")
 
 
+def delete_consumer_groups(groups: list[str]) -> None:
+    """Best effort; the AdminClient must outlive its futures (they never resolve otherwise)."""
+    from confluent_kafka.admin import AdminClient
+
+    from notifications.bus.config import admin_config
+
+    admin = AdminClient(admin_config())
+    with contextlib.suppress(Exception):
+        for future in admin.delete_consumer_groups(groups, request_timeout=10).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=15)
+
+
 # --- the dedicated database (before Django is set up) ---------------------------------------------
 def use_bench_database(name: str) -> str:
     """Point DATABASE_URL at database `name` on the same server, creating it if missing."""
@@ -718,16 +731,7 @@ def main() -> int:
             with contextlib.suppress(Exception):
                 delete_redis_prefix(redis_client, f"{prefix[:-1]}:*")
         if bench.groups:
-            with contextlib.suppress(Exception):
-                from confluent_kafka.admin import AdminClient
-
-                from notifications.bus.config import admin_config
-
-                for future in (
-                    AdminClient(admin_config()).delete_consumer_groups(bench.groups, request_timeout=10).values()
-                ):
-                    with contextlib.suppress(Exception):
-                        future.result()
+            delete_consumer_groups(bench.groups)
         with contextlib.suppress(Exception), connection.cursor() as cur:
             cur.execute("DELETE FROM notifications_deliverylog WHERE type LIKE %s", [f"{bench.type_key}.%"])
         with contextlib.suppress(Exception):

@@ -46,6 +46,7 @@ import os
 import pstats
 import random
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -123,6 +124,32 @@ def require_loopback() -> None:
     remote = {name: host for name, host in hosts.items() if host not in ("127.0.0.1", "localhost", "::1")}
     if remote:
         raise SystemExit(f"refusing to run: not on 127.0.0.1: {remote}")
+
+
+def hold_run_lock(lock_id: int, what: str, max_wait: float = 1800.0):
+    """One run of this benchmark at a time on the bench database (they share rows such as the Provider or the
+    notification type). Returns the connection that holds the session lock: keep it open for the whole run."""
+    from notifications.outbox.relay import conninfo_from_django
+
+    conn = psycopg.connect(conninfo_from_django(), autocommit=True)
+    deadline, logged = time.monotonic() + max_wait, 0.0
+    while not conn.execute("SELECT pg_try_advisory_lock(7302, %s)", (lock_id,)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"another {what} run still holds the bench lock after {max_wait:.0f}s")
+        if time.monotonic() - logged > 30:
+            logged = time.monotonic()
+            log(f"another {what} run is using the bench database; waiting for it to finish ...")
+        time.sleep(2.0)
+    return conn
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the clean-up in `finally` blocks still runs."""
+
+    def handler(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 # --- the dedicated database (before Django is set up) ---------------------------------------------
@@ -587,6 +614,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 def main() -> int:
     args = parse_args()
+    exit_on_sigterm()
     run = uuid.uuid4().hex[:8]
     topic_prefix, redis_prefix = f"benchdisp{run}.", f"benchdisp{run}:"
     use_bench_database(args.database)
@@ -620,6 +648,7 @@ def main() -> int:
 
     log(f"run {run}: database {db_name}, topic prefix {topic_prefix}, redis prefix {redis_prefix}")
     migrate_bench_database()
+    run_lock = hold_run_lock(3, "dispatcher_throughput")  # noqa: F841 - held until the process exits
     ensure_topics()
     redis_client = get_redis()
     ids: list[int] = []

@@ -150,6 +150,32 @@ def delete_consumer_groups(groups: list[str]) -> None:
                 future.result(timeout=15)
 
 
+def hold_run_lock(lock_id: int, what: str, max_wait: float = 1800.0):
+    """One run of this benchmark at a time on the bench database (they share rows such as the Provider or the
+    notification type). Returns the connection that holds the session lock: keep it open for the whole run."""
+    from notifications.outbox.relay import conninfo_from_django
+
+    conn = psycopg.connect(conninfo_from_django(), autocommit=True)
+    deadline, logged = time.monotonic() + max_wait, 0.0
+    while not conn.execute("SELECT pg_try_advisory_lock(7302, %s)", (lock_id,)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"another {what} run still holds the bench lock after {max_wait:.0f}s")
+        if time.monotonic() - logged > 30:
+            logged = time.monotonic()
+            log(f"another {what} run is using the bench database; waiting for it to finish ...")
+        time.sleep(2.0)
+    return conn
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the clean-up in `finally` blocks still runs."""
+
+    def handler(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 # --- the dedicated database (before Django is set up) ---------------------------------------------
 def use_bench_database(name: str) -> str:
     """Point DATABASE_URL at database `name` on the same server, creating it if missing."""
@@ -635,6 +661,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 def main() -> int:
     args = parse_args()
+    exit_on_sigterm()
     run = uuid.uuid4().hex[:8]
     bench_url = use_bench_database(args.database)
     topic_prefix, redis_prefix = f"benchrl{run}0.", f"benchrl{run}0:"
@@ -661,6 +688,7 @@ def main() -> int:
     from notifications.sandbox.process import SandboxProcess
 
     migrate_bench_database()
+    run_lock = hold_run_lock(2, "rate_limit_accuracy")  # noqa: F841 - held until the process exits
     redis_client = get_redis()
     tmpdir = Path(tempfile.mkdtemp(prefix=f"benchrl{run}-"))
     previous = Provider.objects.filter(name=PROVIDER).values().first()

@@ -9,34 +9,7 @@ from django.conf import settings
 
 def consume(topic: str, *, expected: int, timeout: float = 30.0, idle: float = 0.0) -> list[Message]:
     """Read `topic` from the beginning until `expected` messages arrived (then `idle` s more) or timeout."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
-            "group.id": f"test-reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    consumer.subscribe([topic])
-    messages: list[Message] = []
-    deadline = time.monotonic() + timeout
-    idle_until: float | None = None
-    try:
-        while time.monotonic() < deadline:
-            if len(messages) >= expected:
-                idle_until = idle_until or time.monotonic() + idle
-                if time.monotonic() >= idle_until:
-                    break
-            for msg in consumer.consume(num_messages=10_000, timeout=0.2):
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise RuntimeError(msg.error())
-                messages.append(msg)
-    finally:
-        consumer.close()
-    return messages
+    return consume_matching(topic, lambda _m: True, expected=expected, timeout=timeout, idle=idle)
 
 
 def consume_matching(
@@ -63,7 +36,11 @@ def consume_matching(
                 if time.monotonic() >= idle_until:
                     break
             for msg in consumer.consume(num_messages=10_000, timeout=0.2):
-                if msg.error() is None and predicate(msg):
+                if msg.error() is not None:
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise RuntimeError(msg.error())
+                if predicate(msg):
                     matched.append(msg)
     finally:
         consumer.close()

@@ -3,6 +3,7 @@
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import orjson
 from django.db import connection
 from django.utils import timezone
 
@@ -24,22 +25,26 @@ class LogEntry:
 
 def record_dispatch_outcomes(entries: Iterable[LogEntry]) -> int:
     """The dispatcher's decisions. The first decision wins: a redelivered event never overwrites a
-    row a worker has already moved on (say from queued to sent)."""
-    now = timezone.now()
-    rows = [
-        DeliveryLog(
-            event_id=e.event_id,
-            user_id=e.user_id,
-            channel=e.channel,
-            type=e.type,
-            status=e.status,
-            reason=e.reason[:200],
-            created_at=now,
-            updated_at=now,
-        )
-        for e in entries
-    ]
-    DeliveryLog.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
+    row a worker has already moved on (say from queued to sent).
+
+    The whole batch travels as one JSON parameter unpacked by ``jsonb_to_recordset``: building
+    thousands of model instances (or a VALUES list with a placeholder per field) cost the
+    dispatcher more CPU than everything else it does per event."""
+    rows = list(entries)
+    if not rows:
+        return 0
+    table = DeliveryLog._meta.db_table
+    sql = f"""
+        INSERT INTO {table} (event_id, user_id, channel, type, status, reason, provider,
+                             provider_message_id, attempts, created_at, updated_at)
+        SELECT v.event_id, v.user_id, v.channel, v.type, v.status, left(v.reason, 200), '', '', 0,
+               %(now)s, %(now)s
+        FROM jsonb_to_recordset(%(rows)s::jsonb)
+             AS v(event_id uuid, user_id bigint, channel text, type text, status text, reason text)
+        ON CONFLICT (event_id, user_id, channel) DO NOTHING
+    """  # noqa: S608 - only the table name is interpolated; values are parameters
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"rows": orjson.dumps(rows).decode(), "now": timezone.now()})
     return len(rows)
 
 

@@ -1,7 +1,7 @@
 """Read-side queries of the preferences app, shaped for the dispatcher's batches and the API.
 
-:func:`contact_points_for_users` answers a batch of thousands of users in two queries (users with
-their profiles, then their active devices), whatever the batch size.
+:func:`contact_points_for_users` answers a batch of thousands of users in one query (users, their
+profiles and their active devices), whatever the batch size.
 :func:`preferences_get` / :func:`preferences_get_many` are the cached preference reads of
 :mod:`preferences.cache`, re-exported here. :func:`allowed_users_q` is :func:`preferences.rules.is_allowed`
 as SQL, for audience queries (campaign batches).
@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from notifications.models import MANDATORY_CATEGORIES
 
 from .cache import preferences_get, preferences_get_many
-from .models import Device, InboxMessage, PreferenceDocument
+from .models import Device, InboxMessage, PreferenceDocument, RecipientProfile
 
 __all__ = [
     "ContactPoints",
@@ -47,63 +49,63 @@ class ContactPoints:
 
 
 def contact_points_for_users(user_ids: Iterable[int]) -> dict[int, ContactPoints]:
-    """Contact points of many users in two queries. Unknown user ids are absent from the result.
+    """Contact points of many users in one query. Unknown user ids are absent from the result.
 
     Email comes from ``User.email`` and is None when empty or marked invalid for that same address;
     phone and webhook URL are None when empty or marked invalid; only active devices are listed.
+    The dispatcher asks this for every batch, so it is one hand-written statement (devices as a
+    correlated array, invalid marks as booleans) rather than ORM rows: about a fifth of the cost.
     """
     ids = list(dict.fromkeys(int(user_id) for user_id in user_ids))
     if not ids:
         return {}
-    user_model = get_user_model()
-    email_field = user_model.get_email_field_name()
-    rows = user_model.objects.filter(pk__in=ids).values_list(
-        "pk",
-        email_field,
-        "recipient_profile__phone",
-        "recipient_profile__phone_invalid_at",
-        "recipient_profile__email_invalid_at",
-        "recipient_profile__email_invalid_address",
-        "recipient_profile__webhook_url",
-        "recipient_profile__webhook_invalid_at",
-        "recipient_profile__locale",
-        "recipient_profile__timezone",
-    )
-    devices: dict[int, list[tuple[str, str]]] = {}
-    for user_id, platform, token in (
-        Device.objects.filter(user_id__in=ids, active=True)
-        .order_by("user_id", "id")
-        .values_list("user_id", "platform", "token")
-    ):
-        devices.setdefault(user_id, []).append((platform, token))
-
+    with connection.cursor() as cursor:
+        cursor.execute(_contact_points_sql(), [ids])
+        rows = cursor.fetchall()
     result: dict[int, ContactPoints] = {}
     for (
         user_id,
         email,
         phone,
-        phone_invalid_at,
-        email_invalid_at,
+        phone_ok,
+        email_marked,
         email_invalid_address,
         webhook_url,
-        webhook_invalid_at,
+        webhook_ok,
         locale,
         tz,
+        devices,
     ) in rows:
         email_ok = bool(email) and not (
-            email_invalid_at is not None
-            and (not email_invalid_address or email_invalid_address.lower() == email.lower())
+            email_marked and (not email_invalid_address or email_invalid_address.lower() == email.lower())
         )
         result[user_id] = ContactPoints(
             user_id=user_id,
             email=email if email_ok else None,
-            phone=phone if phone and phone_invalid_at is None else None,
-            devices=devices.get(user_id, []),
-            webhook_url=webhook_url if webhook_url and webhook_invalid_at is None else None,
+            phone=phone if phone and phone_ok else None,
+            devices=[(platform, token) for platform, token in devices] if devices else [],
+            webhook_url=webhook_url if webhook_url and webhook_ok else None,
             locale=locale or None,
             timezone=tz or None,
         )
     return result
+
+
+@lru_cache(maxsize=1)
+def _contact_points_sql() -> str:
+    user_model = get_user_model()
+    users = user_model._meta.db_table
+    email = user_model._meta.get_field(user_model.get_email_field_name()).column
+    profiles = RecipientProfile._meta.db_table
+    devices = Device._meta.db_table
+    return f"""
+        SELECT u.id, u.{email}, p.phone, p.phone_invalid_at IS NULL, p.email_invalid_at IS NOT NULL,
+               p.email_invalid_address, p.webhook_url, p.webhook_invalid_at IS NULL, p.locale, p.timezone,
+               ARRAY(SELECT ARRAY[d.platform::text, d.token::text] FROM {devices} d
+                     WHERE d.user_id = u.id AND d.active ORDER BY d.id)
+        FROM {users} u LEFT JOIN {profiles} p ON p.user_id = u.id
+        WHERE u.id = ANY(%s)
+    """  # noqa: S608 - table and column names from model metadata; ids are a parameter
 
 
 def allowed_users_q(*, category: str, channel: str, type_default_channels: Iterable[str]) -> Q:

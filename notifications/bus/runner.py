@@ -39,6 +39,8 @@ Deferrals = dict[tuple[str, int], tuple[int, float]]
 
 
 class BatchHandler(Protocol):
+    """Also optional: ``tick()`` (called between polls) and ``close()`` (called once on stop)."""
+
     def handle_batch(self, messages: list[Message]) -> Deferrals | None: ...
 
 
@@ -106,6 +108,9 @@ class ConsumerRunner:
                 CONSUMED.labels(role).inc(len(batch))
         finally:
             self.consumer.close()  # leaves the group at once, so a rebalance does not wait
+            close = getattr(self.handler, "close", None)
+            if close is not None:
+                close()  # the handler's own resources (threads, connections)
             from django.db import connections
 
             connections.close_all()  # this thread's database connections (roles run in threads in tests)

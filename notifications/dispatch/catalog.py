@@ -25,15 +25,23 @@ class TypeEntry:
     default_channels: list[str]
     # channel → locale → template
     templates: dict[str, dict[str, NotificationTemplate]] = field(default_factory=dict)
+    # (channel, locale) → the template chosen by the fallback chain; the entry is rebuilt on refresh
+    _chosen: dict[tuple[str, str], NotificationTemplate | None] = field(default_factory=dict, repr=False)
 
     def template_for(self, channel: str, locale: str) -> NotificationTemplate | None:
-        by_locale = self.templates.get(channel)
-        if not by_locale:
-            return None
+        try:
+            return self._chosen[channel, locale]
+        except KeyError:
+            pass
+        chosen = None
+        by_locale = self.templates.get(channel) or {}
         for candidate in locale_candidates(locale):
             if candidate in by_locale:
-                return by_locale[candidate]
-        return None
+                chosen = by_locale[candidate]
+                break
+        if len(self._chosen) < 10_000:  # locales come from profiles: bound the memory
+            self._chosen[channel, locale] = chosen
+        return chosen
 
 
 class TypeCatalog:

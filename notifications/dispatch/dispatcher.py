@@ -5,7 +5,7 @@ security override), contact points, kill switches, frequency caps (atomic in Red
 hours, renders the copy in the user's locale, and produces to `notif.<channel>` keyed by user.
 Preferences are decided here once; workers never look at them again.
 
-A batch is handled as a whole: preferences with one MGET, contact points with two queries,
+A batch is handled as a whole: preferences with one MGET, contact points with one query,
 frequency caps with one pipeline, delivery-log rows with one insert. Offsets are committed by the
 runner only after every produced message is acknowledged and the log and deferred rows are stored.
 A malformed or unknown event goes to `notif.events.dlq` with the reason; it never stops the batch.
@@ -14,6 +14,7 @@ A malformed or unknown event goes to `notif.events.dlq` with the reason; it neve
 import logging
 import time
 import uuid
+from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,21 +28,23 @@ from django.db import close_old_connections
 from django.utils import timezone
 from prometheus_client import Counter
 
+from notifications.bus.config import producer_config
 from notifications.bus.topics import channel_topic, topic_name
-from notifications.channels import Channel
+from notifications.channels import ALL_CHANNELS, Channel
 from notifications.delivery_log import LogEntry, record_dispatch_outcomes
 from notifications.dispatch.catalog import TypeCatalog, TypeEntry
 from notifications.dispatch.killswitch import KillSwitchBoard
 from notifications.dispatch.messages import ChannelMessage, Header, encode, idempotency_key
 from notifications.dispatch.scheduling import Deferred, release_due_messages, schedule_messages
-from notifications.dispatch.templating import RenderError, build_context, render_fields
+from notifications.dispatch.templating import RenderError, build_context, mentions, render_fields
+from notifications.dispatch.writer import BackgroundWriter
 from notifications.models import MANDATORY_CATEGORIES, Category, DeliveryStatus, KillSwitchMode, Urgency
 from preferences.cache import preferences_get_many
 from preferences.frequency import CapRequest, frequency_cap_take_many
 from preferences.rules import is_allowed, quiet_hours_end
 from preferences.selectors import ContactPoints, contact_points_for_users
 from preferences.state import PreferenceState
-from preferences.unsubscribe import unsubscribe_url
+from preferences.unsubscribe import unsubscribe_url_maker
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ def candidate_channels(entry: TypeEntry, state: PreferenceState) -> list[str]:
     """The type's default channels plus any the user explicitly opted in to for this category."""
     channels = list(entry.default_channels)
     for channel, enabled in (state.categories.get(entry.category) or {}).items():
-        if enabled is True and channel not in channels and channel in Channel.values:
+        if enabled is True and channel not in channels and channel in ALL_CHANNELS:
             channels.append(channel)
     return channels
 
@@ -122,6 +125,28 @@ class _Candidate:
     mode: str
 
 
+def dispatcher_producer() -> Producer:
+    """The dispatcher's producer. It needs delivery reports only for failures: ``flush()`` says when
+    everything else is acknowledged, and a Python callback per success costs a few µs a message."""
+    return Producer(producer_config(**{"delivery.report.only.error": True}))
+
+
+class _BatchScratch:
+    """Values computed once per batch instead of once per message."""
+
+    def __init__(self, now: datetime) -> None:
+        self.created_at = now.isoformat()
+        self._unsubscribe: dict[tuple[int, str], str] = {}
+        self._make_link = unsubscribe_url_maker()
+
+    def unsubscribe_url(self, user_id: int, category: str) -> str:
+        """One signed link per (user, category) and batch, shared by the user's channels."""
+        url = self._unsubscribe.get((user_id, category))
+        if url is None:
+            url = self._unsubscribe[user_id, category] = self._make_link(user_id, category)
+        return url
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -139,6 +164,11 @@ class Dispatcher:
         self.clock = clock
         self._errors: list[KafkaError] = []
         self._last_release = float("-inf")
+        self.writer = BackgroundWriter("dispatcher-db")
+
+    def close(self) -> None:
+        """Release the writer thread and its database connection (the runner calls this on stop)."""
+        self.writer.close()
 
     # -- the batch ---------------------------------------------------------------------------
     def handle_batch(self, messages: list[Message]) -> None:
@@ -163,8 +193,9 @@ class Dispatcher:
         contacts = contact_points_for_users(user_ids) if user_ids else {}
 
         candidates: list[_Candidate] = []
+        if parsed:
+            EVENTS.labels("dispatched").inc(len(parsed))
         for event, entry in parsed:
-            EVENTS.labels("dispatched").inc()
             user_id = event["recipient"]
             contact = contacts.get(user_id)
             state = states.get(user_id) or PreferenceState(user_id=user_id, version=0, document={})
@@ -199,13 +230,15 @@ class Dispatcher:
             ],
             now=now,
         )
+        scratch = _BatchScratch(now)
+        outgoing: list[tuple[str, str, ChannelMessage]] = []
         for candidate, cap in zip(candidates, caps, strict=True):
             event, user_id, channel = candidate.event, candidate.user_id, candidate.channel
             if not cap.allowed:
                 logs.append(self._log(event, user_id, channel, DeliveryStatus.SUPPRESSED, "frequency_cap"))
                 continue
             try:
-                message = self._build_message(candidate, now)
+                message = self._build_message(candidate, scratch)
             except RenderError as exc:
                 self._render_failure_to_dlq(candidate, exc)
                 logs.append(self._log(event, user_id, channel, DeliveryStatus.DLQ, f"render_error: {exc}"))
@@ -229,17 +262,22 @@ class Dispatcher:
                 candidate.mode == KillSwitchMode.DELAY and candidate.entry.urgency != Urgency.URGENT
             )
             topic = channel_topic(channel, "delayed" if park else "")
-            for part in split_by_platform(message):
-                self._produce(topic, str(user_id), encode(part), {Header.IDEMPOTENCY_KEY: part["id"]})
+            outgoing += [(topic, str(user_id), part) for part in split_by_platform(message)]
             status = DeliveryStatus.PARKED if park else DeliveryStatus.QUEUED
             logs.append(self._log(event, user_id, channel, status, f"kill_switch_{candidate.mode}" if park else ""))
 
-        self._flush()
-        if deferred:
-            schedule_messages(deferred)
-        record_dispatch_outcomes(logs)
-        for entry in logs:
-            MESSAGES.labels(entry.channel, entry.status, entry.reason.split(":")[0]).inc()
+        # Every decision is known: store them while the messages go out. The batch is done (and its
+        # offsets may be committed) only when both the rows are stored and the messages acknowledged.
+        stored = self.writer.submit(_store_decisions, logs, deferred)
+        try:
+            for topic, key, part in outgoing:
+                self._produce(topic, key, encode(part), {Header.IDEMPOTENCY_KEY: part["id"]})
+            self._flush()
+        finally:
+            stored.result()  # re-raises a failed write; waited for even when producing failed
+        decisions = Tally((entry.channel, entry.status, entry.reason.split(":")[0]) for entry in logs)
+        for labels, count in decisions.items():
+            MESSAGES.labels(*labels).inc(count)
 
     def tick(self) -> None:
         """Called by the runner between polls: release quiet-hours messages that are due."""
@@ -249,7 +287,7 @@ class Dispatcher:
             release_due_messages()
 
     # -- building ------------------------------------------------------------------------------
-    def _build_message(self, c: _Candidate, now: datetime) -> ChannelMessage:
+    def _build_message(self, c: _Candidate, scratch: "_BatchScratch") -> ChannelMessage:
         locale = c.contact.locale or settings.LANGUAGE_CODE
         template = c.entry.template_for(c.channel, locale)
         if template is None and c.channel != Channel.WEBHOOK:
@@ -257,8 +295,10 @@ class Dispatcher:
         data = c.event.get("data") or {}
         extra: dict[str, Any] = {}
         mandatory = c.entry.category in MANDATORY_CATEGORIES
-        if not mandatory:
-            extra["unsubscribe_url"] = unsubscribe_url(c.user_id, c.entry.category)
+        if not mandatory and (
+            c.channel == Channel.EMAIL or (template is not None and mentions(template, c.channel, "unsubscribe_url"))
+        ):
+            extra["unsubscribe_url"] = scratch.unsubscribe_url(c.user_id, c.entry.category)
         context = build_context(
             data=data,
             event={"id": c.event["id"], "type": c.entry.key, "occurred_at": c.event.get("occurred_at")},
@@ -282,7 +322,7 @@ class Dispatcher:
             "category": c.entry.category,
             "urgency": c.entry.urgency,
             "priority": priority_for(c.entry),  # type: ignore[typeddict-item]
-            "created_at": now.isoformat(),
+            "created_at": scratch.created_at,
             "locale": locale,
             "to": c.to,
             "content": content,
@@ -342,6 +382,12 @@ class Dispatcher:
         return LogEntry(
             event_id=event["id"], user_id=user_id, channel=channel, type=event["type"], status=status, reason=reason
         )
+
+
+def _store_decisions(logs: list[LogEntry], deferred: list[Deferred]) -> None:
+    if deferred:
+        schedule_messages(deferred)
+    record_dispatch_outcomes(logs)
 
 
 def split_by_platform(message: ChannelMessage) -> list[ChannelMessage]:

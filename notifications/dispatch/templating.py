@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.template import Context, Engine, Template, TemplateSyntaxError
 
 from notifications.channels import Channel
+from notifications.dispatch.template_fastpath import PlainTemplate, plain_template
 
 _TEXT_ENGINE = Engine(autoescape=False, string_if_invalid="")
 _HTML_ENGINE = Engine(autoescape=True, string_if_invalid="")
@@ -34,8 +35,16 @@ class RenderError(Exception):
 
 
 @lru_cache(maxsize=4096)
-def _compile(source: str, html: bool) -> Template:
-    return (_HTML_ENGINE if html else _TEXT_ENGINE).from_string(source)
+def _compile(source: str, html: bool) -> tuple[Template, PlainTemplate | None]:
+    """The Django template and, when the source is only text and plain holes, its fast form."""
+    compiled = (_HTML_ENGINE if html else _TEXT_ENGINE).from_string(source)
+    return compiled, plain_template(compiled, autoescape=html)
+
+
+def mentions(template: Any, channel: str, name: str) -> bool:
+    """Whether any of the channel's fields of ``template`` refers to ``name`` (a cheap text test,
+    used to skip computing context values nobody renders)."""
+    return any(name in (getattr(template, field, "") or "") for field, _ in CHANNEL_FIELDS[channel])
 
 
 def locale_candidates(locale: str) -> list[str]:
@@ -51,16 +60,21 @@ def locale_candidates(locale: str) -> list[str]:
 
 def render_fields(template: Any, channel: str, context: dict[str, Any]) -> dict[str, Any]:
     """Render the channel's fields of `template` (a NotificationTemplate or similar) with `context`."""
-    ctx = Context(context, autoescape=False)
+    ctx: Context | None = None  # only built when a field needs Django's renderer
     out: dict[str, Any] = {}
     for field, engine in CHANNEL_FIELDS[channel]:
         source = getattr(template, field, "") or ""
         if not source:
             continue
         try:
-            compiled = _compile(source, engine is _HTML_ENGINE)
-            ctx.autoescape = engine is _HTML_ENGINE
-            out[field] = compiled.render(ctx)
+            compiled, plain = _compile(source, engine is _HTML_ENGINE)
+            rendered = plain.render(context) if plain is not None else None
+            if rendered is None:
+                if ctx is None:
+                    ctx = Context(context, autoescape=False)
+                ctx.autoescape = engine is _HTML_ENGINE
+                rendered = compiled.render(ctx)
+            out[field] = rendered
         except TemplateSyntaxError as exc:
             raise RenderError(f"{field}: {exc}") from exc
         except Exception as exc:  # a filter raising on unexpected data is the data's fault, not ours

@@ -88,7 +88,10 @@ def dispatch(fresh_topic, items: list, *, clock=None) -> Dispatcher:
     assert len(messages) == len(items)
     kwargs = {"clock": clock} if clock else {}
     dispatcher = Dispatcher(producer=Producer(producer_config()), redis_client=get_redis(), **kwargs)
-    dispatcher.handle_batch(messages)
+    try:
+        dispatcher.handle_batch(messages)
+    finally:
+        dispatcher.close()
     return dispatcher
 
 

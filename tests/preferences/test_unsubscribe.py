@@ -106,3 +106,25 @@ def test_one_click_needs_no_csrf_token_or_login(user_a):
     response = post_one_click(client, path_of(unsubscribe_url(user_a.pk, "social")))
     assert response.status_code == 200
     assert preferences_get(user_a.pk).channel_setting("social", "push") is False
+
+
+@pytest.mark.parametrize(("user_id", "category"), [(1, "marketing"), (10**12, "transactional"), (42, "product")])
+def test_token_is_byte_for_byte_what_djangos_signer_makes(user_id, category, settings, monkeypatch):
+    frozen = 1_790_000_000
+    monkeypatch.setattr(time, "time", lambda: frozen)
+    token = make_unsubscribe_token(user_id, category)
+    assert token == signing.TimestampSigner(salt=unsubscribe.SALT).sign_object({"u": user_id, "c": category})
+    settings.SECRET_KEY = "another-secret-" + "x" * 40  # the cached signing key follows the setting
+    assert make_unsubscribe_token(user_id, category) != token
+    assert make_unsubscribe_token(user_id, category) == signing.TimestampSigner(salt=unsubscribe.SALT).sign_object(
+        {"u": user_id, "c": category}
+    )
+
+
+def test_url_maker_and_url_agree_with_reverse():
+    from django.urls import reverse
+
+    url = unsubscribe.unsubscribe_url_maker()(7, "marketing")
+    token = url.rsplit("/", 2)[-2] if url.endswith("/") else url.rsplit("/", 1)[-1]
+    assert url == "http://127.0.0.1:8000" + reverse("preferences:unsubscribe", kwargs={"token": token})
+    assert read_unsubscribe_token(token).user_id == 7

@@ -1,12 +1,10 @@
 """Run a dispatcher until SIGTERM; several share `notif.events` through the consumer group."""
 
-from confluent_kafka import Producer
 from django.core.management.base import BaseCommand
 
-from notifications.bus.config import producer_config
 from notifications.bus.runner import ConsumerRunner, RunnerConfig
 from notifications.bus.topics import topic_name
-from notifications.dispatch.dispatcher import Dispatcher
+from notifications.dispatch.dispatcher import Dispatcher, dispatcher_producer
 from notifications.process import install_stop_handlers, start_metrics_server
 from notifications.redis_client import get_redis
 
@@ -19,7 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--metrics-port", type=int, default=None)
 
     def handle(self, *args, batch_size: int, metrics_port: int | None, **options):
-        dispatcher = Dispatcher(producer=Producer(producer_config()), redis_client=get_redis())
+        dispatcher = Dispatcher(producer=dispatcher_producer(), redis_client=get_redis())
         runner = ConsumerRunner(
             RunnerConfig(role="dispatcher", topics=[topic_name("events")], group="dispatcher", batch_size=batch_size),
             dispatcher,

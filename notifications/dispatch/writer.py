@@ -1,0 +1,43 @@
+"""Database writes on a thread of their own, so a batch's PostgreSQL round trips overlap its Kafka work.
+
+The dispatcher's delivery-log insert spends most of its time waiting for PostgreSQL (≈ 45 ms per
+2,500 rows here, 5 ms of it Python). Submitted here, it runs while the main thread produces the
+batch's messages and waits for their acknowledgements; the batch is complete only when both are,
+so offsets are still committed only after the rows are stored. The thread keeps one connection of
+its own (Django connections are per thread); :meth:`BackgroundWriter.close` closes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from django.db import close_old_connections, connections
+
+__all__ = ["BackgroundWriter"]
+
+
+class BackgroundWriter:
+    def __init__(self, name: str = "db-writer") -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on the writer thread, after the writes submitted before it."""
+        if self._closed:
+            raise RuntimeError("writer is closed")
+        return self._executor.submit(self._run, fn, *args)
+
+    @staticmethod
+    def _run(fn: Callable[..., Any], *args: Any) -> Any:
+        close_old_connections()  # notice a connection PostgreSQL dropped since the last batch
+        return fn(*args)
+
+    def close(self) -> None:
+        """Wait for pending writes, close the thread's database connection, stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.submit(connections.close_all).result()
+        self._executor.shutdown(wait=True)

@@ -27,16 +27,31 @@ the two re-expands that chunk: harmless, the worker's dedup key is launch + user
 whatever the batch size, :func:`campaigns.selectors.batch_recipients`) and kept while the batch is
 worked through; preferences are re-checked per chunk from the preference cache (one MGET), so
 someone who unsubscribed after the batch was emitted (a long, throttled campaign) is not sent to.
+
+**Frequency caps and quiet hours**, decided as the dispatcher decides them and with its functions:
+per chunk one :func:`preferences.frequency.frequency_cap_take_many` pipeline (capped recipients are
+suppressed, reason ``frequency_cap``, in the progress hash and the delivery log), then
+:func:`preferences.rules.quiet_hours_end`. Recipients inside their quiet hours are deferred as a
+*batch*: one ``campaign.batch`` message per chunk and window end (rounded up to the minute) with a
+``part`` id and ``caps_taken``, held as a ``ScheduledMessage`` on ``notif.<channel>.batch``
+(:func:`notifications.dispatch.scheduling.schedule_messages`). The dispatcher's tick releases it
+through the outbox when due, and it is expanded like any batch — campaign state (paused: held;
+cancelled: dropped and its recipients logged suppressed), kill switch, backpressure, throttle,
+preferences and quiet hours re-read, caps not taken again — into the same message ids, so each
+recipient still gets at most one message per launch and channel. The orchestrator completes a
+campaign only once its deferred batches are expanded (:func:`campaigns.progress.pending_deferred_count`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import time
+from collections import Counter as Tally
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -44,7 +59,7 @@ import redis
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 from prometheus_client import Counter
 
@@ -58,13 +73,17 @@ from notifications.bus.runner import ConsumerRunner, Deferrals, RunnerConfig
 from notifications.bus.topics import channel_topic
 from notifications.channels import ALL_CHANNELS, Channel
 from notifications.delivery.token_bucket import Priority, RateLimiterUnavailable
+from notifications.delivery_log import LogEntry, record_dispatch_outcomes
 from notifications.dispatch.dispatcher import address_for, split_by_platform
 from notifications.dispatch.killswitch import KillSwitchBoard
 from notifications.dispatch.messages import ChannelMessage, Header, encode
+from notifications.dispatch.scheduling import Deferred, schedule_messages
 from notifications.dispatch.templating import RenderError
-from notifications.models import MANDATORY_CATEGORIES, KillSwitchMode, Provider
+from notifications.models import MANDATORY_CATEGORIES, DeliveryLog, DeliveryStatus, KillSwitchMode, Provider
 from preferences.cache import preferences_get_many
-from preferences.rules import is_allowed
+from preferences.frequency import ALLOWED as ALLOWED_CAP
+from preferences.frequency import CapRequest, frequency_cap_take_many
+from preferences.rules import is_allowed, quiet_hours_end
 from preferences.selectors import ContactPoints
 from preferences.state import PreferenceState
 from preferences.unsubscribe import unsubscribe_url
@@ -77,6 +96,9 @@ BACKPRESSURE = Counter(
     "campaign_expander_backpressure_total", "Times a batch waited because notif.<channel> was backed up", ["channel"]
 )
 SUPPRESSED = Counter("campaign_expander_suppressed_total", "Recipients dropped at expansion", ["channel", "reason"])
+DEFERRED = Counter(
+    "campaign_expander_deferred_total", "Recipients deferred to the end of their quiet hours", ["channel"]
+)
 
 #: How often the expander re-reads a campaign's state (pause/cancel take effect within this).
 STATE_REFRESH_SECONDS = 1.0
@@ -106,6 +128,17 @@ class BatchMessage:
     batch: int
     user_ids: list[int]
     copy_version: str = ""
+    #: A quiet-hours batch scheduled by the expander itself: its id below the orchestrator's batch
+    #: (e.g. "q1000@29412360": chunk starting at 1000, due at that epoch minute), so its cursor and
+    #: completion are its own; nested when a recipient is deferred again.
+    part: str = ""
+    #: The recipients' frequency-cap tokens were taken when the batch was deferred: not again.
+    caps_taken: bool = False
+
+    @property
+    def ident(self) -> str | int:
+        """The batch's id in cursors and completion sets: the orchestrator's number, or "<n>.<part>"."""
+        return f"{self.batch}.{self.part}" if self.part else self.batch
 
 
 def parse_batch(raw: bytes | None) -> BatchMessage:
@@ -126,6 +159,8 @@ def parse_batch(raw: bytes | None) -> BatchMessage:
             batch=int(body["batch"]),
             user_ids=user_ids,
             copy_version=str((body.get("content") or {}).get("copy_version") or ""),
+            part=str(body.get("part") or ""),
+            caps_taken=body.get("caps_taken") is True,
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise InvalidBatch(f"malformed batch message: {exc}") from exc
@@ -393,6 +428,59 @@ class Pacer:
             self.credit[bucket.name] = self.credit.get(bucket.name, 0.0) - used
 
 
+# -- quiet hours and frequency caps ----------------------------------------------------------------------
+@dataclass
+class _Chunk:
+    """What expanding one chunk did (the counters move with the cursor)."""
+
+    queued: int = 0
+    suppressed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    deferred_batches: list[str] = field(default_factory=list)
+    deferred_users: int = 0
+
+
+def _active(view: CampaignView, batch: BatchMessage) -> bool:
+    """Whether the batch may be expanded now. A quiet-hours batch of a campaign that completed anyway
+    (its pending entry lost with Redis) is still delivered: those recipients were due a message."""
+    return view.state == CampaignState.RUNNING or (bool(batch.part) and view.state == CampaignState.COMPLETED)
+
+
+def _due_minute(moment: dt.datetime) -> dt.datetime:
+    """Quiet hours' end rounded up to the minute: recipients whose windows end within the same minute
+    share one deferred batch, and none is released before its window ends."""
+    floor = moment.replace(second=0, microsecond=0)
+    return floor if floor == moment else floor + dt.timedelta(minutes=1)
+
+
+def settle_scheduled_logs(launch_id: str, channel: str, suppressed: dict[int, str]) -> int:
+    """Turn the ``scheduled`` (quiet hours) delivery-log rows of these recipients into ``suppressed``
+    with their reason: one statement. Rows already moved on are left alone."""
+    if not suppressed:
+        return 0
+    table = DeliveryLog._meta.db_table
+    rows = [{"user_id": user_id, "reason": reason[:200]} for user_id, reason in suppressed.items()]
+    sql = f"""
+        UPDATE {table} AS t SET status = %(suppressed)s, reason = v.reason, updated_at = %(now)s
+        FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(user_id bigint, reason text)
+        WHERE t.event_id = %(event)s AND t.channel = %(channel)s AND t.user_id = v.user_id
+          AND t.status = %(scheduled)s
+    """  # noqa: S608 - only the table name is interpolated; values are parameters
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            {
+                "rows": orjson.dumps(rows).decode(),
+                "now": timezone.now(),
+                "event": launch_id,
+                "channel": channel,
+                "suppressed": DeliveryStatus.SUPPRESSED,
+                "scheduled": DeliveryStatus.SCHEDULED,
+            },
+        )
+        return cursor.rowcount
+
+
 # -- the handler -----------------------------------------------------------------------------------------
 @dataclass
 class ExpanderConfig:
@@ -432,6 +520,7 @@ class BatchExpander:
         switches: KillSwitchBoard | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        wall_clock: Callable[[], dt.datetime] = timezone.now,
     ) -> None:
         self.producer = producer
         self.redis = redis_client
@@ -444,7 +533,9 @@ class BatchExpander:
         self.statics = StaticFieldCache()
         self.clock = clock
         self.sleep = sleep
-        self._loaded: OrderedDict[tuple[str, str, int], dict[int, BatchRecipient]] = OrderedDict()
+        #: The time quiet hours and frequency-cap windows are judged by (and messages stamped with).
+        self.wall_clock = wall_clock
+        self._loaded: OrderedDict[tuple[str, str, int | str], dict[int, BatchRecipient]] = OrderedDict()
         self._parsed: OrderedDict[tuple[str, int, int], BatchMessage] = OrderedDict()
         self._errors: list[KafkaError] = []
 
@@ -494,21 +585,36 @@ class BatchExpander:
             BATCHES.labels(batch.channel, "stale").inc()
             log.info("batch of an unknown or superseded launch dropped", extra={"launch_id": batch.launch_id})
             return None
-        if view.state in (CampaignState.CANCELLED, CampaignState.FAILED, CampaignState.COMPLETED):
+        key = dict(campaign_id=batch.campaign_id, launch_id=batch.launch_id, channel=batch.channel, batch=batch.ident)
+        deferred = bool(batch.part)
+        if view.state in (CampaignState.CANCELLED, CampaignState.FAILED) or (
+            view.state == CampaignState.COMPLETED and not deferred
+        ):
             BATCHES.labels(batch.channel, view.state).inc()
+            if deferred:
+                self._drop_deferred(view, batch, key, reason=f"campaign_{view.state}")
             return None
-        if view.state != CampaignState.RUNNING:  # paused (or the start is not committed yet)
+        if not _active(view, batch):  # paused (or the start is not committed yet)
             return self.clock() + PAUSED_RECHECK_SECONDS
         mode = self.switches.channel_mode(batch.channel)
         if mode in (KillSwitchMode.PAUSE, KillSwitchMode.DELAY):
             return self.clock() + KILL_SWITCH_RECHECK_SECONDS
-        key = dict(campaign_id=batch.campaign_id, launch_id=batch.launch_id, channel=batch.channel, batch=batch.batch)
         cursor = read_cursor(self.redis, **key)
         total = len(batch.user_ids)
         if mode == KillSwitchMode.DROP_NON_URGENT:
+            if deferred:
+                self._drop_deferred(view, batch, key, reason="kill_switch", cursor=cursor)
+                return None
             SUPPRESSED.labels(batch.channel, "kill_switch").inc(max(0, total - cursor))
             record_expansion(
-                self.redis, **key, cursor=total, queued=0, suppressed=max(0, total - cursor), extra=0, done=True
+                self.redis,
+                **key,
+                cursor=total,
+                queued=0,
+                suppressed=max(0, total - cursor),
+                extra=0,
+                done=True,
+                reasons={"kill_switch": max(0, total - cursor)},
             )
             return None
         buckets = self._buckets(view, batch.channel)
@@ -516,7 +622,7 @@ class BatchExpander:
             if self.clock() >= deadline:
                 return self.clock()
             view = self.campaigns.get(batch.campaign_id) or view
-            if view.state != CampaignState.RUNNING:
+            if not _active(view, batch):
                 return None if view.state != CampaignState.PAUSED else self.clock() + PAUSED_RECHECK_SECONDS
             want = min(self.config.chunk_size, total - cursor)
             if self.config.pacing:
@@ -536,25 +642,56 @@ class BatchExpander:
                     continue
                 return self.clock() + wait
             ids = batch.user_ids[cursor : cursor + permits]
-            queued, suppressed = self._expand_chunk(view, batch, ids)
-            self.pacer.spend(buckets, queued)
-            self.backlog.released(batch.channel, queued)
+            chunk = self._expand_chunk(view, batch, ids, start=cursor)
+            self.pacer.spend(buckets, chunk.queued)
+            self.backlog.released(batch.channel, chunk.queued)
             self._flush()  # acknowledged by Kafka before the cursor moves
             cursor += len(ids)
             record_expansion(
                 self.redis,
                 **key,
                 cursor=cursor,
-                queued=queued,
-                suppressed=suppressed,
-                extra=max(0, queued - (len(ids) - suppressed)),
+                queued=chunk.queued,
+                suppressed=chunk.suppressed,
+                extra=max(0, chunk.queued - (len(ids) - chunk.suppressed - chunk.deferred_users)),
                 done=cursor >= total,
+                reasons=chunk.reasons,
+                deferred_batches=chunk.deferred_batches,
+                deferred_users=chunk.deferred_users,
+                undeferred_users=len(ids) if deferred else 0,
+                deferred_batch=deferred,
             )
         if total == 0:
-            record_expansion(self.redis, **key, cursor=0, queued=0, suppressed=0, extra=0, done=True)
-        self._loaded.pop((batch.launch_id, batch.channel, batch.batch), None)
+            record_expansion(
+                self.redis, **key, cursor=0, queued=0, suppressed=0, extra=0, done=True, deferred_batch=deferred
+            )
+        self._loaded.pop((batch.launch_id, batch.channel, batch.ident), None)
         BATCHES.labels(batch.channel, "expanded").inc()
         return None
+
+    def _drop_deferred(
+        self, view: CampaignView, batch: BatchMessage, key: dict[str, Any], *, reason: str, cursor: int | None = None
+    ) -> None:
+        """A quiet-hours batch released after its campaign was cancelled (failed), or into a channel
+        dropping non-urgent messages: its remaining recipients are suppressed — counted, logged, and
+        no longer waiting — and it leaves the pending set."""
+        cursor = read_cursor(self.redis, **key) if cursor is None else cursor
+        remaining = batch.user_ids[cursor:]
+        if remaining:
+            SUPPRESSED.labels(batch.channel, reason).inc(len(remaining))
+            self._log_outcomes(view, batch, {user_id: reason for user_id in remaining}, [])
+        record_expansion(
+            self.redis,
+            **key,
+            cursor=len(batch.user_ids),
+            queued=0,
+            suppressed=len(remaining),
+            extra=0,
+            done=True,
+            reasons={reason: len(remaining)},
+            undeferred_users=len(remaining),
+            deferred_batch=True,
+        )
 
     def _buckets(self, view: CampaignView, channel: str) -> list[_Bucket]:
         if not self.config.pacing or not view.throttle:
@@ -574,7 +711,7 @@ class BatchExpander:
         return max(2 * batch * workers, math.ceil(contract * self.config.lead_seconds))
 
     def _load(self, batch: BatchMessage) -> dict[int, BatchRecipient]:
-        key = (batch.launch_id, batch.channel, batch.batch)
+        key = (batch.launch_id, batch.channel, batch.ident)
         loaded = self._loaded.get(key)
         if loaded is None:
             loaded = self._loaded[key] = batch_recipients(batch.user_ids)
@@ -584,27 +721,53 @@ class BatchExpander:
             self._loaded.move_to_end(key)
         return loaded
 
-    def _expand_chunk(self, view: CampaignView, batch: BatchMessage, ids: list[int]) -> tuple[int, int]:
-        """Produce the chunk's messages (not yet flushed); returns (messages produced, users suppressed)."""
+    def _expand_chunk(self, view: CampaignView, batch: BatchMessage, ids: list[int], *, start: int) -> _Chunk:
+        """Produce the chunk's messages (not yet flushed), schedule its quiet-hours recipients and log
+        its suppressions. Batched like the dispatcher: preference states in one MGET, frequency caps
+        in one pipeline, deferred recipients in one insert per due time, log rows in one statement."""
         loaded = self._load(batch)
         channel = batch.channel
         states = preferences_get_many(ids, redis_client=self.redis)
-        now = timezone.now()
+        now = self.wall_clock()
         topic = channel_topic(channel)
-        queued = suppressed = 0
+        chunk = _Chunk()
+        suppressed: dict[int, str] = {}
+        candidates: list[tuple[int, BatchRecipient, PreferenceState]] = []
         for user_id in ids:
             recipient = loaded.get(user_id)
             if recipient is None:
-                suppressed += 1
-                SUPPRESSED.labels(channel, "unknown_recipient").inc()
+                suppressed[user_id] = "unknown_recipient"
                 continue
             state = states.get(user_id) or PreferenceState(user_id=user_id)
             allowed, reason = is_allowed(
                 state, category=view.category, channel=channel, type_default_channels=view.default_channels
             )
             if not allowed:
-                suppressed += 1
-                SUPPRESSED.labels(channel, reason).inc()
+                suppressed[user_id] = reason
+                continue
+            if address_for(channel, recipient.contact) is None:
+                suppressed[user_id] = "no_contact_point"
+                continue
+            candidates.append((user_id, recipient, state))
+        if batch.caps_taken:  # taken when this quiet-hours batch was deferred
+            caps = [ALLOWED_CAP] * len(candidates)
+        else:
+            caps = frequency_cap_take_many(
+                self.redis,
+                [
+                    CapRequest(user_id, view.category, channel, state.caps_for(view.category))
+                    for user_id, _r, state in candidates
+                ],
+                now=now,
+            )
+        waiting: dict[dt.datetime, list[int]] = {}
+        for (user_id, recipient, state), cap in zip(candidates, caps, strict=True):
+            if not cap.allowed:
+                suppressed[user_id] = "frequency_cap"
+                continue
+            quiet_end = quiet_hours_end(state, now)
+            if quiet_end is not None:
+                waiting.setdefault(_due_minute(quiet_end), []).append(user_id)
                 continue
             try:
                 parts = build_recipient_messages(
@@ -618,19 +781,104 @@ class BatchExpander:
                 )
             except RenderError as exc:
                 # Copy was validated with a sample recipient; a failure here is this recipient's data.
-                suppressed += 1
-                SUPPRESSED.labels(channel, "render_error").inc()
+                suppressed[user_id] = "render_error"
                 log.warning("campaign copy did not render", extra={"user_id": user_id, "error": str(exc)})
                 continue
             if not parts:
-                suppressed += 1
-                SUPPRESSED.labels(channel, "no_contact_point").inc()
+                suppressed[user_id] = "no_contact_point"
                 continue
             for part in parts:
                 self._produce(topic, str(user_id), encode(part), {Header.IDEMPOTENCY_KEY: part["id"]})
-                queued += 1
-        RELEASED.labels(channel).inc(queued)
-        return queued, suppressed
+                chunk.queued += 1
+        chunk.suppressed = len(suppressed)
+        chunk.reasons = dict(Tally(suppressed.values()))
+        for reason, n in chunk.reasons.items():
+            SUPPRESSED.labels(channel, reason).inc(n)
+        scheduled: list[tuple[str, list[int]]] = []
+        if suppressed or waiting:
+            with transaction.atomic():  # the deferred batches and their log rows together
+                scheduled = self._defer(batch, waiting, start=start, now=now)
+                self._log_outcomes(view, batch, suppressed, [u for _ident, users in scheduled for u in users])
+        chunk.deferred_batches = [ident for ident, _users in scheduled]
+        chunk.deferred_users = sum(len(users) for _ident, users in scheduled)
+        if chunk.deferred_users:
+            DEFERRED.labels(channel).inc(chunk.deferred_users)
+        RELEASED.labels(channel).inc(chunk.queued)
+        return chunk
+
+    def _defer(
+        self, batch: BatchMessage, waiting: dict[dt.datetime, list[int]], *, start: int, now: dt.datetime
+    ) -> list[tuple[str, list[int]]]:
+        """Schedule one quiet-hours batch per due time (the existing ScheduledMessage mechanism: the
+        dispatcher's tick moves due rows to the outbox, the relay to ``notif.<channel>.batch``, and
+        this expander takes it from there). Returns [(batch id, user ids)].
+
+        The id is deterministic — (this batch, chunk start, due minute) — so a chunk expanded again
+        after a crash schedules a batch with the same id (and the same users, or a prefix of them,
+        the chunk's users being in batch order); whichever copy is expanded first moves the shared
+        cursor and the other finds nothing left (or only the rest) to do."""
+        if not waiting:
+            return []
+        out: list[tuple[str, list[int]]] = []
+        items: list[Deferred] = []
+        for due, user_ids in sorted(waiting.items()):
+            part = f"q{start}@{int(due.timestamp()) // 60}"
+            part = f"{batch.part}.{part}" if batch.part else part
+            deferred = BatchMessage(
+                campaign_id=batch.campaign_id,
+                launch_id=batch.launch_id,
+                channel=batch.channel,
+                batch=batch.batch,
+                user_ids=user_ids,
+                copy_version=batch.copy_version,
+                part=part,
+                caps_taken=True,
+            )
+            payload = {
+                "v": 1,
+                "type": "campaign.batch",
+                "campaign_id": batch.campaign_id,
+                "launch_id": batch.launch_id,
+                "channel": batch.channel,
+                "batch": batch.batch,
+                "part": part,
+                "caps_taken": True,
+                "user_ids": user_ids,
+                "content": {"campaign_id": batch.campaign_id, "copy_version": batch.copy_version},
+                "deferred_until": due.isoformat(),
+                "created_at": now.isoformat(),
+            }
+            ident = str(deferred.ident)
+            items.append(
+                Deferred(
+                    due,
+                    channel_topic(batch.channel, "batch"),
+                    f"{batch.launch_id}:{ident}",
+                    payload,
+                    {Header.IDEMPOTENCY_KEY: f"{batch.launch_id}:{batch.channel}:{ident}"},
+                )
+            )
+            out.append((ident, user_ids))
+        schedule_messages(items)
+        return out
+
+    def _log_outcomes(
+        self, view: CampaignView, batch: BatchMessage, suppressed: dict[int, str], scheduled: list[int]
+    ) -> None:
+        """Delivery-log rows of the chunk's suppressions and quiet-hours deferrals (one statement;
+        the first decision wins). A recipient released from a quiet-hours batch already has a
+        ``scheduled`` row: if suppressed now (cap, opt-out meanwhile, cancel), that row is settled
+        (one more statement); if sent, the worker moves it on as for any campaign message."""
+        entries = [
+            LogEntry(batch.launch_id, user_id, batch.channel, view.type_key, DeliveryStatus.SUPPRESSED, reason)
+            for user_id, reason in suppressed.items()
+        ] + [
+            LogEntry(batch.launch_id, user_id, batch.channel, view.type_key, DeliveryStatus.SCHEDULED, "quiet_hours")
+            for user_id in scheduled
+        ]
+        record_dispatch_outcomes(entries)
+        if batch.part and suppressed:
+            settle_scheduled_logs(batch.launch_id, batch.channel, suppressed)
 
     # -- producing -----------------------------------------------------------------------------------
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:

@@ -19,7 +19,8 @@ A crash before the commit re-emits at most the page in hand (same batch number, 
 expander's per-batch cursor and the worker's dedup absorb it); a committed page is never emitted
 again. Pause and cancel are read from the campaign row before every page. Every
 ``CAMPAIGN_PROGRESS_FLUSH_SECONDS`` the tick also flushes the Redis progress counters to PostgreSQL
-and completes running campaigns whose batches are all emitted and expanded.
+and completes running campaigns whose batches are all emitted and expanded (including the batches
+the expander deferred to the end of recipients' quiet hours).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from prometheus_client import Counter, Histogram
 
 from campaigns.expansion import copy_version
 from campaigns.models import Campaign, CampaignLaunch, CampaignState
-from campaigns.progress import expanded_count, flush_progress
+from campaigns.progress import expanded_count, flush_progress, pending_deferred_count
 from campaigns.selectors import audience_count, audience_page
 from campaigns.services import campaign_complete, campaign_fail, campaign_transition
 from notifications.bus.runner import ConsumerRunner, RunnerConfig
@@ -294,7 +295,9 @@ class CampaignOrchestrator:
             log.warning("progress flush skipped (Redis unavailable)", exc_info=True)
 
     def complete_finished(self) -> int:
-        """Running campaigns whose every batch is emitted and expanded → completed."""
+        """Running campaigns whose every batch is emitted and expanded, and whose quiet-hours batches
+        (deferred by the expander) are expanded too → completed. Until then a cancel or pause still
+        reaches the recipients waiting for their quiet hours to end."""
         completed = 0
         for launch in CampaignLaunch.objects.filter(
             emission_finished_at__isnull=False,
@@ -302,7 +305,11 @@ class CampaignOrchestrator:
             campaign__launch_id=F("launch_id"),
         ).select_related("campaign"):
             expanded = expanded_count(self.redis, campaign_id=launch.campaign_id, launch_id=str(launch.launch_id))
-            if expanded >= launch.batch_messages and campaign_complete(campaign_id=launch.campaign_id):
+            if expanded < launch.batch_messages:
+                continue
+            if pending_deferred_count(self.redis, campaign_id=launch.campaign_id, launch_id=str(launch.launch_id)):
+                continue
+            if campaign_complete(campaign_id=launch.campaign_id):
                 completed += 1
                 log.info("campaign completed", extra={"campaign_id": launch.campaign_id})
         return completed

@@ -6,10 +6,16 @@ Keys (all under ``settings.REDIS_KEY_PREFIX``):
   workers), ``suppressed`` (dropped at expansion: no contact point, opted out since the batch was
   emitted, kill switch), ``extra`` (push messages beyond one per user), ``sent``, ``failed``,
   ``deduplicated``.
+  The same hash holds ``suppressed:<reason>`` (the expansion's suppressions by reason, e.g.
+  ``suppressed:frequency_cap``) and ``deferred`` (recipients waiting for the end of their quiet
+  hours in a deferred batch; back to 0 once those batches are expanded).
 * ``campaign:{id}:rate:sent`` / ``campaign:{id}:rate:queued`` — hash of epoch second → count, for the
   current rates (expire after two minutes of silence).
 * ``campaign:{id}:expanded:{launch}`` — set of "<channel>:<batch>" fully expanded (completion).
-* ``campaign:{id}:cursor:{launch}:{channel}:{batch}`` — how far a batch has been expanded.
+* ``campaign:{id}:deferred:{launch}`` — set of "<channel>:<batch>" of quiet-hours batches scheduled
+  but not yet expanded (completion waits for them).
+* ``campaign:{id}:cursor:{launch}:{channel}:{batch}`` — how far a batch has been expanded (a
+  deferred batch's ``batch`` is its string id, e.g. ``3.q1000@29412360``).
 
 The orchestrator's own numbers (audience size, batches emitted, suppressed in SQL) are written to
 PostgreSQL at each checkpoint, exactly. The counters here are written after the fact they count is
@@ -26,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -77,7 +83,11 @@ def expanded_key(campaign_id: int, launch_id: str) -> str:
     return f"{_prefix()}campaign:{campaign_id}:expanded:{launch_id}"
 
 
-def cursor_key(campaign_id: int, launch_id: str, channel: str, batch: int) -> str:
+def deferred_key(campaign_id: int, launch_id: str) -> str:
+    return f"{_prefix()}campaign:{campaign_id}:deferred:{launch_id}"
+
+
+def cursor_key(campaign_id: int, launch_id: str, channel: str, batch: int | str) -> str:
     return f"{_prefix()}campaign:{campaign_id}:cursor:{launch_id}:{channel}:{batch}"
 
 
@@ -136,15 +146,27 @@ def record_expansion(
     campaign_id: int,
     launch_id: str,
     channel: str,
-    batch: int,
+    batch: int | str,
     cursor: int,
     queued: int,
     suppressed: int,
     extra: int,
     done: bool,
+    reasons: Mapping[str, int] | None = None,
+    deferred_batches: Sequence[str] = (),
+    deferred_users: int = 0,
+    undeferred_users: int = 0,
+    deferred_batch: bool = False,
 ) -> None:
     """Advance a batch's expansion cursor and its counters atomically (MULTI/EXEC). Raises RedisError:
-    the expander then retries the chunk later (the worker's dedup absorbs the repeat)."""
+    the expander then retries the chunk later (the worker's dedup absorbs the repeat).
+
+    ``reasons`` counts the chunk's suppressions by reason (``suppressed:<reason>``);
+    ``deferred_batches`` are the quiet-hours batches this chunk scheduled (their ids; pending until
+    expanded) holding ``deferred_users`` recipients; ``undeferred_users`` are the recipients of a
+    deferred batch this chunk worked through. ``deferred_batch``: this batch is itself a deferred one,
+    so when done it leaves the pending set instead of joining the expanded set (which counts the
+    orchestrator's batches for completion)."""
     ttl = int(getattr(settings, "CAMPAIGN_STATE_TTL_SECONDS", 14 * 24 * 3600))
     pipe = client.pipeline(transaction=True)
     pipe.set(cursor_key(campaign_id, launch_id, channel, batch), cursor, ex=ttl)
@@ -152,23 +174,38 @@ def record_expansion(
     for name, n in (("queued", queued), ("suppressed", suppressed), ("extra", extra)):
         if n:
             pipe.hincrby(key, name, n)
+    for reason, n in (reasons or {}).items():
+        if n:
+            pipe.hincrby(key, f"suppressed:{reason}", n)
+    if deferred_users - undeferred_users:
+        pipe.hincrby(key, "deferred", deferred_users - undeferred_users)
+    if deferred_batches:
+        pipe.sadd(deferred_key(campaign_id, launch_id), *(f"{channel}:{b}" for b in deferred_batches))
+        pipe.expire(deferred_key(campaign_id, launch_id), ttl)
     if queued:
         second = str(int(time.time()))
         pipe.hincrby(rate_key(campaign_id, "queued"), second, queued)
         pipe.expire(rate_key(campaign_id, "queued"), RATE_KEY_TTL)
-    if done:
+    if done and deferred_batch:
+        pipe.srem(deferred_key(campaign_id, launch_id), f"{channel}:{batch}")
+    elif done:
         pipe.sadd(expanded_key(campaign_id, launch_id), f"{channel}:{batch}")
         pipe.expire(expanded_key(campaign_id, launch_id), ttl)
     pipe.execute()
 
 
-def read_cursor(client: redis.Redis, *, campaign_id: int, launch_id: str, channel: str, batch: int) -> int:
+def read_cursor(client: redis.Redis, *, campaign_id: int, launch_id: str, channel: str, batch: int | str) -> int:
     raw = client.get(cursor_key(campaign_id, launch_id, channel, batch))
     return int(raw) if raw else 0
 
 
 def expanded_count(client: redis.Redis, *, campaign_id: int, launch_id: str) -> int:
     return int(client.scard(expanded_key(campaign_id, launch_id)))
+
+
+def pending_deferred_count(client: redis.Redis, *, campaign_id: int, launch_id: str) -> int:
+    """Quiet-hours batches of the launch scheduled but not yet expanded."""
+    return int(client.scard(deferred_key(campaign_id, launch_id)))
 
 
 # -- reading -------------------------------------------------------------------------------------------
@@ -184,6 +221,17 @@ def read_counters(client: redis.Redis, campaign_ids: Iterable[int]) -> dict[int,
         values = {k.decode(): int(v) for k, v in raw.items()}
         out[campaign_id] = {name: values.get(name, 0) for name in COUNTER_FIELDS}
     return out
+
+
+def read_details(client: redis.Redis, campaign_id: int) -> dict[str, Any]:
+    """The expansion's suppressions by reason and the recipients waiting for their quiet hours to end."""
+    values = {k.decode(): int(v) for k, v in client.hgetall(progress_key(campaign_id)).items()}
+    return {
+        "deferred": max(0, values.get("deferred", 0)),
+        "suppressed_by_reason": {
+            name.split(":", 1)[1]: n for name, n in sorted(values.items()) if name.startswith("suppressed:") and n
+        },
+    }
 
 
 def read_rates(client: redis.Redis, campaign_id: int, *, now: float | None = None) -> dict[str, float]:
@@ -241,12 +289,14 @@ def progress_snapshot(campaign: Campaign, *, redis_client: redis.Redis | None = 
         "deduplicated": campaign.deduplicated,
     }
     rates = {"send_rate": 0.0, "queue_rate": 0.0}
+    details: dict[str, Any] = {"deferred": None, "suppressed_by_reason": {}}
     live = False
     if campaign.launch_id is not None:
         try:
             client = _client(redis_client)
             values = read_counters(client, [campaign.pk])[campaign.pk]
             rates = read_rates(client, campaign.pk)
+            details = read_details(client, campaign.pk)
             live = True
         except redis.RedisError:
             log.warning("campaign progress read from PostgreSQL (Redis unavailable)")
@@ -274,6 +324,8 @@ def progress_snapshot(campaign: Campaign, *, redis_client: redis.Redis | None = 
         "suppressed": suppressed,
         "failed": values["failed"],
         "deduplicated": values["deduplicated"],
+        "deferred": details["deferred"],
+        "suppressed_by_reason": details["suppressed_by_reason"],
         "total": total,
         "done": done,
         "percent": round(percent, 1),

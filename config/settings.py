@@ -230,3 +230,25 @@ PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
 DLQ_PAGE_WEBHOOK_URL = env("DLQ_PAGE_WEBHOOK_URL", default="")
 DLQ_PAGE_EMAILS = env.list("DLQ_PAGE_EMAILS", default=[])
 DLQ_PAGE_WINDOW_SECONDS = env.int("DLQ_PAGE_WINDOW_SECONDS", default=3600)
+
+# --- Campaigns (see docs/operations.md, "Campaigns") --------------------------------------------
+# Orchestrator: users per page = per batch message (10k-50k; at most 50k, Kafka's 1 MB limit),
+# optional cap on pages per second (0 = none), work per tick, progress flush / completion interval.
+CAMPAIGN_BATCH_SIZE = env.int("CAMPAIGN_BATCH_SIZE", default=20_000)
+CAMPAIGN_MAX_PAGES_PER_SECOND = env.float("CAMPAIGN_MAX_PAGES_PER_SECOND", default=0)
+CAMPAIGN_ORCHESTRATOR_STEP_SECONDS = env.float("CAMPAIGN_ORCHESTRATOR_STEP_SECONDS", default=1.0)
+CAMPAIGN_PROGRESS_FLUSH_SECONDS = env.float("CAMPAIGN_PROGRESS_FLUSH_SECONDS", default=2.0)
+CAMPAIGN_PAGE_QUERY_JIT = env.bool("CAMPAIGN_PAGE_QUERY_JIT", default=False)
+# Batch expander: recipients per chunk, work per poll, pacing (throttle + backpressure; off only in
+# tests), backlog bound in front of the workers (unset: 2 x WORKER_BATCH_SIZE x workers, at least
+# LEAD_SECONDS of the contract rate), batch messages per poll, the workers' consumer group.
+CAMPAIGN_EXPANSION_CHUNK = env.int("CAMPAIGN_EXPANSION_CHUNK", default=1000)
+CAMPAIGN_EXPANSION_TIME_BUDGET = env.float("CAMPAIGN_EXPANSION_TIME_BUDGET", default=1.0)
+CAMPAIGN_EXPANSION_PACING = env.bool("CAMPAIGN_EXPANSION_PACING", default=True)
+CAMPAIGN_EXPANSION_MAX_BACKLOG = env.int("CAMPAIGN_EXPANSION_MAX_BACKLOG", default=None)
+CAMPAIGN_EXPANSION_LEAD_SECONDS = env.float("CAMPAIGN_EXPANSION_LEAD_SECONDS", default=1.0)
+CAMPAIGN_EXPANDER_POLL_BATCH = env.int("CAMPAIGN_EXPANDER_POLL_BATCH", default=8)
+CAMPAIGN_WORKER_GROUP = env("CAMPAIGN_WORKER_GROUP", default="worker.{channel}")
+# Campaign throttle burst (seconds of its rate, at least one send); TTL of cursors and sets in Redis.
+CAMPAIGN_THROTTLE_BURST_SECONDS = env.float("CAMPAIGN_THROTTLE_BURST_SECONDS", default=0.1)
+CAMPAIGN_STATE_TTL_SECONDS = env.int("CAMPAIGN_STATE_TTL_SECONDS", default=14 * 24 * 3600)

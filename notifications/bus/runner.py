@@ -11,7 +11,9 @@ supervisor restarts it (Sentry/arroyo's policy).
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,9 +41,18 @@ Deferrals = dict[tuple[str, int], tuple[int, float]]
 
 
 class BatchHandler(Protocol):
-    """Also optional: ``tick()`` (called between polls) and ``close()`` (called once on stop)."""
+    """Also optional: ``tick()`` (called between polls) and ``close()`` (called once on stop).
 
-    def handle_batch(self, messages: list[Message]) -> Deferrals | None: ...
+    ``handle_batch`` may instead return a :class:`~concurrent.futures.Future` when the last part of
+    the batch's work (say a database write) continues in the background: the runner then polls and
+    hands over the next batch at once, and commits this one only when the future has succeeded (in
+    batch order, at most :data:`MAX_PENDING` batches behind; before any partition is revoked)."""
+
+    def handle_batch(self, messages: list[Message]) -> Deferrals | Future | None: ...
+
+
+#: Batches whose background completion may still be running while the next one is handled.
+MAX_PENDING = 1
 
 
 @dataclass
@@ -70,6 +81,7 @@ class ConsumerRunner:
         self._on_assign_cb = on_assign
         self.consumer = Consumer(consumer_config(config.group, **config.consumer_overrides))
         self._paused: dict[tuple[str, int], float] = {}
+        self._pending: deque[tuple[Future, list[Message], float]] = deque()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"role": self.config.role, "count": len(partitions)})
@@ -78,7 +90,9 @@ class ConsumerRunner:
             self._on_assign_cb(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Handling is synchronous inside the loop, so nothing is in flight during a revocation.
+        # Handling is synchronous inside the loop; only background completions can be in flight:
+        # settle them now, while the partitions are still ours to commit.
+        self._settle(keep=0)
         log.info("partitions revoked", extra={"role": self.config.role, "count": len(partitions)})
         for tp in partitions:
             self._paused.pop((tp.topic, tp.partition), None)
@@ -96,9 +110,16 @@ class ConsumerRunner:
                 messages = self.consumer.consume(self.config.batch_size, self.config.poll_timeout)
                 batch = [m for m in messages if self._usable(m)]
                 if not batch:
+                    self._settle(keep=0)  # idle: commit what finished in the background
                     continue
                 started = time.perf_counter()
-                deferrals = self.handler.handle_batch(batch) or {}
+                result = self.handler.handle_batch(batch)
+                if isinstance(result, Future):
+                    self._pending.append((result, batch, started))
+                    self._settle(keep=MAX_PENDING)
+                    continue
+                self._settle(keep=0)  # commits stay in batch order
+                deferrals = result or {}
                 if deferrals:
                     batch = [m for m in batch if not _held_back(m, deferrals)]
                     self._pause(deferrals)
@@ -106,6 +127,7 @@ class ConsumerRunner:
                     self.commit(batch)
                 BATCH_SECONDS.labels(role).observe(time.perf_counter() - started)
                 CONSUMED.labels(role).inc(len(batch))
+            self._settle(keep=0)
         finally:
             self.consumer.close()  # leaves the group at once, so a rebalance does not wait
             close = getattr(self.handler, "close", None)
@@ -115,6 +137,18 @@ class ConsumerRunner:
 
             connections.close_all()  # this thread's database connections (roles run in threads in tests)
             log.info("consumer stopped", extra={"role": role})
+
+    def _settle(self, *, keep: int) -> None:
+        """Commit the pending batches whose completion succeeded, oldest first, waiting for the
+        oldest ones until at most ``keep`` remain. A failed completion raises: nothing after it is
+        committed and the process dies, as when ``handle_batch`` raises."""
+        while self._pending and (len(self._pending) > keep or self._pending[0][0].done()):
+            future, batch, started = self._pending[0]
+            future.result()
+            self._pending.popleft()
+            self.commit(batch)
+            BATCH_SECONDS.labels(self.config.role).observe(time.perf_counter() - started)
+            CONSUMED.labels(self.config.role).inc(len(batch))
 
     def _pause(self, deferrals: Deferrals) -> None:
         for (topic, partition), (offset, due) in deferrals.items():

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter as Tally
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -171,7 +172,7 @@ class Dispatcher:
         self.writer.close()
 
     # -- the batch ---------------------------------------------------------------------------
-    def handle_batch(self, messages: list[Message]) -> None:
+    def handle_batch(self, messages: list[Message]) -> Future:
         close_old_connections()  # a long-running consumer must notice a dropped database connection
         now = self.clock()
         logs: list[LogEntry] = []
@@ -266,18 +267,21 @@ class Dispatcher:
             status = DeliveryStatus.PARKED if park else DeliveryStatus.QUEUED
             logs.append(self._log(event, user_id, channel, status, f"kill_switch_{candidate.mode}" if park else ""))
 
-        # Every decision is known: store them while the messages go out. The batch is done (and its
-        # offsets may be committed) only when both the rows are stored and the messages acknowledged.
+        # Every decision is known: store them while the messages go out, and while the runner polls
+        # and hands over the next batch. The batch is done (its offsets may be committed) only when
+        # the messages are acknowledged (below) and the returned future says the rows are stored.
         stored = self.writer.submit(_store_decisions, logs, deferred)
         try:
             for topic, key, part in outgoing:
                 self._produce(topic, key, encode(part), {Header.IDEMPOTENCY_KEY: part["id"]})
             self._flush()
-        finally:
-            stored.result()  # re-raises a failed write; waited for even when producing failed
+        except BaseException:
+            stored.exception()  # let the write finish before the error goes up
+            raise
         decisions = Tally((entry.channel, entry.status, entry.reason.split(":")[0]) for entry in logs)
         for labels, count in decisions.items():
             MESSAGES.labels(*labels).inc(count)
+        return stored
 
     def tick(self) -> None:
         """Called by the runner between polls: release quiet-hours messages that are due."""

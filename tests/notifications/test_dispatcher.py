@@ -89,7 +89,7 @@ def dispatch(fresh_topic, items: list, *, clock=None) -> Dispatcher:
     kwargs = {"clock": clock} if clock else {}
     dispatcher = Dispatcher(producer=Producer(producer_config()), redis_client=get_redis(), **kwargs)
     try:
-        dispatcher.handle_batch(messages)
+        dispatcher.handle_batch(messages).result()  # the delivery-log rows are stored
     finally:
         dispatcher.close()
     return dispatcher

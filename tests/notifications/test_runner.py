@@ -1,0 +1,124 @@
+"""The consumer runner's pipelined commits: a batch finishing in the background is committed only
+once its future succeeds, in batch order, with at most one batch pending behind the one in hand."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from notifications.bus.config import consumer_config
+from notifications.bus.runner import ConsumerRunner, RunnerConfig
+from tests.kafka_helpers import produce_raw
+
+
+class FutureHandler:
+    """Returns an unresolved future per batch; the test resolves them."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+        self.futures: list[Future] = []
+
+    def handle_batch(self, messages):
+        self.batches.append([(m.partition(), m.offset()) for m in messages])
+        future: Future = Future()
+        self.futures.append(future)
+        return future
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def committed(group: str, topic: str, partition: int) -> int:
+    reader = Consumer(consumer_config(group))
+    try:
+        [tp] = reader.committed([TopicPartition(topic, partition)], timeout=10)
+        return tp.offset
+    finally:
+        reader.close()
+
+
+def start(runner: ConsumerRunner) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runner.run()
+        except BaseException as exc:  # the test inspects it
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+@pytest.fixture
+def setup(fresh_topic):
+    produce_raw(fresh_topic, [("same-key", f"m{i}".encode()) for i in range(6)])
+    group = f"runner-test-{uuid.uuid4().hex[:8]}"
+    handler = FutureHandler()
+    runner = ConsumerRunner(
+        RunnerConfig(role="runner-test", topics=[fresh_topic], group=group, batch_size=2, poll_timeout=0.2), handler
+    )
+    return fresh_topic, group, handler, runner
+
+
+def test_commits_wait_for_the_future_and_keep_batch_order(setup):
+    topic, group, handler, runner = setup
+    thread, errors = start(runner)
+    try:
+        assert wait_for(lambda: len(handler.batches) == 2), "second batch handed over while the first is pending"
+        time.sleep(0.5)
+        assert len(handler.batches) == 2, "no third batch while two are pending"
+        partition = handler.batches[0][0][0]
+        assert committed(group, topic, partition) < 0, "nothing committed before the first future succeeds"
+
+        handler.futures[1].set_result(None)  # the second finishes first: still nothing may be committed
+        time.sleep(0.5)
+        assert committed(group, topic, partition) < 0
+
+        handler.futures[0].set_result(None)
+        end_of_second = handler.batches[1][-1][1] + 1
+        assert wait_for(lambda: committed(group, topic, partition) == end_of_second)
+        assert wait_for(lambda: len(handler.batches) == 3)
+    finally:
+        runner.stop_event.set()
+        for future in handler.futures:
+            if not future.done():
+                future.set_result(None)
+        thread.join(15)
+    assert not errors
+    assert committed(group, topic, partition) == handler.batches[-1][-1][1] + 1, "pending batches settled on stop"
+
+
+def test_a_failed_future_commits_nothing_after_it_and_stops_the_runner(setup):
+    topic, group, handler, runner = setup
+    thread, errors = start(runner)
+    try:
+        assert wait_for(lambda: len(handler.batches) == 2)
+        partition = handler.batches[0][0][0]
+        handler.futures[0].set_result(None)
+        end_of_first = handler.batches[0][-1][1] + 1
+        assert wait_for(lambda: committed(group, topic, partition) == end_of_first)
+        assert wait_for(lambda: len(handler.batches) == 3)
+        handler.futures[1].set_exception(RuntimeError("delivery log write failed"))
+        thread.join(15)
+        assert not thread.is_alive()
+    finally:
+        runner.stop_event.set()
+        for future in handler.futures:
+            if not future.done():
+                future.set_result(None)
+        thread.join(15)
+    assert [str(e) for e in errors] == ["delivery log write failed"]
+    assert committed(group, topic, partition) == end_of_first, "the failed batch and the ones after it stay uncommitted"

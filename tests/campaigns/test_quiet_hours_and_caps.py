@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+import redis as redis_lib
 from confluent_kafka import Producer
 from django.conf import settings
 from django.db import connections
@@ -316,3 +317,40 @@ def test_end_to_end_capped_users_suppressed_quiet_hours_users_sent_after_the_win
         timeout=20,
         what="progress counts every send",
     )
+
+
+def test_caps_and_quiet_hours_cost_the_same_redis_round_trips_for_6_or_300_recipients(
+    topics, promo_type, marketer, monkeypatch
+):
+    def document(i):
+        return [{"frequency_caps": CAP}, {"frequency_caps": CAP, "quiet_hours": BERLIN}, None][i % 3]
+
+    warm, small, large = (copy_users(n, document=document) for n in (3, 6, 300))
+    campaign = running(make_campaign(promo_type, channels=["email"]), marketer)
+    handler = expander(Clock(NIGHT))
+    handler.handle_batch(emit(campaign, "email", warm, batch=0))  # scripts loaded, campaign cached
+    trips = {"n": 0}
+    command, execute = redis_lib.Redis.execute_command, redis_lib.client.Pipeline.execute
+
+    def counted_command(self, *args, **kwargs):
+        trips["n"] += 1
+        return command(self, *args, **kwargs)
+
+    def counted_execute(self, *args, **kwargs):
+        trips["n"] += 1
+        return execute(self, *args, **kwargs)
+
+    def round_trips(user_ids, batch):
+        message = emit(campaign, "email", user_ids, batch=batch)
+        monkeypatch.setattr(redis_lib.Redis, "execute_command", counted_command)
+        monkeypatch.setattr(redis_lib.client.Pipeline, "execute", counted_execute)
+        trips["n"] = 0
+        assert handler.handle_batch(message) == {}
+        monkeypatch.undo()
+        return trips["n"]
+
+    # cursor GET, preferences MGET (+ the cache-warming pipeline for misses), caps pipeline, cursor MULTI
+    assert round_trips(small, 1) == round_trips(large, 2) <= 5
+    counters = read_details(get_redis(), campaign.pk)
+    assert counters["deferred"] == 1 + 2 + 100, "a third of every batch waits for its quiet hours"
+    assert ScheduledMessage.objects.count() == 3, "one deferred batch per batch (one chunk each) and window end"

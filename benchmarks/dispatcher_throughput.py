@@ -416,9 +416,9 @@ def produce_events(topic: str, ids: list[int], run: str) -> float:
 
 
 # --- measuring the dispatcher --------------------------------------------------------------------
-#: Phases that run on the dispatcher's writer thread, overlapped with the handler's own work: shown,
-#: but not part of the handler's time (the handler's wait for them is in "other").
-BACKGROUND = "[writer thread] "
+#: Phases that run on the dispatcher's reader and writer threads, overlapped with the handler's own
+#: work: shown, but not part of the handler's time (the handler's waits for them are in "other").
+BACKGROUND = "["
 
 
 class PhaseTimer:
@@ -448,15 +448,15 @@ class PhaseTimer:
     FUNCTIONS = (
         ("parse envelopes", "parse_event"),
         ("preferences (MGET / DB / warm)", "preferences_get_many"),
-        ("contact points (1 query)", "contact_points_for_users"),
+        ("[reader thread] contact points (1 query)", "contact_points_for_users"),
         ("frequency caps (Redis)", "frequency_cap_take_many"),
-        (BACKGROUND + "delivery log insert", "record_dispatch_outcomes"),
-        (BACKGROUND + "quiet-hours rows", "schedule_messages"),
+        ("[writer thread] delivery log insert", "record_dispatch_outcomes"),
+        ("[writer thread] quiet-hours rows", "schedule_messages"),
     )
     METHODS = (
         ("render + build message", "_build_message"),
         ("producer.produce calls", "_produce"),
-        ("flush (wait for acks)", "_flush"),
+        ("[writer thread] flush (wait for acks)", "_flush"),
     )
 
     def install(self) -> None:

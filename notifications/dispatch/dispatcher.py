@@ -7,7 +7,9 @@ Preferences are decided here once; workers never look at them again.
 
 A batch is handled as a whole: preferences with one MGET, contact points with one query,
 frequency caps with one pipeline, delivery-log rows with one insert. Offsets are committed by the
-runner only after every produced message is acknowledged and the log and deferred rows are stored.
+runner only after every produced message is acknowledged and the log and deferred rows are stored:
+both are awaited on a writer thread while the next batch is handled (see `ConsumerRunner`'s
+pipelined commits).
 A malformed or unknown event goes to `notif.events.dlq` with the reason; it never stops the batch.
 """
 
@@ -165,11 +167,14 @@ class Dispatcher:
         self.clock = clock
         self._errors: list[KafkaError] = []
         self._last_release = float("-inf")
-        self.writer = BackgroundWriter("dispatcher-db")
+        self.writer = BackgroundWriter("dispatcher-writer")
+        self.reader = BackgroundWriter("dispatcher-reader")
 
     def close(self) -> None:
-        """Release the writer thread and its database connection (the runner calls this on stop)."""
+        """Release the writer and reader threads and their database connections (the runner calls
+        this on stop)."""
         self.writer.close()
+        self.reader.close()
 
     # -- the batch ---------------------------------------------------------------------------
     def handle_batch(self, messages: list[Message]) -> Future:
@@ -190,8 +195,10 @@ class Dispatcher:
             parsed.append((event, entry))
 
         user_ids = {event["recipient"] for event, _ in parsed}
+        # Contact points (PostgreSQL) are read on the reader thread while preferences come from Redis.
+        contacts_read = self.reader.submit(contact_points_for_users, user_ids) if user_ids else None
         states = preferences_get_many(user_ids, redis_client=self.redis) if user_ids else {}
-        contacts = contact_points_for_users(user_ids) if user_ids else {}
+        contacts = contacts_read.result() if contacts_read is not None else {}
 
         candidates: list[_Candidate] = []
         if parsed:
@@ -267,21 +274,26 @@ class Dispatcher:
             status = DeliveryStatus.PARKED if park else DeliveryStatus.QUEUED
             logs.append(self._log(event, user_id, channel, status, f"kill_switch_{candidate.mode}" if park else ""))
 
-        # Every decision is known: store them while the messages go out, and while the runner polls
-        # and hands over the next batch. The batch is done (its offsets may be committed) only when
-        # the messages are acknowledged (below) and the returned future says the rows are stored.
+        # Every decision is known: store them while the messages go out, and wait for the broker's
+        # acknowledgements on the writer thread too, while the runner polls and hands over the next
+        # batch. The returned future succeeds only when the rows are stored and every message is
+        # acknowledged; the runner commits the batch's offsets only then.
         stored = self.writer.submit(_store_decisions, logs, deferred)
         try:
             for topic, key, part in outgoing:
                 self._produce(topic, key, encode(part), {Header.IDEMPOTENCY_KEY: part["id"]})
-            self._flush()
         except BaseException:
             stored.exception()  # let the write finish before the error goes up
             raise
+        done = self.writer.submit(self._complete, stored)
         decisions = Tally((entry.channel, entry.status, entry.reason.split(":")[0]) for entry in logs)
         for labels, count in decisions.items():
             MESSAGES.labels(*labels).inc(count)
-        return stored
+        return done
+
+    def _complete(self, stored: Future) -> None:
+        stored.result()  # already finished (same thread, submitted first); re-raises its error
+        self._flush()
 
     def tick(self) -> None:
         """Called by the runner between polls: release quiet-hours messages that are due."""

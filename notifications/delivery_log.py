@@ -63,7 +63,9 @@ _RANK = {
 
 def record_delivery_outcomes(entries: Iterable[LogEntry]) -> int:
     """The workers' outcomes: upsert, but never move a row backwards (a late retry report does not
-    turn `sent` into `retrying`). One statement per batch."""
+    turn `sent` into `retrying`). One statement per batch, the rows in one JSON parameter unpacked
+    by ``jsonb_to_recordset`` (a VALUES list with 11 placeholders per row cost the worker more CPU
+    in psycopg's query splitting than the rest of the write)."""
     latest: dict[tuple[str, int, str], LogEntry] = {}
     for e in entries:  # one row per key per statement (ON CONFLICT cannot touch a row twice)
         key = (e.event_id, e.user_id, e.channel)
@@ -72,32 +74,16 @@ def record_delivery_outcomes(entries: Iterable[LogEntry]) -> int:
     entries = list(latest.values())
     if not entries:
         return 0
-    now = timezone.now()
-    values, params = [], []
-    for e in entries:
-        values.append("(%s::uuid, %s::bigint, %s, %s, %s, %s, %s, %s, %s::smallint, %s::timestamptz, %s::timestamptz)")
-        params += [
-            e.event_id,
-            e.user_id,
-            e.channel,
-            e.type,
-            e.status,
-            e.reason[:200],
-            e.provider,
-            e.provider_message_id[:200],
-            e.attempts,
-            now,
-            now,
-        ]
     table = DeliveryLog._meta.db_table
     rank_case = "CASE t.status " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in _RANK.items()) + " END"
     sql = f"""
         INSERT INTO {table} AS t (event_id, user_id, channel, type, status, reason, provider,
                                   provider_message_id, attempts, created_at, updated_at)
-        SELECT v.event_id, v.user_id, v.channel, v.type, v.status, v.reason, v.provider,
-               v.provider_message_id, v.attempts, v.created_at, v.updated_at
-        FROM (VALUES {", ".join(values)}) AS v(event_id, user_id, channel, type, status, reason, provider,
-                                               provider_message_id, attempts, created_at, updated_at)
+        SELECT v.event_id, v.user_id, v.channel, v.type, v.status, left(v.reason, 200), v.provider,
+               left(v.provider_message_id, 200), v.attempts, %(now)s, %(now)s
+        FROM jsonb_to_recordset(%(rows)s::jsonb)
+             AS v(event_id uuid, user_id bigint, channel text, type text, status text, reason text,
+                  provider text, provider_message_id text, attempts smallint)
         ON CONFLICT (event_id, user_id, channel) DO UPDATE SET
             status = EXCLUDED.status, reason = EXCLUDED.reason,
             provider = COALESCE(NULLIF(EXCLUDED.provider, ''), t.provider),
@@ -106,5 +92,5 @@ def record_delivery_outcomes(entries: Iterable[LogEntry]) -> int:
         WHERE {rank_case} <= {rank_case.replace("t.status", "EXCLUDED.status")}
     """  # noqa: S608 - only constants are interpolated; values are parameters
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, {"rows": orjson.dumps(entries).decode(), "now": timezone.now()})
     return len(entries)

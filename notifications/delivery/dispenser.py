@@ -6,13 +6,17 @@ between a token's grant and the request reaching the provider, which is what a c
 With it, one poller per (process, provider) asks the global bucket for as many tokens as there are
 waiters (`take_many`, one Lua call), serves transactional waiters before bulk ones, and sleeps
 exactly the wait the script returns.
+
+With `window_margin` set (provider contracts), every take also carries the sliding-window cap
+`Window.for_contract(rate, margin)`: at most R grants in any 1 + margin seconds, so a provider that
+enforces exactly R per second never sees more than R in any 1 s window (see the take script).
 """
 
 import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from notifications.delivery.token_bucket import RateLimiterUnavailable, TokenBucket
+from notifications.delivery.token_bucket import RateLimiterUnavailable, TokenBucket, Window
 
 PRIORITIES = ("transactional", "bulk")
 
@@ -24,11 +28,13 @@ class TokenDispenser:
         bucket: TokenBucket,
         name: str,
         contract: Callable[[], tuple[float, int, int]],
+        window_margin: float | None = None,
     ) -> None:
         """`contract()` returns the provider's current (rate, burst, transactional reserve)."""
         self.bucket = bucket
         self.name = name
         self.contract = contract
+        self.window_margin = window_margin
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {p: deque() for p in PRIORITIES}
         self._poller: asyncio.Task[None] | None = None
 
@@ -50,6 +56,7 @@ class TokenDispenser:
                 if not queue:
                     continue
                 rate, burst, reserve = self.contract()
+                window = None if self.window_margin is None else Window.for_contract(rate, self.window_margin)
                 try:
                     granted, short_wait = self.bucket.take_many(
                         self.name,
@@ -58,6 +65,7 @@ class TokenDispenser:
                         n=len(queue),
                         priority=priority,
                         reserve=reserve if priority == "bulk" else None,
+                        window=window,
                     )
                 except RateLimiterUnavailable as exc:
                     while queue:

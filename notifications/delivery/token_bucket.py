@@ -23,6 +23,7 @@ __all__ = [
     "RateLimiterUnavailable",
     "TakeResult",
     "TokenBucket",
+    "Window",
 ]
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,23 @@ class Priority(enum.StrEnum):
 class TakeResult(NamedTuple):
     granted: int
     wait_seconds: float  # 0.0 if all requested tokens were granted, else time until more are available
+
+
+class Window(NamedTuple):
+    """A sliding-window cap on top of the bucket: at most ``limit`` tokens in any ``seconds``.
+
+    For a provider that enforces exactly R per second, :meth:`for_contract` gives R per
+    ``1 + margin`` seconds: the margin absorbs the jitter between the grant (Redis clock) and the
+    request's arrival at the provider, so no 1 s window there sees more than R.
+    """
+
+    seconds: float
+    limit: int
+
+    @classmethod
+    def for_contract(cls, rate: float, margin: float) -> Window:
+        limit = max(1, math.floor(rate))
+        return cls(seconds=(1.0 + margin) * limit / rate, limit=limit)
 
 
 class RateLimiterUnavailable(Exception):
@@ -81,9 +99,7 @@ class LocalTokenBucket:
         self._lock = threading.Lock()
         self._state: dict[str, list[float]] = {}  # bucket -> [tokens, ts, blocked_until]
 
-    def take(
-        self, bucket: str, rate: float, burst: float, n: int, reserve: float, *, partial: bool
-    ) -> TakeResult:
+    def take(self, bucket: str, rate: float, burst: float, n: int, reserve: float, *, partial: bool) -> TakeResult:
         with self._lock:
             now = self._clock()
             tokens, ts, blocked_until = self._state.get(bucket, [burst, now, 0.0])
@@ -169,9 +185,7 @@ class TokenBucket:
             raise ValueError("max_sleep_slice must be in (0, 0.5]")
         self.client = client
         self.prefix = prefix
-        self.breaker = breaker or CircuitBreaker(
-            "redis-ratelimit", failure_threshold=3, cool_down_seconds=5.0
-        )
+        self.breaker = breaker or CircuitBreaker("redis-ratelimit", failure_threshold=3, cool_down_seconds=5.0)
         self.fallback_share = fallback_share
         self.on_fallback = on_fallback
         self.idle_ttl_factor = idle_ttl_factor
@@ -203,13 +217,15 @@ class TokenBucket:
         n: int = 1,
         priority: Priority | str = Priority.TRANSACTIONAL,
         reserve: float | None = None,
+        window: Window | None = None,
     ) -> TakeResult:
         """All-or-nothing take of ``n`` tokens -> ``(n, 0.0)`` or ``(0, wait_seconds)``.
 
         ``wait_seconds`` is the earliest time the ``n`` tokens could be available (a lower bound:
-        other workers may take them first). RedisError policy: see the class docstring.
+        other workers may take them first). ``window`` adds a sliding-window cap (see
+        :class:`Window`). RedisError policy: see the class docstring.
         """
-        return self._take(bucket, rate, burst, n, priority, reserve, partial=False)
+        return self._take(bucket, rate, burst, n, priority, reserve, partial=False, window=window)
 
     def take_many(
         self,
@@ -219,13 +235,14 @@ class TokenBucket:
         n: int,
         priority: Priority | str = Priority.TRANSACTIONAL,
         reserve: float | None = None,
+        window: Window | None = None,
     ) -> TakeResult:
         """Take up to ``n`` tokens for a batch in one call -> ``(granted, wait_seconds)``.
 
         ``granted`` may be anything in ``0..n``; when short, ``wait_seconds`` is the time until the
         next token. RedisError policy: see the class docstring.
         """
-        return self._take(bucket, rate, burst, n, priority, reserve, partial=True)
+        return self._take(bucket, rate, burst, n, priority, reserve, partial=True, window=window)
 
     def _take(
         self,
@@ -237,24 +254,31 @@ class TokenBucket:
         reserve: float | None,
         *,
         partial: bool,
+        window: Window | None = None,
     ) -> TakeResult:
         effective_reserve = _resolve_reserve(priority, burst, reserve)
         _validate(rate, burst, n, effective_reserve, partial=partial)
         key = self.key(bucket)
+        keys, args = (
+            [key],
+            [
+                repr(float(rate)),
+                repr(float(burst)),
+                n,
+                repr(effective_reserve),
+                "1" if partial else "0",
+                self.idle_ttl_ms(rate, burst),
+            ],
+        )
+        if window is not None:
+            if (1 if partial else n) + effective_reserve > window.limit:
+                raise ValueError(f"can never grant {n} token(s) with reserve {effective_reserve} from {window}")
+            keys.append(f"{key}:w")
+            args += [math.ceil(window.seconds * 1_000_000), window.limit]
         if not self.breaker.allow_request():
             return self._fallback_take(bucket, rate, burst, n, effective_reserve, partial, None)
         try:
-            granted, wait_us, _tokens_left = self._take_script(
-                keys=[key],
-                args=[
-                    repr(float(rate)),
-                    repr(float(burst)),
-                    n,
-                    repr(effective_reserve),
-                    "1" if partial else "0",
-                    self.idle_ttl_ms(rate, burst),
-                ],
-            )
+            granted, wait_us, _tokens_left = self._take_script(keys=keys, args=args)
         except redis.RedisError as exc:
             self.breaker.record_failure()
             return self._fallback_take(bucket, rate, burst, n, effective_reserve, partial, exc)
@@ -307,9 +331,7 @@ class TokenBucket:
         """Like :meth:`hold` for a relative ``Retry-After`` (seconds from now on the Redis clock)."""
         return self._hold(bucket, "for", seconds, rate, burst)
 
-    def _hold(
-        self, bucket: str, mode: str, seconds: float, rate: float | None, burst: float | None
-    ) -> float | None:
+    def _hold(self, bucket: str, mode: str, seconds: float, rate: float | None, burst: float | None) -> float | None:
         if not math.isfinite(seconds):
             raise ValueError("hold time must be finite")
         key = self.key(bucket)

@@ -268,3 +268,53 @@ def test_local_bucket_refill_reserve_and_hold() -> None:
     assert local.take("b", 2.0, 4, 1, 0.0, partial=False) == TakeResult(0, 3.5)
     clock.now += 3.5
     assert local.take("b", 2.0, 4, 1, 0.0, partial=False).granted == 1
+
+
+def test_window_never_grants_more_than_the_limit_in_any_window(redis_client: redis.Redis, prefix: str) -> None:
+    """A provider enforcing exactly R per window: the bucket alone lets R + burst through (and the
+    waiters' jitter more); the window cap never grants more than `limit` within `seconds`."""
+    from notifications.delivery.token_bucket import Window
+    from notifications.sandbox.recorder import max_in_window
+
+    rate, burst, window = 400.0, 40, Window(seconds=0.25, limit=80)  # the bucket alone: 40 + 100 per 0.25 s
+    bucket = TokenBucket(redis_client, prefix)
+    log_key = f"{prefix}tb:p:w"
+    grants: dict[int, int] = {}  # grant time (µs, Redis clock, from the script's own log) -> tokens
+    granted = calls = misses = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 1.2:
+        result = bucket.take_many("p", rate, burst, n=30, window=window)
+        calls += 1
+        granted += result.granted
+        for entry in redis_client.lrange(log_key, 0, -1):
+            ts, count = entry.decode().split(":")
+            grants[int(ts)] = int(count)
+        if not result.granted:
+            misses += 1
+            assert result.wait_seconds > 0
+            time.sleep(result.wait_seconds)
+    times = [ts / 1e6 for ts, count in sorted(grants.items()) for _ in range(count)]
+    assert len(times) == granted
+    worst, _ = max_in_window(times, window.seconds)
+    assert worst <= window.limit, worst
+    # ...and it still grants the window's rate: limit per window over the run, give or take one window.
+    elapsed = time.monotonic() - started
+    assert granted >= window.limit * (elapsed / window.seconds - 1), (granted, elapsed)
+    # The wait returned is exact: after sleeping it (alone on the bucket) the next take is granted.
+    assert misses <= calls - misses + 1, (misses, calls)
+
+
+def test_window_for_contract_and_bulk_reserve(redis_client: redis.Redis, prefix: str) -> None:
+    from notifications.delivery.token_bucket import Window
+
+    assert Window.for_contract(500.0, 0.05) == Window(seconds=1.05, limit=500)
+    assert Window.for_contract(0.5, 0.0) == Window(seconds=2.0, limit=1)
+    bucket = TokenBucket(redis_client, prefix)
+    window = Window(seconds=10.0, limit=10)  # refills far slower than the bucket
+    assert bucket.take_many("w", 1000.0, 100, n=8, window=window).granted == 8
+    # bulk must leave the reserve in the window too; transactional may use it
+    granted, wait = bucket.take_many("w", 1000.0, 100, n=5, priority="bulk", reserve=2, window=window)
+    assert granted == 0 and 9.0 < wait <= 10.0
+    assert bucket.take_many("w", 1000.0, 100, n=5, window=window).granted == 2
+    with pytest.raises(ValueError):
+        bucket.take("w", 1000.0, 100, n=11, window=window)

@@ -549,7 +549,12 @@ def run_pass(
     handler = CountingHandler(dispatcher, target, stop, meter, profiler)
     runner = ConsumerRunner(
         RunnerConfig(
-            role=f"bench-dispatcher-{name}", topics=[topic], group=group, batch_size=batch_size, poll_timeout=0.5
+            role=f"bench-dispatcher-{name}",
+            topics=[topic],
+            group=group,
+            batch_size=batch_size,
+            poll_timeout=0.5,
+            async_commit=True,  # as run_dispatcher
         ),
         handler,
         stop_event=stop,

@@ -63,6 +63,10 @@ class RunnerConfig:
     batch_size: int = 500
     poll_timeout: float = 0.5
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
+    #: Commit offsets without waiting for the broker's answer (still only after the batch is durable).
+    #: A lost commit only means redelivery, which downstream dedup absorbs; a revocation and the stop
+    #: commit synchronously, so a clean hand-over or shutdown never re-delivers.
+    async_commit: bool = False
 
 
 class ConsumerRunner:
@@ -79,7 +83,11 @@ class ConsumerRunner:
         self.stop_event = stop_event or threading.Event()
         self.assigned = threading.Event()
         self._on_assign_cb = on_assign
-        self.consumer = Consumer(consumer_config(config.group, **config.consumer_overrides))
+        overrides = dict(config.consumer_overrides)
+        if config.async_commit:
+            overrides.setdefault("on_commit", self._on_commit)
+        self.consumer = Consumer(consumer_config(config.group, **overrides))
+        self._last_async: list[TopicPartition] = []
         self._paused: dict[tuple[str, int], float] = {}
         self._pending: deque[tuple[Future, list[Message], float]] = deque()
 
@@ -92,7 +100,7 @@ class ConsumerRunner:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Handling is synchronous inside the loop; only background completions can be in flight:
         # settle them now, while the partitions are still ours to commit.
-        self._settle(keep=0)
+        self._settle(keep=0, final=True)
         log.info("partitions revoked", extra={"role": self.config.role, "count": len(partitions)})
         for tp in partitions:
             self._paused.pop((tp.topic, tp.partition), None)
@@ -127,7 +135,7 @@ class ConsumerRunner:
                     self.commit(batch)
                 BATCH_SECONDS.labels(role).observe(time.perf_counter() - started)
                 CONSUMED.labels(role).inc(len(batch))
-            self._settle(keep=0)
+            self._settle(keep=0, final=True)
         finally:
             self.consumer.close()  # leaves the group at once, so a rebalance does not wait
             close = getattr(self.handler, "close", None)
@@ -138,17 +146,25 @@ class ConsumerRunner:
             connections.close_all()  # this thread's database connections (roles run in threads in tests)
             log.info("consumer stopped", extra={"role": role})
 
-    def _settle(self, *, keep: int) -> None:
+    def _settle(self, *, keep: int, final: bool = False) -> None:
         """Commit the pending batches whose completion succeeded, oldest first, waiting for the
         oldest ones until at most ``keep`` remain. A failed completion raises: nothing after it is
-        committed and the process dies, as when ``handle_batch`` raises."""
+        committed and the process dies, as when ``handle_batch`` raises. ``final`` (revocation,
+        stop): commit synchronously, including an asynchronous commit that may still be in flight."""
         while self._pending and (len(self._pending) > keep or self._pending[0][0].done()):
             future, batch, started = self._pending[0]
             future.result()
             self._pending.popleft()
-            self.commit(batch)
+            self.commit(batch, sync=final)
             BATCH_SECONDS.labels(self.config.role).observe(time.perf_counter() - started)
             CONSUMED.labels(self.config.role).inc(len(batch))
+        if final and self._last_async:
+            self.consumer.commit(offsets=self._last_async, asynchronous=False)
+            self._last_async = []
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            log.warning("offset commit failed (the batch will be redelivered)", extra={"error": str(err)})
 
     def _pause(self, deferrals: Deferrals) -> None:
         for (topic, partition), (offset, due) in deferrals.items():
@@ -167,13 +183,22 @@ class ConsumerRunner:
             for key in due:
                 del self._paused[key]
 
-    def commit(self, batch: list[Message]) -> None:
+    def commit(self, batch: list[Message], *, sync: bool = False) -> None:
         highest: dict[tuple[str, int], int] = {}
         for m in batch:
             tp = (m.topic(), m.partition())
             highest[tp] = max(highest.get(tp, -1), m.offset())
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
-        self.consumer.commit(offsets=offsets, asynchronous=False)
+        asynchronous = self.config.async_commit and not sync
+        self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        if asynchronous:
+            # Remember the newest offset per partition, re-committed synchronously when final.
+            latest = {(tp.topic, tp.partition): tp for tp in self._last_async}
+            latest.update({(tp.topic, tp.partition): tp for tp in offsets})
+            self._last_async = list(latest.values())
+        else:
+            done = {(tp.topic, tp.partition) for tp in offsets}
+            self._last_async = [tp for tp in self._last_async if (tp.topic, tp.partition) not in done]
 
     @property
     def paused_partitions(self) -> dict[tuple[str, int], float]:

@@ -122,3 +122,34 @@ def test_a_failed_future_commits_nothing_after_it_and_stops_the_runner(setup):
         thread.join(15)
     assert [str(e) for e in errors] == ["delivery log write failed"]
     assert committed(group, topic, partition) == end_of_first, "the failed batch and the ones after it stay uncommitted"
+
+
+def test_asynchronous_commits_land_and_the_stop_commits_the_last_batch(fresh_topic):
+    produce_raw(fresh_topic, [("same-key", f"m{i}".encode()) for i in range(6)])
+    group = f"runner-test-{uuid.uuid4().hex[:8]}"
+    handler = FutureHandler()
+    runner = ConsumerRunner(
+        RunnerConfig(
+            role="runner-test", topics=[fresh_topic], group=group, batch_size=2, poll_timeout=0.2, async_commit=True
+        ),
+        handler,
+    )
+    thread, errors = start(runner)
+    try:
+        assert wait_for(lambda: sum(len(b) for b in handler.batches) >= 2)
+        partition = handler.batches[0][0][0]
+        for i in range(10):  # resolve as they come; the runner keeps one pending
+            assert wait_for(lambda i=i: len(handler.futures) > i or sum(len(b) for b in handler.batches) == 6)
+            if i < len(handler.futures):
+                handler.futures[i].set_result(None)
+            if sum(len(b) for b in handler.batches) == 6 and all(f.done() for f in handler.futures):
+                break
+        assert wait_for(lambda: committed(group, topic=fresh_topic, partition=partition) == 6)
+    finally:
+        runner.stop_event.set()
+        for future in handler.futures:
+            if not future.done():
+                future.set_result(None)
+        thread.join(15)
+    assert not errors
+    assert committed(group, fresh_topic, partition) == 6

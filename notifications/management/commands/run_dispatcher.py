@@ -19,7 +19,13 @@ class Command(BaseCommand):
     def handle(self, *args, batch_size: int, metrics_port: int | None, **options):
         dispatcher = Dispatcher(producer=dispatcher_producer(), redis_client=get_redis())
         runner = ConsumerRunner(
-            RunnerConfig(role="dispatcher", topics=[topic_name("events")], group="dispatcher", batch_size=batch_size),
+            RunnerConfig(
+                role="dispatcher",
+                topics=[topic_name("events")],
+                group="dispatcher",
+                batch_size=batch_size,
+                async_commit=True,
+            ),
             dispatcher,
         )
         install_stop_handlers(runner.stop_event)

@@ -56,7 +56,7 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
@@ -69,6 +69,7 @@ from campaigns.rendering import CopyBook, StaticFieldCache, build_copy_context, 
 from campaigns.selectors import BatchRecipient, batch_recipients
 from campaigns.throttle import throttle_burst, token_bucket_for
 from notifications.bus.config import admin_config, consumer_config
+from notifications.bus.producing import AckedProducer
 from notifications.bus.runner import ConsumerRunner, Deferrals, RunnerConfig
 from notifications.bus.topics import channel_topic
 from notifications.channels import ALL_CHANNELS, Channel
@@ -537,7 +538,7 @@ class BatchExpander:
         self.wall_clock = wall_clock
         self._loaded: OrderedDict[tuple[str, str, int | str], dict[int, BatchRecipient]] = OrderedDict()
         self._parsed: OrderedDict[tuple[str, int, int], BatchMessage] = OrderedDict()
-        self._errors: list[KafkaError] = []
+        self._acked = AckedProducer(producer, "expander")
 
     # -- batch ---------------------------------------------------------------------------------------
     def handle_batch(self, messages: list[Message]) -> Deferrals:
@@ -881,26 +882,12 @@ class BatchExpander:
             settle_scheduled_logs(batch.launch_id, batch.channel, suppressed)
 
     # -- producing -----------------------------------------------------------------------------------
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(err)
-
     def _produce(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
-        while True:
-            try:
-                self.producer.produce(
-                    topic, value=value, key=key.encode(), headers=list(headers.items()), on_delivery=self._on_delivery
-                )
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+        self._acked.produce(topic, key, value, headers)
 
     def _flush(self) -> None:
-        remaining = self.producer.flush(60)
-        errors, self._errors = self._errors, []
-        if remaining or errors:
-            # Crash rather than move the cursor: the chunk is expanded again, dedup absorbs repeats.
-            raise RuntimeError(f"expander produce failed: {len(errors)} errors, {remaining} unacknowledged")
+        # Crash rather than move the cursor: the chunk is expanded again, dedup absorbs repeats.
+        self._acked.flush()
 
     def _dead_letter(self, message: Message, error: str) -> None:
         topic = message.topic()

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Message, Producer
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import close_old_connections, connection, transaction
@@ -48,6 +48,7 @@ from campaigns.models import Campaign, CampaignLaunch, CampaignState
 from campaigns.progress import expanded_count, flush_progress, pending_deferred_count
 from campaigns.selectors import audience_count, audience_page
 from campaigns.services import campaign_complete, campaign_fail, campaign_transition
+from notifications.bus.producing import AckedProducer
 from notifications.bus.runner import ConsumerRunner, RunnerConfig
 from notifications.bus.topics import channel_topic, topic_name
 from notifications.dispatch.messages import Header
@@ -107,7 +108,7 @@ class CampaignOrchestrator:
         self.jit = bool(getattr(settings, "CAMPAIGN_PAGE_QUERY_JIT", False))
         self.clock = clock
         self.monotonic = monotonic
-        self._errors: list[KafkaError] = []
+        self._acked = AckedProducer(producer, "orchestrator")
         self._last_flush = float("-inf")
         self._last_page = float("-inf")
 
@@ -315,26 +316,12 @@ class CampaignOrchestrator:
         return completed
 
     # -- producing -----------------------------------------------------------------------------------
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(err)
-
     def _produce(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
-        while True:
-            try:
-                self.producer.produce(
-                    topic, value=value, key=key.encode(), headers=list(headers.items()), on_delivery=self._on_delivery
-                )
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+        self._acked.produce(topic, key, value, headers)
 
     def _flush(self) -> None:
-        remaining = self.producer.flush(60)
-        errors, self._errors = self._errors, []
-        if remaining or errors:
-            # Crash: the transaction rolls back, the checkpoint stays; the page is emitted again.
-            raise RuntimeError(f"orchestrator produce failed: {len(errors)} errors, {remaining} unacknowledged")
+        # Crash: the transaction rolls back, the checkpoint stays; the page is emitted again.
+        self._acked.flush()
 
 
 def build_orchestrator_runner(

@@ -25,13 +25,14 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Message, Producer
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 from prometheus_client import Counter
 
 from notifications.bus.config import producer_config
+from notifications.bus.producing import AckedProducer
 from notifications.bus.topics import channel_topic, topic_name
 from notifications.channels import ALL_CHANNELS, Channel
 from notifications.delivery_log import LogEntry, record_dispatch_outcomes
@@ -165,7 +166,7 @@ class Dispatcher:
         self.catalog = catalog or TypeCatalog()
         self.switches = switches or KillSwitchBoard()
         self.clock = clock
-        self._errors: list[KafkaError] = []
+        self._acked = AckedProducer(producer, "dispatcher")
         self._last_release = float("-inf")
         self.writer = BackgroundWriter("dispatcher-writer")
         self.reader = BackgroundWriter("dispatcher-reader")
@@ -348,26 +349,12 @@ class Dispatcher:
         return message
 
     # -- producing -------------------------------------------------------------------------------
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(err)
-
     def _produce(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
-        while True:
-            try:
-                self.producer.produce(
-                    topic, value=value, key=key.encode(), headers=list(headers.items()), on_delivery=self._on_delivery
-                )
-                return
-            except BufferError:
-                self.producer.poll(0.05)
+        self._acked.produce(topic, key, value, headers)
 
     def _flush(self) -> None:
-        remaining = self.producer.flush(60)
-        errors, self._errors = self._errors, []
-        if remaining or errors:
-            # Crash rather than commit: the batch is redelivered and dedup absorbs what did go out.
-            raise RuntimeError(f"dispatcher produce failed: {len(errors)} errors, {remaining} unacknowledged")
+        # Crash rather than commit: the batch is redelivered and dedup absorbs what did go out.
+        self._acked.flush()
 
     def _event_to_dlq(self, message: Message, exc: InvalidEvent) -> None:
         EVENTS.labels(exc.error_class).inc()

@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-from _common import CpuMeter, kafka_pids, log, postgres_pids  # noqa: E402
+from _common import CpuMeter, delete_redis_prefix, kafka_pids, log, postgres_pids, redis_pids, wait_for_quiet_machine  # noqa: E402
 
 SCRIPT = "benchmarks/campaign_fanout.py"
 DEFAULT_DATABASE_URL = "postgres://notif:notif@127.0.0.1:55432/notifications"
@@ -207,44 +207,6 @@ def topic_counts(topics: list[str]) -> dict[str, int]:
         return out
     finally:
         consumer.close()
-
-
-def redis_pids() -> list[int]:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        return [int((REPO / ".platform" / "run" / "redis.pid").read_text().split()[0])]
-    return []
-
-
-def wait_for_quiet_machine(max_wait: float, threshold: float = 0.25) -> float:
-    """Wait (up to max_wait s) until other processes leave the machine mostly idle; returns the busy share
-    last seen (0..1 of all cores). Other people's jobs on a shared 2-core box skew every figure here."""
-    from _common import system_busy_seconds
-
-    cores = os.cpu_count() or 1
-    deadline = time.monotonic() + max_wait
-    quiet, logged = 0, 0.0
-    while True:
-        before = system_busy_seconds()
-        time.sleep(2.0)
-        busy = (system_busy_seconds() - before) / 2.0 / cores
-        quiet = quiet + 1 if busy <= threshold else 0
-        if quiet >= 3 or time.monotonic() >= deadline:
-            return busy
-        if busy > threshold and time.monotonic() - logged > 30:
-            logged = time.monotonic()
-            log(f"machine {busy * 100:.0f}% busy with other work; waiting for it to quieten down ...")
-
-
-def delete_redis_prefix(client, pattern: str) -> int:
-    deleted, chunk = 0, []
-    for key in client.scan_iter(match=pattern, count=10_000):
-        chunk.append(key)
-        if len(chunk) >= 5000:
-            deleted += client.delete(*chunk)
-            chunk = []
-    if chunk:
-        deleted += client.delete(*chunk)
-    return deleted
 
 
 # -- the phases ----------------------------------------------------------------------------------------

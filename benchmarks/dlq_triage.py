@@ -48,7 +48,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 import orjson  # noqa: E402
 import psycopg  # noqa: E402
-from _common import CpuMeter, kafka_pids, log, postgres_pids  # noqa: E402
+from _common import CpuMeter, kafka_pids, log, migrate_bench_database, postgres_pids  # noqa: E402
 
 SCRIPT = "benchmarks/dlq_triage.py"
 DEFAULT_DATABASE_URL = "postgres://notif:notif@127.0.0.1:55432/notifications"
@@ -93,20 +93,6 @@ def use_bench_database(name: str) -> str:
                 conn.execute(f'CREATE DATABASE "{name}"')
     os.environ["DATABASE_URL"] = bench_url
     return bench_url
-
-
-def migrate_bench_database() -> None:
-    """`migrate` on the bench database, serialised against other benchmark runs doing the same."""
-    from django.core.management import call_command
-
-    from notifications.outbox.relay import conninfo_from_django
-
-    with psycopg.connect(conninfo_from_django(), autocommit=True) as lock_conn:
-        lock_conn.execute("SELECT pg_advisory_lock(7302, 1)")
-        try:
-            call_command("migrate", interactive=False, verbosity=0)
-        finally:
-            lock_conn.execute("SELECT pg_advisory_unlock(7302, 1)")
 
 
 # --- the dead letters -----------------------------------------------------------------------------

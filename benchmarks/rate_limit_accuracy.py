@@ -70,7 +70,20 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 import orjson  # noqa: E402
 import psycopg  # noqa: E402
-from _common import CpuMeter, kafka_pids, log, postgres_pids  # noqa: E402
+from _common import (  # noqa: E402
+    CpuMeter,
+    code_version,
+    delete_redis_prefix,
+    exit_on_sigterm,
+    hold_run_lock,
+    kafka_pids,
+    log,
+    migrate_bench_database,
+    postgres_pids,
+    redis_pids,
+    require_loopback,
+    wait_for_quiet_machine,
+)
 
 SCRIPT = "benchmarks/rate_limit_accuracy.py"
 DEFAULT_DATABASE_URL = "postgres://notif:notif@127.0.0.1:55432/notifications"
@@ -84,59 +97,6 @@ TARGET_SENDS_PER_SECOND = 1000
 STEADY_AFTER = 2.0
 
 
-def code_version() -> str:
-    """The commit measured, and whether the platform's code differed from it (other work in progress)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "notifications", "preferences", "config", "campaigns"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        ).stdout.split("\n")
-    except OSError:
-        return "unknown"
-    changed = [line[3:] for line in dirty if line.strip() and line[3:].endswith(".py")]
-    return head.strip() + (
-        f" + uncommitted changes in {len(changed)} file(s): {', '.join(changed[:6])}" if changed else ""
-    )
-
-
-def wait_for_quiet_machine(max_wait: float, threshold: float = 0.25) -> float:
-    """Wait (up to max_wait s) until the other processes leave the machine mostly idle; returns the busy share
-    (0..1 of all cores) last seen. Other people's jobs on a shared box skew every figure here."""
-    from _common import system_busy_seconds
-
-    cores = os.cpu_count() or 1
-    deadline = time.monotonic() + max_wait
-    quiet, logged = 0, 0.0
-    while True:
-        before = system_busy_seconds()
-        time.sleep(2.0)
-        busy = (system_busy_seconds() - before) / 2.0 / cores
-        quiet = quiet + 1 if busy <= threshold else 0
-        if quiet >= 3 or time.monotonic() >= deadline:  # quiet for 6 s in a row, or out of patience
-            return busy
-        if busy > threshold and time.monotonic() - logged > 30:
-            logged = time.monotonic()
-            log(f"machine {busy * 100:.0f}% busy with other work; waiting for it to quieten down ...")
-
-
-def require_loopback() -> None:
-    """Every service this benchmark talks to must be on this machine (it sends real traffic)."""
-    from django.conf import settings
-
-    hosts = {
-        "database": settings.DATABASES["default"].get("HOST") or "127.0.0.1",
-        "redis": urlsplit(settings.REDIS_URL).hostname or "127.0.0.1",
-        **{f"kafka {i}": server.rsplit(":", 1)[0].strip("[]") for i, server in
-           enumerate(settings.KAFKA_BOOTSTRAP_SERVERS.split(","))},
-    }  # fmt: skip
-    remote = {name: host for name, host in hosts.items() if host not in ("127.0.0.1", "localhost", "::1")}
-    if remote:
-        raise SystemExit(f"refusing to run: not on 127.0.0.1: {remote}")
-
-
 def delete_consumer_groups(groups: list[str]) -> None:
     """Best effort; the AdminClient must outlive its futures (they never resolve otherwise)."""
     from confluent_kafka.admin import AdminClient
@@ -148,32 +108,6 @@ def delete_consumer_groups(groups: list[str]) -> None:
         for future in admin.delete_consumer_groups(groups, request_timeout=10).values():
             with contextlib.suppress(Exception):
                 future.result(timeout=15)
-
-
-def hold_run_lock(lock_id: int, what: str, max_wait: float = 1800.0):
-    """One run of this benchmark at a time on the bench database (they share rows such as the Provider or the
-    notification type). Returns the connection that holds the session lock: keep it open for the whole run."""
-    from notifications.outbox.relay import conninfo_from_django
-
-    conn = psycopg.connect(conninfo_from_django(), autocommit=True)
-    deadline, logged = time.monotonic() + max_wait, 0.0
-    while not conn.execute("SELECT pg_try_advisory_lock(7302, %s)", (lock_id,)).fetchone()[0]:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"another {what} run still holds the bench lock after {max_wait:.0f}s")
-        if time.monotonic() - logged > 30:
-            logged = time.monotonic()
-            log(f"another {what} run is using the bench database; waiting for it to finish ...")
-        time.sleep(2.0)
-    return conn
-
-
-def exit_on_sigterm() -> None:
-    """SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the clean-up in `finally` blocks still runs."""
-
-    def handler(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 # --- the dedicated database (before Django is set up) ---------------------------------------------
@@ -193,39 +127,7 @@ def use_bench_database(name: str) -> str:
     return bench_url
 
 
-def migrate_bench_database() -> None:
-    """`migrate` on the bench database, serialised against other benchmark runs doing the same."""
-    from django.core.management import call_command
-
-    from notifications.outbox.relay import conninfo_from_django
-
-    with psycopg.connect(conninfo_from_django(), autocommit=True) as lock_conn:
-        lock_conn.execute("SELECT pg_advisory_lock(7302, 1)")
-        try:
-            call_command("migrate", interactive=False, verbosity=0)
-        finally:
-            lock_conn.execute("SELECT pg_advisory_unlock(7302, 1)")
-
-
 # --- helpers ------------------------------------------------------------------------------------
-def redis_pids() -> list[int]:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        return [int((REPO / ".platform" / "run" / "redis.pid").read_text().split()[0])]
-    return []
-
-
-def delete_redis_prefix(client, pattern: str) -> int:
-    deleted, chunk = 0, []
-    for key in client.scan_iter(match=pattern, count=10_000):
-        chunk.append(key)
-        if len(chunk) >= 5000:
-            deleted += client.delete(*chunk)
-            chunk = []
-    if chunk:
-        deleted += client.delete(*chunk)
-    return deleted
-
-
 def script_calls(client) -> int:
     stats = client.info("commandstats")
     return sum(int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval"))

@@ -198,9 +198,7 @@ NOTIFICATIONS_FROM_EMAIL = env("NOTIFICATIONS_FROM_EMAIL", default="Notification
 DEFAULT_FROM_EMAIL = NOTIFICATIONS_FROM_EMAIL
 ANYMAIL = {
     "SENDGRID_API_KEY": _provider("SENDGRID_API_KEY", sandbox=_sandbox.SENDGRID_API_KEY, real=""),
-    "SENDGRID_API_URL": _provider(
-        "SENDGRID_API_URL", sandbox=f"{_SB}:18101/v3/", real="https://api.sendgrid.com/v3/"
-    ),
+    "SENDGRID_API_URL": _provider("SENDGRID_API_URL", sandbox=f"{_SB}:18101/v3/", real="https://api.sendgrid.com/v3/"),
 }
 SMTP_HOST = _provider("SMTP_HOST", sandbox=SANDBOX_HOST, real="127.0.0.1")
 SMTP_PORT = int(_provider("SMTP_PORT", sandbox=18125, real=25))

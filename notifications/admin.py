@@ -125,8 +125,9 @@ class KillSwitchAdmin(admin.ModelAdmin):
             self.message_user(request, f"{switch.channel}: moved {result.moved} parked message(s) back.")
         refused = queryset.filter(mode__in=[KillSwitchMode.DELAY, KillSwitchMode.PAUSE])
         for switch in refused:
-            self.message_user(request, f"{switch.channel}: still '{switch.mode}'; set it to normal first.",
-                              messages.ERROR)
+            self.message_user(
+                request, f"{switch.channel}: still '{switch.mode}'; set it to normal first.", messages.ERROR
+            )
 
 
 @admin.register(DeliveryLog)
@@ -202,4 +203,6 @@ class OutboxFailureAdmin(admin.ModelAdmin):
     def requeue(self, request, queryset):
         count = requeue_outbox_failures(queryset)
         self.message_user(request, f"Requeued {count} row(s); the relay picks them up now.")
+
+
 import notifications.dlq.admin  # noqa: E402,F401

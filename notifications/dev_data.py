@@ -40,9 +40,11 @@ DEMO_TYPES = [
 
 TEMPLATES = {
     "order.shipped": {
-        "email": {"subject": "Your order {{ order_number }} has shipped",
-                  "body": "Good news: order {{ order_number }} is on its way with {{ carrier }}.",
-                  "html": "<p>Good news: order <b>{{ order_number }}</b> is on its way with {{ carrier }}.</p>"},
+        "email": {
+            "subject": "Your order {{ order_number }} has shipped",
+            "body": "Good news: order {{ order_number }} is on its way with {{ carrier }}.",
+            "html": "<p>Good news: order <b>{{ order_number }}</b> is on its way with {{ carrier }}.</p>",
+        },
         "push": {"title": "Order shipped", "body": "Order {{ order_number }} is on its way"},
         "inapp": {"title": "Order shipped", "body": "Order {{ order_number }} is on its way with {{ carrier }}"},
     },

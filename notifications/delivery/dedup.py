@@ -259,9 +259,7 @@ class DedupStore:
             for k, r in zip(keys, replies, strict=True)
         }
 
-    def _run_script_many(
-        self, keys: list[str], script: Script, args: list[str | int], what: str
-    ) -> list[int | None]:
+    def _run_script_many(self, keys: list[str], script: Script, args: list[str | int], what: str) -> list[int | None]:
         """Run ``script`` once per key in one pipeline; None marks a key whose call failed."""
         if not keys:
             return []

@@ -54,8 +54,13 @@ def drain_parked(*, channel: str, limit: int | None = None, idle_timeout: float 
                         continue
                     raise RuntimeError(message.error())
                 eof.discard(message.partition())
-                producer.produce(target, key=message.key(), value=message.value(), headers=message.headers(),
-                                 on_delivery=lambda err, _m: err and errors.append(err))
+                producer.produce(
+                    target,
+                    key=message.key(),
+                    value=message.value(),
+                    headers=message.headers(),
+                    on_delivery=lambda err, _m: err and errors.append(err),
+                )
                 done.append(message)
             if producer.flush(30) or errors:
                 raise RuntimeError(f"drain produce failed: {errors[:3]}")
@@ -72,5 +77,3 @@ def _next_offsets(messages) -> list[TopicPartition]:
     for m in messages:
         highest[(m.topic(), m.partition())] = max(highest.get((m.topic(), m.partition()), -1), m.offset())
     return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
-
-

@@ -49,10 +49,6 @@ def release_due_messages(*, limit: int = 5000) -> int:
         from notifications.models import OutboxEvent
 
         OutboxEvent.objects.bulk_create(
-            [
-                OutboxEvent(topic=t, key=k, bucket=bucket_for_key(k), payload=p, headers=h)
-                for t, k, p, h in rows
-            ]
+            [OutboxEvent(topic=t, key=k, bucket=bucket_for_key(k), payload=p, headers=h) for t, k, p, h in rows]
         )
     return len(rows)
-

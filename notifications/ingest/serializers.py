@@ -33,9 +33,7 @@ class EventInSerializer(serializers.Serializer):
     def validate_recipients(self, value: list[str]) -> list[str]:
         limit = settings.INGEST_MAX_RECIPIENTS
         if len(value) > limit:
-            raise serializers.ValidationError(
-                f"At most {limit} recipients per event; use a campaign for more."
-            )
+            raise serializers.ValidationError(f"At most {limit} recipients per event; use a campaign for more.")
         return list(dict.fromkeys(value))  # drop repeats, keep order
 
     def validate_data(self, value: dict) -> dict:

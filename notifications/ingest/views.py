@@ -79,7 +79,5 @@ class EventIngestView(APIView):
             service=request.auth.service,
         )
         if is_batch:
-            return Response(
-                AcceptedBatchOutSerializer({"events": results}).data, status=status.HTTP_202_ACCEPTED
-            )
+            return Response(AcceptedBatchOutSerializer({"events": results}).data, status=status.HTTP_202_ACCEPTED)
         return Response(AcceptedEventOutSerializer(results[0]).data, status=status.HTTP_202_ACCEPTED)

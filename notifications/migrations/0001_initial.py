@@ -10,7 +10,6 @@ import notifications.models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -19,67 +18,122 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='AcceptedEvent',
+            name="AcceptedEvent",
             fields=[
-                ('id', models.UUIDField(help_text='Platform event id (uuid5 of service and event_id).', primary_key=True, serialize=False)),
-                ('service', models.CharField(max_length=100)),
-                ('producer_event_id', models.CharField(max_length=200)),
-                ('type', models.CharField(max_length=100)),
-                ('recipient_count', models.PositiveIntegerField()),
-                ('accepted_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                (
+                    "id",
+                    models.UUIDField(
+                        help_text="Platform event id (uuid5 of service and event_id).",
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
+                ("service", models.CharField(max_length=100)),
+                ("producer_event_id", models.CharField(max_length=200)),
+                ("type", models.CharField(max_length=100)),
+                ("recipient_count", models.PositiveIntegerField()),
+                ("accepted_at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
             ],
             options={
-                'verbose_name': 'accepted event',
+                "verbose_name": "accepted event",
             },
         ),
         migrations.CreateModel(
-            name='NotificationType',
+            name="NotificationType",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(max_length=100, unique=True, validators=[django.core.validators.RegexValidator('^[a-z0-9][a-z0-9_.-]*$', "Use lower-case letters, digits, '.', '_' and '-', e.g. order.shipped.")])),
-                ('name', models.CharField(max_length=200)),
-                ('description', models.TextField(blank=True)),
-                ('category', models.CharField(choices=[('transactional', 'Transactional'), ('security', 'Account / security'), ('marketing', 'Marketing'), ('product', 'Product updates'), ('social', 'Social')], default='transactional', max_length=20)),
-                ('urgency', models.CharField(choices=[('urgent', 'Urgent (ignores quiet hours)'), ('normal', 'Normal'), ('bulk', 'Bulk (lowest priority)')], default='normal', max_length=10)),
-                ('default_channels', models.JSONField(default=notifications.models.default_channels)),
-                ('sample_payload', models.JSONField(blank=True, default=dict)),
-                ('enabled', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "key",
+                    models.CharField(
+                        max_length=100,
+                        unique=True,
+                        validators=[
+                            django.core.validators.RegexValidator(
+                                "^[a-z0-9][a-z0-9_.-]*$",
+                                "Use lower-case letters, digits, '.', '_' and '-', e.g. order.shipped.",
+                            )
+                        ],
+                    ),
+                ),
+                ("name", models.CharField(max_length=200)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "category",
+                    models.CharField(
+                        choices=[
+                            ("transactional", "Transactional"),
+                            ("security", "Account / security"),
+                            ("marketing", "Marketing"),
+                            ("product", "Product updates"),
+                            ("social", "Social"),
+                        ],
+                        default="transactional",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "urgency",
+                    models.CharField(
+                        choices=[
+                            ("urgent", "Urgent (ignores quiet hours)"),
+                            ("normal", "Normal"),
+                            ("bulk", "Bulk (lowest priority)"),
+                        ],
+                        default="normal",
+                        max_length=10,
+                    ),
+                ),
+                ("default_channels", models.JSONField(default=notifications.models.default_channels)),
+                ("sample_payload", models.JSONField(blank=True, default=dict)),
+                ("enabled", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['key'],
+                "ordering": ["key"],
             },
         ),
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('service', models.CharField(help_text="Name of the producing service, e.g. 'orders'.", max_length=100)),
-                ('prefix', models.CharField(editable=False, max_length=8, unique=True)),
-                ('key_hash', models.CharField(editable=False, max_length=64)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(blank=True, editable=False, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "service",
+                    models.CharField(help_text="Name of the producing service, e.g. 'orders'.", max_length=100),
+                ),
+                ("prefix", models.CharField(editable=False, max_length=8, unique=True)),
+                ("key_hash", models.CharField(editable=False, max_length=64)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        editable=False,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API key',
+                "verbose_name": "API key",
             },
         ),
         migrations.CreateModel(
-            name='OutboxEvent',
+            name="OutboxEvent",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('topic', models.CharField(max_length=249)),
-                ('key', models.CharField(max_length=255)),
-                ('bucket', models.SmallIntegerField()),
-                ('payload', models.JSONField()),
-                ('headers', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("topic", models.CharField(max_length=249)),
+                ("key", models.CharField(max_length=255)),
+                ("bucket", models.SmallIntegerField()),
+                ("payload", models.JSONField()),
+                ("headers", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
             ],
             options={
-                'verbose_name': 'outbox event',
-                'indexes': [models.Index(fields=['bucket', 'id'], name='outbox_bucket_id')],
+                "verbose_name": "outbox event",
+                "indexes": [models.Index(fields=["bucket", "id"], name="outbox_bucket_id")],
             },
         ),
     ]

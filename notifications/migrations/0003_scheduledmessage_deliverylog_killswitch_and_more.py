@@ -7,79 +7,172 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('notifications', '0002_outbox_notify_trigger'),
+        ("notifications", "0002_outbox_notify_trigger"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ScheduledMessage',
+            name="ScheduledMessage",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('due_at', models.DateTimeField(db_index=True)),
-                ('topic', models.CharField(max_length=249)),
-                ('key', models.CharField(max_length=255)),
-                ('payload', models.JSONField()),
-                ('headers', models.JSONField(default=dict)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("due_at", models.DateTimeField(db_index=True)),
+                ("topic", models.CharField(max_length=249)),
+                ("key", models.CharField(max_length=255)),
+                ("payload", models.JSONField()),
+                ("headers", models.JSONField(default=dict)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
             ],
         ),
         migrations.CreateModel(
-            name='DeliveryLog',
+            name="DeliveryLog",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('event_id', models.UUIDField()),
-                ('user_id', models.BigIntegerField()),
-                ('channel', models.CharField(choices=[('email', 'Email'), ('push', 'Push (FCM / APNs)'), ('sms', 'SMS'), ('inapp', 'In-app'), ('webhook', 'Webhook')], max_length=10)),
-                ('type', models.CharField(max_length=100)),
-                ('status', models.CharField(choices=[('suppressed', 'Suppressed'), ('scheduled', 'Deferred (quiet hours)'), ('parked', 'Parked by kill switch'), ('queued', 'Queued'), ('sent', 'Sent'), ('retrying', 'Retrying'), ('failed', 'Failed'), ('dlq', 'In DLQ')], max_length=12)),
-                ('reason', models.CharField(blank=True, max_length=200)),
-                ('provider', models.CharField(blank=True, max_length=50)),
-                ('provider_message_id', models.CharField(blank=True, max_length=200)),
-                ('attempts', models.PositiveSmallIntegerField(default=0)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("event_id", models.UUIDField()),
+                ("user_id", models.BigIntegerField()),
+                (
+                    "channel",
+                    models.CharField(
+                        choices=[
+                            ("email", "Email"),
+                            ("push", "Push (FCM / APNs)"),
+                            ("sms", "SMS"),
+                            ("inapp", "In-app"),
+                            ("webhook", "Webhook"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("type", models.CharField(max_length=100)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("suppressed", "Suppressed"),
+                            ("scheduled", "Deferred (quiet hours)"),
+                            ("parked", "Parked by kill switch"),
+                            ("queued", "Queued"),
+                            ("sent", "Sent"),
+                            ("retrying", "Retrying"),
+                            ("failed", "Failed"),
+                            ("dlq", "In DLQ"),
+                        ],
+                        max_length=12,
+                    ),
+                ),
+                ("reason", models.CharField(blank=True, max_length=200)),
+                ("provider", models.CharField(blank=True, max_length=50)),
+                ("provider_message_id", models.CharField(blank=True, max_length=200)),
+                ("attempts", models.PositiveSmallIntegerField(default=0)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
             ],
             options={
-                'indexes': [models.Index(fields=['user_id', '-created_at'], name='deliverylog_user'), models.Index(fields=['status', '-created_at'], name='deliverylog_status')],
-                'constraints': [models.UniqueConstraint(fields=('event_id', 'user_id', 'channel'), name='deliverylog_unique')],
+                "indexes": [
+                    models.Index(fields=["user_id", "-created_at"], name="deliverylog_user"),
+                    models.Index(fields=["status", "-created_at"], name="deliverylog_status"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(fields=("event_id", "user_id", "channel"), name="deliverylog_unique")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='KillSwitch',
+            name="KillSwitch",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('channel', models.CharField(choices=[('email', 'Email'), ('push', 'Push (FCM / APNs)'), ('sms', 'SMS'), ('inapp', 'In-app'), ('webhook', 'Webhook')], max_length=10)),
-                ('provider', models.CharField(blank=True, help_text='Empty for the whole channel.', max_length=50)),
-                ('mode', models.CharField(choices=[('normal', 'Normal'), ('delay', 'Delay non-urgent (park in notif.<channel>.delayed)'), ('drop_non_urgent', 'Drop non-urgent'), ('pause', 'Pause (park everything)')], default='normal', max_length=20)),
-                ('reason', models.CharField(blank=True, max_length=300)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('updated_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "channel",
+                    models.CharField(
+                        choices=[
+                            ("email", "Email"),
+                            ("push", "Push (FCM / APNs)"),
+                            ("sms", "SMS"),
+                            ("inapp", "In-app"),
+                            ("webhook", "Webhook"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("provider", models.CharField(blank=True, help_text="Empty for the whole channel.", max_length=50)),
+                (
+                    "mode",
+                    models.CharField(
+                        choices=[
+                            ("normal", "Normal"),
+                            ("delay", "Delay non-urgent (park in notif.<channel>.delayed)"),
+                            ("drop_non_urgent", "Drop non-urgent"),
+                            ("pause", "Pause (park everything)"),
+                        ],
+                        default="normal",
+                        max_length=20,
+                    ),
+                ),
+                ("reason", models.CharField(blank=True, max_length=300)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "updated_by",
+                    models.ForeignKey(
+                        blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'kill switches',
-                'constraints': [models.UniqueConstraint(fields=('channel', 'provider'), name='killswitch_unique')],
+                "verbose_name_plural": "kill switches",
+                "constraints": [models.UniqueConstraint(fields=("channel", "provider"), name="killswitch_unique")],
             },
         ),
         migrations.CreateModel(
-            name='NotificationTemplate',
+            name="NotificationTemplate",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('channel', models.CharField(choices=[('email', 'Email'), ('push', 'Push (FCM / APNs)'), ('sms', 'SMS'), ('inapp', 'In-app'), ('webhook', 'Webhook')], max_length=10)),
-                ('locale', models.CharField(blank=True, help_text="Empty for the default; e.g. 'de' or 'de-ch' (most specific wins).", max_length=20)),
-                ('subject', models.CharField(blank=True, help_text='Email subject.', max_length=300)),
-                ('title', models.CharField(blank=True, help_text='Push / in-app title.', max_length=200)),
-                ('body', models.TextField(blank=True, help_text='Email plain text, push / in-app / SMS body.')),
-                ('html', models.TextField(blank=True, help_text='Email HTML (autoescaped).')),
-                ('payload', models.TextField(blank=True, help_text='Webhook JSON body template; empty sends the event data.')),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('notification_type', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='templates', to='notifications.notificationtype')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "channel",
+                    models.CharField(
+                        choices=[
+                            ("email", "Email"),
+                            ("push", "Push (FCM / APNs)"),
+                            ("sms", "SMS"),
+                            ("inapp", "In-app"),
+                            ("webhook", "Webhook"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "locale",
+                    models.CharField(
+                        blank=True,
+                        help_text="Empty for the default; e.g. 'de' or 'de-ch' (most specific wins).",
+                        max_length=20,
+                    ),
+                ),
+                ("subject", models.CharField(blank=True, help_text="Email subject.", max_length=300)),
+                ("title", models.CharField(blank=True, help_text="Push / in-app title.", max_length=200)),
+                ("body", models.TextField(blank=True, help_text="Email plain text, push / in-app / SMS body.")),
+                ("html", models.TextField(blank=True, help_text="Email HTML (autoescaped).")),
+                (
+                    "payload",
+                    models.TextField(blank=True, help_text="Webhook JSON body template; empty sends the event data."),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "notification_type",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="templates",
+                        to="notifications.notificationtype",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['notification_type', 'channel', 'locale'],
-                'constraints': [models.UniqueConstraint(fields=('notification_type', 'channel', 'locale'), name='template_unique_locale')],
+                "ordering": ["notification_type", "channel", "locale"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("notification_type", "channel", "locale"), name="template_unique_locale"
+                    )
+                ],
             },
         ),
     ]

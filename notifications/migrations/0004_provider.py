@@ -4,28 +4,68 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('notifications', '0003_scheduledmessage_deliverylog_killswitch_and_more'),
+        ("notifications", "0003_scheduledmessage_deliverylog_killswitch_and_more"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Provider',
+            name="Provider",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(help_text="Also the token bucket's name.", unique=True)),
-                ('channel', models.CharField(choices=[('email', 'Email'), ('push', 'Push (FCM / APNs)'), ('sms', 'SMS'), ('inapp', 'In-app'), ('webhook', 'Webhook')], max_length=10)),
-                ('kind', models.CharField(choices=[('sendgrid', 'SendGrid (django-anymail)'), ('anymail', 'Any ESP via django-anymail (EMAIL_BACKEND)'), ('smtp', 'SMTP'), ('twilio', 'Twilio Messages'), ('fcm', 'Firebase Cloud Messaging (HTTP v1)'), ('apns', 'Apple Push Notification service'), ('webhook', 'Webhook (Standard Webhooks)'), ('inapp', 'In-app inbox')], max_length=20)),
-                ('rate', models.FloatField(help_text='Contract rate, requests per second, shared by every worker.')),
-                ('burst', models.PositiveIntegerField(default=10, help_text='Bucket capacity. The largest count in any 1 s window is at most rate + burst.')),
-                ('transactional_reserve', models.PositiveIntegerField(default=0, help_text='Tokens bulk traffic may never take, kept for transactional messages.')),
-                ('priority', models.PositiveSmallIntegerField(default=1, help_text='Failover order: lower is tried first.')),
-                ('enabled', models.BooleanField(default=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.SlugField(help_text="Also the token bucket's name.", unique=True)),
+                (
+                    "channel",
+                    models.CharField(
+                        choices=[
+                            ("email", "Email"),
+                            ("push", "Push (FCM / APNs)"),
+                            ("sms", "SMS"),
+                            ("inapp", "In-app"),
+                            ("webhook", "Webhook"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("sendgrid", "SendGrid (django-anymail)"),
+                            ("anymail", "Any ESP via django-anymail (EMAIL_BACKEND)"),
+                            ("smtp", "SMTP"),
+                            ("twilio", "Twilio Messages"),
+                            ("fcm", "Firebase Cloud Messaging (HTTP v1)"),
+                            ("apns", "Apple Push Notification service"),
+                            ("webhook", "Webhook (Standard Webhooks)"),
+                            ("inapp", "In-app inbox"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("rate", models.FloatField(help_text="Contract rate, requests per second, shared by every worker.")),
+                (
+                    "burst",
+                    models.PositiveIntegerField(
+                        default=10,
+                        help_text="Bucket capacity. The largest count in any 1 s window is at most rate + burst.",
+                    ),
+                ),
+                (
+                    "transactional_reserve",
+                    models.PositiveIntegerField(
+                        default=0, help_text="Tokens bulk traffic may never take, kept for transactional messages."
+                    ),
+                ),
+                (
+                    "priority",
+                    models.PositiveSmallIntegerField(default=1, help_text="Failover order: lower is tried first."),
+                ),
+                ("enabled", models.BooleanField(default=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['channel', 'priority', 'name'],
+                "ordering": ["channel", "priority", "name"],
             },
         ),
     ]

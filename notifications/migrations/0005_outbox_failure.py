@@ -5,27 +5,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('notifications', '0004_provider'),
+        ("notifications", "0004_provider"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='OutboxFailure',
+            name="OutboxFailure",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('original_id', models.BigIntegerField()),
-                ('topic', models.CharField(max_length=249)),
-                ('key', models.CharField(max_length=255)),
-                ('payload', models.JSONField()),
-                ('headers', models.JSONField(default=dict)),
-                ('created_at', models.DateTimeField()),
-                ('failed_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('error', models.CharField(max_length=500)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("original_id", models.BigIntegerField()),
+                ("topic", models.CharField(max_length=249)),
+                ("key", models.CharField(max_length=255)),
+                ("payload", models.JSONField()),
+                ("headers", models.JSONField(default=dict)),
+                ("created_at", models.DateTimeField()),
+                ("failed_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("error", models.CharField(max_length=500)),
             ],
             options={
-                'ordering': ['-failed_at'],
+                "ordering": ["-failed_at"],
             },
         ),
     ]

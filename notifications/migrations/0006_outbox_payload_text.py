@@ -4,20 +4,19 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('notifications', '0005_outbox_failure'),
+        ("notifications", "0005_outbox_failure"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='outboxevent',
-            name='headers',
-            field=models.TextField(blank=True, default='{}'),
+            model_name="outboxevent",
+            name="headers",
+            field=models.TextField(blank=True, default="{}"),
         ),
         migrations.AlterField(
-            model_name='outboxevent',
-            name='payload',
+            model_name="outboxevent",
+            name="payload",
             field=models.TextField(),
         ),
     ]

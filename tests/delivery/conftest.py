@@ -54,9 +54,7 @@ def dead_redis() -> Iterator[redis.Redis]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     # The socket is closed: connecting now gets ECONNREFUSED immediately.
-    client = make_redis_client(
-        f"redis://127.0.0.1:{port}/0", socket_timeout=0.1, socket_connect_timeout=0.1, retries=0
-    )
+    client = make_redis_client(f"redis://127.0.0.1:{port}/0", socket_timeout=0.1, socket_connect_timeout=0.1, retries=0)
     yield client
     client.close()
 

@@ -77,12 +77,8 @@ def test_full_jitter_is_spread_over_the_whole_range() -> None:
     retry_after=st.none() | st.floats(min_value=0, max_value=1e6, allow_nan=False),
     seed=st.integers(min_value=0, max_value=2**32),
 )
-def test_full_jitter_bounds(
-    retry_index: int, base: float, cap: float, retry_after: float | None, seed: int
-) -> None:
-    delay = full_jitter_delay(
-        retry_index, base=base, cap=cap, rng=random.Random(seed), retry_after=retry_after
-    )
+def test_full_jitter_bounds(retry_index: int, base: float, cap: float, retry_after: float | None, seed: int) -> None:
+    delay = full_jitter_delay(retry_index, base=base, cap=cap, rng=random.Random(seed), retry_after=retry_after)
     ceiling = min(cap, base * 2.0**retry_index) if retry_index < 1023 else cap
     assert delay >= 0.0
     assert delay >= (retry_after or 0.0)

@@ -161,9 +161,7 @@ def test_fail_open_counter_errors_do_not_break_claims(dead_redis: redis.Redis, p
     assert a.claim("m").fail_open
 
 
-def test_failed_redis_calls_close_the_breaker_again_after_recovery(
-    redis_client: redis.Redis, prefix: str
-) -> None:
+def test_failed_redis_calls_close_the_breaker_again_after_recovery(redis_client: redis.Redis, prefix: str) -> None:
     clock = [0.0]
     breaker = CircuitBreaker("redis", failure_threshold=1, cool_down_seconds=1.0, clock=lambda: clock[0])
     breaker.record_failure()

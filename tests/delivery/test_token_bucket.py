@@ -235,9 +235,7 @@ def test_unreachable_redis_without_fallback_fails_closed(dead_redis: redis.Redis
 def test_unreachable_redis_with_fallback_uses_local_share(dead_redis: redis.Redis, prefix: str) -> None:
     fallbacks: list[int] = []
     breaker = CircuitBreaker("redis", failure_threshold=2, cool_down_seconds=60.0)
-    bucket = TokenBucket(
-        dead_redis, prefix, breaker=breaker, fallback_share=0.25, on_fallback=fallbacks.append
-    )
+    bucket = TokenBucket(dead_redis, prefix, breaker=breaker, fallback_share=0.25, on_fallback=fallbacks.append)
     started = time.monotonic()
     # rate 4/s x 0.25 = 1/s locally, burst 8 x 0.25 = 2
     results = [bucket.take("b", 4.0, 8) for _ in range(3)]

@@ -56,18 +56,46 @@ class FakeMessage:
 def channel_message(channel: str = "sms", *, to: dict | None = None, user_id: int = 7) -> dict:
     event_id = str(uuid.uuid4())
     to = to or {"sms": {"phone": "+4915112345678"}, "email": {"email": "ada@example.com"}}.get(channel, {})
-    return {"v": 1, "id": f"{event_id}:{user_id}:{channel}", "event_id": event_id, "user_id": user_id,
-            "channel": channel, "type": "order.shipped", "category": "transactional", "urgency": "normal",
-            "priority": "transactional", "created_at": "2026-11-25T10:00:00+00:00", "locale": "en", "to": to,
-            "content": {"body": "Shipped"}}
+    return {
+        "v": 1,
+        "id": f"{event_id}:{user_id}:{channel}",
+        "event_id": event_id,
+        "user_id": user_id,
+        "channel": channel,
+        "type": "order.shipped",
+        "category": "transactional",
+        "urgency": "normal",
+        "priority": "transactional",
+        "created_at": "2026-11-25T10:00:00+00:00",
+        "locale": "en",
+        "to": to,
+        "content": {"body": "Shipped"},
+    }
 
 
-def dlq_headers(body: dict, *, error_class: str, error: str, provider: str = "twilio", code: str = "",
-                cause: str | None = None, attempts: int = 1, channel: str | None = None) -> dict[str, str]:
+def dlq_headers(
+    body: dict,
+    *,
+    error_class: str,
+    error: str,
+    provider: str = "twilio",
+    code: str = "",
+    cause: str | None = None,
+    attempts: int = 1,
+    channel: str | None = None,
+) -> dict[str, str]:
     """Headers as the worker's `_release_and_dead_letter` writes them."""
     now = time.time()
-    history = [{"at": round(now - 1, 3), "provider": provider, "error_class": cause or error_class, "status": 400,
-                "code": code, "message": error}]
+    history = [
+        {
+            "at": round(now - 1, 3),
+            "provider": provider,
+            "error_class": cause or error_class,
+            "status": 400,
+            "code": code,
+            "message": error,
+        }
+    ]
     return {
         "idempotency-key": body["id"],
         "attempt": str(attempts),

@@ -39,30 +39,47 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def types(db):
     shipped = NotificationType.objects.create(
-        key="order.shipped", name="Order shipped", category=Category.TRANSACTIONAL,
-        default_channels=["email", "push", "sms", "inapp"], sample_payload={"order": "1"},
+        key="order.shipped",
+        name="Order shipped",
+        category=Category.TRANSACTIONAL,
+        default_channels=["email", "push", "sms", "inapp"],
+        sample_payload={"order": "1"},
     )
     for channel in ("email", "push", "sms", "inapp"):
         NotificationTemplate.objects.create(
-            notification_type=shipped, channel=channel, subject="Order {{ order }} shipped",
-            title="Shipped", body="Your order {{ order }} is on its way", html="<p>Order {{ order }}</p>",
+            notification_type=shipped,
+            channel=channel,
+            subject="Order {{ order }} shipped",
+            title="Shipped",
+            body="Your order {{ order }} is on its way",
+            html="<p>Order {{ order }}</p>",
         )
     NotificationTemplate.objects.create(
-        notification_type=shipped, channel="email", locale="de",
-        subject="Bestellung {{ order }} versandt", body="Ihre Bestellung {{ order }} ist unterwegs",
+        notification_type=shipped,
+        channel="email",
+        locale="de",
+        subject="Bestellung {{ order }} versandt",
+        body="Ihre Bestellung {{ order }} ist unterwegs",
     )
     reset = NotificationType.objects.create(
-        key="auth.password_reset", name="Reset", category=Category.SECURITY, urgency=Urgency.URGENT,
+        key="auth.password_reset",
+        name="Reset",
+        category=Category.SECURITY,
+        urgency=Urgency.URGENT,
         default_channels=["email"],
     )
     NotificationTemplate.objects.create(notification_type=reset, channel="email", subject="Reset", body="{{ url }}")
     digest = NotificationType.objects.create(
-        key="marketing.digest", name="Digest", category=Category.MARKETING, urgency=Urgency.BULK,
+        key="marketing.digest",
+        name="Digest",
+        category=Category.MARKETING,
+        urgency=Urgency.BULK,
         default_channels=["email", "push"],
     )
     for channel in ("email", "push"):
-        NotificationTemplate.objects.create(notification_type=digest, channel=channel, subject="Digest",
-                                            title="Digest", body="News")
+        NotificationTemplate.objects.create(
+            notification_type=digest, channel=channel, subject="Digest", title="Digest", body="News"
+        )
     return {"shipped": shipped, "reset": reset, "digest": digest}
 
 
@@ -77,8 +94,15 @@ def make_user(django_user_model, *, phone="+4915112345678", locale="en", tz="UTC
 
 
 def envelope(type_key: str, user_id: int, data=None, event_id=None) -> dict:
-    return {"v": 1, "id": event_id or str(uuid.uuid4()), "type": type_key, "occurred_at": "2026-11-25T10:00:00+00:00",
-            "recipient": str(user_id), "data": data or {"order": "A-1"}, "source": "test"}
+    return {
+        "v": 1,
+        "id": event_id or str(uuid.uuid4()),
+        "type": type_key,
+        "occurred_at": "2026-11-25T10:00:00+00:00",
+        "recipient": str(user_id),
+        "data": data or {"order": "A-1"},
+        "source": "test",
+    }
 
 
 def dispatch(fresh_topic, items: list, *, clock=None) -> Dispatcher:
@@ -99,7 +123,8 @@ def out(channel: str, event_id: str, suffix: str = "", expected: int = 1) -> lis
     messages = consume_matching(
         channel_topic(channel, suffix),
         lambda m: orjson.loads(m.value()).get("event_id") == event_id,
-        expected=expected, timeout=10 if expected else 2,
+        expected=expected,
+        timeout=10 if expected else 2,
     )
     return [orjson.loads(m.value()) for m in messages]
 
@@ -135,8 +160,9 @@ def test_locale_without_variant_falls_back_to_default(types, django_user_model, 
 
 
 def test_opt_out_and_missing_contact_points_suppress(types, django_user_model, fresh_topic):
-    user = make_user(django_user_model, phone=None, device=False,
-                     document={"categories": {"transactional": {"email": False}}})
+    user = make_user(
+        django_user_model, phone=None, device=False, document={"categories": {"transactional": {"email": False}}}
+    )
     event = envelope("order.shipped", user.id)
     dispatch(fresh_topic, [event])
     assert statuses(event["id"]) == {
@@ -258,8 +284,9 @@ def test_end_to_end_post_relay_dispatch(types, django_user_model, settings):
     _key, raw = ApiKey.generate(service="shop")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Api-Key {raw}")
-    relay = OutboxRelay(RelayConfig(conninfo=conninfo_from_django(), producer_config=producer_config(),
-                                    buckets=settings.OUTBOX_BUCKETS))
+    relay = OutboxRelay(
+        RelayConfig(conninfo=conninfo_from_django(), producer_config=producer_config(), buckets=settings.OUTBOX_BUCKETS)
+    )
     runner = ConsumerRunner(
         RunnerConfig(role="dispatcher", topics=[topic_name("events")], group=f"dispatcher-{uuid.uuid4().hex[:6]}"),
         Dispatcher(producer=Producer(producer_config()), redis_client=get_redis()),
@@ -270,9 +297,11 @@ def test_end_to_end_post_relay_dispatch(types, django_user_model, settings):
     try:
         assert runner.assigned.wait(20), "dispatcher got its partitions"
         with transaction.atomic():
-            response = client.post("/api/v1/events", {"event_id": "o-77", "type": "order.shipped",
-                                                      "recipients": [str(user.id)], "data": {"order": "77"}},
-                                    format="json")
+            response = client.post(
+                "/api/v1/events",
+                {"event_id": "o-77", "type": "order.shipped", "recipients": [str(user.id)], "data": {"order": "77"}},
+                format="json",
+            )
         assert response.status_code == 202
         event_id = response.json()["id"]
         [email] = out("email", event_id)
@@ -307,8 +336,7 @@ def test_parked_messages_are_drained_once_the_switch_is_back_to_normal(types, dj
 def test_a_template_that_does_not_render_is_refused_on_save(types):
     from django.core.exceptions import ValidationError
 
-    broken = NotificationTemplate(notification_type=types["shipped"], channel="sms", locale="fr",
-                                  body="{% if %}broken")
+    broken = NotificationTemplate(notification_type=types["shipped"], channel="sms", locale="fr", body="{% if %}broken")
     with pytest.raises(ValidationError) as info:
         broken.full_clean()
     assert "body" in info.value.message_dict

@@ -103,8 +103,9 @@ def _user(django_user_model, name: str, *, group: str | None = None, perms: tupl
     if group:
         user.groups.add(Group.objects.get(name=group))
     if perms:
-        user.user_permissions.add(*Permission.objects.filter(content_type__app_label="notifications",
-                                                             codename__in=perms))
+        user.user_permissions.add(
+            *Permission.objects.filter(content_type__app_label="notifications", codename__in=perms)
+        )
     return django_user_model.objects.get(pk=user.pk)  # fresh: no permission cache
 
 
@@ -125,18 +126,40 @@ def support_client(client, support_user):
     return client
 
 
-def entry(i: int = 0, *, channel="sms", error_class="invalid_contact", cause=None, code="21211",
-          message="The 'To' number is not a valid phone number.", provider="twilio", body=None) -> DeadLetterEntry:
+def entry(
+    i: int = 0,
+    *,
+    channel="sms",
+    error_class="invalid_contact",
+    cause=None,
+    code="21211",
+    message="The 'To' number is not a valid phone number.",
+    provider="twilio",
+    body=None,
+) -> DeadLetterEntry:
     to = {"phone": f"+49151{i:07d}"} if channel == "sms" else {"email": f"user{i}@example.com"}
     body = body or channel_message(channel, to=to, user_id=1000 + i)
     e = DeadLetterEntry(
-        message_id=body["id"], channel=channel, dlq_topic=channel_topic(channel, "dlq"), dlq_partition=0,
-        dlq_offset=i, first_failed_at=_now(), last_failed_at=_now(), provider=provider,
+        message_id=body["id"],
+        channel=channel,
+        dlq_topic=channel_topic(channel, "dlq"),
+        dlq_partition=0,
+        dlq_offset=i,
+        first_failed_at=_now(),
+        last_failed_at=_now(),
+        provider=provider,
         recipient=str(body.get("to", {}).get("phone") or body.get("to", {}).get("email") or ""),
-        user_id=body.get("user_id"), event_id=body.get("event_id", ""), event_type=body.get("type", ""),
-        origin_topic=channel_topic(channel), message_key="7",
-        payload=body, headers={"idempotency-key": body["id"]}, error_class=error_class,
-        cause_class=cause or error_class, error_code=code, error_message=message,
+        user_id=body.get("user_id"),
+        event_id=body.get("event_id", ""),
+        event_type=body.get("type", ""),
+        origin_topic=channel_topic(channel),
+        message_key="7",
+        payload=body,
+        headers={"idempotency-key": body["id"]},
+        error_class=error_class,
+        cause_class=cause or error_class,
+        error_code=code,
+        error_message=message,
         errors=[{"at": time.time(), "error_class": cause or error_class, "code": code, "message": message}],
         attempts=1,
     )
@@ -186,12 +209,20 @@ def test_default_rules_categorise(facts, category):
 
 
 def test_rules_first_match_by_priority_and_every_condition_must_hold():
-    rules = compile_rules([
-        _Rule(1, priority=50, error_classes="permanent", category="invalid_payload"),
-        _Rule(2, priority=10, error_classes="Permanent", provider="SendGrid", message_pattern=r"sender .* not verified",
-              category="provider_auth"),
-        _Rule(3, priority=5, channel="push", provider_codes="UNREGISTERED, 404", category="invalid_address"),
-    ])
+    rules = compile_rules(
+        [
+            _Rule(1, priority=50, error_classes="permanent", category="invalid_payload"),
+            _Rule(
+                2,
+                priority=10,
+                error_classes="Permanent",
+                provider="SendGrid",
+                message_pattern=r"sender .* not verified",
+                category="provider_auth",
+            ),
+            _Rule(3, priority=5, channel="push", provider_codes="UNREGISTERED, 404", category="invalid_address"),
+        ]
+    )
     sender = TriageFacts("email", "sendgrid", "permanent", message="The from address Sender X is NOT verified")
     assert categorise(sender, rules)[1].id == 2
     assert categorise(TriageFacts("email", "smtp", "permanent", message="sender x not verified"), rules)[1].id == 1
@@ -221,13 +252,27 @@ def test_fingerprint_groups_alike_failures_and_separates_different_ones():
 def test_parse_worker_dead_letter(settings):
     body = channel_message("sms", to={"phone": "+15005550001"}, user_id=42)
     headers = dlq_headers(body, error_class="invalid_contact", error="bad To", code="21211")
-    msg = FakeMessage(channel_topic("sms", "dlq"), orjson.dumps(body), [(k, v.encode()) for k, v in headers.items()],
-                      _partition=2, _offset=17)
+    msg = FakeMessage(
+        channel_topic("sms", "dlq"),
+        orjson.dumps(body),
+        [(k, v.encode()) for k, v in headers.items()],
+        _partition=2,
+        _offset=17,
+    )
     e = parse_dead_letter(msg, "sms")
-    assert (e.message_id, e.channel, e.provider, e.recipient, e.user_id) == (body["id"], "sms", "twilio",
-                                                                            "+15005550001", 42)
+    assert (e.message_id, e.channel, e.provider, e.recipient, e.user_id) == (
+        body["id"],
+        "sms",
+        "twilio",
+        "+15005550001",
+        42,
+    )
     assert (e.error_class, e.cause_class, e.error_code, e.attempts) == (
-        "invalid_contact", "invalid_contact", "21211", 1)
+        "invalid_contact",
+        "invalid_contact",
+        "21211",
+        1,
+    )
     assert e.event_id == body["event_id"] and e.payload == body and e.origin_topic == channel_topic("sms")
     assert e.first_failed_at <= e.last_failed_at and len(e.errors) == 1
     assert (e.dlq_partition, e.dlq_offset) == (2, 17)
@@ -235,24 +280,33 @@ def test_parse_worker_dead_letter(settings):
 
 def test_parse_events_dlq_and_undecodable_messages():
     envelope = {"v": 1, "id": str(uuid.uuid4()), "type": "no.such.type", "recipient": "42", "data": {}}
-    ev = parse_dead_letter(FakeMessage(topic_name("events.dlq"), orjson.dumps(envelope),
-                                       [("error-class", b"unknown_type")]), "events")
+    ev = parse_dead_letter(
+        FakeMessage(topic_name("events.dlq"), orjson.dumps(envelope), [("error-class", b"unknown_type")]), "events"
+    )
     assert ev.message_id == f"{envelope['id']}:42" and ev.user_id == 42 and ev.event_type == "no.such.type"
 
-    junk = FakeMessage(topic_name("events.dlq"), b"{not json \x00\xff", [("error-class", b"invalid_json")],
-                       _partition=1, _offset=99)
+    junk = FakeMessage(
+        topic_name("events.dlq"), b"{not json \x00\xff", [("error-class", b"invalid_json")], _partition=1, _offset=99
+    )
     raw = parse_dead_letter(junk, "events")
     again = parse_dead_letter(junk, "events")
     assert raw.message_id.startswith("raw:") and raw.message_id == again.message_id
     assert raw.payload is None and "\x00" not in raw.raw_payload and raw.raw_payload.startswith("{not json")
 
-    nul = parse_dead_letter(FakeMessage(channel_topic("email", "dlq"), b'{"v":1,"id":"x","s":"a\\u0000b"}',
-                                        [("errors", b'[{"message": "bad\\u0000byte", "at": 1}]')]), "email")
+    nul = parse_dead_letter(
+        FakeMessage(
+            channel_topic("email", "dlq"),
+            b'{"v":1,"id":"x","s":"a\\u0000b"}',
+            [("errors", b'[{"message": "bad\\u0000byte", "at": 1}]')],
+        ),
+        "email",
+    )
     assert nul.payload is None and nul.raw_payload  # jsonb refuses \u0000: kept as text, never fails the batch
     assert nul.errors == [{"message": "badbyte", "at": 1}]
 
-    long_id = parse_dead_letter(FakeMessage(channel_topic("email", "dlq"), b"{}", [("idempotency-key", b"k" * 400)]),
-                                "email")
+    long_id = parse_dead_letter(
+        FakeMessage(channel_topic("email", "dlq"), b"{}", [("idempotency-key", b"k" * 400)]), "email"
+    )
     assert long_id.message_id.startswith("sha:") and len(long_id.message_id) < 255
 
 
@@ -281,21 +335,35 @@ def test_a_batch_redelivered_through_the_handler_stores_nothing_twice(pager):
     body = channel_message("sms")
     headers = dlq_headers(body, error_class="invalid_contact", error="bad To", code="21211")
     encoded = [(k, v.encode()) for k, v in headers.items()]
-    batch = [FakeMessage(channel_topic("sms", "dlq"), orjson.dumps(body), encoded),
-             FakeMessage(topic_name("events.dlq"), b"garbage", [("error-class", b"invalid_json")], _offset=3)]
+    batch = [
+        FakeMessage(channel_topic("sms", "dlq"), orjson.dumps(body), encoded),
+        FakeMessage(topic_name("events.dlq"), b"garbage", [("error-class", b"invalid_json")], _offset=3),
+    ]
     # Content PostgreSQL would refuse or that does not fit a column must never fail the batch.
-    batch += [FakeMessage(channel_topic("email", "dlq"), b'{"v":1,"id":"n","s":"a\\u0000b"}',
-                          [("errors", b'[{"message": "x\\u0000y"}]'), ("error\x00-class", b"permanent\x00")],
-                          _offset=4),
-              FakeMessage(channel_topic("email", "dlq"), b"[1, 2]", [("idempotency-key", b"k" * 400),
-                                                                     ("provider", b"p" * 80), ("attempt", b"x")],
-                          _key=b"\xff" * 300, _offset=5)]
+    batch += [
+        FakeMessage(
+            channel_topic("email", "dlq"),
+            b'{"v":1,"id":"n","s":"a\\u0000b"}',
+            [("errors", b'[{"message": "x\\u0000y"}]'), ("error\x00-class", b"permanent\x00")],
+            _offset=4,
+        ),
+        FakeMessage(
+            channel_topic("email", "dlq"),
+            b"[1, 2]",
+            [("idempotency-key", b"k" * 400), ("provider", b"p" * 80), ("attempt", b"x")],
+            _key=b"\xff" * 300,
+            _offset=5,
+        ),
+    ]
     handler = DlqTriageHandler(pager=pager)
     handler.handle_batch(batch)
     handler.handle_batch(batch)
     assert DeadLetter.objects.count() == 4
-    assert set(DeadLetter.objects.values_list("category", flat=True)) == {"invalid_address", "invalid_payload",
-                                                                          "unknown"}
+    assert set(DeadLetter.objects.values_list("category", flat=True)) == {
+        "invalid_address",
+        "invalid_payload",
+        "unknown",
+    }
 
 
 # --- end to end: a permanent failure becomes a categorised row ----------------------------------
@@ -307,9 +375,19 @@ def test_permanent_failure_becomes_a_categorised_row(topics, providers, sandbox,
         produce("sms", [m])
         row = wait_for(lambda: DeadLetter.objects.filter(message_id=m["id"]).first(), timeout=60)
     assert (row.channel, row.provider, row.recipient, row.user_id, row.event_id) == (
-        "sms", "twilio", "+15005550001", m["user_id"], m["event_id"])
+        "sms",
+        "twilio",
+        "+15005550001",
+        m["user_id"],
+        m["event_id"],
+    )
     assert (row.category, row.status, row.error_class, row.error_code, row.attempts) == (
-        "invalid_address", "open", "invalid_contact", "21211", 1)
+        "invalid_address",
+        "open",
+        "invalid_contact",
+        "21211",
+        1,
+    )
     assert row.payload == m and row.origin_topic == channel_topic("sms")
     assert row.errors[0]["code"] == "21211" and row.first_failed_at <= row.last_failed_at
     assert row.rule is not None and row.fingerprint and not row.page_pending and row.paged_at is None
@@ -329,9 +407,16 @@ def test_an_unknown_error_pages_once_per_fingerprint_window(topics, pager, caplo
     flood = [channel_message("sms", user_id=i) for i in range(300)]
     with RunningTriage(pager, batch_size=50):
         # One new failure, 300 times: the numbers in the message differ, it is the same failure.
-        produce_dlq([(channel_topic("sms", "dlq"), orjson.dumps(b),
-                      dlq_headers(b, error_class="quantum_flux", error=f"flux capacitor {i} melted at {i * 7} GW"))
-                     for i, b in enumerate(flood)])
+        produce_dlq(
+            [
+                (
+                    channel_topic("sms", "dlq"),
+                    orjson.dumps(b),
+                    dlq_headers(b, error_class="quantum_flux", error=f"flux capacitor {i} melted at {i * 7} GW"),
+                )
+                for i, b in enumerate(flood)
+            ]
+        )
         wait_for(lambda: DeadLetter.objects.filter(category="unknown").count() == 300, timeout=60)
         wait_for(lambda: not DeadLetter.objects.filter(page_pending=True).exists(), timeout=60)
         other = channel_message("email")
@@ -367,16 +452,20 @@ def test_pending_pages_survive_a_crash_and_redis_down_fails_open(pager):
 
     import redis as redis_lib
 
-    down = Pager(redis_client=redis_lib.Redis(port=1, socket_timeout=0.1, socket_connect_timeout=0.1),
-                 key_prefix="x:", webhook_url=pager.webhook_url)
+    down = Pager(
+        redis_client=redis_lib.Redis(port=1, socket_timeout=0.1, socket_connect_timeout=0.1),
+        key_prefix="x:",
+        webhook_url=pager.webhook_url,
+    )
     assert down.acquire_window("abc") is True, "no window store: page rather than stay silent"
 
 
 # --- replay with a real worker ------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_replay_after_the_fault_is_fixed_is_delivered_exactly_once(topics, providers, sandbox, pager, support_user,
-                                                                  settings):
+def test_replay_after_the_fault_is_fixed_is_delivered_exactly_once(
+    topics, providers, sandbox, pager, support_user, settings
+):
     settings.RETRY_MAX_ATTEMPTS, settings.RETRY_BASE_DELAY = 2, 0.01  # a short retry budget, spent in-process
     settings.PROVIDER_BREAKER_FAILURES = 100  # keep the circuit closed: we want the DLQ, not a failover
     twilio = sandbox.client("twilio")
@@ -386,7 +475,12 @@ def test_replay_after_the_fault_is_fixed_is_delivered_exactly_once(topics, provi
         produce("sms", [m])
         row = wait_for(lambda: DeadLetter.objects.filter(message_id=m["id"]).first(), timeout=60)
         assert (row.status, row.category, row.error_class, row.cause_class, row.attempts) == (
-            "open", "provider_outage", "max_attempts", "transient", 2)
+            "open",
+            "provider_outage",
+            "max_attempts",
+            "transient",
+            2,
+        )
 
         # Replayed while the fault is still there: it fails again and the row is reopened.
         first = replay_dead_letters(actor=support_user, ids=[row.pk])
@@ -404,8 +498,9 @@ def test_replay_after_the_fault_is_fixed_is_delivered_exactly_once(topics, provi
     assert request["idempotency_key"] == m["id"]
     row.refresh_from_db()
     assert (row.status, row.replay_count, row.last_audit_id) == ("replayed", 2, second.audit_id)
-    replays = consume_matching(channel_topic("sms"), lambda x: dict(x.headers() or []).get("replay") is not None,
-                               expected=2)
+    replays = consume_matching(
+        channel_topic("sms"), lambda x: dict(x.headers() or []).get("replay") is not None, expected=2
+    )
     headers = [dict(x.headers()) for x in replays]
     assert {h["replay"].decode() for h in headers} == {str(first.audit_id), str(second.audit_id)}
     assert all(h["idempotency-key"].decode() == m["id"] and "attempt" not in h and "errors" not in h for h in headers)
@@ -415,8 +510,9 @@ def test_replay_after_the_fault_is_fixed_is_delivered_exactly_once(topics, provi
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_replay_of_a_message_that_was_already_delivered_is_not_sent_again(topics, providers, sandbox, pager,
-                                                                         support_user):
+def test_replay_of_a_message_that_was_already_delivered_is_not_sent_again(
+    topics, providers, sandbox, pager, support_user
+):
     m = message("sms", to={"phone": "+4915112340088"})
     skipped_before = SKIPPED.labels("sms")._value.get()
     with RunningWorker("sms"), RunningTriage(pager), RunningRelay():
@@ -437,16 +533,39 @@ def test_replay_of_a_message_that_was_already_delivered_is_not_sent_again(topics
 def test_replay_targets_and_markers(db, support_user, settings):
     channel_entry = entry(1)
     events_body = {"v": 1, "id": str(uuid.uuid4()), "type": "order.new", "recipient": "9", "data": {}}
-    ev = DeadLetterEntry(message_id=f"{events_body['id']}:9", channel="events", dlq_topic=topic_name("events.dlq"),
-                         dlq_partition=0, dlq_offset=1, first_failed_at=_now(), last_failed_at=_now(),
-                         origin_topic=topic_name("events"), message_key="9", payload=events_body,
-                         error_class="unknown_type")
-    render = entry(2, channel="email", error_class="render_error", cause="", code="",
-                   body={"v": 1, "id": "e1:5:email", "event": {**events_body, "recipient": "5"}, "channel": "email"})
+    ev = DeadLetterEntry(
+        message_id=f"{events_body['id']}:9",
+        channel="events",
+        dlq_topic=topic_name("events.dlq"),
+        dlq_partition=0,
+        dlq_offset=1,
+        first_failed_at=_now(),
+        last_failed_at=_now(),
+        origin_topic=topic_name("events"),
+        message_key="9",
+        payload=events_body,
+        error_class="unknown_type",
+    )
+    render = entry(
+        2,
+        channel="email",
+        error_class="render_error",
+        cause="",
+        code="",
+        body={"v": 1, "id": "e1:5:email", "event": {**events_body, "recipient": "5"}, "channel": "email"},
+    )
     render.origin_topic = topic_name("events")
-    junk = DeadLetterEntry(message_id="raw:x", channel="events", dlq_topic=topic_name("events.dlq"), dlq_partition=0,
-                           dlq_offset=2, first_failed_at=_now(), last_failed_at=_now(), raw_payload="{oops",
-                           error_class="invalid_json")
+    junk = DeadLetterEntry(
+        message_id="raw:x",
+        channel="events",
+        dlq_topic=topic_name("events.dlq"),
+        dlq_partition=0,
+        dlq_offset=2,
+        first_failed_at=_now(),
+        last_failed_at=_now(),
+        raw_payload="{oops",
+        error_class="invalid_json",
+    )
     store([channel_entry, ev, render, junk])
     result = replay_dead_letters(actor=support_user, queryset=DeadLetter.objects.all(), selection="test")
     assert (result.count, result.skipped) == (3, 1), "nothing to replay for the undecodable one"
@@ -462,8 +581,10 @@ def test_replay_targets_and_markers(db, support_user, settings):
     sms = rows[channel_topic("sms")]
     assert headers(sms) == {"idempotency-key": channel_entry.message_id, "replay": str(result.audit_id)}
     assert payload(sms) == channel_entry.payload and sms.key == "7"
-    events = sorted((payload(r)["recipient"], headers(r)["idempotency-key"], r.key)
-                    for r in OutboxEvent.objects.filter(topic=topic_name("events")))
+    events = sorted(
+        (payload(r)["recipient"], headers(r)["idempotency-key"], r.key)
+        for r in OutboxEvent.objects.filter(topic=topic_name("events"))
+    )
     assert events == [("5", f"{events_body['id']}:5", "5"), ("9", f"{events_body['id']}:9", "9")]
     assert DeadLetter.objects.get(message_id="raw:x").status == "open"
 
@@ -514,28 +635,68 @@ def test_discard_asks_for_a_reason_and_is_audited(db, support_client, support_us
     changelist = "/admin/notifications/deadletter/"
     form = support_client.post(changelist, {"action": "discard_selected", "_selected_action": ids})
     assert form.status_code == 200 and b"Discard <strong>2</strong>" in form.content
-    no_reason = support_client.post(changelist, {"action": "discard_selected", "_selected_action": ids,
-                                                 "apply": "yes", "reason": "", "index": 0, "select_across": 0})
+    no_reason = support_client.post(
+        changelist,
+        {
+            "action": "discard_selected",
+            "_selected_action": ids,
+            "apply": "yes",
+            "reason": "",
+            "index": 0,
+            "select_across": 0,
+        },
+    )
     assert no_reason.status_code == 200 and DeadLetter.objects.filter(status="discarded").count() == 0
-    done = support_client.post(changelist, {"action": "discard_selected", "_selected_action": ids, "apply": "yes",
-                                            "reason": "user asked us to stop", "index": 0, "select_across": 0})
+    done = support_client.post(
+        changelist,
+        {
+            "action": "discard_selected",
+            "_selected_action": ids,
+            "apply": "yes",
+            "reason": "user asked us to stop",
+            "index": 0,
+            "select_across": 0,
+        },
+    )
     assert done.status_code == 302
     assert set(DeadLetter.objects.filter(status="discarded").values_list("id", flat=True)) == set(ids)
     assert DeadLetter.objects.get(pk=ids[0]).discarded_reason == "user asked us to stop"
     audit = DlqAudit.objects.get()
-    assert (audit.action, audit.actor, audit.count, audit.reason) == ("discard", support_user, 2,
-                                                                      "user asked us to stop")
+    assert (audit.action, audit.actor, audit.count, audit.reason) == (
+        "discard",
+        support_user,
+        2,
+        "user asked us to stop",
+    )
 
 
 def test_admin_list_filters_search_groups_and_detail(db, support_client):
-    stored = store([entry(i) for i in range(3)] + [entry(9, channel="email", error_class="max_attempts",
-                                                         cause="transient", code="http_503", provider="sendgrid",
-                                                         message="Service Unavailable")])
+    stored = store(
+        [entry(i) for i in range(3)]
+        + [
+            entry(
+                9,
+                channel="email",
+                error_class="max_attempts",
+                cause="transient",
+                code="http_503",
+                provider="sendgrid",
+                message="Service Unavailable",
+            )
+        ]
+    )
     changelist = "/admin/notifications/deadletter/"
     target = DeadLetter.objects.get(pk=stored[1].id)
-    for query in ("?channel__exact=sms", "?category__exact=provider_outage", "?status__exact=open",
-                  "?provider=twilio", "?last_failed_at__gte=2020-01-01+00:00:00%2B00:00", f"?q={target.recipient}",
-                  f"?q={target.event_id}", f"?fingerprint={target.fingerprint}"):
+    for query in (
+        "?channel__exact=sms",
+        "?category__exact=provider_outage",
+        "?status__exact=open",
+        "?provider=twilio",
+        "?last_failed_at__gte=2020-01-01+00:00:00%2B00:00",
+        f"?q={target.recipient}",
+        f"?q={target.event_id}",
+        f"?fingerprint={target.fingerprint}",
+    ):
         assert support_client.get(changelist + query).status_code == 200, query
     found = support_client.get(changelist, {"q": target.recipient}).context["cl"].result_list
     assert [r.pk for r in found] == [target.pk]
@@ -558,8 +719,10 @@ def test_admin_list_filters_search_groups_and_detail(db, support_client):
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_replay_of_ten_thousand_entries_by_filter_completes_and_is_audited(support_client, support_user, capsys):
-    entries = [entry(i, error_class="max_attempts", cause="transient", code="20503", message="Service unavailable")
-               for i in range(10_000)]
+    entries = [
+        entry(i, error_class="max_attempts", cause="transient", code="20503", message="Service unavailable")
+        for i in range(10_000)
+    ]
     started = time.perf_counter()
     store(entries)
     stored_s = time.perf_counter() - started
@@ -576,7 +739,12 @@ def test_replay_of_ten_thousand_entries_by_filter_completes_and_is_audited(suppo
     assert DeadLetter.objects.filter(status="open").count() == 25
     audit = DlqAudit.objects.get()
     assert (audit.action, audit.actor, audit.requested, audit.count, audit.skipped) == (
-        "replay", support_user, 10_000, 10_000, 0)
+        "replay",
+        support_user,
+        10_000,
+        10_000,
+        0,
+    )
     assert audit.finished_at and "category__exact=provider_outage" in audit.selection
     assert OutboxEvent.objects.filter(topic=channel_topic("sms")).count() == 10_000
     sample = OutboxEvent.objects.first()
@@ -607,20 +775,22 @@ def test_drain_of_parked_messages_from_the_dlq_admin(topics, support_client, sup
     support_client.post("/admin/notifications/deadletter/drain/", {"channel": "email"})
     audit = DlqAudit.objects.get()
     assert (audit.action, audit.actor, audit.count, audit.selection) == ("drain", support_user, 1, "email")
-    [moved] = consume_matching(channel_topic("email"), lambda m: orjson.loads(m.value())["id"] == body["id"],
-                               expected=1)
+    [moved] = consume_matching(
+        channel_topic("email"), lambda m: orjson.loads(m.value())["id"] == body["id"], expected=1
+    )
     assert moved is not None
 
 
 # --- rules added later ------------------------------------------------------------------------------
 def test_rules_added_later_are_reapplied_to_uncategorised_entries(db, support_client, support_user):
-    stored = store([entry(i, error_class="quantum_flux", cause="quantum_flux", code="", message="flux melted")
-                    for i in range(4)])
+    stored = store(
+        [entry(i, error_class="quantum_flux", cause="quantum_flux", code="", message="flux melted") for i in range(4)]
+    )
     assert {s.category for s in stored} == {"unknown"}
-    rule = TriageRule.objects.create(name="flux", priority=5, error_classes="quantum_flux",
-                                     category="provider_outage")
-    response = support_client.post("/admin/notifications/triagerule/",
-                                   {"action": "reapply_to_unknown", "_selected_action": [rule.pk]})
+    rule = TriageRule.objects.create(name="flux", priority=5, error_classes="quantum_flux", category="provider_outage")
+    response = support_client.post(
+        "/admin/notifications/triagerule/", {"action": "reapply_to_unknown", "_selected_action": [rule.pk]}
+    )
     assert response.status_code == 302
     assert set(DeadLetter.objects.values_list("category", "rule_id")) == {("provider_outage", rule.pk)}
     assert not DeadLetter.objects.filter(page_pending=True).exists()

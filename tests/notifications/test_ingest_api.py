@@ -63,9 +63,7 @@ def test_repeat_post_returns_original_and_creates_nothing(notification_type, ser
 
 
 def test_batch(notification_type, service_client):
-    batch = {
-        "events": [event(event_id=f"e{i}", recipients=[str(i)]) for i in range(5)] + [event(event_id="e0")]
-    }
+    batch = {"events": [event(event_id=f"e{i}", recipients=[str(i)]) for i in range(5)] + [event(event_id="e0")]}
     response = service_client.post(URL, batch, format="json")
     assert response.status_code == 202
     events = response.json()["events"]

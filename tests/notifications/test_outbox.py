@@ -126,8 +126,7 @@ def test_relay_killed_mid_batch_loses_nothing(subprocess_env, capsys, fresh_topi
     total = 30_000
     with transaction.atomic():
         enqueue_messages(
-            OutboxMessage(topic=topic, key=f"k{i % 100}", payload={"seq": i, "pad": "x" * 200})
-            for i in range(total)
+            OutboxMessage(topic=topic, key=f"k{i % 100}", payload={"seq": i, "pad": "x" * 200}) for i in range(total)
         )
     cmd = [sys.executable, "manage.py", "relay_outbox", "--batch-size", "500"]
     first = subprocess.Popen(cmd, env=subprocess_env)

@@ -75,17 +75,32 @@ def message(channel: str, *, to: dict, user_id: int = 1, priority: str = "transa
     key = f"{event_id}:{user_id}:{channel}"
     if channel == "push":
         key += f":{to['platform']}"
-    return {"v": 1, "id": key, "event_id": event_id, "user_id": user_id, "channel": channel,
-            "type": "order.shipped", "category": "transactional", "urgency": "normal", "priority": priority,
-            "created_at": "2026-11-25T10:00:00+00:00", "locale": "en", "to": to,
-            "content": content or default_content}
+    return {
+        "v": 1,
+        "id": key,
+        "event_id": event_id,
+        "user_id": user_id,
+        "channel": channel,
+        "type": "order.shipped",
+        "category": "transactional",
+        "urgency": "normal",
+        "priority": priority,
+        "created_at": "2026-11-25T10:00:00+00:00",
+        "locale": "en",
+        "to": to,
+        "content": content or default_content,
+    }
 
 
 def produce(channel: str, messages: list[dict]) -> None:
     producer = Producer(producer_config())
     for m in messages:
-        producer.produce(channel_topic(channel), key=str(m["user_id"]).encode(), value=orjson.dumps(m),
-                         headers=[("idempotency-key", m["id"].encode())])
+        producer.produce(
+            channel_topic(channel),
+            key=str(m["user_id"]).encode(),
+            value=orjson.dumps(m),
+            headers=[("idempotency-key", m["id"].encode())],
+        )
     assert producer.flush(30) == 0
 
 
@@ -123,8 +138,11 @@ def log_status(m: dict) -> str | None:
 @pytest.mark.parametrize("channel", ["email", "sms", "webhook"])
 def test_happy_path_http_channels(topics, providers, sandbox, channel):
     provider, sandbox_name = PROVIDERS[channel]
-    to = {"email": {"email": "ada@example.com"}, "sms": {"phone": "+4915112345678"},
-          "webhook": {"url": f"{sandbox.url('webhook')}/hooks/orders"}}[channel]
+    to = {
+        "email": {"email": "ada@example.com"},
+        "sms": {"phone": "+4915112345678"},
+        "webhook": {"url": f"{sandbox.url('webhook')}/hooks/orders"},
+    }[channel]
     m = message(channel, to=to)
     with RunningWorker(channel):
         produce(channel, [m])
@@ -233,10 +251,15 @@ def test_redis_down_fails_open_and_counts(topics, providers, sandbox):
     dead = redis.Redis(port=1, socket_timeout=0.1, socket_connect_timeout=0.1)
     worker = build_worker("sms")
     before = DEDUP_FAIL_OPEN.labels("sms")._value.get()
-    worker.dedup = DedupStore(dead, django_settings.REDIS_KEY_PREFIX, breaker=CircuitBreaker("t", failure_threshold=1),
-                              on_fail_open=lambda n: DEDUP_FAIL_OPEN.labels("sms").inc(n))
-    runner = ConsumerRunner(RunnerConfig(role="t", topics=worker_topics("sms"), group=f"t-{uuid.uuid4().hex[:6]}"),
-                            worker)
+    worker.dedup = DedupStore(
+        dead,
+        django_settings.REDIS_KEY_PREFIX,
+        breaker=CircuitBreaker("t", failure_threshold=1),
+        on_fail_open=lambda n: DEDUP_FAIL_OPEN.labels("sms").inc(n),
+    )
+    runner = ConsumerRunner(
+        RunnerConfig(role="t", topics=worker_topics("sms"), group=f"t-{uuid.uuid4().hex[:6]}"), worker
+    )
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
     try:
@@ -257,8 +280,9 @@ def test_four_worker_processes_never_exceed_the_contract(topics, providers, sand
     batch = [message("sms", to={"phone": f"+49153{i:07d}"}) for i in range(240)]
     produce("sms", batch)
     env = {**subprocess_env, **sandbox.env, "KAFKA_TOPIC_PREFIX": topics}
-    procs = [subprocess.Popen([sys.executable, "manage.py", "run_worker", "--channel", "sms"], env=env)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "manage.py", "run_worker", "--channel", "sms"], env=env) for _ in range(4)
+    ]
     try:
         wait_for(lambda: client.stats()["accepted"] >= 240, timeout=90, interval=0.5)
     finally:
@@ -277,8 +301,14 @@ def test_worker_killed_mid_batch_loses_nothing(topics, providers, sandbox, subpr
     url = f"{sandbox.url('webhook')}/hooks"
     batch = [message("webhook", to={"url": url}, user_id=i) for i in range(1500)]
     produce("webhook", batch)
-    env = {**subprocess_env, **sandbox.env, "KAFKA_TOPIC_PREFIX": topics, "PROVIDER_TIMEOUT": "1",
-           "WORKER_IN_PROCESS_RETRIES": "0", "WORKER_BATCH_SIZE": "200"}
+    env = {
+        **subprocess_env,
+        **sandbox.env,
+        "KAFKA_TOPIC_PREFIX": topics,
+        "PROVIDER_TIMEOUT": "1",
+        "WORKER_IN_PROCESS_RETRIES": "0",
+        "WORKER_BATCH_SIZE": "200",
+    }
     cmd = [sys.executable, "manage.py", "run_worker", "--channel", "webhook"]
     first = subprocess.Popen(cmd, env=env)
     try:
@@ -290,8 +320,7 @@ def test_worker_killed_mid_batch_loses_nothing(topics, providers, sandbox, subpr
     at_kill = client.stats()["accepted"]
     second = subprocess.Popen(cmd, env=env)
     try:
-        wait_for(lambda: len({r["idempotency_key"] for r in client.iter_requests()}) >= 1500, timeout=120,
-                 interval=0.5)
+        wait_for(lambda: len({r["idempotency_key"] for r in client.iter_requests()}) >= 1500, timeout=120, interval=0.5)
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0
@@ -299,7 +328,9 @@ def test_worker_killed_mid_batch_loses_nothing(topics, providers, sandbox, subpr
     missing = {m["id"] for m in batch} - set(keys)
     duplicates = sum(c - 1 for c in keys.values())
     with capsys.disabled():
-        print(f"\n[worker SIGKILL] 1500 messages, {at_kill} delivered at the kill, missing={len(missing)}, "
-              f"sent twice={duplicates} (sends in flight when killed; the webhook-id lets receivers drop them)")
+        print(
+            f"\n[worker SIGKILL] 1500 messages, {at_kill} delivered at the kill, missing={len(missing)}, "
+            f"sent twice={duplicates} (sends in flight when killed; the webhook-id lets receivers drop them)"
+        )
     assert not missing
     assert duplicates <= django_settings.WORKER_CONCURRENCY, "only sends in flight at the kill can repeat"

@@ -28,6 +28,7 @@ from notifications.outbox.relay import RELAY_PRODUCER_OVERRIDES, OutboxRelay, Re
 from preferences.models import InboxMessage
 from tests.campaigns.conftest import copy_users, make_campaign
 from tests.kafka_helpers import consume
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -103,16 +104,6 @@ def providers(db):
             Provider(name="apns", channel="push", kind="apns", rate=6000, burst=600),
         ]
     )
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def keys(sandbox, name: str) -> collections.Counter:

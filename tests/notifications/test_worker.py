@@ -24,6 +24,7 @@ from notifications.delivery.setup import DEDUP_FAIL_OPEN, build_worker, build_wo
 from notifications.models import DeliveryLog, Provider
 from preferences.models import Device, InboxMessage
 from tests.kafka_helpers import consume_matching
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -118,16 +119,6 @@ class RunningWorker:
         self.runner.stop_event.set()
         self.thread.join(30)
         assert not self.thread.is_alive(), "worker stops on request"
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def log_status(m: dict) -> str | None:

@@ -521,6 +521,15 @@ def build_http_client(
     )
 
 
+def resolved_url(client: httpx.AsyncClient, path: str) -> httpx.URL:
+    """`path` merged with the client's base URL once, as `client.build_request` would merge it.
+
+    A send to a fixed endpoint then passes an absolute `httpx.URL`, which httpx takes as is instead of
+    parsing and merging the path again on every request (~35 µs of the worker's CPU per send).
+    """
+    return client.build_request("POST", path).url
+
+
 class HttpProviderAdapter(ProviderAdapter):
     """An adapter that posts one HTTP request per send over its own pooled ``httpx.AsyncClient``.
 

@@ -28,6 +28,7 @@ from notifications.providers.base import (
     devices_for,
     json_body,
     require,
+    resolved_url,
     result_from_exception,
 )
 from notifications.providers.classification import classify_fcm_response, fcm_error_code
@@ -117,6 +118,7 @@ class FcmPushAdapter(HttpProviderAdapter):
         self.base_url = base_url.rstrip("/")
         client = client or build_http_client(base_url=self.base_url, timeout=timeout, max_connections=max_connections)
         super().__init__(client=client, **kwargs)
+        self._send_url = resolved_url(self.client, f"/v1/projects/{self.project_id}/messages:send")
         self._access_token: Secret | None = None
         self._expires_at = 0.0
         self._token_lock = asyncio.Lock()
@@ -222,7 +224,7 @@ class FcmPushAdapter(HttpProviderAdapter):
 
     async def _send_to_token(self, message: ChannelMessage, token: str, key: str) -> SendResult:
         payload = orjson.dumps(self.build_payload(message, token, key))
-        url = f"/v1/projects/{self.project_id}/messages:send"
+        url = self._send_url
         try:
             for attempt in range(2):
                 access = await self.access_token()

@@ -15,6 +15,7 @@ from notifications.providers.base import (
     SendResult,
     build_http_client,
     require,
+    resolved_url,
 )
 from notifications.providers.classification import classify_twilio_response
 
@@ -68,6 +69,7 @@ class TwilioSmsAdapter(HttpProviderAdapter):
             base_url=self.base_url, timeout=timeout, max_connections=max_connections, auth=auth
         )
         super().__init__(client=client, **kwargs)
+        self._messages_url = resolved_url(self.client, f"/2010-04-01/Accounts/{self.account_sid}/Messages.json")
 
     def build_request(self, message: ChannelMessage) -> httpx.Request:
         if not (self.account_sid and self._auth_token):
@@ -91,7 +93,7 @@ class TwilioSmsAdapter(HttpProviderAdapter):
             form["StatusCallback"] = _with_query(self.status_callback, notification_id=message["id"])
         return self.client.build_request(
             "POST",
-            f"/2010-04-01/Accounts/{self.account_sid}/Messages.json",
+            self._messages_url,
             data=form,
             headers={"I-Twilio-Idempotency-Token": message["id"]},
         )

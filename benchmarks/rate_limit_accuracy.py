@@ -37,10 +37,8 @@ What it does:
    idempotency keys. Also: CPU of the workers, the sandbox, Redis and Kafka (from /proc), and Redis
    script calls (EVALSHA, machine-wide: token takes + dedup confirms) per accepted send.
 4. Throughput rows `LATENCY_MS:CONCURRENCY[:MAX_CONNECTIONS]`: one worker process, Provider rate
-   100,000, sandbox latency fixed at LATENCY_MS. The optional MAX_CONNECTIONS row runs the worker
-   through `python -c` (django.setup(); settings.TWILIO_MAX_CONNECTIONS = N; call_command
-   ('run_worker', channel='sms')), because TWILIO_MAX_CONNECTIONS (default 200 sockets) is not read
-   from the environment by config/settings.py.
+   100,000, sandbox latency fixed at LATENCY_MS. The optional MAX_CONNECTIONS sets
+   TWILIO_MAX_CONNECTIONS in the worker's environment (default: max(200, WORKER_CONCURRENCY)).
 5. Cleans up: topics, Redis keys, the run's delivery-log rows, the Provider row (restored if it
    existed), the sandbox.
 
@@ -199,22 +197,15 @@ def delivery_outcomes(type_key: str) -> dict[str, int]:
     return out
 
 
-def worker_command(max_connections: int | None, profile_path: Path | None = None) -> list[str]:
-    """`manage.py run_worker --channel sms`, or the same command through `python -c` when the socket
-    limit must be set (not read from the environment) or the worker runs under cProfile."""
-    if max_connections is None and profile_path is None:
-        return [sys.executable, "manage.py", "run_worker", "--channel", "sms"]
-    code = "import cProfile, django; django.setup(); from django.conf import settings; "
-    if max_connections is not None:
-        code += f"settings.TWILIO_MAX_CONNECTIONS = {int(max_connections)}; "
-    code += "from django.core.management import call_command; "
+def worker_command(profile_path: Path | None = None) -> list[str]:
+    """`manage.py run_worker --channel sms`, or the same command through `python -c` under cProfile."""
     if profile_path is None:
-        code += "call_command('run_worker', channel='sms')"
-    else:
-        code += (
-            "profile = cProfile.Profile(); profile.enable(); call_command('run_worker', channel='sms'); "
-            f"profile.disable(); profile.dump_stats({str(profile_path)!r})"
-        )
+        return [sys.executable, "manage.py", "run_worker", "--channel", "sms"]
+    code = (
+        "import cProfile, django; django.setup(); from django.core.management import call_command; "
+        "profile = cProfile.Profile(); profile.enable(); call_command('run_worker', channel='sms'); "
+        f"profile.disable(); profile.dump_stats({str(profile_path)!r})"
+    )
     return [sys.executable, "-c", code]
 
 
@@ -361,8 +352,10 @@ class Bench:
         log(f"[{label}] backlog of {messages:,} produced in {produce_seconds:.1f}s")
 
         env = self.worker_env(topic_prefix, redis_prefix, concurrency)
+        if max_connections:
+            env["TWILIO_MAX_CONNECTIONS"] = str(max_connections)
         profile_path = self.tmpdir / f"{self.index:02d}.prof" if profile else None
-        cmd = worker_command(max_connections, profile_path)
+        cmd = worker_command(profile_path)
         procs: list[subprocess.Popen] = []
         logs: list[Path] = []
         meter = CpuMeter(
@@ -704,9 +697,13 @@ def print_report(args: argparse.Namespace, accuracy: list[dict], throughput: lis
             f"{args.messages:,} sms per scenario; sandbox latency {args.accuracy_latency_ms:g} ms; WORKER_CONCURRENCY "
             f"{args.accuracy_concurrency}; {args.partitions} partitions; {cores} CPU cores"
         )
+        from django.conf import settings
+
+        margin = getattr(settings, "RATE_LIMIT_WINDOW_MARGIN", None)
         print(
             f"  targets: max 1 s window / R <= {TARGET_MAX_WINDOW}, utilisation >= {TARGET_UTILISATION}, "
-            "0 x 429, 0 duplicates"
+            f"0 x 429, 0 duplicates; workers cap grants at R per (1 + {margin}) s "
+            f"(RATE_LIMIT_WINDOW_MARGIN; utilisation <= {1 / (1 + (margin or 0)):.3f} by construction)"
         )
         head = (
             f"{'scenario':<13} {'sandbox':>8} {'accepted':>8} {'max1s':>6} {'/R':>6} {'steady':>6} {'util':>6} "
@@ -768,7 +765,8 @@ def print_report(args: argparse.Namespace, accuracy: list[dict], throughput: lis
         print("-" * len(head))
         for r in throughput:
             print(
-                f"{r['latency_ms']:>6g}ms {r['concurrency']:>11} {r['max_connections'] or 200:>7} {r['accepted']:>8,} "
+                f"{r['latency_ms']:>6g}ms {r['concurrency']:>11} "
+                f"{r['max_connections'] or max(200, r['concurrency']):>7} {r['accepted']:>8,} "
                 f"{fmt(r.get('span'), '>8.1f'):>8} {fmt(r.get('rate'), '>8,.0f'):>8} "
                 f"{fmt(r.get('mid_rate'), '>11,.0f'):>11} {r['duplicates']:>5} {cpu_ms_per_send(r):>7.2f} "
                 f"{cpu_share(r, 'workers'):>6.0f}% "
@@ -778,9 +776,8 @@ def print_report(args: argparse.Namespace, accuracy: list[dict], throughput: lis
             )
         print(
             "  sends/s = accepted / (last - first arrival at the sandbox); mid = over the middle 90%; sockets = "
-            "TWILIO_MAX_CONNECTIONS (200 unless the row sets it: config/settings.py does not read it from the "
-            "environment); ms/send = worker CPU per accepted send; CPU in % of one core over the whole scenario "
-            "(incl. worker start-up)"
+            "TWILIO_MAX_CONNECTIONS (max(200, concurrency) unless the row sets it); ms/send = worker CPU per "
+            "accepted send; CPU in % of one core over the whole scenario (incl. worker start-up)"
         )
         for r in throughput:
             if r["profile"]:

@@ -259,6 +259,24 @@ class DedupStore:
             for k, r in zip(keys, replies, strict=True)
         }
 
+    def _evalsha_many(self, script: Script, redis_keys: list[str], args: list[str | int]) -> list:
+        """One EVALSHA per key in one pipelined round trip.
+
+        redis-py's pipelined ``Script`` objects send ``SCRIPT EXISTS`` before every pipeline (a second
+        round trip per call); here the script is loaded only when the server answers NOSCRIPT (a
+        restart or failover emptied its script cache), and then the whole pipeline is sent again:
+        a NOSCRIPT reply means that call did not run.
+        """
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for rk in redis_keys:
+                pipe.evalsha(script.sha, 1, rk, *args)
+            replies = pipe.execute(raise_on_error=False)
+            if attempt == 2 or not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                return replies
+            self.client.script_load(script.script)
+        return replies  # pragma: no cover - the loop always returns
+
     def _run_script_many(self, keys: list[str], script: Script, args: list[str | int], what: str) -> list[int | None]:
         """Run ``script`` once per key in one pipeline; None marks a key whose call failed."""
         if not keys:
@@ -268,10 +286,7 @@ class DedupStore:
             logger.warning("dedup %s skipped for %d key(s): circuit open", what, len(keys))
             return [None] * len(keys)
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for rk in redis_keys:
-                script(keys=[rk], args=args, client=pipe)
-            replies = pipe.execute(raise_on_error=False)
+            replies = self._evalsha_many(script, redis_keys, args)
         except redis.RedisError as exc:
             self.breaker.record_failure()
             logger.warning("dedup %s failed for %d key(s): %r", what, len(keys), exc)

@@ -1,7 +1,14 @@
 """The channel worker: dedup claim → token → send → confirm, with retries, failover and a DLQ.
 
-One `ChannelWorker` serves one channel. The runner hands it a polled batch from `notif.<channel>`
-and its retry tiers; it returns only when every message has a durable outcome:
+One `ChannelWorker` serves one channel. It runs under either runner:
+
+* `handle_batch` (the shared `ConsumerRunner`): a polled batch from `notif.<channel>` and its retry
+  tiers; it returns only when every message of the batch has a durable outcome;
+* `prepare` + `submit` (`notifications.delivery.pipeline.PipelinedWorkerRunner`, what `run_worker`
+  uses): the event loop runs in its own thread and each job reports itself done on its own, so the
+  next batch is polled and claimed while the sends of the previous one are still in flight.
+
+A job is done when it has a durable outcome:
 
 * sent and confirmed in the dedup store (or already sent: skipped);
 * parked in a retry tier with `not-before`, `attempt` and the error history in headers;
@@ -9,12 +16,14 @@ and its retry tiers; it returns only when every message has a durable outcome:
 * held back: a retry-tier message that is not yet due is returned to the runner as a deferral,
   which pauses that partition until the head message is due.
 
-Sends of a batch run concurrently (asyncio, bounded by `concurrency`) so one slow provider call
-never blocks the others; every Redis step of a batch (claims, confirms, releases) is one pipeline.
+Sends run concurrently (asyncio, bounded by `concurrency`) so one slow provider call never blocks
+the others. Claims are one pipeline per batch; confirms of every send that completed in the same
+event-loop iteration are one pipeline (`_flush_confirms`), never a blocking round trip per send.
 """
 
 import asyncio
 import logging
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,7 +81,7 @@ class ProviderSlot:
         return self._adapter
 
 
-@dataclass
+@dataclass(eq=False)  # identity: jobs live in sets while they are being delivered
 class Job:
     message: Message
     body: ChannelMessage
@@ -81,6 +90,21 @@ class Job:
     first_attempt_at: float
     errors: list[dict[str, Any]] = field(default_factory=list)
     claimed: bool = False
+    #: What settling this job writes (delivery log, campaign progress, dead contact points); filled
+    #: in the event loop, read by the thread that settles and commits once the job is done.
+    entries: list[LogEntry] = field(default_factory=list)
+    metas: list[dict | None] = field(default_factory=list)
+    deduplicated: list[tuple[LogEntry, dict | None]] = field(default_factory=list)
+    invalid: list[tuple[ChannelMessage, SendResult]] = field(default_factory=list)
+    #: Set when a stopping worker gave the job up before sending (claim released, offset not committed).
+    abandoned: bool = False
+    #: True while the provider call is under way (a job is only ever given up outside that).
+    sending: bool = False
+    task: asyncio.Task | None = None
+
+    @property
+    def partition(self) -> tuple[str, int]:
+        return (self.message.topic(), self.message.partition())
 
     @property
     def key(self) -> str:
@@ -94,6 +118,9 @@ class WorkerConfig:
     #: The in-process retry budget; the dedup lease must outlast timeout x (1 + in-process retries).
     max_in_process_retries: int = 2
     tiers: tuple[tuple[str, float], ...] = RETRY_TIERS
+    #: Provider buckets also cap grants at R per (1 + margin) s (`Window.for_contract`), so a
+    #: provider enforcing exactly R per second sees no 1 s window above R; None: bucket only.
+    rate_window_margin: float | None = 0.05
 
 
 class ChannelWorker:
@@ -117,7 +144,6 @@ class ChannelWorker:
         self.channel = config.channel
         self.providers = providers
         self.refresh_providers = refresh_providers
-        self._invalid_contacts: list[tuple[ChannelMessage, SendResult]] = []
         self.dedup = dedup
         self.bucket = bucket
         self.policy = policy
@@ -128,16 +154,40 @@ class ChannelWorker:
         self.now = wall_clock
         self.loop = loop or asyncio.new_event_loop()
         self._errors: list[KafkaError] = []
-        self._outcomes: list[LogEntry] = []
         self._sem: asyncio.Semaphore | None = None
         self._dispensers: dict[str, TokenDispenser] = {}
-        self._metas: list[dict | None] = []
-        self._deduplicated: list[tuple[LogEntry, dict | None]] = []
+        #: Jobs with an outcome, in completion order (put by the event loop, taken by the settler).
+        self.done: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._confirm_queue: list[Job] = []
+        self._confirm_scheduled = False
+        self._stopping = False
+        self._revoked: set[tuple[str, int]] = set()
+        self._active: set[Job] = set()
 
     # -- batch -------------------------------------------------------------------------------
     def handle_batch(self, messages: list[Message]) -> Deferrals:
+        """Handle one batch to the end (sends, confirms, retry/DLQ produces, delivery log)."""
+        jobs, deferrals, _raw = self.prepare(messages)
+        if jobs:
+            self.refresh_providers()  # database reads happen here, outside the event loop
+            self.loop.run_until_complete(self._process(jobs))
+            self._flush_confirms()
+        done = []
+        while not self.done.empty():
+            done.append(self.done.get_nowait())
+        self.settle(done)
+        return deferrals
+
+    def prepare(self, messages: list[Message]) -> tuple[list[Job], Deferrals, list[Message]]:
+        """Parse a polled batch into jobs.
+
+        Returns the jobs, the deferrals (retry-tier partitions whose head message is not due: that
+        message and every later one of its partition are left out) and the messages that were not
+        jobs but already have their outcome (unparseable: produced to the DLQ, durable once the
+        producer is flushed)."""
         deferrals: Deferrals = {}
         jobs: list[Job] = []
+        raw: list[Message] = []
         now = self.now()
         for message in messages:
             tp = (message.topic(), message.partition())
@@ -154,6 +204,7 @@ class ChannelWorker:
                     raise ValueError("not a v1 channel message")
             except (orjson.JSONDecodeError, ValueError) as exc:
                 self._dead_letter_raw(message, headers, "invalid_message", str(exc))
+                raw.append(message)
                 continue
             jobs.append(
                 Job(
@@ -165,25 +216,60 @@ class ChannelWorker:
                     errors=orjson.loads(headers[Header.ERRORS]) if headers.get(Header.ERRORS) else [],
                 )
             )
-        if jobs:
-            self.refresh_providers()  # database reads happen here, outside the event loop
-            self.loop.run_until_complete(self._process(jobs))
+        return jobs, deferrals, raw
+
+    def submit(self, jobs: list[Job]) -> "asyncio.Future[None]":
+        """Start `jobs` on the worker's event loop, which runs in another thread (pipelined mode);
+        each job is put on `done` when it has its outcome."""
+        return asyncio.run_coroutine_threadsafe(self._process(jobs), self.loop)
+
+    def settle(self, jobs: list[Job]) -> None:
+        """Make the outcomes of finished jobs durable, outside the event loop: wait for every retry
+        and DLQ produce to be acknowledged, then write the delivery log, campaign progress and dead
+        contact points. Only after this may the jobs' offsets be committed."""
         self._flush()
-        invalid, self._invalid_contacts = self._invalid_contacts, []
-        for body, result in invalid:
-            self.on_invalid_contact(body, result)
-        outcomes, self._outcomes = self._outcomes, []
-        metas, self._metas = self._metas, []
-        if outcomes:
-            self.on_outcomes(outcomes)
-        deduplicated, self._deduplicated = self._deduplicated, []
+        entries: list[LogEntry] = []
+        metas: list[dict | None] = []
+        deduplicated: list[tuple[LogEntry, dict | None]] = []
+        for job in jobs:
+            for body, result in job.invalid:
+                self.on_invalid_contact(body, result)
+            entries += job.entries
+            metas += job.metas
+            deduplicated += job.deduplicated
+        if entries:
+            self.on_outcomes(entries)
         if self.on_campaign_outcomes is not None and any(metas + [m for _, m in deduplicated]):
-            self.on_campaign_outcomes(outcomes + [e for e, _ in deduplicated], metas + [m for _, m in deduplicated])
-        return deferrals
+            self.on_campaign_outcomes(entries + [e for e, _ in deduplicated], metas + [m for _, m in deduplicated])
+
+    def stop_sending(self) -> None:
+        """Graceful stop (call in the event loop): sends in progress finish; jobs still waiting for a
+        concurrency slot or a token give their claim up and are not committed (redelivered later)."""
+        self._stopping = True
+        self._give_up_waiting(lambda job: True)
+
+    def revoke(self, partitions: set[tuple[str, int]]) -> None:
+        """Partitions taken away by a rebalance (call in the event loop): their jobs still waiting
+        for a slot or a token are given up at once, so the revocation (and with it the rebalance
+        of every worker) waits only for the sends already under way."""
+        self._revoked |= partitions
+        self._give_up_waiting(lambda job: job.partition in partitions)
+
+    def reinstate(self, partitions: set[tuple[str, int]]) -> None:
+        """Partitions assigned (again) to this worker (call in the event loop)."""
+        self._revoked -= partitions
+
+    def _give_up_waiting(self, which: Callable[[Job], bool]) -> None:
+        for job in list(self._active):
+            if not job.sending and job.task is not None and which(job):
+                job.task.cancel()
 
     async def _process(self, jobs: list[Job]) -> None:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.config.concurrency)
+        await self._process_jobs(jobs)
+
+    async def _process_jobs(self, jobs: list[Job]) -> None:
         jobs = self._apply_campaign_halts(jobs)
         claims = self.dedup.claim_many([j.key for j in jobs])
         to_send: list[Job] = []
@@ -192,17 +278,20 @@ class ChannelWorker:
             if job.key in seen:  # the same message twice in one batch: one claim covers both
                 SKIPPED.labels(self.channel).inc()
                 self._note_deduplicated(job)
+                self._completed(job)
                 continue
             seen.add(job.key)
             claim = claims[job.key]
             if claim.status == ClaimStatus.ALREADY_SENT:
                 SKIPPED.labels(self.channel).inc()
                 self._note_deduplicated(job)
+                self._completed(job)
                 continue
             if claim.status == ClaimStatus.IN_FLIGHT:
                 # Another worker holds the lease (or crashed holding it): look again after the lease
                 # could have expired, without counting an attempt.
                 self._park(job, delay=self.config.tiers[0][1], error=None)
+                self._completed(job)
                 continue
             job.claimed = True
             to_send.append(job)
@@ -211,10 +300,50 @@ class ChannelWorker:
         if self.channel == "inapp":
             await self._send_inapp(to_send)
             return
-        await asyncio.gather(*(self._deliver(job) for job in to_send))
+        tasks = []
+        for job in to_send:
+            job.task = asyncio.ensure_future(self._deliver_and_report(job))
+            tasks.append(job.task)
+        await asyncio.gather(*tasks)
 
-    async def _deliver(self, job: Job) -> None:
-        """Send one job: pick a provider, take a token, send, and settle the outcome."""
+    async def _deliver_and_report(self, job: Job) -> None:
+        self._active.add(job)
+        try:
+            if self._stopping or job.partition in self._revoked:
+                raise asyncio.CancelledError
+            confirming = await self._deliver(job)
+        except asyncio.CancelledError:
+            if job.sending:  # never given up mid-call (see _give_up_waiting): a real cancellation
+                raise
+            self._abandon(job)
+            confirming = False
+        finally:
+            self._active.discard(job)
+        if not confirming:  # a sent job is reported once its confirm is flushed
+            self._completed(job)
+
+    def _completed(self, job: Job) -> None:
+        self.done.put(job)
+
+    def _queue_confirm(self, job: Job) -> None:
+        """Confirm a sent job together with every other send completed in this loop iteration."""
+        self._confirm_queue.append(job)
+        if not self._confirm_scheduled:
+            self._confirm_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_confirms)
+
+    def _flush_confirms(self) -> None:
+        self._confirm_scheduled = False
+        jobs, self._confirm_queue = self._confirm_queue, []
+        if not jobs:
+            return
+        self.dedup.confirm_many([j.key for j in jobs])  # never raises: Redis errors are logged
+        for job in jobs:
+            self._completed(job)
+
+    async def _deliver(self, job: Job) -> bool:
+        """Send one job: pick a provider, take a token, send, and settle the outcome. Returns True
+        when the job was sent and its confirm is queued (it is reported done by the confirm flush)."""
         for in_process_retry in range(self.config.max_in_process_retries + 1):
             slot = self._pick_provider(job.body.get("to", {}).get("platform"))
             if slot is None:
@@ -223,7 +352,7 @@ class ChannelWorker:
                     delay=None,
                     error={"error_class": "no_provider", "message": "every provider is open or disabled"},
                 )
-                return
+                return False
             async with self._sem:  # type: ignore[union-attr]
                 # The token is taken inside the concurrency slot, right before the call, so the gap
                 # between grant and arrival at the provider stays small (rate accuracy).
@@ -232,24 +361,28 @@ class ChannelWorker:
                     await self._take_token(slot, job)
                 except RateLimiterUnavailable:
                     self._release_and_park(job, delay=None, error={"error_class": "rate_limiter_unavailable"})
-                    return
-                result = await slot.adapter.send(job.body)
+                    return False
+                job.sending = True
+                try:
+                    result = await slot.adapter.send(job.body)
+                finally:
+                    job.sending = False
             SENDS.labels(self.channel, slot.name, result.outcome).inc()
             job.attempt += 1
             if result.outcome == SendOutcome.SENT:
                 slot.breaker.record_success()
-                self.dedup.confirm(job.key)
                 self._record(job, "sent", provider=slot.name, provider_message_id=result.provider_message_id)
                 if result.invalid_tokens:
-                    self._invalid_contacts.append((job.body, result))
-                return
+                    job.invalid.append((job.body, result))
+                self._queue_confirm(job)
+                return True
             job.errors.append(_error_entry(result, slot.name, self.now()))
             if result.outcome in (SendOutcome.PERMANENT, SendOutcome.INVALID_CONTACT):
                 slot.breaker.record_success()  # the provider works; this message does not
                 if result.outcome == SendOutcome.INVALID_CONTACT:
-                    self._invalid_contacts.append((job.body, result))
+                    job.invalid.append((job.body, result))
                 self._release_and_dead_letter(job, result.outcome.value, result.message, slot.name)
-                return
+                return False
             if result.outcome == SendOutcome.RATE_LIMITED:
                 # Not a failure of the provider: hold its bucket until the reset, and do not count
                 # this try against the attempt budget.
@@ -268,16 +401,28 @@ class ChannelWorker:
             )
             if decision.action == RetryAction.GIVE_UP:
                 self._release_and_dead_letter(job, decision.reason or "retries_exhausted", result.message, slot.name)
-                return
+                return False
             if (
                 decision.action == RetryAction.RETRY_IN_PROCESS
                 and in_process_retry < self.config.max_in_process_retries
+                and not self._stopping
+                and job.partition not in self._revoked
             ):
                 await asyncio.sleep(decision.delay)
                 continue
             self._release_and_park(job, delay=decision.delay, error=None)
-            return
+            return False
         self._release_and_park(job, delay=None, error=None)
+        return False
+
+    def _abandon(self, job: Job) -> None:
+        """The worker stops before this job got a token: nothing was sent; give the claim up so the
+        next owner of the partition sends it at once, and leave its offset uncommitted."""
+        if job.claimed:
+            self.dedup.release(job.key)
+        job.abandoned = True
+        job.entries.clear()
+        job.metas.clear()
 
     async def _send_inapp(self, jobs: list[Job]) -> None:
         """The inbox is written in bulk: one insert for the whole batch (idempotent per message)."""
@@ -285,6 +430,7 @@ class ChannelWorker:
         if slot is None:
             for job in jobs:
                 self._release_and_park(job, delay=None, error={"error_class": "no_provider"})
+                self._completed(job)
             return
         results = await slot.adapter.send_many([j.body for j in jobs])  # type: ignore[attr-defined]
         confirmed = []
@@ -302,6 +448,8 @@ class ChannelWorker:
                     self._release_and_park(job, delay=None, error=None)
         if confirmed:
             self.dedup.confirm_many(confirmed)
+        for job in jobs:
+            self._completed(job)
 
     # -- providers and tokens ---------------------------------------------------------------------
     def _pick_provider(self, kind: str | None = None) -> ProviderSlot | None:
@@ -331,8 +479,10 @@ class ChannelWorker:
             halt = halts.get(str((job.body.get("meta") or {}).get("campaign_id")))
             if halt == "cancelled":
                 self._record(job, "suppressed", reason="campaign_cancelled")
+                self._completed(job)
             elif halt == "paused":
                 self._park(job, delay=self.config.tiers[0][1], error=None)
+                self._completed(job)
             else:
                 kept.append(job)
         return kept
@@ -347,7 +497,7 @@ class ChannelWorker:
                 type=job.body.get("type", ""),
                 status="deduplicated",
             )
-            self._deduplicated.append((entry, meta))
+            job.deduplicated.append((entry, meta))
 
     async def _take_campaign_token(self, job: Job) -> None:
         """A campaign's own throttle (max sends/s), on top of the provider's contract."""
@@ -369,7 +519,10 @@ class ChannelWorker:
         dispenser = self._dispensers.get(slot.name)
         if dispenser is None:
             dispenser = TokenDispenser(
-                bucket=self.bucket, name=slot.name, contract=lambda s=slot: (s.rate, s.burst, s.reserve)
+                bucket=self.bucket,
+                name=slot.name,
+                contract=lambda s=slot: (s.rate, s.burst, s.reserve),
+                window_margin=self.config.rate_window_margin,
             )
             self._dispensers[slot.name] = dispenser
         started = time.monotonic()
@@ -436,8 +589,8 @@ class ChannelWorker:
         body = job.body
         if not body.get("event_id") or body.get("user_id") is None:
             return
-        self._metas.append(body.get("meta"))
-        self._outcomes.append(
+        job.metas.append(body.get("meta"))
+        job.entries.append(
             LogEntry(
                 event_id=body["event_id"],
                 user_id=int(body["user_id"]),

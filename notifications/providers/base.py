@@ -400,6 +400,11 @@ class ProviderAdapter(ABC):
 
     name: str = "provider"
     channel: ClassVar[str] = ""
+    #: How many sends this adapter can really have on the wire at once; None: as many as the caller
+    #: starts (its pool is sized to the worker's concurrency). A send started beyond it would wait
+    #: inside the adapter -- inside its send deadline -- so the worker admits at most this many
+    #: (`ChannelWorker._deliver`), and the deadline only ever covers a request on the wire.
+    max_in_flight: int | None = None
 
     def __init__(self, *, name: str | None = None, clock: Clock = time.time, deadline: float | None = None) -> None:
         if name:
@@ -438,6 +443,10 @@ class ProviderAdapter(ABC):
                 error_code="deadline",
                 message=f"no provider answer within the {self.deadline:g}s send deadline",
             )
+
+    def requests_for(self, message: ChannelMessage) -> int:
+        """How many provider requests one send of ``message`` makes at once (counted in `max_in_flight`)."""
+        return 1
 
     async def send_many(self, messages: Sequence[ChannelMessage]) -> list[SendResult]:
         """Send several messages concurrently (the connection pool bounds what is really in flight)."""

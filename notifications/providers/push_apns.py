@@ -38,9 +38,12 @@ MAX_TOKEN_AGE = 50 * 60.0
 DEFAULT_TOKEN_REFRESH = 40 * 60.0
 #: Each HTTP/2 connection multiplexes up to the server's stream limit (~1000 at Apple), so a few suffice.
 DEFAULT_MAX_CONNECTIONS = 4
-#: Pushes in flight per connection, bounded here so that a burst of thousands waits in one semaphore
-#: instead of in httpcore's pool (which rescans its whole queue on every stream event). 100 is the
-#: usual server stream limit (h2's default; Apple advertises more).
+#: Pushes in flight, bounded here so that a burst of thousands waits in one semaphore instead of in
+#: httpcore's pool (which rescans its whole queue on every stream event). 100 is the usual server
+#: stream limit (h2's default; Apple advertises more). It is not multiplied by the connections:
+#: httpcore puts every request on the first HTTP/2 connection that is still usable (it opens another
+#: only when that one is closing), so what is over the server's limit waits inside httpcore for a
+#: stream -- within the send deadline, which then expires on pushes the server accepted meanwhile.
 STREAMS_PER_CONNECTION = 100
 
 
@@ -92,7 +95,8 @@ class ApnsPushAdapter(HttpProviderAdapter):
             base_url=self.base_url, timeout=timeout, max_connections=max(1, min(max_connections, 16)), http2=True
         )
         super().__init__(client=client, **kwargs)
-        self._in_flight = asyncio.Semaphore(max(1, min(max_connections, 16)) * STREAMS_PER_CONNECTION)
+        self.max_in_flight = STREAMS_PER_CONNECTION
+        self._in_flight = asyncio.Semaphore(self.max_in_flight)
         self._token: str | None = None
         self._token_iat = 0.0
         self.tokens_minted = 0  # how many provider tokens this adapter signed (observability, tests)
@@ -143,6 +147,9 @@ class ApnsPushAdapter(HttpProviderAdapter):
         extra.setdefault("notification_id", key)
         alert = {"title": str(content.get("title") or ""), "body": str(content.get("body") or "")}
         return orjson.dumps({"aps": {"alert": alert}, **extra}, default=str)
+
+    def requests_for(self, message: ChannelMessage) -> int:
+        return max(1, len(devices_for(message, self.platform)))  # one POST (one stream) per device
 
     async def _send(self, message: ChannelMessage) -> SendResult:
         require(message, "to", "devices", provider=self.name)

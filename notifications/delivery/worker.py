@@ -25,6 +25,7 @@ import asyncio
 import logging
 import queue
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,7 @@ class ProviderSlot:
     enabled: bool = True
     adapter_factory: Callable[[str], ProviderAdapter] | None = None
     _adapter: ProviderAdapter | None = None
+    _in_flight: "InFlightLimit | None" = None
 
     @property
     def adapter(self) -> ProviderAdapter:
@@ -79,6 +81,58 @@ class ProviderSlot:
             assert self.adapter_factory is not None
             self._adapter = self.adapter_factory(self.kind)
         return self._adapter
+
+    @property
+    def in_flight(self) -> "InFlightLimit | None":
+        """The adapter's `max_in_flight` as a limit on this worker's sends (None: unbounded)."""
+        if self._in_flight is None and self.adapter.max_in_flight:
+            self._in_flight = InFlightLimit(self.adapter.max_in_flight)
+        return self._in_flight
+
+
+class InFlightLimit:
+    """At most `limit` provider requests in flight (a push to k devices takes k), first come first served.
+
+    Sends beyond what a provider connection carries at once wait here, before their send starts:
+    not under the adapter's send deadline (a deadline that expires on a request the provider already
+    accepted makes the retry a duplicate), not holding a worker concurrency slot (a slow provider
+    cannot take the slots of the others) and not holding a rate-limit token.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, requests: int) -> int:
+        """Wait until `requests` (at most `limit`) fit; returns what to `release`."""
+        n = max(1, min(requests, self.limit))
+        if not self._waiters and self.used + n <= self.limit:
+            self.used += n
+            return n
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(n)  # granted, then cancelled before it resumed: give it back
+            else:
+                self._waiters.remove(entry)
+                self._wake()
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.limit:
+            n, waiter = self._waiters.popleft()
+            self.used += n
+            waiter.set_result(None)
 
 
 @dataclass(eq=False)  # identity: jobs live in sets while they are being delivered
@@ -353,20 +407,27 @@ class ChannelWorker:
                     error={"error_class": "no_provider", "message": "every provider is open or disabled"},
                 )
                 return False
-            async with self._sem:  # type: ignore[union-attr]
-                # The token is taken inside the concurrency slot, right before the call, so the gap
-                # between grant and arrival at the provider stays small (rate accuracy).
-                try:
-                    await self._take_campaign_token(job)
-                    await self._take_token(slot, job)
-                except RateLimiterUnavailable:
-                    self._release_and_park(job, delay=None, error={"error_class": "rate_limiter_unavailable"})
-                    return False
-                job.sending = True
-                try:
-                    result = await slot.adapter.send(job.body)
-                finally:
-                    job.sending = False
+            # First a place among the provider's requests in flight, then a concurrency slot, then
+            # the token right before the call, so the gap between grant and arrival at the provider
+            # stays small (rate accuracy) and the send deadline never covers a wait for a connection.
+            limit = slot.in_flight
+            admitted = await limit.acquire(slot.adapter.requests_for(job.body)) if limit is not None else 0
+            try:
+                async with self._sem:  # type: ignore[union-attr]
+                    try:
+                        await self._take_campaign_token(job)
+                        await self._take_token(slot, job)
+                    except RateLimiterUnavailable:
+                        self._release_and_park(job, delay=None, error={"error_class": "rate_limiter_unavailable"})
+                        return False
+                    job.sending = True
+                    try:
+                        result = await slot.adapter.send(job.body)
+                    finally:
+                        job.sending = False
+            finally:
+                if limit is not None:
+                    limit.release(admitted)
             SENDS.labels(self.channel, slot.name, result.outcome).inc()
             job.attempt += 1
             if result.outcome == SendOutcome.SENT:

@@ -1,6 +1,7 @@
 """Channel workers end to end: real Kafka and Redis, provider sandboxes speaking the real wire formats."""
 
 import collections
+import contextlib
 import signal
 import subprocess
 import sys
@@ -152,6 +153,37 @@ def test_happy_path_push_fcm_and_apns(topics, providers, sandbox):
         wait_for(lambda: log_status(fcm) == "sent" and log_status(apns) == "sent")
     assert sorted(r["recipient"] for r in sandbox.client("fcm").requests()) == ["fcm-token-1", "fcm-token-2"]
     assert [r["recipient"] for r in sandbox.client("apns").requests()] == ["a" * 64]
+
+
+def test_apns_pushes_beyond_the_connection_streams_wait_outside_the_send_deadline(topics, providers, sandbox, settings):
+    """httpcore carries every APNs push on one HTTP/2 connection (100 streams at the sandbox); a push
+    started beyond that waits there for a stream, inside the adapter's send deadline. The pipelined
+    loop keeps every concurrency slot busy, so under load they were all APNs pushes: the deadline
+    expired on pushes the sandbox had accepted meanwhile and the in-process retry sent them again
+    (one token accepted 3 times in CI). Here 300 slots and 300 pushes meet 0.5 s of APNs latency and
+    a 1.2 s deadline: waiting for a stream would take the third hundred past it."""
+    settings.WORKER_CONCURRENCY = 300
+    settings.APNS_TIMEOUT = 1.2  # the send deadline too (deadline_for)
+    Provider.objects.filter(name="apns").update(rate=10000, burst=1000)
+    client = sandbox.client("apns")
+    client.configure(latency={"kind": "fixed", "ms": 500})
+    batch = [
+        message("push", to={"platform": "apns", "devices": [["apns", f"{i:064x}"]]}, user_id=i) for i in range(300)
+    ]
+    with RunningWorker("push"):
+        produce("push", batch)
+        with contextlib.suppress(AssertionError):  # the outcomes below say what went wrong
+            wait_for(
+                lambda: DeliveryLog.objects.filter(channel="push", status="sent").count() == len(batch),
+                timeout=30,
+                interval=0.25,
+            )
+        time.sleep(1.0)  # a late retry would show up now
+        tokens = collections.Counter(r["recipient"] for r in client.iter_requests())
+        outcomes = collections.Counter(DeliveryLog.objects.filter(channel="push").values_list("status", "attempts"))
+    duplicates = sum(tokens.values()) - len(tokens)
+    assert (len(tokens), duplicates) == (len(batch), 0), f"sent twice: {duplicates}; outcomes {dict(outcomes)}"
+    assert outcomes == {("sent", 1): len(batch)}, "no send hit the deadline"
 
 
 def test_happy_path_inapp_written_in_bulk(topics, providers, django_user_model):

@@ -1,10 +1,12 @@
-"""The pipelined worker loop's offset bookkeeping, and the workers' delivery-log upsert."""
+"""The pipelined worker loop's offset bookkeeping and provider admission, and the workers' delivery-log upsert."""
 
+import asyncio
 import uuid
 
 import pytest
 
 from notifications.delivery.pipeline import OffsetTracker
+from notifications.delivery.worker import InFlightLimit
 from notifications.delivery_log import LogEntry, record_delivery_outcomes
 from notifications.models import DeliveryLog
 
@@ -63,3 +65,25 @@ def test_delivery_log_upsert_never_moves_a_row_backwards():
     assert (row.status, row.provider, row.attempts) == ("sent", "twilio", 2)
     assert row.provider_message_id.startswith("SM1") and len(row.provider_message_id) == 200
     assert row.reason == "" and row.type == "order.shipped"
+
+
+def test_in_flight_limit_admits_first_come_first_served_and_cancelled_waiters_leave():
+    async def scenario():
+        limit = InFlightLimit(3)
+        assert await limit.acquire(2) == 2
+        second = asyncio.ensure_future(limit.acquire(2))  # does not fit: waits
+        third = asyncio.ensure_future(limit.acquire(1))  # would fit, but queues behind the second
+        big = asyncio.ensure_future(limit.acquire(10))  # a push to more devices than the limit: capped
+        await asyncio.sleep(0.01)
+        assert not (second.done() or third.done() or big.done()) and limit.used == 2
+        second.cancel()  # a job given up on revoke: leaves the queue, the next one moves up
+        await asyncio.sleep(0.01)
+        assert third.done() and third.result() == 1 and limit.used == 3
+        limit.release(2)
+        limit.release(1)
+        await asyncio.sleep(0.01)
+        assert big.result() == 3 and limit.used == 3
+        limit.release(3)
+        assert limit.used == 0
+
+    asyncio.run(scenario())

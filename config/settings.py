@@ -185,6 +185,9 @@ FCM_MAX_CONNECTIONS = env.int("FCM_MAX_CONNECTIONS", default=max(200, WORKER_CON
 WEBHOOK_MAX_CONNECTIONS = env.int("WEBHOOK_MAX_CONNECTIONS", default=max(200, WORKER_CONCURRENCY))
 # APNs multiplexes many streams per HTTP/2 connection; SMTP sends block one thread + socket each.
 APNS_MAX_CONNECTIONS = env.int("APNS_MAX_CONNECTIONS", default=4)
+# APNs pushes a worker has on the wire at once (at most 100: the streams of the one HTTP/2 connection
+# httpcore uses); more wait in the worker, before the send deadline starts.
+APNS_MAX_IN_FLIGHT = env.int("APNS_MAX_IN_FLIGHT", default=32)
 SMTP_MAX_CONNECTIONS = env.int("SMTP_MAX_CONNECTIONS", default=16)
 PROVIDER_BREAKER_FAILURES = env.int("PROVIDER_BREAKER_FAILURES", default=5)
 PROVIDER_BREAKER_COOL_DOWN = env.float("PROVIDER_BREAKER_COOL_DOWN", default=30.0)

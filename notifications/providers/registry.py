@@ -73,6 +73,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "APNS_TOKEN_REFRESH_SECONDS": 2400.0,
     "APNS_TIMEOUT": None,  # None: PROVIDER_TIMEOUT
     "APNS_MAX_CONNECTIONS": 4,
+    "APNS_MAX_IN_FLIGHT": 32,
     # webhooks
     "WEBHOOK_SIGNING_SECRET": "",
     "WEBHOOK_TIMEOUT": None,  # None: PROVIDER_TIMEOUT
@@ -212,6 +213,7 @@ def build_apns() -> ProviderAdapter:
         timeout=timeout_setting("APNS_TIMEOUT"),
         deadline=deadline_for(timeout_setting("APNS_TIMEOUT")),
         max_connections=int(setting("APNS_MAX_CONNECTIONS")),
+        max_in_flight=int(setting("APNS_MAX_IN_FLIGHT")),
     )
 
 

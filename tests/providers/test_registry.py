@@ -61,6 +61,7 @@ def provider_settings(tmp_path: Path, rsa_pem: tuple[str, str], ec_pem: tuple[st
         "APNS_TEAM_ID": "TEAM123456",
         "APNS_TOPIC": "com.example.shop",
         "APNS_MAX_CONNECTIONS": 2,
+        "APNS_MAX_IN_FLIGHT": 20,
         "WEBHOOK_SIGNING_SECRET": SECRETS["webhook"],
         "WEBHOOK_MAX_PER_HOST": 20,
         "INAPP_BATCH_SIZE": 250,
@@ -92,6 +93,7 @@ def test_every_kind_builds_from_settings(provider_settings: dict) -> None:
     assert isinstance(fcm, FcmPushAdapter) and fcm.project_id == "registry-project"
     apns = built["apns"]
     assert isinstance(apns, ApnsPushAdapter) and apns.topic == "com.example.shop"
+    assert apns.max_in_flight == 20
     assert isinstance(built["push"], PushRouter) and set(built["push"].adapters) == {"fcm", "apns"}
     webhook = built["webhook"]
     assert isinstance(webhook, WebhookAdapter) and webhook.max_per_host == 20

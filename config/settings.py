@@ -188,6 +188,9 @@ APNS_MAX_CONNECTIONS = env.int("APNS_MAX_CONNECTIONS", default=4)
 # APNs pushes a worker has on the wire at once (at most 100: the streams of the one HTTP/2 connection
 # httpcore uses); more wait in the worker, before the send deadline starts.
 APNS_MAX_IN_FLIGHT = env.int("APNS_MAX_IN_FLIGHT", default=32)
+# Longer than PROVIDER_TIMEOUT: a push answered late on the shared HTTP/2 connection must not be
+# retried (APNs has no idempotency key), and the push worker's dedup lease is sized on it.
+APNS_TIMEOUT = env.float("APNS_TIMEOUT", default=30.0)
 SMTP_MAX_CONNECTIONS = env.int("SMTP_MAX_CONNECTIONS", default=16)
 PROVIDER_BREAKER_FAILURES = env.int("PROVIDER_BREAKER_FAILURES", default=5)
 PROVIDER_BREAKER_COOL_DOWN = env.float("PROVIDER_BREAKER_COOL_DOWN", default=30.0)

@@ -21,7 +21,7 @@ from notifications.delivery_log import record_delivery_outcomes
 from notifications.dispatch.messages import ChannelMessage
 from notifications.models import KillSwitch, KillSwitchMode, Provider
 from notifications.providers.base import SendResult
-from notifications.providers.registry import adapter_for
+from notifications.providers.registry import adapter_for, channel_send_bound
 from notifications.redis_client import get_redis
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def build_worker(channel: str, *, producer: Producer | None = None) -> ChannelWo
         settings.REDIS_KEY_PREFIX,
         # Email sends run in threads that cannot be cancelled mid-send: allow queue wait + 2 timeouts.
         lease_ms=required_lease_ms(
-            settings.PROVIDER_TIMEOUT * (4 if channel == "email" else 1), settings.WORKER_IN_PROCESS_RETRIES + 1
+            channel_send_bound(channel) * (4 if channel == "email" else 1), settings.WORKER_IN_PROCESS_RETRIES + 1
         ),
         sent_ttl_ms=int(settings.DEDUP_SENT_TTL * 1000),
         on_fail_open=lambda n: DEDUP_FAIL_OPEN.labels(channel).inc(n),

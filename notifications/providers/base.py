@@ -300,6 +300,10 @@ def result_from_exception(provider: str, exc: BaseException) -> SendResult | Non
     if isinstance(exc, httpx.UnsupportedProtocol):
         return SendResult(SendOutcome.CONFIG_ERROR, provider, error_code="unsupported_protocol", message=str(exc))
     if isinstance(exc, httpx.LocalProtocolError):
+        if "outbound streams" in str(exc):
+            # h2's stream limit on our own connection (httpcore can miscount it after a cancelled
+            # stream): nothing is wrong with the message, so it must be retried, never dead-lettered.
+            return SendResult(SendOutcome.TRANSIENT, provider, error_code="stream_limit", message=truncate(str(exc)))
         return SendResult(SendOutcome.PERMANENT, provider, error_code="local_protocol_error", message=str(exc))
     if isinstance(exc, httpx.TimeoutException):
         code = "pool_timeout" if isinstance(exc, httpx.PoolTimeout) else "timeout"

@@ -71,7 +71,10 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "APNS_TEAM_ID": "",
     "APNS_TOPIC": "",
     "APNS_TOKEN_REFRESH_SECONDS": 2400.0,
-    "APNS_TIMEOUT": None,  # None: PROVIDER_TIMEOUT
+    # HTTP/2 multiplexes every push on one connection, so under load an answer can be seconds late; a
+    # deadline that expires after APNs accepted the push makes the retry a duplicate (APNs has no
+    # idempotency), hence a longer bound than the other providers (the push lease follows it).
+    "APNS_TIMEOUT": 30.0,
     "APNS_MAX_CONNECTIONS": 4,
     "APNS_MAX_IN_FLIGHT": 32,
     # webhooks
@@ -98,6 +101,26 @@ def deadline_for(timeout: float) -> float:
     """
     value = setting("PROVIDER_SEND_DEADLINE")
     return float(value) if value is not None else timeout
+
+
+#: The timeout settings of each channel's adapters (see `channel_send_bound`).
+CHANNEL_TIMEOUT_SETTINGS: dict[str, tuple[str, ...]] = {
+    "email": ("EMAIL_SEND_TIMEOUT", "SMTP_TIMEOUT"),
+    "sms": ("TWILIO_TIMEOUT",),
+    "push": ("FCM_TIMEOUT", "APNS_TIMEOUT"),
+    "webhook": ("WEBHOOK_TIMEOUT",),
+    "inapp": (),
+}
+
+
+def channel_send_bound(channel: str) -> float:
+    """The longest one send of `channel` may take: the largest deadline of its providers.
+
+    The worker sizes the channel's dedup lease on it, so a claim outlives every send it covers
+    whichever provider (and per-provider timeout) the send goes to.
+    """
+    timeouts = [timeout_setting(name) for name in CHANNEL_TIMEOUT_SETTINGS.get(channel, ())]
+    return max([deadline_for(t) for t in timeouts] or [float(setting("PROVIDER_TIMEOUT"))])
 
 
 def timeout_setting(name: str) -> float:

@@ -316,6 +316,12 @@ def test_network_exceptions_translate_and_bugs_do_not() -> None:
         httpx.RemoteProtocolError("r", request=request): (S.TRANSIENT, "protocol_error"),
         httpx.ReadError("r", request=request): (S.TRANSIENT, "network_error"),
         httpx.UnsupportedProtocol("u", request=request): (S.CONFIG_ERROR, "unsupported_protocol"),
+        # h2's own stream limit (httpcore can miscount it after a cancelled stream): retry, never DLQ
+        httpx.LocalProtocolError("Max outbound streams is 100, 100 open", request=request): (
+            S.TRANSIENT,
+            "stream_limit",
+        ),
+        httpx.LocalProtocolError("Illegal header value", request=request): (S.PERMANENT, "local_protocol_error"),
         TransientError("x", provider="p", error_code="e"): (S.TRANSIENT, "e"),
     }
     for exc, (outcome, code) in cases.items():

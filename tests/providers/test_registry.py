@@ -94,6 +94,7 @@ def test_every_kind_builds_from_settings(provider_settings: dict) -> None:
     apns = built["apns"]
     assert isinstance(apns, ApnsPushAdapter) and apns.topic == "com.example.shop"
     assert apns.max_in_flight == 20
+    assert apns.deadline == 30.0  # APNS_TIMEOUT's default: late answers on the shared connection are not retried
     assert isinstance(built["push"], PushRouter) and set(built["push"].adapters) == {"fcm", "apns"}
     webhook = built["webhook"]
     assert isinstance(webhook, WebhookAdapter) and webhook.max_per_host == 20
@@ -163,3 +164,14 @@ def test_missing_credentials_are_config_errors_per_send_not_crashes() -> None:
 
     results = run(scenario())
     assert {kind: r.outcome for kind, r in results.items()} == dict.fromkeys(results, SendOutcome.CONFIG_ERROR)
+
+
+def test_channel_send_bound_is_the_longest_deadline_of_the_channels_providers(provider_settings: dict) -> None:
+    """The worker's dedup lease is sized on it, so it must cover the slowest provider of the channel."""
+    assert registry.channel_send_bound("push") == 30.0  # APNs (30) over FCM (PROVIDER_TIMEOUT, 4)
+    assert registry.channel_send_bound("email") == 4.0  # EMAIL_SEND_TIMEOUT unset: PROVIDER_TIMEOUT; SMTP 3
+    assert registry.channel_send_bound("inapp") == 4.0
+    with override_settings(TWILIO_TIMEOUT=12.0):
+        assert registry.channel_send_bound("sms") == 12.0
+    with override_settings(PROVIDER_SEND_DEADLINE=50.0):
+        assert registry.channel_send_bound("webhook") == 50.0

@@ -1,4 +1,4 @@
-"""Campaign admin for marketers: copy with preview, audience predicate (builder + reference), schedule in a
+"""Campaign admin for marketers: copy with preview, audience predicate (nested builder + reference), schedule in a
 time zone, throttle, the state-machine buttons and a live progress panel polled as JSON.
 
 Every action is one call to a service (:mod:`campaigns.services`); permissions are checked there
@@ -22,7 +22,7 @@ from django.utils.html import format_html, format_html_join
 
 from campaigns import services
 from campaigns.models import Campaign, CampaignCopy, CampaignLaunch, CampaignState
-from campaigns.predicates import describe_fields
+from campaigns.predicates import builder_schema, describe_fields
 from campaigns.progress import progress_snapshot
 from campaigns.rendering import preview_copy
 from campaigns.selectors import audience_estimate
@@ -225,6 +225,7 @@ class CampaignAdmin(admin.ModelAdmin):
                 "campaign_buttons": buttons,
                 "campaign_may_test": obj is not None and user.has_perm("campaigns.change_campaign"),
                 "campaign_field_reference": describe_fields(),
+                "campaign_builder_schema": builder_schema(),
                 "campaign_progress_url": (
                     reverse("admin:campaigns_campaign_progress", args=[obj.pk])
                     if obj is not None and obj.launch_id

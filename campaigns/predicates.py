@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db import models
 from django.db.models import BooleanField, Exists, ExpressionWrapper, F, JSONField, OuterRef, Q, Value
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Coalesce, Lower
@@ -47,6 +48,7 @@ from preferences.models import Device, DevicePlatform, PreferenceDocument
 __all__ = [
     "FIELDS",
     "OPERATORS",
+    "builder_schema",
     "compile_predicate",
     "contact_available_q",
     "describe_fields",
@@ -107,6 +109,35 @@ def describe_fields() -> list[tuple[str, str, str]]:
     rows = [(name, ", ".join(OPERATORS[spec.kind]), spec.label) for name, spec in FIELDS.items()]
     rows += [(pattern, ", ".join(OPERATORS[kind]), label) for pattern, kind, label in PATTERNS]
     return rows
+
+
+#: Choices of the <placeholders> of PATTERNS; a placeholder without choices (<key>) is free text.
+PATTERN_CHOICES: dict[str, type[models.TextChoices]] = {
+    "category": Category,
+    "channel": Channel,
+    "platform": DevicePlatform,
+}
+
+
+def builder_schema() -> dict[str, Any]:
+    """The whitelist as the admin's audience builder reads it (JSON): operators per kind, plain fields
+    and patterned fields with the choices of their placeholders. The builder offers only these; the
+    server still validates every predicate (:func:`validate_predicate`)."""
+    fields = [{"name": name, "kind": spec.kind, "label": spec.label} for name, spec in FIELDS.items()]
+    patterns = []
+    for pattern, kind, label in PATTERNS:
+        params = []
+        for name in re.findall(r"<(\w+)>", pattern):
+            choices = PATTERN_CHOICES.get(name)
+            params.append(
+                {
+                    "name": name,
+                    "choices": [[value, str(text)] for value, text in choices.choices] if choices else None,
+                    "regex": ATTRIBUTE_KEY.pattern if name == "key" else None,
+                }
+            )
+        patterns.append({"pattern": pattern, "kind": kind, "label": label, "params": params})
+    return {"operators": {kind: list(ops) for kind, ops in OPERATORS.items()}, "fields": fields, "patterns": patterns}
 
 
 class _Errors:

@@ -35,7 +35,8 @@ What it does:
    the whole busy span (first to last accepted request) and over the middle 90% of the requests
    (robust to start-up and the tail), the quietest and busiest whole second, 429s, duplicate
    idempotency keys. Also: CPU of the workers, the sandbox, Redis and Kafka (from /proc), and Redis
-   script calls (EVALSHA, machine-wide: token takes + dedup confirms) per accepted send.
+   script calls (EVALSHA, machine-wide: slot bookings + dedup confirms) per accepted send, and the
+   booked slots the workers gave up for waking too late (from their logs).
 4. Throughput rows `LATENCY_MS:CONCURRENCY[:MAX_CONNECTIONS]`: one worker process, Provider rate
    100,000, sandbox latency fixed at LATENCY_MS. The optional MAX_CONNECTIONS sets
    TWILIO_MAX_CONNECTIONS in the worker's environment (default: max(200, WORKER_CONCURRENCY)).
@@ -50,6 +51,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -435,6 +437,7 @@ class Bench:
             "duplicates": stats["duplicates"]["extra_requests"],
             "duplicate_keys": stats["duplicates"]["keys"],
             "script_calls": calls,
+            "forfeited": forfeited_slots(logs),
             "outcomes": outcomes,
             "first_send_after": (min(times) - spawned) if times else float("nan"),
             "drain_seconds": (max(times) - spawned) if times else float("nan"),
@@ -460,6 +463,19 @@ class Bench:
         with contextlib.suppress(Exception):
             delete_redis_prefix(self.redis, f"{redis_prefix}*")
         return result
+
+
+FORFEIT_LINE = re.compile(rb": (\d+) send slot\(s\) given up for starting too late")
+
+
+def forfeited_slots(logs: list[Path]) -> int:
+    """Booked slots the workers gave up because their process woke too late (each worker logs its
+    count when it stops)."""
+    total = 0
+    for path in logs:
+        with contextlib.suppress(OSError):
+            total += sum(int(m.group(1)) for m in FORFEIT_LINE.finditer(path.read_bytes()))
+    return total
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -702,14 +718,14 @@ def print_report(args: argparse.Namespace, accuracy: list[dict], throughput: lis
         margin = getattr(settings, "RATE_LIMIT_WINDOW_MARGIN", None)
         print(
             f"  targets: max 1 s window / R <= {TARGET_MAX_WINDOW}, utilisation >= {TARGET_UTILISATION}, "
-            f"0 x 429, 0 duplicates; workers cap grants at R per (1 + {margin}) s "
+            f"0 x 429, 0 duplicates; workers book send slots (1 + {margin}) / R apart "
             f"(RATE_LIMIT_WINDOW_MARGIN; utilisation <= {1 / (1 + (margin or 0)):.3f} by construction)"
         )
         head = (
             f"{'scenario':<13} {'sandbox':>8} {'accepted':>8} {'max1s':>6} {'/R':>6} {'steady':>6} {'util':>6} "
             f"{'util90':>6} "
             f"{'min/s':>6} {'max/s':>6} {'429s':>6} {'dups':>5} {'busy s':>7} {'1st s':>6} {'lua/send':>8} "
-            f"{'ms/send':>7} {'workers%':>8} {'sandbox%':>8} {'redis%':>6} {'other%':>6}"
+            f"{'ms/send':>7} {'forfeit':>7} {'workers%':>8} {'sandbox%':>8} {'redis%':>6} {'other%':>6}"
         )
         print(head)
         print("-" * len(head))
@@ -722,7 +738,7 @@ def print_report(args: argparse.Namespace, accuracy: list[dict], throughput: lis
                 f"{fmt(r.get('min_second'), '>6'):>6} {fmt(r.get('max_second'), '>6'):>6} {r['rate_limited']:>6,} "
                 f"{r['duplicates']:>5} {fmt(r.get('span'), '>7.1f'):>7} {fmt(r['first_send_after'], '>6.1f'):>6} "
                 f"{r['script_calls'] / max(r['accepted'], 1):>8.1f} {cpu_ms_per_send(r):>7.2f} "
-                f"{cpu_share(r, 'workers'):>7.0f}% "
+                f"{r['forfeited']:>7,} {cpu_share(r, 'workers'):>7.0f}% "
                 f"{cpu_share(r, 'sandbox'):>7.0f}% {cpu_share(r, 'redis'):>5.0f}% "
                 f"{r['cpu'].get('other processes', 0.0) / r['cpu_wall'] * 100:>5.0f}%"
             )
@@ -745,7 +761,8 @@ def print_report(args: argparse.Namespace, accuracy: list[dict], throughput: lis
             "(R x busy s), busy s = first to last accepted request; util90 = the same over the middle 90% of the "
             "requests; min/s, max/s = quietest / busiest whole second of the busy span; 1st s = seconds from spawning "
             "the workers to the first request; lua/send = Redis EVALSHA calls per accepted send, machine-wide "
-            "(1 dedup confirm + token takes, including refused ones); ms/send = worker CPU per accepted send "
+            "(1 dedup confirm + slot bookings, including refused ones); forfeit = booked slots given up because a "
+            "worker woke more than the margin after them; ms/send = worker CPU per accepted send "
             "(start-up included); CPU in % of one core over the scenario "
             "(other% = processes outside the benchmark)"
         )

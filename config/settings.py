@@ -175,10 +175,10 @@ RETRY_MAX_AGE = env.float("RETRY_MAX_AGE", default=24 * 3600)
 RETRY_BASE_DELAY = env.float("RETRY_BASE_DELAY", default=0.5)
 RETRY_MAX_DELAY = env.float("RETRY_MAX_DELAY", default=600)
 RETRY_IN_PROCESS_THRESHOLD = env.float("RETRY_IN_PROCESS_THRESHOLD", default=2.0)
-# Provider buckets also allow at most R grants per (1 + margin) s, so a provider enforcing exactly R
-# per second never sees more than R in a 1 s window (the margin absorbs grant-to-arrival jitter;
-# 0.02 still let a few 429s through with 16 workers on a loaded 2-core box, 0.05 none).
-RATE_LIMIT_WINDOW_MARGIN = env.float("RATE_LIMIT_WINDOW_MARGIN", default=0.05)
+# Provider send slots are booked (1 + margin) / R apart and a send that starts more than `margin`
+# seconds after its slot books again, so a provider enforcing exactly R per second never sees more
+# than R in a 1 s window (the margin absorbs slot-to-arrival jitter). Utilisation <= 1 / (1 + margin).
+RATE_LIMIT_WINDOW_MARGIN = env.float("RATE_LIMIT_WINDOW_MARGIN", default=0.02)
 # Sockets per provider pool: at least WORKER_CONCURRENCY, so sends never queue for a connection.
 TWILIO_MAX_CONNECTIONS = env.int("TWILIO_MAX_CONNECTIONS", default=max(200, WORKER_CONCURRENCY))
 FCM_MAX_CONNECTIONS = env.int("FCM_MAX_CONNECTIONS", default=max(200, WORKER_CONCURRENCY))

@@ -1,24 +1,52 @@
-"""Hands out a provider's global tokens to the sends waiting inside one worker process.
+"""Hands out a provider's global send slots to the sends waiting inside one worker process.
 
 Without it every waiting send polls Redis on its own: hundreds of coroutines per process wake at
 each refill and fire a blocking Redis call each (a thundering herd that burns CPU and adds jitter
 between a token's grant and the request reaching the provider, which is what a contract measures).
-With it, one poller per (process, provider) asks the global bucket for as many tokens as there are
-waiters (`take_many`, one Lua call), serves transactional waiters before bulk ones, and sleeps
-exactly the wait the script returns.
+With it, one poller per (process, provider) serves transactional waiters before bulk ones.
 
-With `window_margin` set (provider contracts), every take also carries the sliding-window cap
-`Window.for_contract(rate, margin)`: at most R grants in any 1 + margin seconds, so a provider that
-enforces exactly R per second never sees more than R in any 1 s window (see the take script).
+Provider buckets *book* slots (`TokenBucket.book`, one Lua call for all waiters): the script
+returns the start times of the next slots on the provider's global schedule, one interval apart, up
+to a short horizon ahead, and each waiter is woken at its slot by the event loop. The poller asks
+again only when `min_booking` more slots fit, with a random delay so that the processes sharing the
+bucket do not all ask at the same instant. With `window_margin` set (provider contracts) the slots
+are `1 + margin` intervals apart: the margin absorbs the jitter between a slot and the request's
+arrival at the provider, which enforces exactly R in every 1 s window.
+
+A send that starts later than `max_lateness` after its slot (its process was not scheduled in time:
+two cores, sixteen workers) gives the slot up and books again, rather than reaching the provider
+together with the sends of the next slots: a late send is what pushes a 1 s window over the
+contract. After `MAX_FORFEITS` in a row it goes anyway (progress over precision: the provider's
+429 is handled like any other).
+
+A campaign's own throttle takes tokens instead (`booking=False`, `take_many`, sleeping the wait the
+script returns): the batch expander takes from the same bucket, and takes and bookings do not share
+state.
 """
 
 import asyncio
+import random
 from collections import deque
 from collections.abc import Callable
 
-from notifications.delivery.token_bucket import RateLimiterUnavailable, TokenBucket, Window
+from prometheus_client import Counter
+
+from notifications.delivery.token_bucket import DEFAULT_BOOKING_HORIZON, RateLimiterUnavailable, TokenBucket
 
 PRIORITIES = ("transactional", "bulk")
+#: Slots booked per call at most (a worker has at most WORKER_CONCURRENCY sends waiting).
+MAX_BOOKING = 256
+#: A call books at least this many seconds' worth of slots: 10 at 500/s. Fewer calls when many
+#: processes share one bucket, and still far inside the 50 ms that bulk may book ahead.
+MIN_BOOKING_SECONDS = 0.02
+#: Slots a send may give up in a row for starting late before it goes regardless.
+MAX_FORFEITS = 5
+
+SLOTS_FORFEITED = Counter(
+    "token_slots_forfeited_total",
+    "Booked send slots given up because the send would have started too late after its slot",
+    ["bucket"],
+)
 
 
 class TokenDispenser:
@@ -29,24 +57,50 @@ class TokenDispenser:
         name: str,
         contract: Callable[[], tuple[float, int, int]],
         window_margin: float | None = None,
+        booking: bool = True,
+        horizon: float = DEFAULT_BOOKING_HORIZON,
+        max_lateness: float | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         """`contract()` returns the provider's current (rate, burst, transactional reserve)."""
         self.bucket = bucket
         self.name = name
         self.contract = contract
         self.window_margin = window_margin
-        self._waiters: dict[str, deque[asyncio.Future[None]]] = {p: deque() for p in PRIORITIES}
+        self.booking = booking
+        self.horizon = horizon
+        self.max_lateness = max_lateness
+        self.forfeited = 0
+        self._rng = rng or random.Random()
+        self._waiters: dict[str, deque[asyncio.Future[float]]] = {p: deque() for p in PRIORITIES}
         self._poller: asyncio.Task[None] | None = None
 
     async def acquire(self, priority: str = "transactional") -> None:
-        """Wait for one token (raises RateLimiterUnavailable when the bucket cannot be reached)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[priority if priority in self._waiters else "transactional"].append(future)
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.create_task(self._poll())
-        await future
+        """Wait for one slot (raises RateLimiterUnavailable when the bucket cannot be reached)."""
+        loop = asyncio.get_running_loop()
+        queue = self._waiters[priority if priority in self._waiters else "transactional"]
+        forfeits = 0
+        while True:
+            future: asyncio.Future[float] = loop.create_future()
+            # A send that gave its slot up books again ahead of the sends that never had one.
+            if forfeits:
+                queue.appendleft(future)
+            else:
+                queue.append(future)
+            if self._poller is None or self._poller.done():
+                self._poller = asyncio.create_task(self._poll())
+            due = await future
+            if self.max_lateness is None or loop.time() - due <= self.max_lateness or forfeits >= MAX_FORFEITS:
+                return
+            forfeits += 1
+            self.forfeited += 1
+            SLOTS_FORFEITED.labels(self.name).inc()
+
+    def min_booking(self, rate: float) -> int:
+        return max(1, int(MIN_BOOKING_SECONDS * rate / (1.0 + (self.window_margin or 0.0))))
 
     async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
         while any(self._waiters.values()):
             wait = 0.0
             for priority in PRIORITIES:
@@ -56,31 +110,82 @@ class TokenDispenser:
                 if not queue:
                     continue
                 rate, burst, reserve = self.contract()
-                window = None if self.window_margin is None else Window.for_contract(rate, self.window_margin)
                 try:
-                    granted, short_wait = self.bucket.take_many(
-                        self.name,
-                        rate,
-                        burst,
-                        n=len(queue),
-                        priority=priority,
-                        reserve=reserve if priority == "bulk" else None,
-                        window=window,
-                    )
+                    if self.booking:
+                        short_wait = self._book(loop, queue, priority, rate, burst, reserve)
+                    else:
+                        short_wait = self._take(queue, priority, rate, burst, reserve)
                 except RateLimiterUnavailable as exc:
                     while queue:
                         waiter = queue.popleft()
                         if not waiter.done():
                             waiter.set_exception(exc)
                     continue
-                while granted and queue:
-                    waiter = queue.popleft()
-                    if not waiter.done():
-                        waiter.set_result(None)
-                        granted -= 1
                 if queue:
                     wait = max(wait, short_wait) if wait else short_wait
                 if priority == "transactional" and queue:
                     break  # bulk never overtakes waiting transactional sends
             if any(self._waiters.values()):
                 await asyncio.sleep(max(wait, 0.001))
+
+    def _book(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: deque[asyncio.Future[float]],
+        priority: str,
+        rate: float,
+        burst: int,
+        reserve: int,
+    ) -> float:
+        n = min(len(queue), MAX_BOOKING)
+        asked_at = loop.time()
+        booking = self.bucket.book(
+            self.name,
+            rate,
+            burst,
+            n,
+            priority=priority,
+            reserve=reserve if priority == "bulk" else None,
+            margin=self.window_margin or 0.0,
+            horizon=self.horizon,
+            min_n=self.min_booking(rate),
+        )
+        # The script's `now` lies between sending the call and reading its answer.
+        base = (asked_at + loop.time()) / 2
+        for offset in booking.offsets:
+            while queue and queue[0].done():
+                queue.popleft()
+            if not queue:
+                break  # every waiter left (revoke, stop): the slot passes unused, never early
+            waiter = queue.popleft()
+            if offset <= 0:
+                waiter.set_result(base)
+            else:
+                loop.call_at(base + offset, _wake, waiter, base + offset)
+        if not booking.wait_seconds:
+            return 0.0
+        # Spread the next calls of the processes sharing this bucket over one booking's worth of
+        # slots: they were all told the same instant.
+        spread = self.min_booking(rate) * (1.0 + (self.window_margin or 0.0)) / rate
+        return booking.wait_seconds + self._rng.uniform(0.0, spread)
+
+    def _take(self, queue: deque[asyncio.Future[float]], priority: str, rate: float, burst: int, reserve: int) -> float:
+        granted, short_wait = self.bucket.take_many(
+            self.name,
+            rate,
+            burst,
+            n=len(queue),
+            priority=priority,
+            reserve=reserve if priority == "bulk" else None,
+        )
+        while granted and queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(asyncio.get_running_loop().time())
+                granted -= 1
+        return short_wait
+
+
+def _wake(waiter: asyncio.Future[float], due: float) -> None:
+    if not waiter.done():
+        waiter.set_result(due)

@@ -117,7 +117,7 @@ def build_worker(channel: str, *, producer: Producer | None = None) -> ChannelWo
             channel=channel,
             concurrency=settings.WORKER_CONCURRENCY,
             max_in_process_retries=settings.WORKER_IN_PROCESS_RETRIES,
-            rate_window_margin=getattr(settings, "RATE_LIMIT_WINDOW_MARGIN", 0.05),
+            rate_window_margin=settings.RATE_LIMIT_WINDOW_MARGIN,
         ),
         providers=table,
         refresh_providers=table.refresh_if_due,

@@ -18,12 +18,12 @@ from .redis_client import register_lua
 
 __all__ = [
     "DEFAULT_BULK_RESERVE_FRACTION",
+    "Booking",
     "LocalTokenBucket",
     "Priority",
     "RateLimiterUnavailable",
     "TakeResult",
     "TokenBucket",
-    "Window",
 ]
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_BULK_RESERVE_FRACTION = 0.2
 MIN_SLEEP_SECONDS = 0.001
 DEFAULT_HOLD_IDLE_TTL_MS = 60_000
+#: How far ahead a transactional send may book its slot (bulk: half of it). Long enough that the
+#: processes sharing a bucket keep its next slots booked between their calls (so no slot passes
+#: unused), short enough that a password reset waits at most 50 ms behind a campaign's bookings.
+DEFAULT_BOOKING_HORIZON = 0.1
 
 
 class Priority(enum.StrEnum):
@@ -43,21 +47,16 @@ class TakeResult(NamedTuple):
     wait_seconds: float  # 0.0 if all requested tokens were granted, else time until more are available
 
 
-class Window(NamedTuple):
-    """A sliding-window cap on top of the bucket: at most ``limit`` tokens in any ``seconds``.
+class Booking(NamedTuple):
+    """Send times booked on a provider's schedule (see :meth:`TokenBucket.book`)."""
 
-    For a provider that enforces exactly R per second, :meth:`for_contract` gives R per
-    ``1 + margin`` seconds: the margin absorbs the jitter between the grant (Redis clock) and the
-    request's arrival at the provider, so no 1 s window there sees more than R.
-    """
+    offsets: tuple[float, ...]  # seconds after `booked_at` at which each booked slot starts
+    wait_seconds: float  # 0.0 if every slot asked for was booked, else the time until more fit
+    booked_at: float | None = None  # the script's Redis clock reading (epoch seconds); None: fallback
 
-    seconds: float
-    limit: int
-
-    @classmethod
-    def for_contract(cls, rate: float, margin: float) -> Window:
-        limit = max(1, math.floor(rate))
-        return cls(seconds=(1.0 + margin) * limit / rate, limit=limit)
+    @property
+    def granted(self) -> int:
+        return len(self.offsets)
 
 
 class RateLimiterUnavailable(Exception):
@@ -197,6 +196,7 @@ class TokenBucket:
         self._rng = rng or random.Random()
         self.herd_spread = herd_spread
         self._take_script = register_lua(client, "token_bucket_take")
+        self._book_script = register_lua(client, "token_bucket_book")
         self._hold_script = register_lua(client, "token_bucket_hold")
 
     def key(self, bucket: str) -> str:
@@ -217,15 +217,13 @@ class TokenBucket:
         n: int = 1,
         priority: Priority | str = Priority.TRANSACTIONAL,
         reserve: float | None = None,
-        window: Window | None = None,
     ) -> TakeResult:
         """All-or-nothing take of ``n`` tokens -> ``(n, 0.0)`` or ``(0, wait_seconds)``.
 
         ``wait_seconds`` is the earliest time the ``n`` tokens could be available (a lower bound:
-        other workers may take them first). ``window`` adds a sliding-window cap (see
-        :class:`Window`). RedisError policy: see the class docstring.
+        other workers may take them first). RedisError policy: see the class docstring.
         """
-        return self._take(bucket, rate, burst, n, priority, reserve, partial=False, window=window)
+        return self._take(bucket, rate, burst, n, priority, reserve, partial=False)
 
     def take_many(
         self,
@@ -235,14 +233,13 @@ class TokenBucket:
         n: int,
         priority: Priority | str = Priority.TRANSACTIONAL,
         reserve: float | None = None,
-        window: Window | None = None,
     ) -> TakeResult:
         """Take up to ``n`` tokens for a batch in one call -> ``(granted, wait_seconds)``.
 
         ``granted`` may be anything in ``0..n``; when short, ``wait_seconds`` is the time until the
         next token. RedisError policy: see the class docstring.
         """
-        return self._take(bucket, rate, burst, n, priority, reserve, partial=True, window=window)
+        return self._take(bucket, rate, burst, n, priority, reserve, partial=True)
 
     def _take(
         self,
@@ -254,27 +251,18 @@ class TokenBucket:
         reserve: float | None,
         *,
         partial: bool,
-        window: Window | None = None,
     ) -> TakeResult:
         effective_reserve = _resolve_reserve(priority, burst, reserve)
         _validate(rate, burst, n, effective_reserve, partial=partial)
-        key = self.key(bucket)
-        keys, args = (
-            [key],
-            [
-                repr(float(rate)),
-                repr(float(burst)),
-                n,
-                repr(effective_reserve),
-                "1" if partial else "0",
-                self.idle_ttl_ms(rate, burst),
-            ],
-        )
-        if window is not None:
-            if (1 if partial else n) + effective_reserve > window.limit:
-                raise ValueError(f"can never grant {n} token(s) with reserve {effective_reserve} from {window}")
-            keys.append(f"{key}:w")
-            args += [math.ceil(window.seconds * 1_000_000), window.limit]
+        keys = [self.key(bucket)]
+        args = [
+            repr(float(rate)),
+            repr(float(burst)),
+            n,
+            repr(effective_reserve),
+            "1" if partial else "0",
+            self.idle_ttl_ms(rate, burst),
+        ]
         if not self.breaker.allow_request():
             return self._fallback_take(bucket, rate, burst, n, effective_reserve, partial, None)
         try:
@@ -309,6 +297,74 @@ class TokenBucket:
         # Scale the bucket down to this process's share, but keep the request satisfiable.
         local_burst = max(1.0, burst * share, (1 if partial else n) + local_reserve)
         return self.local.take(bucket, rate * share, local_burst, n, local_reserve, partial=partial)
+
+    # -- book ----------------------------------------------------------------------------------
+
+    def book(
+        self,
+        bucket: str,
+        rate: float,
+        burst: float,
+        n: int,
+        priority: Priority | str = Priority.TRANSACTIONAL,
+        reserve: float | None = None,
+        *,
+        margin: float = 0.0,
+        horizon: float = DEFAULT_BOOKING_HORIZON,
+        min_n: int = 1,
+    ) -> Booking:
+        """Book up to ``n`` send times on the bucket's schedule (GCRA, ``lua/token_bucket_book.lua``).
+
+        Slots are ``(1 + margin) / rate`` seconds apart, with ``burst`` slots at once after idle
+        time. ``margin`` is for a provider that enforces exactly its rate in every 1 s window: the
+        schedule then leaves room for the jitter between a slot and the request's arrival there.
+        A transactional booking may reach ``horizon`` seconds ahead; bulk only half as far, less
+        ``reserve`` slots, so a transactional send waits at most ``horizon / 2`` behind a campaign's
+        bookings and bulk never books the reserve (as in :meth:`take`). Nothing is booked unless
+        ``min_n`` slots fit (fewer calls when many processes wait on one bucket).
+
+        The schedule keeps its own state in the bucket's hash (field ``tat``) and honours
+        :meth:`hold`; it is not shared with :meth:`take`, so one bucket is used either by bookings
+        or by takes. RedisError policy: as for :meth:`take`; the local fallback answers with slots
+        that start at once.
+        """
+        effective_reserve = _resolve_reserve(priority, burst, reserve)
+        _validate(rate, burst, n, effective_reserve, partial=True)
+        if not (0 <= margin < 1):
+            raise ValueError("margin must be in [0, 1)")
+        if not horizon > 0:
+            raise ValueError("horizon must be > 0 seconds")
+        interval_us = (1.0 + margin) * 1_000_000 / rate
+        tolerance_us = (burst - 1) * interval_us
+        if Priority(priority) is Priority.BULK:
+            horizon_us = horizon * 1_000_000 / 2 - effective_reserve * interval_us
+        else:
+            horizon_us = horizon * 1_000_000
+        args = [
+            repr(interval_us),
+            repr(tolerance_us),
+            n,
+            max(1, min(min_n, n)),
+            repr(horizon_us),
+            self.idle_ttl_ms(rate, burst),
+        ]
+        if not self.breaker.allow_request():
+            return self._fallback_booking(bucket, rate, burst, n, effective_reserve, None)
+        try:
+            reply = self._book_script(keys=[self.key(bucket)], args=args)
+        except redis.RedisError as exc:
+            self.breaker.record_failure()
+            return self._fallback_booking(bucket, rate, burst, n, effective_reserve, exc)
+        self.breaker.record_success()
+        granted, wait_us, now_us = int(reply[0]), int(reply[1]), int(reply[2])
+        offsets = tuple(int(us) / 1_000_000 for us in reply[3 : 3 + granted])
+        return Booking(offsets, wait_us / 1_000_000, now_us / 1_000_000)
+
+    def _fallback_booking(
+        self, bucket: str, rate: float, burst: float, n: int, reserve: float, exc: redis.RedisError | None
+    ) -> Booking:
+        granted, wait = self._fallback_take(bucket, rate, burst, n, reserve, True, exc)
+        return Booking((0.0,) * granted, wait)
 
     # -- hold ----------------------------------------------------------------------------------
 

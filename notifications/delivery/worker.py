@@ -172,9 +172,9 @@ class WorkerConfig:
     #: The in-process retry budget; the dedup lease must outlast timeout x (1 + in-process retries).
     max_in_process_retries: int = 2
     tiers: tuple[tuple[str, float], ...] = RETRY_TIERS
-    #: Provider buckets also cap grants at R per (1 + margin) s (`Window.for_contract`), so a
-    #: provider enforcing exactly R per second sees no 1 s window above R; None: bucket only.
-    rate_window_margin: float | None = 0.05
+    #: Provider slots are (1 + margin) / R apart, and a send later than `margin` seconds after its
+    #: slot books again, so a provider enforcing exactly R per second sees no 1 s window above R.
+    rate_window_margin: float | None = 0.02
 
 
 class ChannelWorker:
@@ -301,6 +301,9 @@ class ChannelWorker:
         concurrency slot or a token give their claim up and are not committed (redelivered later)."""
         self._stopping = True
         self._give_up_waiting(lambda job: True)
+        for dispenser in self._dispensers.values():
+            if dispenser.forfeited:
+                log.info("%s: %d send slot(s) given up for starting too late", dispenser.name, dispenser.forfeited)
 
     def revoke(self, partitions: set[tuple[str, int]]) -> None:
         """Partitions taken away by a rebalance (call in the event loop): their jobs still waiting
@@ -572,7 +575,12 @@ class ChannelWorker:
         dispenser = self._dispensers.get(name)
         if dispenser is None:
             burst = throttle_burst(float(rate))
-            dispenser = TokenDispenser(bucket=self.bucket, name=name, contract=lambda r=float(rate), b=burst: (r, b, 0))
+            dispenser = TokenDispenser(
+                bucket=self.bucket,
+                name=name,
+                contract=lambda r=float(rate), b=burst: (r, b, 0),
+                booking=False,  # the batch expander takes from this bucket too
+            )
             self._dispensers[name] = dispenser
         await dispenser.acquire("transactional")
 
@@ -584,6 +592,8 @@ class ChannelWorker:
                 name=slot.name,
                 contract=lambda s=slot: (s.rate, s.burst, s.reserve),
                 window_margin=self.config.rate_window_margin,
+                # A send later than the margin's share of a second after its slot books again.
+                max_lateness=self.config.rate_window_margin,
             )
             self._dispensers[slot.name] = dispenser
         started = time.monotonic()

@@ -1,0 +1,223 @@
+"""Booked send slots (GCRA schedule in Redis) and the dispenser that wakes sends at their slots."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import threading
+import time
+from collections import Counter
+
+import pytest
+import redis
+
+from notifications.delivery.dispenser import TokenDispenser
+from notifications.delivery.token_bucket import Booking, TokenBucket
+
+from .conftest import redis_time
+
+
+def _absolute(booking: Booking) -> list[float]:
+    assert booking.booked_at is not None
+    return [booking.booked_at + offset for offset in booking.offsets]
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def test_slots_are_one_interval_apart_after_the_burst(redis_client: redis.Redis, prefix: str) -> None:
+    bucket = TokenBucket(redis_client, prefix)
+    booking = bucket.book("twilio", rate=100.0, burst=3, n=8, horizon=1.0)
+    assert booking.granted == 8 and booking.wait_seconds == 0.0
+    assert booking.offsets[:3] == (0.0, 0.0, 0.0)  # the burst: at once
+    gaps = [b - a for a, b in zip(booking.offsets[2:], booking.offsets[3:], strict=False)]
+    assert gaps == pytest.approx([0.01] * 5, abs=2e-6)
+    # The next booking continues the schedule where this one stopped.
+    more = bucket.book("twilio", rate=100.0, burst=3, n=1, horizon=1.0)
+    assert _absolute(more)[0] == pytest.approx(_absolute(booking)[-1] + 0.01, abs=2e-6)
+
+
+def test_margin_stretches_the_interval(redis_client: redis.Redis, prefix: str) -> None:
+    bucket = TokenBucket(redis_client, prefix)
+    booking = bucket.book("twilio", rate=100.0, burst=1, n=5, margin=0.05, horizon=1.0)
+    gaps = [b - a for a, b in itertools.pairwise(booking.offsets)]
+    assert gaps == pytest.approx([0.0105] * 4, abs=2e-6)
+
+
+def test_horizon_limits_the_booking_and_the_wait_says_when_more_fit(redis_client: redis.Redis, prefix: str) -> None:
+    bucket = TokenBucket(redis_client, prefix)
+    booking = bucket.book("twilio", rate=100.0, burst=1, n=50, horizon=0.1, min_n=5)
+    assert booking.granted == 11  # slots at 0, 10, ..., 100 ms
+    # The next 5 slots (110..150 ms) fit once 150 ms - horizon = 50 ms have passed.
+    assert booking.wait_seconds == pytest.approx(0.05, abs=2e-3)
+    refused = bucket.book("twilio", rate=100.0, burst=1, n=50, horizon=0.1, min_n=5)
+    assert refused.granted == 0 and 0.04 < refused.wait_seconds <= 0.05
+
+
+def test_min_n_never_exceeds_what_the_horizon_can_hold(redis_client: redis.Redis, prefix: str) -> None:
+    bucket = TokenBucket(redis_client, prefix)
+    # At 5/s only one slot fits in 100 ms: asking for at least 10 must still book it.
+    booking = bucket.book("sms", rate=5.0, burst=1, n=20, horizon=0.1, min_n=10)
+    assert booking.granted == 1
+    assert booking.wait_seconds == pytest.approx(0.1, abs=2e-3)  # the next slot (200 ms) - horizon
+
+
+def test_bulk_books_half_the_horizon_less_the_reserve(redis_client: redis.Redis, prefix: str) -> None:
+    bucket = TokenBucket(redis_client, prefix)
+    bulk = bucket.book("twilio", rate=100.0, burst=3, n=100, priority="bulk", reserve=1, horizon=0.2)
+    # Bulk may book up to 100 ms - 1 reserved interval = 90 ms ahead: the burst of 3 at once is
+    # slots 0..2 (its last one leaves the reserve), then 10, 20, ... 90 ms.
+    offsets = bulk.offsets
+    assert offsets[-1] <= 0.09 + 1e-6
+    assert bulk.granted == 12
+    # Transactional books right behind the campaign's slots, within the bulk horizon.
+    urgent = bucket.book("twilio", rate=100.0, burst=3, n=1, horizon=0.2)
+    assert urgent.granted == 1 and urgent.offsets[0] <= 0.1 + 1e-6
+    # And bulk cannot book further until time passes.
+    assert bucket.book("twilio", rate=100.0, burst=3, n=1, priority="bulk", reserve=1, horizon=0.2).granted == 0
+
+
+def test_hold_moves_the_schedule_to_the_hold_end_without_a_burst(redis_client: redis.Redis, prefix: str) -> None:
+    bucket = TokenBucket(redis_client, prefix)
+    until = bucket.hold_for("sendgrid", 0.5, rate=100.0, burst=10)
+    assert until is not None
+    booking = bucket.book("sendgrid", rate=100.0, burst=10, n=3, horizon=1.0)
+    slots = _absolute(booking)
+    assert slots[0] == pytest.approx(until, abs=2e-6)
+    assert [b - a for a, b in itertools.pairwise(slots)] == pytest.approx([0.01, 0.01], abs=2e-6)
+
+
+def test_concurrent_bookings_never_exceed_the_rate_in_any_window(redis_client: redis.Redis, prefix: str) -> None:
+    """Eight threads book as fast as they can for 1.5 s: every slot is distinct and the schedule
+    holds at most R (+ the burst) in any 1 s window, on the Redis clock."""
+    rate, burst, threads = 200.0, 4, 8
+    slots: list[list[float]] = [[] for _ in range(threads)]
+    gate = threading.Barrier(threads)
+
+    def hammer(i: int) -> None:
+        mine = TokenBucket(redis.Redis(connection_pool=redis_client.connection_pool), prefix)
+        gate.wait()
+        stop_at = redis_time(redis_client) + 1.5
+        while redis_time(redis_client) < stop_at:
+            slots[i].extend(_absolute(mine.book("fcm", rate, burst, n=5, horizon=0.1)))
+
+    workers = [threading.Thread(target=hammer, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    every = sorted(t for per in slots for t in per)
+    # Slots share an instant only in the burst at the start; after it each is one interval apart.
+    assert max(Counter(every).values()) <= burst
+    assert min(b - a for a, b in zip(every[burst - 1 :], every[burst:], strict=False)) >= 1 / rate - 2e-6
+    assert _max_in_window(every, 1.0) <= rate + burst
+    span = every[-1] - every[0]
+    assert len(every) >= 0.95 * (rate * span + burst)  # and the schedule was really used
+
+
+def test_dispensers_wake_sends_at_their_slots(redis_client: redis.Redis, prefix: str) -> None:
+    """Two dispensers (two worker processes) with 150 sends each share a 200/s contract with a 5%
+    margin: the sends start evenly, never more than 200 in a second, in few Redis calls."""
+    rate = 200.0
+    calls = [0]
+
+    class CountingBucket(TokenBucket):
+        def book(self, *args, **kwargs):  # counts the real Lua calls, does not replace them
+            calls[0] += 1
+            return super().book(*args, **kwargs)
+
+    async def run() -> list[float]:
+        loop = asyncio.get_running_loop()
+        woke: list[float] = []
+
+        async def send(dispenser: TokenDispenser) -> None:
+            await dispenser.acquire("transactional")
+            woke.append(loop.time())
+
+        dispensers = [
+            TokenDispenser(
+                bucket=CountingBucket(redis_client, prefix),
+                name="twilio",
+                contract=lambda: (rate, 1, 0),
+                window_margin=0.05,
+                rng=random.Random(i),
+            )
+            for i in range(2)
+        ]
+        await asyncio.gather(*(send(d) for d in dispensers for _ in range(150)))
+        return woke
+
+    woke = sorted(asyncio.run(run()))
+    assert len(woke) == 300
+    assert _max_in_window(woke, 1.0) <= rate
+    gaps = sorted(b - a for a, b in itertools.pairwise(woke))
+    interval = 1.05 / rate
+    assert gaps[len(gaps) // 2] == pytest.approx(interval, rel=0.2)  # evenly spaced, not in bursts
+    elapsed = woke[-1] - woke[0]
+    assert elapsed == pytest.approx(299 * interval, rel=0.05)  # and no slot went unused
+    assert calls[0] <= 300 / 2  # bookings of several slots (3 at 200/s), not one poll per token
+
+
+def test_dispenser_cancelled_waiter_gives_its_slot_to_nobody_early(redis_client: redis.Redis, prefix: str) -> None:
+    async def run() -> tuple[bool, bool]:
+        dispenser = TokenDispenser(
+            bucket=TokenBucket(redis_client, prefix), name="apns", contract=lambda: (10.0, 1, 0), horizon=1.0
+        )
+        first = asyncio.ensure_future(dispenser.acquire())
+        second = asyncio.ensure_future(dispenser.acquire())
+        await asyncio.sleep(0.01)  # both booked: at once and at 100 ms
+        second.cancel()
+        third = asyncio.ensure_future(dispenser.acquire())
+        await asyncio.sleep(0.05)
+        early = third.done()  # the cancelled waiter's slot (100 ms) is not handed on
+        await asyncio.wait_for(third, 1.0)
+        return first.done(), early
+
+    first_done, third_early = asyncio.run(run())
+    assert first_done and not third_early
+
+
+def test_a_send_woken_too_late_books_again(redis_client: redis.Redis, prefix: str) -> None:
+    """A process that was not scheduled in time gives its slot up instead of sending it together with
+    the next slots' sends; the forfeit is counted."""
+
+    async def run() -> int:
+        dispenser = TokenDispenser(
+            bucket=TokenBucket(redis_client, prefix),
+            name="twilio",
+            contract=lambda: (50.0, 1, 0),
+            horizon=1.0,
+            max_lateness=0.01,
+        )
+        await dispenser.acquire()  # the first slot, at once
+        pending = asyncio.ensure_future(dispenser.acquire())  # booked 20 ms ahead
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.005)
+        time.sleep(0.05)  # the event loop stalls past the slot (a CPU-starved process)
+        await pending
+        return dispenser.forfeited
+
+    assert asyncio.run(run()) == 1
+
+
+def test_a_send_on_time_keeps_its_slot(redis_client: redis.Redis, prefix: str) -> None:
+    async def run() -> int:
+        dispenser = TokenDispenser(
+            bucket=TokenBucket(redis_client, prefix),
+            name="twilio",
+            contract=lambda: (50.0, 1, 0),
+            horizon=1.0,
+            max_lateness=0.01,
+        )
+        await asyncio.gather(*(dispenser.acquire() for _ in range(5)))
+        return dispenser.forfeited
+
+    assert asyncio.run(run()) == 0

@@ -453,6 +453,8 @@ class ChannelWorker:
                 job.attempt -= 1
                 if result.retry_after:
                     self.bucket.hold_for(slot.name, result.retry_after, rate=slot.rate, burst=slot.burst)
+                    if (dispenser := self._dispensers.get(slot.name)) is not None:
+                        dispenser.hold(result.retry_after)
             else:  # transient or configuration: the provider is unwell
                 slot.breaker.record_failure()
             retry_after = result.retry_after

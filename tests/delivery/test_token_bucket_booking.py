@@ -221,3 +221,24 @@ def test_a_send_on_time_keeps_its_slot(redis_client: redis.Redis, prefix: str) -
         return dispenser.forfeited
 
     assert asyncio.run(run()) == 0
+
+
+def test_sends_booked_before_a_providers_hold_wait_for_its_end(redis_client: redis.Redis, prefix: str) -> None:
+    """A 429 with Retry-After: the worker stores the hold in Redis and tells its dispenser; sends
+    whose slots were booked before it do not go out into the hold, they book again after it."""
+
+    async def run() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        bucket = TokenBucket(redis_client, prefix)
+        dispenser = TokenDispenser(bucket=bucket, name="sendgrid", contract=lambda: (20.0, 1, 0), horizon=1.0)
+        await dispenser.acquire()
+        pending = asyncio.ensure_future(dispenser.acquire())  # booked for 50 ms from now
+        await asyncio.sleep(0.01)
+        held_at = loop.time()
+        bucket.hold_for("sendgrid", 0.3, rate=20.0, burst=1)
+        dispenser.hold(0.3)
+        await pending
+        return held_at, loop.time()
+
+    held_at, sent_at = asyncio.run(run())
+    assert sent_at - held_at >= 0.28  # not at its 50 ms slot, but after the hold

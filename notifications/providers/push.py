@@ -31,6 +31,17 @@ class PushRouter(ProviderAdapter):
         self.adapters = dict(adapters)  # platform ("fcm", "apns") -> adapter
         self.owns_adapters = owns_adapters
 
+    @property
+    def max_in_flight(self) -> int | None:  # type: ignore[override]
+        """The tightest limit of the platforms behind the router (APNs: its HTTP/2 streams), so a
+        worker using the router admits no more pushes than that platform really has on the wire."""
+        limits = [adapter.max_in_flight for adapter in self.adapters.values() if adapter.max_in_flight]
+        return min(limits) if limits else None
+
+    def requests_for(self, message: ChannelMessage) -> int:
+        used = [adapter for platform, adapter in self.adapters.items() if devices_for(message, platform)]
+        return max((adapter.requests_for(message) for adapter in used), default=1)
+
     async def _send(self, message: ChannelMessage) -> SendResult:
         targets = [adapter for platform, adapter in self.adapters.items() if devices_for(message, platform)]
         if not targets:

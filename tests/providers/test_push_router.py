@@ -54,3 +54,16 @@ def test_devices_on_both_platforms(sandbox: SandboxProcess, rsa_pem: tuple[str, 
         assert (retry.outcome, retry.invalid_tokens) == (SendOutcome.TRANSIENT, ["ios-unregistered-2"])
         assert (unknown.outcome, unknown.error_code) == (SendOutcome.PERMANENT, "no_devices")
         assert fcm_control.stats()["accepted"] == 1 and apns_control.stats()["accepted"] == 1
+
+
+def test_router_declares_the_tightest_in_flight_limit_of_its_platforms(
+    sandbox: SandboxProcess, rsa_pem: tuple[str, str], ec_pem: tuple[str, str]
+) -> None:
+    """A worker using the router (Provider kind `push`) must admit no more pushes than APNs has
+    HTTP/2 streams for, as it does for a Provider of kind `apns`."""
+    push = router(sandbox, rsa_pem, ec_pem)
+    assert push.adapters["fcm"].max_in_flight is None
+    assert push.max_in_flight == push.adapters["apns"].max_in_flight == 32
+    assert push.requests_for(push_message(("apns", "a"), ("apns", "b"), ("fcm", "c"))) == 2
+    assert push.requests_for(push_message(("fcm", "c"))) == 1
+    assert PushRouter({"fcm": push.adapters["fcm"]}).max_in_flight is None

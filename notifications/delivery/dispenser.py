@@ -20,8 +20,8 @@ contract. After `MAX_FORFEITS` in a row it goes anyway (progress over precision:
 429 is handled like any other).
 
 A campaign's own throttle takes tokens instead (`booking=False`, `take_many`, sleeping the wait the
-script returns): the batch expander takes from the same bucket, and takes and bookings do not share
-state.
+script returns): `campaigns.throttle.campaign_throttle_take` takes from the same bucket, and takes
+and bookings do not share state.
 """
 
 import asyncio

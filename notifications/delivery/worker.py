@@ -581,7 +581,7 @@ class ChannelWorker:
                 bucket=self.bucket,
                 name=name,
                 contract=lambda r=float(rate), b=burst: (r, b, 0),
-                booking=False,  # the batch expander takes from this bucket too
+                booking=False,  # campaign_throttle_take takes from this bucket too
             )
             self._dispensers[name] = dispenser
         await dispenser.acquire("transactional")

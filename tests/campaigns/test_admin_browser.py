@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
+from django.conf import settings
 
 from campaigns import services
 from campaigns.models import Campaign, CampaignLaunch, CampaignState
@@ -92,7 +93,14 @@ class AdminPage:
         self.Select(element).select_by_value(value)
 
     def wait(self, condition: Callable[[Any], Any], message: str, timeout: float = WAIT_SECONDS):
-        return self.WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(condition, message)
+        """Until ``condition`` is truthy. Elements of the page being left (a form just posted) go stale
+        while it is read: that counts as "not yet"."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        waiter = self.WebDriverWait(
+            self.driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+        )
+        return waiter.until(condition, message)
 
     def audience_json(self) -> Any:
         return json.loads(self.css("#id_audience").get_attribute("value"))
@@ -106,14 +114,18 @@ class AdminPage:
 
 
 @pytest.fixture
-def page(browser, live_server, marketer, settings):
+def page(browser, live_server, marketer):
     # The live server answers each request in a new thread: with persistent connections (CONN_MAX_AGE)
     # those threads would leave sessions open on the test database, and its teardown would fail.
-    settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # (The dict is shared with the connection handler, so it is changed in place and put back.)
+    database = settings.DATABASES["default"]
+    max_age = database.get("CONN_MAX_AGE")
+    database["CONN_MAX_AGE"] = 0
     admin = AdminPage(browser, live_server.url)
     admin.login("marketer", "pw-marketer-1")
     yield admin
     browser.get("about:blank")  # stop the progress panel's polling before the database is flushed
+    database["CONN_MAX_AGE"] = max_age
 
 
 # -- the builder's DOM, as a marketer sees it ------------------------------------------------------------

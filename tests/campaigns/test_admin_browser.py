@@ -336,6 +336,8 @@ def test_a_saved_nested_predicate_is_rendered_and_round_trips(page, promo_type, 
     assert page.audience_json() == {"any": SAVED["all"]}
     page.select(control(page, root_group(page), "mode"), "all")
     assert page.audience_json() == SAVED
+    control(page, node_at(page, 1), "remove").click()  # the NOT group, with what it holds
+    assert page.audience_json() == {"all": [SAVED["all"][0], SAVED["all"][2]]}
 
     # JSON → builder: typing into the JSON field re-renders the builder once the text parses.
     textarea = page.css("#id_audience")

@@ -65,15 +65,32 @@ def make_unsubscribe_token(user_id: int, category: str) -> str:
     """``_signer().sign_object({"u": user_id, "c": category})``, computed without Django's per-call
     key derivation: the dispatcher signs one link per e-mail, and deriving the salted HMAC key
     (a SHA-256 of salt + secret) every time was most of the cost. Same bytes as Django's signer
-    (tests compare the two), verified by Django's signer in :func:`read_unsubscribe_token`."""
+    (tests compare the two), verified by Django's signer in :func:`read_unsubscribe_token`.
+    The JSON of the category (one of a few known names) and the base-62 timestamp of the current
+    second are cached too: ``json.dumps`` and ``b62_encode`` cost more than the HMAC itself."""
     if category in MANDATORY_CATEGORIES:
         raise ValueError(f"{category} notifications cannot be unsubscribed from")
-    if category not in CATEGORIES:
+    category_json = _CATEGORY_JSON.get(category)
+    if category_json is None:
         raise ValueError(f"unknown category {category!r}")
-    payload = signing.b64_encode(json.dumps({"u": int(user_id), "c": category}, separators=(",", ":")).encode())
-    value = f"{payload.decode()}:{signing.b62_encode(int(time.time()))}"
+    # json.dumps({"u": int, "c": str}, separators=(",", ":")), as Django's JSONSerializer writes it
+    payload = signing.b64_encode(f'{{"u":{int(user_id)},"c":{category_json}}}'.encode())
+    value = f"{payload.decode()}:{_timestamp(int(time.time()))}"
     digest = hmac.digest(_signing_key(SALT, settings.SECRET_KEY), value.encode(), "sha256")
     return f"{value}:{signing.b64_encode(digest).decode()}"
+
+
+_CATEGORY_JSON = {category: json.dumps(category) for category in CATEGORIES}
+_last_timestamp: tuple[int, str] = (-1, "")
+
+
+def _timestamp(now: int) -> str:
+    """``signing.b62_encode(now)``, computed once per second."""
+    global _last_timestamp  # a one-entry cache; a race between threads only recomputes it
+    cached = _last_timestamp
+    if cached[0] != now:
+        cached = _last_timestamp = (now, signing.b62_encode(now))
+    return cached[1]
 
 
 @lru_cache(maxsize=4)

@@ -14,6 +14,7 @@ A malformed or unknown event goes to `notif.events.dlq` with the reason; it neve
 """
 
 import logging
+import re
 import time
 import uuid
 from collections import Counter as Tally
@@ -35,12 +36,12 @@ from notifications.bus.config import producer_config
 from notifications.bus.producing import AckedProducer
 from notifications.bus.topics import channel_topic, topic_name
 from notifications.channels import ALL_CHANNELS, Channel
-from notifications.delivery_log import LogEntry, record_dispatch_outcomes
+from notifications.delivery_log import DispatchRow, record_dispatch_outcomes
 from notifications.dispatch.catalog import TypeCatalog, TypeEntry
 from notifications.dispatch.killswitch import KillSwitchBoard
 from notifications.dispatch.messages import ChannelMessage, Header, encode, idempotency_key
 from notifications.dispatch.scheduling import Deferred, release_due_messages, schedule_messages
-from notifications.dispatch.templating import RenderError, build_context, mentions, render_fields
+from notifications.dispatch.templating import FieldsRenderer, RenderError, mentions
 from notifications.dispatch.writer import BackgroundWriter
 from notifications.models import MANDATORY_CATEGORIES, Category, DeliveryStatus, KillSwitchMode, Urgency
 from preferences.cache import preferences_get_many
@@ -67,6 +68,10 @@ class InvalidEvent(Exception):
         self.error_class = error_class
 
 
+#: The canonical text form of a UUID, which ``uuid.UUID`` always accepts; other forms are checked by it.
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def parse_event(raw: bytes | None) -> dict[str, Any]:
     try:
         event = orjson.loads(raw or b"")
@@ -80,7 +85,9 @@ def parse_event(raw: bytes | None) -> dict[str, Any]:
         if not event.get(field):
             raise InvalidEvent("invalid_event", f"missing field '{field}'")
     try:
-        uuid.UUID(str(event["id"]))
+        event_id = str(event["id"])
+        if _CANONICAL_UUID.fullmatch(event_id) is None:  # the usual form needs no UUID object
+            uuid.UUID(event_id)
         event["recipient"] = int(event["recipient"])
     except (ValueError, TypeError) as exc:
         raise InvalidEvent("invalid_event", f"bad id or recipient: {exc}") from exc
@@ -117,7 +124,7 @@ def priority_for(entry: TypeEntry) -> str:
     return "bulk" if entry.urgency == Urgency.BULK or entry.category == Category.MARKETING else "transactional"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Candidate:
     event: dict[str, Any]
     entry: TypeEntry
@@ -140,8 +147,10 @@ class _BatchScratch:
 
     def __init__(self, now: datetime) -> None:
         self.created_at = now.isoformat()
+        self.language_code = settings.LANGUAGE_CODE
         self._unsubscribe: dict[tuple[int, str], str] = {}
         self._make_link = unsubscribe_url_maker()
+        self._plans: dict[tuple[int, str, str], _Plan] = {}
 
     def unsubscribe_url(self, user_id: int, category: str) -> str:
         """One signed link per (user, category) and batch, shared by the user's channels."""
@@ -149,6 +158,36 @@ class _BatchScratch:
         if url is None:
             url = self._unsubscribe[user_id, category] = self._make_link(user_id, category)
         return url
+
+    def plan(self, entry: TypeEntry, channel: str, locale: str) -> "_Plan":
+        """What every message of this type, channel and locale shares. Keyed by the entry object:
+        the catalog may be refreshed during a batch, and each event keeps the entry it was read with
+        (the batch holds a reference to every entry, so ids are not reused meanwhile)."""
+        key = (id(entry), channel, locale)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _Plan(entry, channel, locale)
+        return plan
+
+
+class _Plan:
+    """The per-(type, channel, locale) part of building a message: the template (by the locale
+    fallback chain), its renderer, whether the message carries an unsubscribe link, its priority."""
+
+    __slots__ = ("category", "error", "key", "link", "mandatory", "priority", "renderer", "urgency")
+
+    def __init__(self, entry: TypeEntry, channel: str, locale: str) -> None:
+        template = entry.template_for(channel, locale)
+        self.key, self.category, self.urgency = entry.key, entry.category, entry.urgency
+        self.error = (
+            f"no {channel} template for type '{entry.key}'" if template is None and channel != Channel.WEBHOOK else None
+        )
+        self.mandatory = entry.category in MANDATORY_CATEGORIES
+        self.link = not self.mandatory and (
+            channel == Channel.EMAIL or (template is not None and mentions(template, channel, "unsubscribe_url"))
+        )
+        self.renderer = FieldsRenderer(template, channel) if template is not None else None
+        self.priority = priority_for(entry)
 
 
 class Dispatcher:
@@ -181,7 +220,7 @@ class Dispatcher:
     def handle_batch(self, messages: list[Message]) -> Future:
         close_old_connections()  # a long-running consumer must notice a dropped database connection
         now = self.clock()
-        logs: list[LogEntry] = []
+        logs: list[DispatchRow] = []
         deferred: list[Deferred] = []
         parsed: list[tuple[dict[str, Any], TypeEntry]] = []
         for message in messages:
@@ -201,59 +240,74 @@ class Dispatcher:
         states = preferences_get_many(user_ids, redis_client=self.redis) if user_ids else {}
         contacts = contacts_read.result() if contacts_read is not None else {}
 
+        suppressed, urgent = DeliveryStatus.SUPPRESSED, Urgency.URGENT
+        modes: dict[str, str] = {}  # kill switches, read once per batch
         candidates: list[_Candidate] = []
         if parsed:
             EVENTS.labels("dispatched").inc(len(parsed))
         for event, entry in parsed:
-            user_id = event["recipient"]
+            user_id, event_id, type_key = event["recipient"], event["id"], event["type"]
             contact = contacts.get(user_id)
             state = states.get(user_id) or PreferenceState(user_id=user_id, version=0, document={})
-            channels = candidate_channels(entry, state)
+            # Most users have no preference document: the type's default channels, all allowed
+            # (what candidate_channels and is_allowed answer for an empty document).
+            document = state.document
+            channels = candidate_channels(entry, state) if document else entry.default_channels
             if contact is None:
-                logs += [
-                    self._log(event, user_id, ch, DeliveryStatus.SUPPRESSED, "unknown_recipient") for ch in channels
-                ]
+                logs += [(event_id, user_id, ch, type_key, suppressed, "unknown_recipient") for ch in channels]
                 continue
             for channel in channels:
-                allowed, reason = is_allowed(
-                    state, category=entry.category, channel=channel, type_default_channels=entry.default_channels
-                )
-                if not allowed:
-                    logs.append(self._log(event, user_id, channel, DeliveryStatus.SUPPRESSED, reason))
-                    continue
+                if document:
+                    allowed, reason = is_allowed(
+                        state, category=entry.category, channel=channel, type_default_channels=entry.default_channels
+                    )
+                    if not allowed:
+                        logs.append((event_id, user_id, channel, type_key, suppressed, reason))
+                        continue
                 to = address_for(channel, contact)
                 if to is None:
-                    logs.append(self._log(event, user_id, channel, DeliveryStatus.SUPPRESSED, "no_contact_point"))
+                    logs.append((event_id, user_id, channel, type_key, suppressed, "no_contact_point"))
                     continue
-                mode = self.switches.channel_mode(channel)
-                if mode == KillSwitchMode.DROP_NON_URGENT and entry.urgency != Urgency.URGENT:
-                    logs.append(self._log(event, user_id, channel, DeliveryStatus.SUPPRESSED, "kill_switch"))
+                mode = modes.get(channel)
+                if mode is None:
+                    mode = modes[channel] = self.switches.channel_mode(channel)
+                if mode == KillSwitchMode.DROP_NON_URGENT and entry.urgency != urgent:
+                    logs.append((event_id, user_id, channel, type_key, suppressed, "kill_switch"))
                     continue
                 candidates.append(_Candidate(event, entry, user_id, channel, to, state, contact, mode))
 
+        # Only users with caps in their document have anything to take (the others are allowed
+        # without touching Redis), so only they are asked; their order is kept.
+        capped = [i for i, c in enumerate(candidates) if c.state.document and c.state.caps_for(c.entry.category)]
         caps = frequency_cap_take_many(
             self.redis,
             [
                 CapRequest(c.user_id, c.entry.category, c.channel, c.state.caps_for(c.entry.category))
-                for c in candidates
+                for c in (candidates[i] for i in capped)
             ],
             now=now,
         )
+        refused = {i for i, cap in zip(capped, caps, strict=True) if not cap.allowed}
         scratch = _BatchScratch(now)
         outgoing: list[tuple[str, str, ChannelMessage]] = []
-        for candidate, cap in zip(candidates, caps, strict=True):
+        quiet_ends: dict[int, datetime | None] = {}  # per user: the same for all their channels
+        for index, candidate in enumerate(candidates):
             event, user_id, channel = candidate.event, candidate.user_id, candidate.channel
-            if not cap.allowed:
-                logs.append(self._log(event, user_id, channel, DeliveryStatus.SUPPRESSED, "frequency_cap"))
+            event_id, type_key = event["id"], event["type"]
+            if index in refused:
+                logs.append((event_id, user_id, channel, type_key, suppressed, "frequency_cap"))
                 continue
             try:
                 message = self._build_message(candidate, scratch)
             except RenderError as exc:
                 self._render_failure_to_dlq(candidate, exc)
-                logs.append(self._log(event, user_id, channel, DeliveryStatus.DLQ, f"render_error: {exc}"))
+                logs.append((event_id, user_id, channel, type_key, DeliveryStatus.DLQ, f"render_error: {exc}"))
                 continue
-            if candidate.entry.urgency != Urgency.URGENT:
-                quiet_end = quiet_hours_end(candidate.state, now)
+            if candidate.entry.urgency != urgent and candidate.state.document:
+                if user_id in quiet_ends:
+                    quiet_end = quiet_ends[user_id]
+                else:
+                    quiet_end = quiet_ends[user_id] = quiet_hours_end(candidate.state, now)
                 if quiet_end is not None:
                     deferred += [
                         Deferred(
@@ -265,15 +319,23 @@ class Dispatcher:
                         )
                         for part in split_by_platform(message)
                     ]
-                    logs.append(self._log(event, user_id, channel, DeliveryStatus.SCHEDULED, "quiet_hours"))
+                    logs.append((event_id, user_id, channel, type_key, DeliveryStatus.SCHEDULED, "quiet_hours"))
                     continue
             park = candidate.mode == KillSwitchMode.PAUSE or (
-                candidate.mode == KillSwitchMode.DELAY and candidate.entry.urgency != Urgency.URGENT
+                candidate.mode == KillSwitchMode.DELAY and candidate.entry.urgency != urgent
             )
             topic = channel_topic(channel, "delayed" if park else "")
-            outgoing += [(topic, str(user_id), part) for part in split_by_platform(message)]
-            status = DeliveryStatus.PARKED if park else DeliveryStatus.QUEUED
-            logs.append(self._log(event, user_id, channel, status, f"kill_switch_{candidate.mode}" if park else ""))
+            key = str(user_id)
+            if channel == Channel.PUSH:
+                outgoing += [(topic, key, part) for part in split_by_platform(message)]
+            else:
+                outgoing.append((topic, key, message))
+            if park:
+                logs.append(
+                    (event_id, user_id, channel, type_key, DeliveryStatus.PARKED, f"kill_switch_{candidate.mode}")
+                )
+            else:
+                logs.append((event_id, user_id, channel, type_key, DeliveryStatus.QUEUED, ""))
 
         # Every decision is known: store them while the messages go out, and wait for the broker's
         # acknowledgements on the writer thread too, while the runner polls and hands over the next
@@ -287,7 +349,9 @@ class Dispatcher:
             stored.exception()  # let the write finish before the error goes up
             raise
         done = self.writer.submit(self._complete, stored)
-        decisions = Tally((entry.channel, entry.status, entry.reason.split(":")[0]) for entry in logs)
+        decisions: Tally = Tally()
+        for (channel, status, reason), count in Tally((row[2], row[4], row[5]) for row in logs).items():
+            decisions[channel, status, reason.partition(":")[0]] += count
         for labels, count in decisions.items():
             MESSAGES.labels(*labels).inc(count)
         return done
@@ -304,48 +368,50 @@ class Dispatcher:
             release_due_messages()
 
     # -- building ------------------------------------------------------------------------------
-    def _build_message(self, c: _Candidate, scratch: "_BatchScratch") -> ChannelMessage:
-        locale = c.contact.locale or settings.LANGUAGE_CODE
-        template = c.entry.template_for(c.channel, locale)
-        if template is None and c.channel != Channel.WEBHOOK:
-            raise RenderError(f"no {c.channel} template for type '{c.entry.key}'")
-        data = c.event.get("data") or {}
-        extra: dict[str, Any] = {}
-        mandatory = c.entry.category in MANDATORY_CATEGORIES
-        if not mandatory and (
-            c.channel == Channel.EMAIL or (template is not None and mentions(template, c.channel, "unsubscribe_url"))
-        ):
-            extra["unsubscribe_url"] = scratch.unsubscribe_url(c.user_id, c.entry.category)
-        context = build_context(
-            data=data,
-            event={"id": c.event["id"], "type": c.entry.key, "occurred_at": c.event.get("occurred_at")},
-            user={"id": c.user_id, "email": c.contact.email},
-            extra=extra,
-        )
-        content = render_fields(template, c.channel, context) if template is not None else {}
-        if c.channel == Channel.WEBHOOK and template is None:
-            content = {"payload": {"type": c.entry.key, "event_id": c.event["id"], "data": data}}
-        if c.channel in (Channel.PUSH, Channel.INAPP):
-            content["data"] = {"type": c.entry.key, "event_id": c.event["id"], **_stringly(data)}
-        if c.channel == Channel.EMAIL and not mandatory:
-            content["list_unsubscribe"] = extra["unsubscribe_url"]
+    def _build_message(self, c: _Candidate, scratch: _BatchScratch) -> ChannelMessage:
+        locale = c.contact.locale or scratch.language_code
+        plan = scratch.plan(c.entry, c.channel, locale)
+        if plan.error is not None:
+            raise RenderError(plan.error)
+        event, channel, user_id = c.event, c.channel, c.user_id
+        event_id = event["id"]
+        data = event.get("data") or {}
+        # The template context of build_context: the event's data at the top level and under
+        # `data`, plus event, user and (when a template or the e-mail header needs it) the link.
+        context = dict(data)
+        context["data"] = data
+        context["event"] = {"id": event_id, "type": plan.key, "occurred_at": event.get("occurred_at")}
+        context["user"] = {"id": user_id, "email": c.contact.email}
+        link = None
+        if plan.link:
+            link = context["unsubscribe_url"] = scratch.unsubscribe_url(user_id, plan.category)
+        if plan.renderer is not None:
+            content = plan.renderer.render(context)
+        elif channel == Channel.WEBHOOK:
+            content = {"payload": {"type": plan.key, "event_id": event_id, "data": data}}
+        else:
+            content = {}
+        if channel == Channel.PUSH or channel == Channel.INAPP:
+            content["data"] = {"type": plan.key, "event_id": event_id, **_stringly(data)}
+        if channel == Channel.EMAIL and not plan.mandatory:
+            content["list_unsubscribe"] = link
         message: ChannelMessage = {
             "v": 1,
-            "id": idempotency_key(c.event["id"], c.user_id, c.channel),
-            "event_id": c.event["id"],
-            "user_id": c.user_id,
-            "channel": c.channel,
-            "type": c.entry.key,
-            "category": c.entry.category,
-            "urgency": c.entry.urgency,
-            "priority": priority_for(c.entry),  # type: ignore[typeddict-item]
+            "id": f"{event_id}:{user_id}:{channel}",  # idempotency_key()
+            "event_id": event_id,
+            "user_id": user_id,
+            "channel": channel,
+            "type": plan.key,
+            "category": plan.category,
+            "urgency": plan.urgency,
+            "priority": plan.priority,  # type: ignore[typeddict-item]
             "created_at": scratch.created_at,
             "locale": locale,
             "to": c.to,
             "content": content,
         }
-        if c.event.get("meta"):
-            message["meta"] = c.event["meta"]
+        if event.get("meta"):
+            message["meta"] = event["meta"]
         return message
 
     # -- producing -------------------------------------------------------------------------------
@@ -380,14 +446,8 @@ class Dispatcher:
         }
         self._produce(channel_topic(c.channel, "dlq"), str(c.user_id), payload, headers)
 
-    @staticmethod
-    def _log(event: dict[str, Any], user_id: int, channel: str, status: str, reason: str) -> LogEntry:
-        return LogEntry(
-            event_id=event["id"], user_id=user_id, channel=channel, type=event["type"], status=status, reason=reason
-        )
 
-
-def _store_decisions(logs: list[LogEntry], deferred: list[Deferred]) -> None:
+def _store_decisions(logs: list[DispatchRow], deferred: list[Deferred]) -> None:
     if deferred:
         schedule_messages(deferred)
     record_dispatch_outcomes(logs)

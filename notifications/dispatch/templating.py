@@ -60,30 +60,59 @@ def locale_candidates(locale: str) -> list[str]:
 
 def render_fields(template: Any, channel: str, context: dict[str, Any]) -> dict[str, Any]:
     """Render the channel's fields of `template` (a NotificationTemplate or similar) with `context`."""
-    ctx: Context | None = None  # only built when a field needs Django's renderer
-    out: dict[str, Any] = {}
-    for field, engine in CHANNEL_FIELDS[channel]:
-        source = getattr(template, field, "") or ""
-        if not source:
-            continue
-        try:
-            compiled, plain = _compile(source, engine is _HTML_ENGINE)
-            rendered = plain.render(context) if plain is not None else None
-            if rendered is None:
-                if ctx is None:
-                    ctx = Context(context, autoescape=False)
-                ctx.autoescape = engine is _HTML_ENGINE
-                rendered = compiled.render(ctx)
-            out[field] = rendered
-        except TemplateSyntaxError as exc:
-            raise RenderError(f"{field}: {exc}") from exc
-        except Exception as exc:  # a filter raising on unexpected data is the data's fault, not ours
-            raise RenderError(f"{field}: {type(exc).__name__}: {exc}") from exc
-    if channel == Channel.WEBHOOK:
-        out["payload"] = _parse_webhook_payload(out.get("payload"), context)
-    if channel == Channel.SMS and len(out.get("body", "")) > SMS_MAX_CHARS:
-        raise RenderError(f"body: SMS text is {len(out['body'])} characters; the limit is {SMS_MAX_CHARS}")
-    return out
+    return FieldsRenderer(template, channel).render(context)
+
+
+class FieldsRenderer:
+    """:func:`render_fields` for one template and channel, with the per-template work (reading the
+    fields, finding their compiled forms) done once: the dispatcher keeps one per batch, template
+    and channel and renders thousands of messages with it. A field that does not compile fails each
+    :meth:`render` with its :class:`RenderError`, in field order, exactly as :func:`render_fields`."""
+
+    __slots__ = ("channel", "fields")
+
+    def __init__(self, template: Any, channel: str) -> None:
+        self.channel = channel
+        #: (field, html, compiled, fast form, compile error message)
+        self.fields: list[tuple[str, bool, Template | None, PlainTemplate | None, str | None]] = []
+        for field, engine in CHANNEL_FIELDS[channel]:
+            source = getattr(template, field, "") or ""
+            if not source:
+                continue
+            html = engine is _HTML_ENGINE
+            try:
+                compiled, plain = _compile(source, html)
+            except TemplateSyntaxError as exc:
+                self.fields.append((field, html, None, None, f"{field}: {exc}"))
+            except Exception as exc:  # reported by every render, as render_fields does
+                self.fields.append((field, html, None, None, f"{field}: {type(exc).__name__}: {exc}"))
+            else:
+                self.fields.append((field, html, compiled, plain, None))
+
+    def render(self, context: dict[str, Any]) -> dict[str, Any]:
+        ctx: Context | None = None  # only built when a field needs Django's renderer
+        out: dict[str, Any] = {}
+        for field, html, compiled, plain, error in self.fields:
+            if error is not None:
+                raise RenderError(error)
+            try:
+                rendered = plain.render(context) if plain is not None else None
+                if rendered is None:
+                    if ctx is None:
+                        ctx = Context(context, autoescape=False)
+                    ctx.autoescape = html
+                    rendered = compiled.render(ctx)  # type: ignore[union-attr]
+                out[field] = rendered
+            except TemplateSyntaxError as exc:
+                raise RenderError(f"{field}: {exc}") from exc
+            except Exception as exc:  # a filter raising on unexpected data is the data's fault, not ours
+                raise RenderError(f"{field}: {type(exc).__name__}: {exc}") from exc
+        channel = self.channel
+        if channel == Channel.WEBHOOK:
+            out["payload"] = _parse_webhook_payload(out.get("payload"), context)
+        if channel == Channel.SMS and len(out.get("body", "")) > SMS_MAX_CHARS:
+            raise RenderError(f"body: SMS text is {len(out['body'])} characters; the limit is {SMS_MAX_CHARS}")
+        return out
 
 
 def _parse_webhook_payload(rendered: str | None, context: dict[str, Any]) -> Any:

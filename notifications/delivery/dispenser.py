@@ -39,6 +39,8 @@ MAX_BOOKING = 256
 #: A call books at least this many seconds' worth of slots: 10 at 500/s. Fewer calls when many
 #: processes share one bucket, and still far inside the 50 ms that bulk may book ahead.
 MIN_BOOKING_SECONDS = 0.02
+#: Calls whose round trips are compared for the clock offset (a few seconds' worth at 500/s).
+CLOCK_SAMPLES = 64
 #: Slots a send may give up in a row for starting late before it goes regardless.
 MAX_FORFEITS = 5
 
@@ -72,6 +74,8 @@ class TokenDispenser:
         self.max_lateness = max_lateness
         self.forfeited = 0
         self._held_until = 0.0  # event-loop time until which the provider asked us to wait
+        # (round trip, Redis clock - event-loop clock) of the last calls; see _local_time_of.
+        self._clock_samples: deque[tuple[float, float]] = deque(maxlen=CLOCK_SAMPLES)
         self._rng = rng or random.Random()
         self._waiters: dict[str, deque[asyncio.Future[float]]] = {p: deque() for p in PRIORITIES}
         self._poller: asyncio.Task[None] | None = None
@@ -106,6 +110,19 @@ class TokenDispenser:
         sends woken at slots booked before the hold's end book again instead of going out into it."""
         # 10 ms less: a slot booked right at the hold's end (Redis clock) must not book again.
         self._held_until = max(self._held_until, asyncio.get_running_loop().time() + seconds - 0.01)
+
+    def _local_time_of(self, redis_time: float | None, asked_at: float, answered_at: float) -> float:
+        """The event-loop time at which the script read `redis_time` (its clock).
+
+        It lies between sending the call and reading the answer; a call whose answer was read late
+        (the process was not scheduled) says little. So, as NTP does, the offset between the two
+        clocks comes from the fastest of the last calls, where that uncertainty was smallest.
+        """
+        midpoint = (asked_at + answered_at) / 2
+        if redis_time is None:  # the local fallback answered
+            return midpoint
+        self._clock_samples.append((answered_at - asked_at, redis_time - midpoint))
+        return redis_time - min(self._clock_samples)[1]
 
     def min_booking(self, rate: float) -> int:
         return max(1, int(MIN_BOOKING_SECONDS * rate / (1.0 + (self.window_margin or 0.0))))
@@ -161,8 +178,7 @@ class TokenDispenser:
             horizon=self.horizon,
             min_n=self.min_booking(rate),
         )
-        # The script's `now` lies between sending the call and reading its answer.
-        base = (asked_at + loop.time()) / 2
+        base = self._local_time_of(booking.booked_at, asked_at, loop.time())
         for offset in booking.offsets:
             while queue and queue[0].done():
                 queue.popleft()

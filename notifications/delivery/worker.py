@@ -594,8 +594,9 @@ class ChannelWorker:
                 name=slot.name,
                 contract=lambda s=slot: (s.rate, s.burst, s.reserve),
                 window_margin=self.config.rate_window_margin,
-                # A send later than the margin's share of a second after its slot books again.
-                max_lateness=self.config.rate_window_margin,
+                # A send later than half the margin's share of a second after its slot books again:
+                # the other half is left for the network and the provider's side.
+                max_lateness=None if self.config.rate_window_margin is None else self.config.rate_window_margin / 2,
             )
             self._dispensers[slot.name] = dispenser
         started = time.monotonic()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -101,6 +102,25 @@ def _print_ready(info: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+#: How often the sandbox process moves every surviving object out of the collector's reach.
+FREEZE_INTERVAL_SECONDS = 1.0
+
+
+async def _freeze_survivors(stop_event: asyncio.Event) -> None:
+    """Keep garbage collections short as the record buffer grows.
+
+    Every accepted request stays in memory as a record, and a full collection walks all of them:
+    12-14 ms with 60,000 records. During such a pause requests queue in the kernel and then get
+    their arrival timestamp together, so a provider stand-in that measures rates to the request
+    would see bunches the clients never sent (and answer 429 for them). `gc.freeze()` moves the
+    survivors to the permanent generation, so each collection only looks at the last second's objects.
+    """
+    while not stop_event.is_set():
+        gc.freeze()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop_event.wait(), FREEZE_INTERVAL_SECONDS)
+
+
 async def serve(
     config: SandboxConfig,
     *,
@@ -131,7 +151,9 @@ async def serve(
                     "urls": server.urls(),
                 }
             )
+        freezer = asyncio.create_task(_freeze_survivors(stop_event))
         await stop_event.wait()
+        await freezer
     finally:
         await server.stop()
         for sig in installed:

@@ -125,9 +125,19 @@ def create_database(name: str) -> str:
     return url
 
 
-def drop_database(name: str) -> None:
+def drop_database(name: str, attempts: int = 10) -> None:
+    """dropdb, retried: right after the 1M-row COPY an autovacuum worker (a superuser's process, which
+    notif may not terminate) often still holds the database, and `--force` then fails."""
     parts = urlsplit(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
-    subprocess.run(["dropdb", "--if-exists", "--force", name], env=pg_env(parts), check=False)
+    for attempt in range(attempts):
+        done = subprocess.run(
+            ["dropdb", "--if-exists", "--force", name], env=pg_env(parts), capture_output=True, text=True
+        )
+        if done.returncode == 0:
+            return
+        if attempt < attempts - 1:
+            time.sleep(2)
+    log(f"could not drop database {name}: {done.stderr.strip()}")
 
 
 # -- loading -----------------------------------------------------------------------------------------

@@ -24,9 +24,12 @@ What it does:
 3. Per scenario: a fresh KAFKA_TOPIC_PREFIX and REDIS_KEY_PREFIX (`benchrl<run><n>.` / `:`; the
    sms topics are created with `ensure_topics()` with --partitions partitions, so 16 workers all
    get a partition), the sandbox is reset and configured (rate, latency), the `twilio` Provider
-   row gets the scenario's rate/burst, a backlog of --messages v1 sms messages is produced to
-   `notif.sms` BEFORE the workers start, then the workers run until the sandbox has accepted them
-   all (bounded by --scenario-timeout), get SIGTERM and must exit 0.
+   row gets the scenario's rate/burst, and a backlog of --messages v1 sms messages is produced to
+   `notif.sms`: by default (`--start workers-first`) once every worker process has joined the
+   consumer group and holds its partitions (a spike hitting a running fleet; the clock and the CPU
+   meter start then), or before the workers start (`--start backlog-first`: their start-up and the
+   group's rebalances fall into the busy span). The workers run until the sandbox has accepted
+   them all (bounded by --scenario-timeout), get SIGTERM and must exit 0.
    * `open`: the sandbox's own limit is far above R (--open-sandbox-rate): we measure OUR limiter.
    * `contract`: the sandbox enforces exactly R (a plain 1 s sliding window, as Twilio would), so
      every request our limiter lets through too early is answered 429.
@@ -137,6 +140,39 @@ def sms_specs():
     from notifications.bus.topics import registry
 
     return [spec for spec in registry() if spec.name == "sms" or spec.name.startswith("sms.")]
+
+
+def wait_for_group(group: str, members: int, procs: list[subprocess.Popen], timeout: float) -> float:
+    """Seconds until the workers' consumer group is stable with `members` members that hold every
+    partition of `notif.sms`; SystemExit if a worker died or it took longer than `timeout`."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    from notifications.bus.config import admin_config
+    from notifications.bus.topics import channel_topic
+
+    admin, topic = AdminClient(admin_config()), channel_topic("sms")
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if any(p.poll() is not None for p in procs):
+            raise SystemExit("a worker exited before the group was ready (see its log)")
+        description = admin.describe_consumer_groups([group])[group].result(10)
+        owned = [
+            tp
+            for member in description.members
+            for tp in (member.assignment.topic_partitions if member.assignment else [])
+            if tp.topic == topic
+        ]
+        if (
+            description.state == ConsumerGroupState.STABLE
+            and len(description.members) == members
+            and len(owned) == len(set((tp.topic, tp.partition) for tp in owned)) > 0
+        ):
+            partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+            if len(owned) == len(partitions):
+                return time.monotonic() - started
+        time.sleep(0.25)
+    raise SystemExit(f"the consumer group {group} was not ready with {members} members after {timeout:.0f}s")
 
 
 def produce_backlog(n: int, type_key: str) -> float:
@@ -350,8 +386,10 @@ class Bench:
         self.client.configure(rate=sandbox_rate, latency={"kind": "fixed", "ms": latency_ms} if latency_ms else None)
         baseline = self.client.requests_page(since=10**15, limit=0)["last_seq"]
         type_key = f"{self.type_key}.{self.index}"
-        produce_seconds = produce_backlog(messages, type_key)
-        log(f"[{label}] backlog of {messages:,} produced in {produce_seconds:.1f}s")
+        backlog_first = self.args.start == "backlog-first"
+        if backlog_first:
+            produce_seconds = produce_backlog(messages, type_key)
+            log(f"[{label}] backlog of {messages:,} produced in {produce_seconds:.1f}s")
 
         env = self.worker_env(topic_prefix, redis_prefix, concurrency)
         if max_connections:
@@ -378,6 +416,17 @@ class Bench:
             logs.append(path)
             with path.open("wb") as out:
                 procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+        if not backlog_first:
+            # The spike arrives while the workers run (as in production): wait until every worker
+            # holds its partitions, then produce; times and CPU count from the backlog on.
+            ready_after = wait_for_group(self.groups[-1], workers, procs, timeout=120.0)
+            produce_seconds = produce_backlog(messages, type_key)
+            log(
+                f"[{label}] {workers} worker(s) ready after {ready_after:.1f}s; "
+                f"backlog of {messages:,} produced in {produce_seconds:.1f}s"
+            )
+            spawned = time.monotonic()
+            meter.start()
         accepted, distinct, died, done_at = 0, 0, [], None
         try:
             deadline = spawned + timeout
@@ -516,6 +565,13 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--batch-size", type=int, default=None, help="WORKER_BATCH_SIZE (default: the setting, 500)")
     p.add_argument("--partitions", type=int, default=16, help="partitions of the sms topics")
+    p.add_argument(
+        "--start",
+        choices=("workers-first", "backlog-first"),
+        default="workers-first",
+        help="workers-first: the backlog arrives once every worker holds its partitions (a spike on a running "
+        "fleet); backlog-first: the workers start on a backlog (their start-up and group joins in the busy span)",
+    )
     p.add_argument("--scenario-timeout", type=float, default=240.0, help="max seconds a scenario may take")
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
@@ -561,6 +617,7 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--profile-worker")
     if args.wait_quiet:
         parts += ["--wait-quiet", f"{args.wait_quiet:g}"]
+    parts += ["--start", args.start]
     if args.skip_accuracy:
         parts.append("--skip-accuracy")
     if args.skip_throughput:
@@ -695,7 +752,7 @@ def fmt(value, spec: str, missing: str = "-") -> str:
 
 
 def cpu_ms_per_send(r: dict) -> float:
-    """CPU the worker processes spent per accepted send (start-up included), in ms."""
+    """CPU the worker processes spent per accepted send (with --start backlog-first: start-up included), in ms."""
     return r["cpu"].get("workers", 0.0) * 1000 / max(r["accepted"], 1)
 
 
@@ -759,11 +816,11 @@ def print_report(args: argparse.Namespace, accuracy: list[dict], throughput: lis
             "  max1s = most requests the sandbox accepted in any 1 s window (exact, arrival times); steady = max1s / R "
             f"leaving out the first {STEADY_AFTER:g} s after the first request; util = accepted / "
             "(R x busy s), busy s = first to last accepted request; util90 = the same over the middle 90% of the "
-            "requests; min/s, max/s = quietest / busiest whole second of the busy span; 1st s = seconds from spawning "
-            "the workers to the first request; lua/send = Redis EVALSHA calls per accepted send, machine-wide "
+            "requests; min/s, max/s = quietest / busiest whole second of the busy span; 1st s = seconds from the backlog's "
+            "arrival (--start workers-first; backlog-first: from spawning the workers) to the first request; lua/send = Redis EVALSHA calls per accepted send, machine-wide "
             "(1 dedup confirm + slot bookings, including refused ones); forfeit = booked slots given up because a "
-            "worker woke more than the margin after them; ms/send = worker CPU per accepted send "
-            "(start-up included); CPU in % of one core over the scenario "
+            "worker woke more than half the margin after them; ms/send = worker CPU per accepted send "
+            "(backlog-first: start-up included); CPU in % of one core over the scenario "
             "(other% = processes outside the benchmark)"
         )
     if throughput:

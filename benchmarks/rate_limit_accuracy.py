@@ -420,13 +420,13 @@ class Bench:
             # The spike arrives while the workers run (as in production): wait until every worker
             # holds its partitions, then produce; times and CPU count from the backlog on.
             ready_after = wait_for_group(self.groups[-1], workers, procs, timeout=120.0)
+            spawned = time.monotonic()
+            meter.start()
             produce_seconds = produce_backlog(messages, type_key)
             log(
                 f"[{label}] {workers} worker(s) ready after {ready_after:.1f}s; "
                 f"backlog of {messages:,} produced in {produce_seconds:.1f}s"
             )
-            spawned = time.monotonic()
-            meter.start()
         accepted, distinct, died, done_at = 0, 0, [], None
         try:
             deadline = spawned + timeout

@@ -317,7 +317,8 @@ class TokenBucket:
 
         Slots are ``(1 + margin) / rate`` seconds apart, with ``burst`` slots at once after idle
         time. ``margin`` is for a provider that enforces exactly its rate in every 1 s window: the
-        schedule then leaves room for the jitter between a slot and the request's arrival there.
+        schedule then leaves room for the jitter between a slot and the request's arrival there,
+        and has no burst.
         A transactional booking may reach ``horizon`` seconds ahead; bulk only half as far, less
         ``reserve`` slots, so a transactional send waits at most ``horizon / 2`` behind a campaign's
         bookings and bulk never books the reserve (as in :meth:`take`). Nothing is booked unless
@@ -335,9 +336,12 @@ class TokenBucket:
         if not horizon > 0:
             raise ValueError("horizon must be > 0 seconds")
         interval_us = (1.0 + margin) * 1_000_000 / rate
-        tolerance_us = (burst - 1) * interval_us
+        # A provider that counts every 1 s window (margin > 0) has no room for a burst: its B - 1
+        # extra requests would take the place of the jitter the margin is there for.
+        tolerance_us = (burst - 1) * interval_us if margin == 0 else 0.0
         if Priority(priority) is Priority.BULK:
-            horizon_us = horizon * 1_000_000 / 2 - effective_reserve * interval_us
+            # Never below -tolerance: bulk can then still book a slot that is due now.
+            horizon_us = max(horizon * 1_000_000 / 2 - effective_reserve * interval_us, -tolerance_us)
         else:
             horizon_us = horizon * 1_000_000
         args = [

@@ -254,3 +254,13 @@ def test_slot_times_map_through_the_clock_offset_of_the_fastest_call() -> None:
     # the fast call places Redis's 1020.0001 at 20.0001.
     assert dispenser._local_time_of(1020.0001, 20.0, 20.03) == pytest.approx(20.0001, abs=1e-6)
     assert dispenser._local_time_of(None, 30.0, 30.01) == pytest.approx(30.005)  # fallback: midpoint
+
+
+def test_a_contract_schedule_has_no_burst(redis_client: redis.Redis, prefix: str) -> None:
+    """With a margin (a provider counting every 1 s window) the burst's extra requests would eat the
+    margin meant for jitter: slots are evenly spaced from the first, and bulk still books."""
+    bucket = TokenBucket(redis_client, prefix)
+    booking = bucket.book("twilio", rate=100.0, burst=5, n=3, margin=0.02, horizon=1.0)
+    assert booking.offsets == pytest.approx((0.0, 0.0102, 0.0204), abs=2e-6)
+    slow = bucket.book("sms", rate=1.0, burst=5, n=2, priority="bulk", reserve=1, margin=0.02, horizon=0.1)
+    assert slow.granted == 1 and slow.offsets == (0.0,)  # a due slot, never one booked ahead

@@ -35,6 +35,10 @@ DEFAULT_HOLD_IDLE_TTL_MS = 60_000
 #: processes sharing a bucket keep its next slots booked between their calls (so no slot passes
 #: unused), short enough that a password reset waits at most 50 ms behind a campaign's bookings.
 DEFAULT_BOOKING_HORIZON = 0.1
+#: A contract schedule (margin > 0) leaving idle time starts at half the rate and reaches the full
+#: rate after this long: the first half second of a spike on an idle fleet has the most jitter
+#: (every process busy at once). It costs about 0.15 s x rate sends per idle-to-busy change.
+CONTRACT_RAMP_SECONDS = 0.5
 
 
 class Priority(enum.StrEnum):
@@ -318,7 +322,8 @@ class TokenBucket:
         Slots are ``(1 + margin) / rate`` seconds apart, with ``burst`` slots at once after idle
         time. ``margin`` is for a provider that enforces exactly its rate in every 1 s window: the
         schedule then leaves room for the jitter between a slot and the request's arrival there,
-        and has no burst.
+        has no burst, and after idle time (or a hold) starts at half the rate, reaching the full
+        rate after ``CONTRACT_RAMP_SECONDS``.
         A transactional booking may reach ``horizon`` seconds ahead; bulk only half as far, less
         ``reserve`` slots, so a transactional send waits at most ``horizon / 2`` behind a campaign's
         bookings and bulk never books the reserve (as in :meth:`take`). Nothing is booked unless
@@ -351,6 +356,7 @@ class TokenBucket:
             max(1, min(min_n, n)),
             repr(horizon_us),
             self.idle_ttl_ms(rate, burst),
+            math.ceil((CONTRACT_RAMP_SECONDS if margin > 0 else 0.0) * 1_000_000),
         ]
         if not self.breaker.allow_request():
             return self._fallback_booking(bucket, rate, burst, n, effective_reserve, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 import redis
 
 from notifications.delivery.dispenser import TokenDispenser
-from notifications.delivery.token_bucket import Booking, TokenBucket
+from notifications.delivery.token_bucket import CONTRACT_RAMP_SECONDS, Booking, TokenBucket
 
 from .conftest import redis_time
 
@@ -45,11 +46,20 @@ def test_slots_are_one_interval_apart_after_the_burst(redis_client: redis.Redis,
     assert _absolute(more)[0] == pytest.approx(_absolute(booking)[-1] + 0.01, abs=2e-6)
 
 
-def test_margin_stretches_the_interval(redis_client: redis.Redis, prefix: str) -> None:
+def test_margin_stretches_the_interval_after_a_ramp_from_half_the_rate(redis_client: redis.Redis, prefix: str) -> None:
+    """A contract schedule starting from idle: slots two intervals apart at first, closing to one
+    (stretched by the margin) over CONTRACT_RAMP_SECONDS, then evenly spaced."""
     bucket = TokenBucket(redis_client, prefix)
-    booking = bucket.book("twilio", rate=100.0, burst=1, n=5, margin=0.05, horizon=1.0)
-    gaps = [b - a for a, b in itertools.pairwise(booking.offsets)]
-    assert gaps == pytest.approx([0.0105] * 4, abs=2e-6)
+    booking = bucket.book("twilio", rate=100.0, burst=1, n=200, margin=0.05, horizon=1.0)
+    offsets = booking.offsets
+    gaps = [b - a for a, b in itertools.pairwise(offsets)]
+    assert gaps[0] == pytest.approx(2 * 0.0105, abs=2e-6)
+    assert all(later <= earlier + 1e-6 for earlier, later in itertools.pairwise(gaps))  # closing
+    steady = [g for o, g in zip(offsets, gaps, strict=False) if o >= CONTRACT_RAMP_SECONDS]
+    assert steady and steady == pytest.approx([0.0105] * len(steady), abs=2e-6)
+    # The ramp costs about a quarter of its length in sends (ln 2 of the slots fit): 0.5 s at 100/s.
+    in_ramp = sum(1 for o in offsets if o < CONTRACT_RAMP_SECONDS)
+    assert in_ramp == pytest.approx(CONTRACT_RAMP_SECONDS * 100 / 1.05 * 0.693, abs=2)
 
 
 def test_horizon_limits_the_booking_and_the_wait_says_when_more_fit(redis_client: redis.Redis, prefix: str) -> None:
@@ -162,7 +172,9 @@ def test_dispensers_wake_sends_at_their_slots(redis_client: redis.Redis, prefix:
     interval = 1.05 / rate
     assert gaps[len(gaps) // 2] == pytest.approx(interval, rel=0.2)  # evenly spaced, not in bursts
     elapsed = woke[-1] - woke[0]
-    assert elapsed == pytest.approx(299 * interval, rel=0.1)  # and no slot went unused
+    # No slot went unused: the ramp's half-rate start costs (1 - ln 2) of its length.
+    ramp_cost = CONTRACT_RAMP_SECONDS * (1 - math.log(2))
+    assert elapsed == pytest.approx(299 * interval + ramp_cost, rel=0.05)
     assert calls[0] <= 300 / 2  # bookings of several slots (3 at 200/s), not one poll per token
 
 
@@ -261,6 +273,7 @@ def test_a_contract_schedule_has_no_burst(redis_client: redis.Redis, prefix: str
     margin meant for jitter: slots are evenly spaced from the first, and bulk still books."""
     bucket = TokenBucket(redis_client, prefix)
     booking = bucket.book("twilio", rate=100.0, burst=5, n=3, margin=0.02, horizon=1.0)
-    assert booking.offsets == pytest.approx((0.0, 0.0102, 0.0204), abs=2e-6)
+    assert booking.offsets[0] == 0.0  # one at once, then (in the ramp) about two intervals apart
+    assert booking.offsets[1] == pytest.approx(0.0204, abs=2e-6)
     slow = bucket.book("sms", rate=1.0, burst=5, n=2, priority="bulk", reserve=1, margin=0.02, horizon=0.1)
     assert slow.granted == 1 and slow.offsets == (0.0,)  # a due slot, never one booked ahead

@@ -10,6 +10,8 @@
 -- ARGV[5]  horizon_us    latest slot that may be booked, relative to now; may be negative (bulk:
 --                        horizon minus the transactional reserve, see TokenBucket.book)
 -- ARGV[6]  idle_ttl_ms   PEXPIRE applied after the booking's last slot has passed
+-- ARGV[7]  ramp_us       optional; > 0: after the schedule was idle for this long (or after a hold),
+--                        slots start two intervals apart and close to one over ramp_us
 --
 -- Returns {granted, wait_us, now_us, offset_1, ..., offset_granted}: offset_i is when the i-th booked
 -- slot starts, in microseconds after now_us, this script's clock reading (0 = at once); wait_us is
@@ -23,6 +25,11 @@
 -- when min_n more slots fit. Slots are spaced by the schedule, not by who polled first, so the
 -- requests reach the provider evenly; the offsets are relative to the Redis clock's `now`, so worker
 -- clocks never enter (no skew).
+--
+-- Why the ramp: when a backlog hits an idle fleet, every worker process is busy at once (fetching,
+-- parsing, claiming, connecting), and the first second's sends arrive with far more jitter than
+-- later ones. Starting at half the rate leaves that second room for it, at the cost of a quarter of
+-- ramp_us x rate sends per idle-to-busy change.
 
 local key = KEYS[1]
 local interval = tonumber(ARGV[1])
@@ -31,6 +38,7 @@ local n = tonumber(ARGV[3])
 local min_n = tonumber(ARGV[4])
 local horizon = tonumber(ARGV[5])
 local idle_ttl_ms = tonumber(ARGV[6])
+local ramp = tonumber(ARGV[7] or '0') or 0
 
 -- Step 1: the server clock, the only clock every worker agrees on.
 local t = redis.call('TIME')
@@ -38,25 +46,41 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 -- Step 2: the next free slot. A slot in the past is gone (idle time is not banked beyond the burst
 -- tolerance). A provider hold moves it to the hold's end, without a burst: traffic ramps at rate.
-local state = redis.call('HMGET', key, 'tat', 'blocked_until')
-local tat = tonumber(state[1]) or now
+-- An idle schedule (or one leaving a hold) starts its ramp.
+local state = redis.call('HMGET', key, 'tat', 'blocked_until', 'busy_since')
+local tat = tonumber(state[1])
 local blocked_until = tonumber(state[2]) or 0
+local busy_since = tonumber(state[3]) or now
+if tat == nil or tat < now - ramp then
+  busy_since = now
+end
+tat = tat or now
 if blocked_until > now and tat < blocked_until + tolerance then
   tat = blocked_until + tolerance
+  busy_since = blocked_until
 end
 if tat < now then
   tat = now
 end
 
--- Step 3: how many slots fit in the horizon. Slot i starts at max(now, tat + i x interval - tolerance)
--- and may be booked while it starts no later than now + horizon.
-local first = tat - tolerance
-local limit = now + horizon
-local fit = 0
-if first <= limit then
-  fit = math.floor((limit - first) / interval) + 1
+-- The gap after the slot whose theoretical time is `at`: one interval, or up to two in the ramp.
+local function gap(at)
+  if ramp > 0 then
+    local into = at - busy_since
+    if into < ramp then
+      if into < 0 then
+        into = 0
+      end
+      return interval * (2 - into / ramp)
+    end
+  end
+  return interval
 end
--- Never ask for more than could ever fit, or a small horizon would refuse every booking.
+
+-- Step 3: book. Slot i starts at max(now, tat_i - tolerance) and may be booked while it starts no
+-- later than now + horizon. Never ask for more than could ever fit in the horizon (at the full
+-- rate), or a small horizon would refuse every booking.
+local limit = now + horizon
 local most = 0
 if horizon + tolerance >= 0 then
   most = math.floor((horizon + tolerance) / interval) + 1
@@ -67,35 +91,37 @@ end
 if min_n > most then
   min_n = math.max(most, 1)
 end
-
-local granted = fit
-if granted > n then
-  granted = n
+local slots = {}
+local probe = tat
+while #slots < n and probe - tolerance <= limit do
+  slots[#slots + 1] = math.max(now, probe - tolerance) - now
+  probe = probe + gap(probe)
 end
+
+local reply = {0, 0, now}
+local granted = #slots
 if granted < min_n then
   granted = 0
-end
-
--- Step 4: the offsets of the booked slots, and the new next free slot.
-local reply = {granted, 0, now}
-for i = 0, granted - 1 do
-  local slot = first + i * interval
-  if slot < now then
-    slot = now
+else
+  for i = 1, granted do
+    reply[#reply + 1] = slots[i]
   end
-  reply[#reply + 1] = slot - now
+  tat = probe
 end
-tat = tat + granted * interval
+reply[1] = granted
 
--- Step 5: when short, the wait until the next min_n slots fit (the (min_n)-th one is the last).
+-- Step 4: when short, the wait until the next min_n slots fit (the (min_n)-th one is the last).
 if granted < n then
   local want = math.min(min_n, n - granted)
-  local wait = (tat - tolerance + (want - 1) * interval) - limit
-  reply[2] = math.max(1, math.ceil(wait))
+  local last = tat
+  for _ = 2, want do
+    last = last + gap(last)
+  end
+  reply[2] = math.max(1, math.ceil(last - tolerance - limit))
 end
 
--- Step 6: persist; the key must outlive its future bookings (and any hold) plus the idle period.
-redis.call('HSET', key, 'tat', string.format('%d', math.ceil(tat)))  -- round up: never a slot early
+-- Step 5: persist; the key must outlive its future bookings (and any hold) plus the idle period.
+redis.call('HSET', key, 'tat', string.format('%d', math.ceil(tat)), 'busy_since', string.format('%d', busy_since))
 local ttl = idle_ttl_ms + math.ceil(math.max(0, tat - now, blocked_until - now) / 1000)
 redis.call('PEXPIRE', key, ttl)
 return reply

@@ -196,10 +196,12 @@ class TokenDispenser:
                 loop.call_at(due, _wake, waiter, due)
         if not booking.wait_seconds:
             return 0.0
-        # Spread the next calls of the processes sharing this bucket over one booking's worth of
-        # slots: they were all told the same instant.
+        if booking.granted:
+            return booking.wait_seconds  # back exactly when the next slots fit: none goes unused
+        # Refused: other processes took the slots, and they were all told the same instant. Spread
+        # the next calls over one booking's worth of slots, never more than the wait itself.
         spread = self.min_booking(rate) * (1.0 + (self.window_margin or 0.0)) / rate
-        return booking.wait_seconds + self._rng.uniform(0.0, spread)
+        return booking.wait_seconds + self._rng.uniform(0.0, min(spread, booking.wait_seconds))
 
     def _take(self, queue: deque[asyncio.Future[float]], priority: str, rate: float, burst: int, reserve: int) -> float:
         granted, short_wait = self.bucket.take_many(

@@ -324,9 +324,9 @@ class TokenBucket:
         schedule then leaves room for the jitter between a slot and the request's arrival there,
         has no burst, and after idle time (or a hold) starts at half the rate, reaching the full
         rate after ``CONTRACT_RAMP_SECONDS``.
-        A transactional booking may reach ``horizon`` seconds ahead; bulk only half as far, less
-        ``reserve`` slots, so a transactional send waits at most ``horizon / 2`` behind a campaign's
-        bookings and bulk never books the reserve (as in :meth:`take`). Nothing is booked unless
+        A transactional booking may reach ``horizon`` seconds ahead; bulk only half as far, so a
+        transactional send waits at most ``horizon / 2`` behind a campaign's bookings, and bulk never
+        uses the last ``reserve`` slots of the burst (as in :meth:`take`). Nothing is booked unless
         ``min_n`` slots fit (fewer calls when many processes wait on one bucket).
 
         The schedule keeps its own state in the bucket's hash (field ``tat``) and honours
@@ -345,8 +345,9 @@ class TokenBucket:
         # extra requests would take the place of the jitter the margin is there for.
         tolerance_us = (burst - 1) * interval_us if margin == 0 else 0.0
         if Priority(priority) is Priority.BULK:
-            # Never below -tolerance: bulk can then still book a slot that is due now.
-            horizon_us = max(horizon * 1_000_000 / 2 - effective_reserve * interval_us, -tolerance_us)
+            # Half the horizon, and never the reserve's share of the burst tolerance (a contract
+            # schedule has none): bulk keeps its pace, transactional sends wait at most horizon / 2.
+            horizon_us = horizon * 1_000_000 / 2 - min(effective_reserve * interval_us, tolerance_us)
         else:
             horizon_us = horizon * 1_000_000
         args = [

@@ -220,9 +220,10 @@ def test_acquire_threads_share_the_rate_without_spinning(redis_client: redis.Red
     allowed = burst + rate * (redis_time(redis_client) - t0)
     print(f"\nacquire: granted={sum(got)} allowed={allowed:.1f} takes={takes[0]}")
     assert 0.85 * allowed <= sum(got) <= allowed + 1
-    # Sleeping waiters, not a busy loop: polling costs about one take per waiter per token
-    # (a spinning loop would do thousands of takes here).
-    assert takes[0] < 2 * len(threads) * sum(got)
+    # Sleeping waiters, not a busy loop: polling costs a few takes per waiter per token (measured:
+    # about 3 per token in most runs, 8.7 in one of six, when one thread won nearly every token and
+    # the others' misses came back short); a spinning loop would do thousands of takes here.
+    assert takes[0] < 4 * len(threads) * sum(got)
 
 
 def test_unreachable_redis_without_fallback_fails_closed(dead_redis: redis.Redis, prefix: str) -> None:

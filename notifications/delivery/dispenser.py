@@ -8,10 +8,11 @@ With it, one poller per (process, provider) serves transactional waiters before 
 Provider buckets *book* slots (`TokenBucket.book`, one Lua call for all waiters): the script
 returns the start times of the next slots on the provider's global schedule, one interval apart, up
 to a short horizon ahead, and each waiter is woken at its slot by the event loop. The poller asks
-again only when `min_booking` more slots fit, with a random delay so that the processes sharing the
-bucket do not all ask at the same instant. With `window_margin` set (provider contracts) the slots
-are `1 + margin` intervals apart: the margin absorbs the jitter between a slot and the request's
-arrival at the provider, which enforces exactly R in every 1 s window.
+again when `min_booking` more slots fit; after a refused call (other processes took the slots) it
+adds a random delay, so that the processes sharing the bucket do not all ask at the same instant.
+With `window_margin` set (provider contracts) the slots are `1 + margin` intervals apart: the margin
+absorbs the jitter between a slot and the request's arrival at the provider, which enforces exactly
+R in every 1 s window.
 
 A send that starts later than `max_lateness` after its slot (its process was not scheduled in time:
 two cores, sixteen workers) gives the slot up and books again, rather than reaching the provider
@@ -170,6 +171,7 @@ class TokenDispenser:
         reserve: int,
     ) -> float:
         n = min(len(queue), MAX_BOOKING)
+        min_n = self.min_booking(rate)
         asked_at = loop.time()
         booking = self.bucket.book(
             self.name,
@@ -180,7 +182,7 @@ class TokenDispenser:
             reserve=reserve if priority == "bulk" else None,
             margin=self.window_margin or 0.0,
             horizon=self.horizon,
-            min_n=self.min_booking(rate),
+            min_n=min_n,
         )
         base = self._local_time_of(booking.booked_at, asked_at, loop.time())
         for offset in booking.offsets:
@@ -200,7 +202,7 @@ class TokenDispenser:
             return booking.wait_seconds  # back exactly when the next slots fit: none goes unused
         # Refused: other processes took the slots, and they were all told the same instant. Spread
         # the next calls over one booking's worth of slots, never more than the wait itself.
-        spread = self.min_booking(rate) * (1.0 + (self.window_margin or 0.0)) / rate
+        spread = min_n * (1.0 + (self.window_margin or 0.0)) / rate
         return booking.wait_seconds + self._rng.uniform(0.0, min(spread, booking.wait_seconds))
 
     def _take(self, queue: deque[asyncio.Future[float]], priority: str, rate: float, burst: int, reserve: int) -> float:

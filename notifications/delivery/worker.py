@@ -172,7 +172,7 @@ class WorkerConfig:
     #: The in-process retry budget; the dedup lease must outlast timeout x (1 + in-process retries).
     max_in_process_retries: int = 2
     tiers: tuple[tuple[str, float], ...] = RETRY_TIERS
-    #: Provider slots are (1 + margin) / R apart, and a send later than `margin` seconds after its
+    #: Provider slots are (1 + margin) / R apart, and a send later than margin / 2 seconds after its
     #: slot books again, so a provider enforcing exactly R per second sees no 1 s window above R.
     rate_window_margin: float | None = 0.02
 

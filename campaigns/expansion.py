@@ -69,9 +69,10 @@ from campaigns.rendering import CopyBook, StaticFieldCache, build_copy_context, 
 from campaigns.selectors import BatchRecipient, batch_recipients
 from campaigns.throttle import throttle_burst, token_bucket_for
 from notifications.bus.config import admin_config, consumer_config
+from notifications.bus.lanes import lane_group
 from notifications.bus.producing import AckedProducer
 from notifications.bus.runner import ConsumerRunner, Deferrals, RunnerConfig
-from notifications.bus.topics import channel_topic
+from notifications.bus.topics import channel_topic, delivery_topic
 from notifications.channels import ALL_CHANNELS, Channel
 from notifications.delivery.token_bucket import Priority, RateLimiterUnavailable
 from notifications.delivery_log import LogEntry, record_dispatch_outcomes
@@ -81,6 +82,8 @@ from notifications.dispatch.messages import ChannelMessage, Header, encode
 from notifications.dispatch.scheduling import Deferred, schedule_messages
 from notifications.dispatch.templating import RenderError
 from notifications.models import MANDATORY_CATEGORIES, DeliveryLog, DeliveryStatus, KillSwitchMode, Provider
+from notifications.priority import PriorityClass, classify, lane_for
+from notifications.providers.capacity import channel_capacity
 from preferences.cache import preferences_get_many
 from preferences.frequency import ALLOWED as ALLOWED_CAP
 from preferences.frequency import CapRequest, frequency_cap_take_many
@@ -239,6 +242,10 @@ class CampaignCache:
 
 
 # -- building per-recipient messages ---------------------------------------------------------------------
+#: Every campaign message is bulk, whatever its type's category and urgency.
+CAMPAIGN_PRIORITY = classify(category="", urgency="", campaign=True)
+
+
 def build_recipient_messages(
     view: CampaignView,
     *,
@@ -295,7 +302,8 @@ def build_recipient_messages(
         "type": view.type_key,
         "category": view.category,
         "urgency": "normal" if test else "bulk",
-        "priority": "transactional" if test else "bulk",
+        # A campaign is bulk whatever its type; a marketer's test send is a preview, sent at once.
+        "priority": PriorityClass.TRANSACTIONAL if test else CAMPAIGN_PRIORITY,
         "created_at": now.isoformat(),
         "locale": locale,
         "to": to,
@@ -323,14 +331,10 @@ class ChannelContracts:
 
     def _load(self) -> None:
         self._loaded_at = self._clock()
-        first: dict[tuple[str, str], float] = {}
+        by_channel: dict[str, list[tuple[str, float]]] = {}
         for row in Provider.objects.filter(enabled=True).order_by("priority", "name"):
-            group = row.kind if row.channel == Channel.PUSH else ""
-            first.setdefault((row.channel, group), row.rate)
-        rates: dict[str, float | None] = {}
-        for (channel, _group), rate in first.items():
-            rates[channel] = (rates.get(channel) or 0.0) + rate
-        self._rates = rates
+            by_channel.setdefault(row.channel, []).append((row.kind, row.rate))
+        self._rates = {channel: channel_capacity(channel, rows) for channel, rows in by_channel.items()}
 
 
 class ChannelBacklog:
@@ -367,8 +371,9 @@ class ChannelBacklog:
     def _measure(self, channel: str) -> tuple[int, int]:
         if self._admin is None:
             self._admin = AdminClient(admin_config())
-        admin, topic = self._admin, channel_topic(channel)
-        group = consumer_config(worker_group(channel))["group.id"]
+        lane = lane_for(CAMPAIGN_PRIORITY)
+        admin, topic = self._admin, delivery_topic(channel, lane)
+        group = consumer_config(lane_group(worker_group(channel), lane))["group.id"]
         partitions = admin.list_topics(topic, timeout=5).topics[topic].partitions
         tps = [TopicPartition(topic, p) for p in partitions]
         described = admin.describe_consumer_groups([group], request_timeout=5)[group]
@@ -730,7 +735,7 @@ class BatchExpander:
         channel = batch.channel
         states = preferences_get_many(ids, redis_client=self.redis)
         now = self.wall_clock()
-        topic = channel_topic(channel)
+        topic = delivery_topic(channel, lane_for(CAMPAIGN_PRIORITY))
         chunk = _Chunk()
         suppressed: dict[int, str] = {}
         candidates: list[tuple[int, BatchRecipient, PreferenceState]] = []

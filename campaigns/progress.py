@@ -4,8 +4,10 @@ Keys (all under ``settings.REDIS_KEY_PREFIX``):
 
 * ``campaign:{id}:progress`` — hash of counters: ``queued`` (per-recipient messages handed to the
   workers), ``suppressed`` (dropped at expansion: no contact point, opted out since the batch was
-  emitted, kill switch), ``extra`` (push messages beyond one per user), ``sent``, ``failed``,
-  ``deduplicated``.
+  emitted, kill switch), ``extra`` (push messages beyond one per user), ``sent`` (moved by the
+  dedup confirm itself, once per message), ``failed``, ``deduplicated`` (messages redelivered after
+  they were sent).
+* ``campaign:{id}:counted`` — the "<counter>:<message id>" already counted by ``record_outcomes``.
   The same hash holds ``suppressed:<reason>`` (the expansion's suppressions by reason, e.g.
   ``suppressed:frequency_cap``) and ``deferred`` (recipients waiting for the end of their quiet
   hours in a deferred batch; back to 0 once those batches are expanded).
@@ -52,15 +54,6 @@ PROGRESS_DROPPED = PromCounter(
 OUTCOMES = PromCounter("campaign_outcomes_total", "Campaign delivery outcomes counted", ["outcome"])
 
 COUNTER_FIELDS = ("queued", "suppressed", "extra", "sent", "failed", "deduplicated")
-#: Worker statuses → progress counter. "retrying" is not an outcome yet; the final one follows.
-STATUS_TO_COUNTER = {
-    "sent": "sent",
-    "dlq": "failed",
-    "failed": "failed",
-    "deduplicated": "deduplicated",
-    "skipped": "deduplicated",
-    "suppressed": "suppressed",  # dropped by a worker because the campaign was cancelled (halt flag)
-}
 RATE_WINDOW_SECONDS = 10
 RATE_KEY_TTL = 120
 #: Finished campaigns keep being flushed for a while: sends still in flight land after completion.
@@ -100,43 +93,84 @@ def _client(redis_client: redis.Redis | None) -> redis.Redis:
 
 
 # -- writing -------------------------------------------------------------------------------------------
-def record_outcomes(
-    entries: Sequence[Any], metas: Sequence[dict[str, Any] | None], *, redis_client: redis.Redis | None = None
-) -> int:
-    """Count delivery outcomes of campaign messages. Call from the worker's outcome hook with the
-    settled ``LogEntry`` list and, in the same order, each message's ``meta`` (None or {} for
-    messages that are not part of a campaign). Pipelined: one round trip per call. Never raises.
+#: Worker statuses → progress counter, for the outcomes counted by ``record_outcomes`` (a send is
+#: counted when its dedup claim is confirmed: ``sent_tally``). "retrying" is not an outcome yet.
+STATUS_TO_COUNTER = {
+    "dlq": "failed",
+    "failed": "failed",
+    "deduplicated": "deduplicated",
+    "skipped": "deduplicated",
+    "suppressed": "suppressed",  # dropped by a worker because the campaign was cancelled (halt flag)
+}
 
-    Counted statuses: sent → sent; dlq/failed → failed; deduplicated/skipped → deduplicated
-    (a redelivered message the dedup store already saw as sent); suppressed → suppressed (a worker
-    dropped it: campaign cancelled). Returns how many were counted."""
-    per_campaign: dict[int, Counter] = defaultdict(Counter)
-    for entry, meta in zip(entries, metas, strict=True):
+#: Counts each (counter, message) once: a message whose outcome is settled again after a worker
+#: crash (redelivered before its offset was committed) is not counted twice.
+#: KEYS[1] the progress hash, KEYS[2] the set of what was counted; ARGV[1] the counter,
+#: ARGV[2] the set's TTL in seconds, ARGV[3..] message ids. Returns how many were new.
+COUNT_ONCE_LUA = """
+local new = 0
+for i = 3, #ARGV do
+  new = new + redis.call('SADD', KEYS[2], ARGV[1] .. ':' .. ARGV[i])
+end
+if new > 0 then
+  redis.call('HINCRBY', KEYS[1], ARGV[1], new)
+end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return new
+"""
+
+
+def counted_key(campaign_id: int) -> str:
+    return f"{_prefix()}campaign:{campaign_id}:counted"
+
+
+def sent_tally(campaign_id: int) -> tuple[str, str]:
+    """Where the dedup store counts a campaign message's send, in the script that confirms it
+    (``DedupStore.confirm_many(tallies=…)``): so ``sent`` counts every message the provider
+    accepted exactly once, also when a worker dies between the send and settling its outcome."""
+    return progress_key(campaign_id), "sent"
+
+
+def record_outcomes(
+    outcomes: Sequence[tuple[str, str, dict[str, Any] | None]], *, redis_client: redis.Redis | None = None
+) -> int:
+    """Count the settled outcomes of campaign messages: (message id, worker status, the message's
+    ``meta``); messages that are not part of a campaign are ignored. Each (counter, message) is
+    counted once. Sends only feed the send rate here (their count moves with the dedup confirm, see
+    ``sent_tally``). One round trip per call. Never raises. Returns how many outcomes were new."""
+    per_campaign: dict[tuple[int, str], list[str]] = defaultdict(list)
+    sends: Counter = Counter()
+    for message_id, status, meta in outcomes:
         if not meta or not meta.get("campaign_id") or not meta.get("launch_id"):
             continue
-        counter = STATUS_TO_COUNTER.get(getattr(entry, "status", None) or "")
-        if counter is None:
+        campaign_id = int(meta["campaign_id"])
+        if status == "sent":
+            sends[campaign_id] += 1
             continue
-        per_campaign[int(meta["campaign_id"])][counter] += 1
-    if not per_campaign:
+        counter = STATUS_TO_COUNTER.get(status)
+        if counter is not None:
+            per_campaign[campaign_id, counter].append(message_id)
+    if not per_campaign and not sends:
         return 0
     second = str(int(time.time()))
-    counted = 0
+    ttl = int(getattr(settings, "CAMPAIGN_STATE_TTL_SECONDS", 14 * 24 * 3600))
+    client = _client(redis_client)
     try:
-        pipe = _client(redis_client).pipeline(transaction=False)
-        for campaign_id, counts in per_campaign.items():
-            for name, n in counts.items():
-                pipe.hincrby(progress_key(campaign_id), name, n)
-                counted += n
-                OUTCOMES.labels(name).inc(n)
-            if counts.get("sent"):
-                pipe.hincrby(rate_key(campaign_id, "sent"), second, counts["sent"])
-                pipe.expire(rate_key(campaign_id, "sent"), RATE_KEY_TTL)
-        pipe.execute()
+        pipe = client.pipeline(transaction=False)
+        for (campaign_id, counter), ids in per_campaign.items():
+            pipe.eval(COUNT_ONCE_LUA, 2, progress_key(campaign_id), counted_key(campaign_id), counter, ttl, *ids)
+        for campaign_id, n in sends.items():
+            pipe.hincrby(rate_key(campaign_id, "sent"), second, n)
+            pipe.expire(rate_key(campaign_id, "sent"), RATE_KEY_TTL)
+        replies = pipe.execute()
     except redis.RedisError:
-        PROGRESS_DROPPED.inc(counted)
+        PROGRESS_DROPPED.inc(sum(len(ids) for ids in per_campaign.values()))
         log.warning("campaign progress not recorded (Redis unavailable)", exc_info=True)
         return 0
+    counted = 0
+    for ((_campaign, counter), _ids), new in zip(per_campaign.items(), replies, strict=False):
+        OUTCOMES.labels(counter).inc(int(new))
+        counted += int(new)
     return counted
 
 

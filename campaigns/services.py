@@ -21,10 +21,11 @@ from django.utils import timezone
 
 from campaigns.halt import set_halt
 from campaigns.models import TRANSITIONS, Campaign, CampaignState
-from notifications.bus.topics import channel_topic, topic_name
+from notifications.bus.topics import delivery_topic, topic_name
 from notifications.channels import Channel
 from notifications.dispatch.messages import Header
 from notifications.outbox.services import OutboxMessage, enqueue_messages
+from notifications.priority import lane_for
 from notifications.redis_client import get_redis
 
 LAUNCH_PERMISSION = "campaigns.launch_campaign"
@@ -232,7 +233,7 @@ def campaign_send_test(*, campaign_id: int, user) -> list[str]:
         channels.append(channel)
         messages += [
             OutboxMessage(
-                topic=channel_topic(channel),
+                topic=delivery_topic(channel, lane_for(m["priority"])),
                 key=str(user.pk),
                 payload=dict(m),
                 headers={Header.IDEMPOTENCY_KEY: m["id"]},

@@ -162,6 +162,15 @@ LOGGING = {
     },
 }
 
+# --- Priority lanes (docs/architecture.md, "Priority lanes") -----------------------------------
+# Bulk traffic (marketing, digests, campaigns) travels in its own lane per channel and for events;
+# off: one FIFO lane for everything (only for comparing, as the spike benchmark's baseline does).
+PRIORITY_LANES = env.bool("PRIORITY_LANES", default=True)
+# Bulk messages a worker holds at most (polled, not yet settled): this many seconds of the channel's
+# contract rate, at least WORKER_BULK_MIN_IN_FLIGHT, at most half of WORKER_CONCURRENCY.
+WORKER_BULK_LEAD_SECONDS = env.float("WORKER_BULK_LEAD_SECONDS", default=0.5)
+WORKER_BULK_MIN_IN_FLIGHT = env.int("WORKER_BULK_MIN_IN_FLIGHT", default=20)
+
 # --- Delivery workers ---------------------------------------------------------------------------
 WORKER_BATCH_SIZE = env.int("WORKER_BATCH_SIZE", default=500)
 # Sends in flight per worker process: at 100 ms provider latency, 200 in flight ≈ 2,000 sends/s.

@@ -30,6 +30,8 @@ class OutboxEvent(models.Model):
     topic = models.CharField(max_length=249)
     key = models.CharField(max_length=255)
     bucket = models.SmallIntegerField()
+    #: 0 = priority lane, 1 = bulk lane (from the topic): the relay claims lane 0 first.
+    lane = models.SmallIntegerField(db_default=0)
     # JSON stored as text, serialised once at publish: the relay sends these bytes as they are.
     # (jsonb would cost a parse on insert and a jsonb→text conversion per row on every relay batch.)
     payload = models.TextField()
@@ -37,7 +39,10 @@ class OutboxEvent(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        indexes = [models.Index(fields=["bucket", "id"], name="outbox_bucket_id")]
+        indexes = [
+            models.Index(fields=["bucket", "id"], name="outbox_bucket_id"),
+            models.Index(fields=["lane", "id"], name="outbox_lane_id"),
+        ]
         verbose_name = "outbox event"
 
     def __str__(self) -> str:

@@ -1,6 +1,11 @@
-"""Shared fixtures: an isolated Kafka topic prefix per test run, API clients, subprocess env."""
+"""Shared fixtures: an isolated Kafka topic prefix per test run, API clients, subprocess env, the
+platform's processes."""
 
 import os
+import signal
+import subprocess
+import sys
+import threading
 import uuid
 
 import pytest
@@ -25,6 +30,19 @@ def kafka_topics():
     # dedup keys and caps of an earlier run must not be visible.
     settings.REDIS_KEY_PREFIX = f"{prefix[:-1]}:"
     settings.KAFKA_DEFAULT_PARTITIONS = 3
+    ensure_topics()
+    yield prefix
+    delete_topics_with_prefix(prefix)
+
+
+@pytest.fixture
+def topics(settings, kafka_topics):
+    """A private topic and Redis key prefix for one test: its consumers see only its own messages."""
+    from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
+
+    prefix = f"{kafka_topics[:-1]}-{uuid.uuid4().hex[:6]}."
+    settings.KAFKA_TOPIC_PREFIX = prefix
+    settings.REDIS_KEY_PREFIX = f"{prefix[:-1]}:"
     ensure_topics()
     yield prefix
     delete_topics_with_prefix(prefix)
@@ -146,3 +164,65 @@ def sandbox(tmp_path_factory):
     }
     yield proc
     proc.stop()
+
+
+class Platform:
+    """Platform processes for one test, each with the test's database, topics and Redis prefix: the
+    outbox relay in a thread, the other roles as `manage.py` subprocesses."""
+
+    def __init__(self, env: dict[str, str]):
+        from notifications.bus.config import producer_config
+        from notifications.outbox.relay import RELAY_PRODUCER_OVERRIDES, OutboxRelay, RelayConfig, conninfo_from_django
+
+        self.env = env
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.relay = OutboxRelay(
+            RelayConfig(
+                conninfo=conninfo_from_django(),
+                producer_config=producer_config(**RELAY_PRODUCER_OVERRIDES),
+                buckets=settings.OUTBOX_BUCKETS,
+                batch_size=500,
+                poll_interval=0.2,
+            )
+        )
+        self.relay_thread = threading.Thread(target=self.relay.run, daemon=True)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "manage.py", *args], env=self.env)
+        self.procs[name] = proc
+        return proc
+
+    def orchestrator(self, *args: str) -> subprocess.Popen:
+        return self.start("orchestrator", "run_campaign_orchestrator", *args)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def __enter__(self):
+        self.relay_thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGTERM)
+        codes = {name: proc.wait(60) for name, proc in self.procs.items()}
+        self.relay.stop_event.set()
+        self.relay_thread.join(30)
+        if exc[0] is None:
+            assert all(code == 0 for code in codes.values()), f"every process stops cleanly on SIGTERM: {codes}"
+
+
+@pytest.fixture
+def platform(topics, subprocess_env, sandbox):
+    """The platform's processes on the test's topics, talking to the provider sandboxes."""
+    env = {
+        **subprocess_env,
+        **sandbox.env,
+        "KAFKA_TOPIC_PREFIX": topics,
+        "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
+        "LOG_LEVEL": "WARNING",
+    }
+    with Platform(env) as running:
+        yield running

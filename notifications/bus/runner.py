@@ -5,7 +5,8 @@ durable outcome (produced and acknowledged downstream, stored, or sent and confi
 does the runner commit the offsets, so a crash at any point leads to redelivery, never loss. The
 loop stops on a flag (set by SIGTERM) between batches, so the batch in hand is always finished.
 Unknown exceptions from a handler propagate: the process dies loudly, nothing was committed, the
-supervisor restarts it (Sentry/arroyo's policy).
+supervisor restarts it (Sentry/arroyo's policy). A role with a bulk lane (`bulk_topics`) is served
+by strict priority: a bulk batch only when the priority lane has nothing waiting.
 """
 
 import logging
@@ -20,7 +21,8 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from prometheus_client import Counter, Histogram
 
-from notifications.bus.config import consumer_config
+from notifications.bus.lanes import LanedConsumer
+from notifications.priority import Lane
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ class BatchHandler(Protocol):
 
 #: Batches whose background completion may still be running while the next one is handled.
 MAX_PENDING = 1
+#: With a bulk lane, how long a poll of an idle priority lane may block before the bulk lane is
+#: looked at (the latency of bulk on an idle role; priority messages end the wait at once).
+IDLE_PRIORITY_WAIT = 0.1
 
 
 @dataclass
@@ -60,6 +65,8 @@ class RunnerConfig:
     role: str
     topics: Sequence[str]
     group: str
+    #: The role's bulk lane (consumer group `<group>.bulk`); empty: one lane.
+    bulk_topics: Sequence[str] = ()
     batch_size: int = 500
     poll_timeout: float = 0.5
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
@@ -86,14 +93,20 @@ class ConsumerRunner:
         overrides = dict(config.consumer_overrides)
         if config.async_commit:
             overrides.setdefault("on_commit", self._on_commit)
-        self.consumer = Consumer(consumer_config(config.group, **overrides))
+        self.consumer = LanedConsumer(
+            config.group, {Lane.PRIORITY: config.topics, Lane.BULK: config.bulk_topics}, overrides
+        )
+        self._assigned_lanes: set[Lane] = set()
         self._last_async: list[TopicPartition] = []
         self._paused: dict[tuple[str, int], float] = {}
         self._pending: deque[tuple[Future, list[Message], float]] = deque()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("partitions assigned", extra={"role": self.config.role, "count": len(partitions)})
-        self.assigned.set()
+        lane = self.consumer.lane_of_consumer(consumer)
+        log.info("partitions assigned", extra={"role": self.config.role, "lane": lane, "count": len(partitions)})
+        self._assigned_lanes.add(lane)
+        if self._assigned_lanes >= set(self.consumer.lanes):
+            self.assigned.set()  # every lane's consumer has joined its group
         if self._on_assign_cb:
             self._on_assign_cb(partitions)
 
@@ -107,16 +120,16 @@ class ConsumerRunner:
 
     def run(self) -> None:
         role = self.config.role
-        self.consumer.subscribe(list(self.config.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
-        log.info("consumer started", extra={"role": role, "topics": list(self.config.topics)})
+        self.consumer.subscribe(on_assign=self._on_assign, on_revoke=self._on_revoke)
+        topics = [*self.config.topics, *self.config.bulk_topics]
+        log.info("consumer started", extra={"role": role, "topics": topics})
         try:
             tick = getattr(self.handler, "tick", None)
             while not self.stop_event.is_set():
                 if tick is not None:
                     tick()  # periodic work of the role (e.g. releasing due messages)
                 self._resume_due()
-                messages = self.consumer.consume(self.config.batch_size, self.config.poll_timeout)
-                batch = [m for m in messages if self._usable(m)]
+                batch = self._poll()
                 if not batch:
                     self._settle(keep=0)  # idle: commit what finished in the background
                     continue
@@ -146,6 +159,22 @@ class ConsumerRunner:
             connections.close_all()  # this thread's database connections (roles run in threads in tests)
             log.info("consumer stopped", extra={"role": role})
 
+    def _poll(self) -> list[Message]:
+        """The next batch by strict priority: what the priority lane has waiting; else what the bulk
+        lane has; else the first priority message within the poll timeout (bulk then waits a
+        moment). A bulk lane not polled for long (a steady priority stream) is polled anyway: it must
+        not leave its group."""
+        size, timeout = self.config.batch_size, self.config.poll_timeout
+        if Lane.BULK not in self.consumer.lanes:
+            return self.consumer.consume(Lane.PRIORITY, size, timeout)
+        if self.consumer.overdue(Lane.BULK):
+            return self.consumer.consume(Lane.BULK, size, 0)
+        return (
+            self.consumer.consume(Lane.PRIORITY, size, 0)
+            or self.consumer.consume(Lane.BULK, size, 0)
+            or self.consumer.consume(Lane.PRIORITY, size, min(timeout, IDLE_PRIORITY_WAIT))
+        )
+
     def _settle(self, *, keep: int, final: bool = False) -> None:
         """Commit the pending batches whose completion succeeded, oldest first, waiting for the
         oldest ones until at most ``keep`` remain. A failed completion raises: nothing after it is
@@ -159,7 +188,7 @@ class ConsumerRunner:
             BATCH_SECONDS.labels(self.config.role).observe(time.perf_counter() - started)
             CONSUMED.labels(self.config.role).inc(len(batch))
         if final and self._last_async:
-            self.consumer.commit(offsets=self._last_async, asynchronous=False)
+            self.consumer.commit(self._last_async, asynchronous=False)
             self._last_async = []
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
@@ -190,7 +219,7 @@ class ConsumerRunner:
             highest[tp] = max(highest.get(tp, -1), m.offset())
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
         asynchronous = self.config.async_commit and not sync
-        self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        self.consumer.commit(offsets, asynchronous=asynchronous)
         if asynchronous:
             # Remember the newest offset per partition, re-committed synchronously when final.
             latest = {(tp.topic, tp.partition): tp for tp in self._last_async}
@@ -203,15 +232,6 @@ class ConsumerRunner:
     @property
     def paused_partitions(self) -> dict[tuple[str, int], float]:
         return dict(self._paused)
-
-    @staticmethod
-    def _usable(message: Message) -> bool:
-        error = message.error()
-        if error is None:
-            return True
-        if error.code() == KafkaError._PARTITION_EOF:
-            return False
-        raise RuntimeError(f"consumer error: {error}")
 
 
 def _held_back(message: Message, deferrals: Deferrals) -> bool:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from notifications.channels import ALL_CHANNELS
+from notifications.priority import Lane
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -45,22 +46,41 @@ def topic_name(logical: str) -> str:
 
 
 def channel_topic(channel: str, suffix: str = "") -> str:
-    """`notif.<channel>` or `notif.<channel>.<suffix>` (retry.5s, dlq, delayed, batch)."""
+    """`notif.<channel>` or `notif.<channel>.<suffix>` (dlq, delayed, batch; lanes: `delivery_topic`)."""
     return topic_name(f"{channel}.{suffix}" if suffix else channel)
+
+
+def delivery_topic(channel: str, lane: Lane = Lane.PRIORITY, tier: str | None = None) -> str:
+    """What a channel's workers read: `notif.<channel>[.bulk][.retry.<tier>]`."""
+    name = channel if lane is Lane.PRIORITY else f"{channel}.bulk"
+    return topic_name(f"{name}.retry.{tier}" if tier else name)
+
+
+def events_topic(lane: Lane = Lane.PRIORITY) -> str:
+    """What the dispatcher reads: `notif.events` or `notif.events.bulk`."""
+    return topic_name("events" if lane is Lane.PRIORITY else "events.bulk")
+
+
+def lane_of_topic(topic: str) -> Lane:
+    """The lane a full topic name belongs to (`notif.<x>.bulk[...]` is bulk, anything else priority)."""
+    logical = topic.rpartition("notif.")[2].split(".")
+    return Lane.BULK if len(logical) > 1 and logical[1] == "bulk" else Lane.PRIORITY
 
 
 def registry() -> list[TopicSpec]:
     specs = [
         TopicSpec("events", retention_ms=7 * DAY_MS),
+        TopicSpec("events.bulk", retention_ms=7 * DAY_MS),
         TopicSpec("events.dlq", retention_ms=30 * DAY_MS),
         TopicSpec("campaigns", retention_ms=30 * DAY_MS),
     ]
     for channel in ALL_CHANNELS:
         specs += [
-            TopicSpec(channel, retention_ms=3 * DAY_MS),
             TopicSpec(f"{channel}.batch", retention_ms=3 * DAY_MS),
             TopicSpec(f"{channel}.delayed", retention_ms=14 * DAY_MS),
             TopicSpec(f"{channel}.dlq", retention_ms=30 * DAY_MS),
         ]
-        specs += [TopicSpec(f"{channel}.retry.{tier}", retention_ms=3 * DAY_MS) for tier, _ in RETRY_TIERS]
+        for lane_name in (channel, f"{channel}.bulk"):  # the priority and the bulk lane
+            specs.append(TopicSpec(lane_name, retention_ms=3 * DAY_MS))
+            specs += [TopicSpec(f"{lane_name}.retry.{tier}", retention_ms=3 * DAY_MS) for tier, _ in RETRY_TIERS]
     return specs

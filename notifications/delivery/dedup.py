@@ -8,7 +8,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import redis
@@ -226,16 +226,23 @@ class DedupStore:
         """Mark one message sent (TTL ``sent_ttl_ms``). Never raises on Redis errors."""
         return self.confirm_many([idempotency_key])[idempotency_key]
 
-    def confirm_many(self, idempotency_keys: Iterable[str]) -> dict[str, ConfirmResult]:
+    def confirm_many(
+        self, idempotency_keys: Iterable[str], *, tallies: Mapping[str, tuple[str, str]] | None = None
+    ) -> dict[str, ConfirmResult]:
         """Pipelined compare-and-set of our leases to the sent marker.
+
+        ``tallies`` maps an idempotency key to a (Redis hash, field) incremented in the same script
+        when that confirm records the send (CONFIRMED or RECORDED_AFTER_EXPIRY): exactly once per
+        message, however often it is redelivered (a campaign's ``sent`` counter).
 
         RedisError policy: log and return UNAVAILABLE (the lease expires on its own; a redelivery
         after that may duplicate -- accepted under at-least-once).
         """
         keys = list(dict.fromkeys(idempotency_keys))
-        replies = self._run_script_many(
-            keys, self._confirm_script, [self.token, SENT_MARKER, self.sent_ttl_ms], "confirm"
-        )
+        tallies = tallies or {}
+        args = [self.token, SENT_MARKER, self.sent_ttl_ms]
+        calls = [([k, tallies[k][0]], [*args, tallies[k][1]]) if k in tallies else ([k], args) for k in keys]
+        replies = self._run_script_many(keys, self._confirm_script, calls, "confirm")
         return {
             k: ConfirmResult.UNAVAILABLE if r is None else _CONFIRM_CODES[int(r)]
             for k, r in zip(keys, replies, strict=True)
@@ -251,7 +258,7 @@ class DedupStore:
         RedisError policy: log and return UNAVAILABLE (the retry just waits for lease expiry).
         """
         keys = list(dict.fromkeys(idempotency_keys))
-        replies = self._run_script_many(keys, self._release_script, [self.token], "release")
+        replies = self._run_script_many(keys, self._release_script, [([k], [self.token]) for k in keys], "release")
         return {
             k: ReleaseResult.UNAVAILABLE
             if r is None
@@ -259,8 +266,8 @@ class DedupStore:
             for k, r in zip(keys, replies, strict=True)
         }
 
-    def _evalsha_many(self, script: Script, redis_keys: list[str], args: list[str | int]) -> list:
-        """One EVALSHA per key in one pipelined round trip.
+    def _evalsha_many(self, script: Script, calls: list[tuple[list[str], list[str | int]]]) -> list:
+        """One EVALSHA per (keys, args) call in one pipelined round trip.
 
         redis-py's pipelined ``Script`` objects send ``SCRIPT EXISTS`` before every pipeline (a second
         round trip per call); here the script is loaded only when the server answers NOSCRIPT (a
@@ -269,24 +276,28 @@ class DedupStore:
         """
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
-            for rk in redis_keys:
-                pipe.evalsha(script.sha, 1, rk, *args)
+            for call_keys, args in calls:
+                pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
             replies = pipe.execute(raise_on_error=False)
             if attempt == 2 or not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 return replies
             self.client.script_load(script.script)
         return replies  # pragma: no cover - the loop always returns
 
-    def _run_script_many(self, keys: list[str], script: Script, args: list[str | int], what: str) -> list[int | None]:
-        """Run ``script`` once per key in one pipeline; None marks a key whose call failed."""
+    def _run_script_many(
+        self, keys: list[str], script: Script, calls: list[tuple[list[str], list[str | int]]], what: str
+    ) -> list[int | None]:
+        """Run ``script`` once per key in one pipeline; None marks a key whose call failed. Each
+        call's first key is an idempotency key (turned into its Redis key here), then the script's
+        other keys and its arguments."""
         if not keys:
             return []
-        redis_keys = [self.key(k) for k in keys]
+        calls = [([self.key(first), *rest], args) for (first, *rest), args in calls]
         if not self.breaker.allow_request():
             logger.warning("dedup %s skipped for %d key(s): circuit open", what, len(keys))
             return [None] * len(keys)
         try:
-            replies = self._evalsha_many(script, redis_keys, args)
+            replies = self._evalsha_many(script, calls)
         except redis.RedisError as exc:
             self.breaker.record_failure()
             logger.warning("dedup %s failed for %d key(s): %r", what, len(keys), exc)

@@ -3,7 +3,7 @@
 Without it every waiting send polls Redis on its own: hundreds of coroutines per process wake at
 each refill and fire a blocking Redis call each (a thundering herd that burns CPU and adds jitter
 between a token's grant and the request reaching the provider, which is what a contract measures).
-With it, one poller per (process, provider) serves transactional waiters before bulk ones.
+With it, one poller per (process, provider) serves urgent waiters first, then transactional, then bulk.
 
 Provider buckets *book* slots (`TokenBucket.book`, one Lua call for all waiters): the script
 returns the start times of the next slots on the provider's global schedule, one interval apart, up
@@ -34,7 +34,8 @@ from prometheus_client import Counter
 
 from notifications.delivery.token_bucket import DEFAULT_BOOKING_HORIZON, RateLimiterUnavailable, TokenBucket
 
-PRIORITIES = ("transactional", "bulk")
+#: Waiter queues in the order they are served; urgent books as transactional in the bucket.
+PRIORITIES = ("urgent", "transactional", "bulk")
 #: Slots booked per call at most (a worker has at most WORKER_CONCURRENCY sends waiting).
 MAX_BOOKING = 256
 #: A call books at least this many seconds' worth of slots: 10 at 500/s. Fewer calls when many
@@ -148,16 +149,21 @@ class TokenDispenser:
                         short_wait = self._book(loop, queue, priority, rate, burst, reserve)
                     else:
                         short_wait = self._take(queue, priority, rate, burst, reserve)
-                except RateLimiterUnavailable as exc:
+                except Exception as exc:
+                    # Unavailable: the waiters park their messages. Anything else (a contract the
+                    # bucket refuses, a bug) fails them too, so the worker dies loudly rather than
+                    # leaving sends waiting forever on a poller that is gone.
                     while queue:
                         waiter = queue.popleft()
                         if not waiter.done():
                             waiter.set_exception(exc)
-                    continue
+                    if isinstance(exc, RateLimiterUnavailable):
+                        continue
+                    raise
                 if queue:
                     wait = max(wait, short_wait) if wait else short_wait
-                if priority == "transactional" and queue:
-                    break  # bulk never overtakes waiting transactional sends
+                if priority != "bulk" and queue:
+                    break  # a lower class never overtakes waiting sends of a higher one
             if any(self._waiters.values()):
                 await asyncio.sleep(max(wait, 0.001))
 
@@ -178,7 +184,7 @@ class TokenDispenser:
             rate,
             burst,
             n,
-            priority=priority,
+            priority=_bucket_priority(priority),
             reserve=reserve if priority == "bulk" else None,
             margin=self.window_margin or 0.0,
             horizon=self.horizon,
@@ -211,7 +217,7 @@ class TokenDispenser:
             rate,
             burst,
             n=len(queue),
-            priority=priority,
+            priority=_bucket_priority(priority),
             reserve=reserve if priority == "bulk" else None,
         )
         while granted and queue:
@@ -220,6 +226,11 @@ class TokenDispenser:
                 waiter.set_result(asyncio.get_running_loop().time())
                 granted -= 1
         return short_wait
+
+
+def _bucket_priority(priority: str) -> str:
+    """The bucket knows two priorities: bulk, and everything else (which may use the reserve)."""
+    return "bulk" if priority == "bulk" else "transactional"
 
 
 def _wake(waiter: asyncio.Future[float], due: float) -> None:

@@ -15,6 +15,10 @@ token poller runs dry between batches (10-12% of the contract measured). Here:
   back the commit of its partition, never the sends of the others; offsets are still committed only
   when every earlier message of that partition has a durable outcome;
 * held-back retry-tier messages (not yet due) pause their partition exactly as in `ConsumerRunner`;
+* the bulk lane (`notif.<channel>.bulk` and its retry tiers, its own consumer) is polled only for
+  the bulk credit left (`bulk_limit` jobs in flight, about half a second of the contract): a worker
+  never holds a queue of bulk, so a priority message polled behind any bulk backlog waits at most
+  for the slots the few bulk sends in hand already booked;
 * a revocation (rebalance) waits for the in-flight jobs of the revoked partitions, settles and
   commits them before the partitions go;
 * SIGTERM: stop polling; sends already holding a token finish, jobs still waiting for a slot or a
@@ -33,18 +37,20 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Gauge
 
-from notifications.bus.config import consumer_config
+from notifications.bus.lanes import LanedConsumer
 from notifications.bus.runner import BATCH_SECONDS, CONSUMED, RunnerConfig
 from notifications.delivery.worker import ChannelWorker, Job
+from notifications.priority import Lane
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT = Gauge("worker_jobs_in_flight", "Jobs handed to the event loop and not finished", ["role"])
+IN_FLIGHT = Gauge("worker_jobs_in_flight", "Jobs handed to the event loop and not finished", ["role", "lane"])
 
 TP = tuple[str, int]
 
@@ -104,21 +110,28 @@ class PipelinedWorkerRunner:
         *,
         stop_event: threading.Event | None = None,
         max_in_flight: int | None = None,
+        bulk_limit: Callable[[], int] | None = None,
         settle_interval: float = 0.1,
         stop_timeout: float = 60.0,
     ) -> None:
+        """`bulk_limit()`: how many bulk-lane jobs may be in flight now (default: half the concurrency)."""
         self.config = config
         self.worker = worker
         self.handler = worker  # the name ConsumerRunner uses
         self.stop_event = stop_event or threading.Event()
         self.assigned = threading.Event()
         self.max_in_flight = max_in_flight or (worker.config.concurrency + config.batch_size)
+        self.bulk_limit = bulk_limit or (lambda: max(1, worker.config.concurrency // 2))
         self.settle_interval = settle_interval
         self.stop_timeout = stop_timeout
-        self.consumer = Consumer(consumer_config(config.group, **config.consumer_overrides))
+        self.consumer = LanedConsumer(
+            config.group, {Lane.PRIORITY: config.topics, Lane.BULK: config.bulk_topics}, config.consumer_overrides
+        )
         self.tracker = OffsetTracker()
         self._paused: dict[TP, float] = {}
         self._in_flight: dict[TP, int] = {}
+        self._lane_in_flight = {Lane.PRIORITY: 0, Lane.BULK: 0}
+        self._assigned_lanes: set[Lane] = set()
         self._finished: list[Job] = []
         self._futures: list[Future] = []
         self._loop_thread: threading.Thread | None = None
@@ -126,9 +139,12 @@ class PipelinedWorkerRunner:
 
     # -- rebalance callbacks (run inside consume(), on this thread) ---------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("partitions assigned", extra={"role": self.config.role, "count": len(partitions)})
+        lane = self.consumer.lane_of_consumer(consumer)
+        log.info("partitions assigned", extra={"role": self.config.role, "lane": lane, "count": len(partitions)})
         self.worker.loop.call_soon_threadsafe(self.worker.reinstate, {(tp.topic, tp.partition) for tp in partitions})
-        self.assigned.set()
+        self._assigned_lanes.add(lane)
+        if self._assigned_lanes >= set(self.consumer.lanes):
+            self.assigned.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
@@ -155,27 +171,17 @@ class PipelinedWorkerRunner:
         loop = self.worker.loop
         self._loop_thread = threading.Thread(target=loop.run_forever, name=f"{role}-loop", daemon=True)
         self._loop_thread.start()
-        self.consumer.subscribe(list(self.config.topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
-        log.info("consumer started", extra={"role": role, "topics": list(self.config.topics)})
+        self.consumer.subscribe(on_assign=self._on_assign, on_revoke=self._on_revoke)
+        topics = [*self.config.topics, *self.config.bulk_topics]
+        log.info("consumer started", extra={"role": role, "topics": topics})
         tick = getattr(self.worker, "tick", None)
-        half_batch = max(1, self.config.batch_size // 2)
         try:
             while not self.stop_event.is_set():
                 if tick is not None:
                     tick()
                 self._resume_due()
                 self._collect(timeout=0)
-                in_flight = sum(self._in_flight.values())
-                room = self.max_in_flight - in_flight
-                if room >= min(half_batch, self.max_in_flight) or in_flight == 0:
-                    # Block in poll only when nothing is in flight; otherwise look and move on.
-                    timeout = self.config.poll_timeout if in_flight == 0 else 0.02
-                    messages = self.consumer.consume(min(self.config.batch_size, room), timeout)
-                    batch = [m for m in messages if _usable(m)]
-                    if batch:
-                        self._start(batch)
-                else:
-                    self._collect(timeout=0.02)
+                self._poll()
                 if time.monotonic() - self._last_settle >= self.settle_interval:
                     self._settle_and_commit()
             self._drain()
@@ -189,7 +195,33 @@ class PipelinedWorkerRunner:
                 connections.close_all()
                 log.info("consumer stopped", extra={"role": role})
 
+    def _poll(self) -> None:
+        """Take the next messages by strict priority: what the priority lane has waiting whenever a
+        useful amount fits; else what the bulk lane has, for the bulk credit left only; else wait
+        briefly for the first priority message."""
+        in_flight = sum(self._in_flight.values())
+        room = self.max_in_flight - in_flight
+        if in_flight and room < min(max(1, self.config.batch_size // 2), self.max_in_flight):
+            self._collect(timeout=0.02)  # full: wait for jobs to finish
+            return
+        size = min(self.config.batch_size, room)
+        batch = self.consumer.consume(Lane.PRIORITY, size, 0)
+        if not batch and Lane.BULK in self.consumer.lanes:
+            limit, bulk_in_flight = self.bulk_limit(), self._lane_in_flight[Lane.BULK]
+            bulk_room = min(room, limit - bulk_in_flight)
+            # In chunks of a quarter of the credit (not one message per loop), or any when idle.
+            if bulk_room >= max(1, limit // 4) or (bulk_room > 0 and not bulk_in_flight):
+                batch = self.consumer.consume(Lane.BULK, min(self.config.batch_size, bulk_room), 0)
+            elif self.consumer.overdue(Lane.BULK):
+                # No credit for a long time (a provider on hold): one message keeps the group membership.
+                batch = self.consumer.consume(Lane.BULK, 1, 0)
+        if not batch:
+            batch = self.consumer.consume(Lane.PRIORITY, size, self.config.poll_timeout if in_flight == 0 else 0.02)
+        self._start(batch)
+
     def _start(self, batch: list[Message]) -> None:
+        if not batch:
+            return
         started = time.perf_counter()
         jobs, deferrals, raw = self.worker.prepare(batch)
         if deferrals:
@@ -198,6 +230,7 @@ class PipelinedWorkerRunner:
             tp = (job.message.topic(), job.message.partition())
             self.tracker.add(tp, job.message.offset())
             self._in_flight[tp] = self._in_flight.get(tp, 0) + 1
+            self._lane_in_flight[self.consumer.lane_of(tp[0])] += 1
         for message in raw:  # dead-lettered as unparseable: durable once the producer is flushed
             tp = (message.topic(), message.partition())
             self.tracker.add(tp, message.offset())
@@ -205,8 +238,12 @@ class PipelinedWorkerRunner:
         if jobs:
             self.worker.refresh_providers()  # database reads, on this thread (not the event loop)
             self._futures.append(self.worker.submit(jobs))
-        IN_FLIGHT.labels(self.config.role).set(sum(self._in_flight.values()))
+        self._report_in_flight()
         BATCH_SECONDS.labels(self.config.role).observe(time.perf_counter() - started)
+
+    def _report_in_flight(self) -> None:
+        for lane, n in self._lane_in_flight.items():
+            IN_FLIGHT.labels(self.config.role, lane).set(n)
 
     def _collect(self, timeout: float) -> None:
         """Take finished jobs off the worker's queue (waiting up to `timeout` for the first)."""
@@ -220,6 +257,7 @@ class PipelinedWorkerRunner:
             self._finished.append(job)
             tp = (job.message.topic(), job.message.partition())
             self._in_flight[tp] = self._in_flight.get(tp, 1) - 1
+            self._lane_in_flight[self.consumer.lane_of(tp[0])] -= 1
             try:
                 job = done.get_nowait()
             except queue.Empty:
@@ -250,7 +288,7 @@ class PipelinedWorkerRunner:
         offsets = self.tracker.committable(only)
         if offsets:
             try:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+                self.consumer.commit(offsets, asynchronous=False)
             except KafkaException as exc:
                 code = exc.args[0].code()
                 if code in _REBALANCING:
@@ -261,7 +299,7 @@ class PipelinedWorkerRunner:
                 if code != KafkaError._NO_OFFSET:
                     raise
             self.tracker.committed(offsets)
-        IN_FLIGHT.labels(self.config.role).set(sum(self._in_flight.values()))
+        self._report_in_flight()
 
     def _drain(self) -> None:
         """Stop: no new tokens are taken; wait for sends in progress, then settle and commit."""
@@ -317,12 +355,3 @@ _REBALANCING = {
     KafkaError.UNKNOWN_MEMBER_ID,
     KafkaError._STATE,
 }
-
-
-def _usable(message: Message) -> bool:
-    error = message.error()
-    if error is None:
-        return True
-    if error.code() == KafkaError._PARTITION_EOF:
-        return False
-    raise RuntimeError(f"consumer error: {error}")

@@ -1,6 +1,7 @@
 """Wiring a channel worker from settings and the `Provider` table (used by `run_worker` and tests)."""
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -10,7 +11,7 @@ from prometheus_client import Counter
 
 from notifications.bus.config import producer_config
 from notifications.bus.runner import RunnerConfig
-from notifications.bus.topics import RETRY_TIERS, channel_topic
+from notifications.bus.topics import RETRY_TIERS, delivery_topic
 from notifications.delivery.backoff import RetryPolicy
 from notifications.delivery.circuit_breaker import CircuitBreaker
 from notifications.delivery.dedup import DedupStore, required_lease_ms
@@ -20,7 +21,9 @@ from notifications.delivery.worker import ChannelWorker, ProviderSlot, WorkerCon
 from notifications.delivery_log import record_delivery_outcomes
 from notifications.dispatch.messages import ChannelMessage
 from notifications.models import KillSwitch, KillSwitchMode, Provider
+from notifications.priority import Lane
 from notifications.providers.base import SendResult
+from notifications.providers.capacity import channel_capacity
 from notifications.providers.registry import adapter_for, channel_send_bound
 from notifications.redis_client import get_redis
 
@@ -47,6 +50,10 @@ class ProviderTable:
 
     def __call__(self) -> list[ProviderSlot]:
         return self._order
+
+    def capacity(self) -> float | None:
+        """The channel's contract rate as its enabled providers allow it (`channel_capacity`)."""
+        return channel_capacity(self.channel, [(slot.kind, slot.rate) for slot in self._order if slot.enabled])
 
     def refresh_if_due(self) -> None:
         """Re-read the table (sync: called by the worker outside its event loop)."""
@@ -134,17 +141,36 @@ def build_worker(channel: str, *, producer: Producer | None = None) -> ChannelWo
         on_outcomes=record_delivery_outcomes,
         on_invalid_contact=invalidate_contact,
         on_campaign_outcomes=_campaign_outcomes,
+        sent_tally=_campaign_sent_tally,
     )
 
 
-def _campaign_outcomes(entries, metas) -> None:
+def _campaign_outcomes(outcomes: list[tuple[str, str, dict]]) -> None:
     from campaigns.progress import record_outcomes
 
-    record_outcomes(entries, metas)
+    record_outcomes(outcomes)
 
 
-def worker_topics(channel: str) -> list[str]:
-    return [channel_topic(channel)] + [channel_topic(channel, f"retry.{tier}") for tier, _ in RETRY_TIERS]
+def _campaign_sent_tally(message: ChannelMessage) -> tuple[str, str] | None:
+    meta = message.get("meta") or {}
+    if not meta.get("campaign_id") or not meta.get("launch_id"):
+        return None  # not a campaign message, or a marketer's test send
+    from campaigns.progress import sent_tally
+
+    return sent_tally(int(meta["campaign_id"]))
+
+
+def worker_topics(channel: str, lane: Lane = Lane.PRIORITY) -> list[str]:
+    """A lane of the channel and its retry tiers."""
+    return [delivery_topic(channel, lane)] + [delivery_topic(channel, lane, tier) for tier, _ in RETRY_TIERS]
+
+
+def bulk_in_flight_limit(capacity: float | None, *, concurrency: int) -> int:
+    """Bulk jobs a worker may hold: WORKER_BULK_LEAD_SECONDS of the channel's contract, at least
+    WORKER_BULK_MIN_IN_FLIGHT, at most half the concurrency (the other half is always there for the
+    priority lane's sends)."""
+    wanted = math.ceil((capacity or 0.0) * settings.WORKER_BULK_LEAD_SECONDS)
+    return max(1, min(concurrency // 2, max(settings.WORKER_BULK_MIN_IN_FLIGHT, wanted)))
 
 
 def build_worker_runner(
@@ -152,10 +178,12 @@ def build_worker_runner(
 ) -> PipelinedWorkerRunner:
     """`run_worker`'s loop: polls the next batch while the sends of the last are in flight."""
     worker = build_worker(channel)
+    table = worker.providers
     return PipelinedWorkerRunner(
         RunnerConfig(
             role=f"worker-{channel}",
             topics=worker_topics(channel),
+            bulk_topics=worker_topics(channel, Lane.BULK) if settings.PRIORITY_LANES else (),
             group=group or f"worker.{channel}",
             batch_size=batch_size or settings.WORKER_BATCH_SIZE,
             poll_timeout=0.2,
@@ -165,4 +193,5 @@ def build_worker_runner(
             consumer_overrides={"heartbeat.interval.ms": WORKER_HEARTBEAT_MS},
         ),
         worker,
+        bulk_limit=lambda: bulk_in_flight_limit(table.capacity(), concurrency=worker.config.concurrency),
     )

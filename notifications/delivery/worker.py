@@ -35,7 +35,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client import Counter, Histogram
 
 from notifications.bus.runner import Deferrals
-from notifications.bus.topics import RETRY_TIERS, channel_topic
+from notifications.bus.topics import RETRY_TIERS, channel_topic, delivery_topic
 from notifications.delivery.backoff import RetryAction, RetryPolicy
 from notifications.delivery.circuit_breaker import CircuitBreaker
 from notifications.delivery.dedup import ClaimStatus, DedupStore
@@ -43,6 +43,7 @@ from notifications.delivery.dispenser import TokenDispenser
 from notifications.delivery.token_bucket import RateLimiterUnavailable, TokenBucket
 from notifications.delivery_log import LogEntry
 from notifications.dispatch.messages import ChannelMessage, Header, headers_dict
+from notifications.priority import lane_for, message_priority
 from notifications.providers.base import ProviderAdapter, SendOutcome, SendResult
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,8 @@ class Job:
     #: What settling this job writes (delivery log, campaign progress, dead contact points); filled
     #: in the event loop, read by the thread that settles and commits once the job is done.
     entries: list[LogEntry] = field(default_factory=list)
-    metas: list[dict | None] = field(default_factory=list)
-    deduplicated: list[tuple[LogEntry, dict | None]] = field(default_factory=list)
+    #: (message id, status, meta) of a campaign message's outcomes.
+    campaign: list[tuple[str, str, dict]] = field(default_factory=list)
     invalid: list[tuple[ChannelMessage, SendResult]] = field(default_factory=list)
     #: Set when a stopping worker gave the job up before sending (claim released, offset not committed).
     abandoned: bool = False
@@ -190,7 +191,8 @@ class ChannelWorker:
         producer: Producer,
         on_outcomes: Callable[[list[LogEntry]], None],
         on_invalid_contact: Callable[[ChannelMessage, SendResult], None],
-        on_campaign_outcomes: Callable[[list[LogEntry], list[dict | None]], Any] | None = None,
+        on_campaign_outcomes: Callable[[list[tuple[str, str, dict]]], Any] | None = None,
+        sent_tally: Callable[[ChannelMessage], tuple[str, str] | None] = lambda _message: None,
         wall_clock: Callable[[], float] = time.time,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
@@ -205,6 +207,7 @@ class ChannelWorker:
         self.on_outcomes = on_outcomes
         self.on_invalid_contact = on_invalid_contact
         self.on_campaign_outcomes = on_campaign_outcomes
+        self.sent_tally = sent_tally
         self.now = wall_clock
         self.loop = loop or asyncio.new_event_loop()
         self._errors: list[KafkaError] = []
@@ -283,18 +286,16 @@ class ChannelWorker:
         contact points. Only after this may the jobs' offsets be committed."""
         self._flush()
         entries: list[LogEntry] = []
-        metas: list[dict | None] = []
-        deduplicated: list[tuple[LogEntry, dict | None]] = []
+        campaign: list[tuple[str, str, dict]] = []
         for job in jobs:
             for body, result in job.invalid:
                 self.on_invalid_contact(body, result)
             entries += job.entries
-            metas += job.metas
-            deduplicated += job.deduplicated
+            campaign += job.campaign
         if entries:
             self.on_outcomes(entries)
-        if self.on_campaign_outcomes is not None and any(metas + [m for _, m in deduplicated]):
-            self.on_campaign_outcomes(entries + [e for e, _ in deduplicated], metas + [m for _, m in deduplicated])
+        if campaign and self.on_campaign_outcomes is not None:
+            self.on_campaign_outcomes(campaign)
 
     def stop_sending(self) -> None:
         """Graceful stop (call in the event loop): sends in progress finish; jobs still waiting for a
@@ -394,9 +395,15 @@ class ChannelWorker:
         jobs, self._confirm_queue = self._confirm_queue, []
         if not jobs:
             return
-        self.dedup.confirm_many([j.key for j in jobs])  # never raises: Redis errors are logged
+        self._confirm(jobs)
         for job in jobs:
             self._completed(job)
+
+    def _confirm(self, jobs: list[Job]) -> None:
+        """Mark the jobs' sends in the dedup store (never raises: Redis errors are logged), counting
+        each campaign message's send in the same script (`sent_tally`)."""
+        tallies = {job.key: tally for job in jobs if (tally := self.sent_tally(job.body)) is not None}
+        self.dedup.confirm_many([job.key for job in jobs], tallies=tallies)
 
     async def _deliver(self, job: Job) -> bool:
         """Send one job: pick a provider, take a token, send, and settle the outcome. Returns True
@@ -488,7 +495,7 @@ class ChannelWorker:
             self.dedup.release(job.key)
         job.abandoned = True
         job.entries.clear()
-        job.metas.clear()
+        job.campaign.clear()
 
     async def _send_inapp(self, jobs: list[Job]) -> None:
         """The inbox is written in bulk: one insert for the whole batch (idempotent per message)."""
@@ -504,7 +511,7 @@ class ChannelWorker:
             job.attempt += 1
             SENDS.labels(self.channel, slot.name, result.outcome).inc()
             if result.outcome == SendOutcome.SENT:
-                confirmed.append(job.key)
+                confirmed.append(job)
                 self._record(job, "sent", provider=slot.name)
             else:
                 job.errors.append(_error_entry(result, slot.name, self.now()))
@@ -513,7 +520,7 @@ class ChannelWorker:
                 else:
                     self._release_and_park(job, delay=None, error=None)
         if confirmed:
-            self.dedup.confirm_many(confirmed)
+            self._confirm(confirmed)
         for job in jobs:
             self._completed(job)
 
@@ -555,15 +562,8 @@ class ChannelWorker:
 
     def _note_deduplicated(self, job: Job) -> None:
         meta = job.body.get("meta")
-        if meta and job.body.get("event_id"):
-            entry = LogEntry(
-                event_id=job.body["event_id"],
-                user_id=int(job.body.get("user_id") or 0),
-                channel=self.channel,
-                type=job.body.get("type", ""),
-                status="deduplicated",
-            )
-            job.deduplicated.append((entry, meta))
+        if meta and meta.get("campaign_id"):
+            job.campaign.append((job.key, "deduplicated", meta))
 
     async def _take_campaign_token(self, job: Job) -> None:
         """A campaign's own throttle (max sends/s), on top of the provider's contract."""
@@ -600,7 +600,7 @@ class ChannelWorker:
             )
             self._dispensers[slot.name] = dispenser
         started = time.monotonic()
-        await dispenser.acquire(job.body.get("priority", "transactional"))
+        await dispenser.acquire(message_priority(job.body))
         TOKEN_WAIT.labels(slot.name).observe(time.monotonic() - started)
 
     # -- outcomes ---------------------------------------------------------------------------------
@@ -624,7 +624,8 @@ class ChannelWorker:
         }
         if job.headers.get(Header.REPLAY):
             headers[Header.REPLAY] = job.headers[Header.REPLAY]
-        self._produce(channel_topic(self.channel, f"retry.{tier}"), job, headers)
+        # The retry tier of the message's own lane: a bulk retry never waits in front of a transactional one.
+        self._produce(delivery_topic(self.channel, lane_for(message_priority(job.body)), tier), job, headers)
         RETRIES.labels(self.channel, tier).inc()
         self._record(job, "retrying", reason=(job.errors[-1].get("error_class", "") if job.errors else "in_flight"))
 
@@ -663,7 +664,9 @@ class ChannelWorker:
         body = job.body
         if not body.get("event_id") or body.get("user_id") is None:
             return
-        job.metas.append(body.get("meta"))
+        meta = body.get("meta")
+        if meta and meta.get("campaign_id"):
+            job.campaign.append((job.key, status, meta))
         job.entries.append(
             LogEntry(
                 event_id=body["event_id"],

@@ -34,7 +34,7 @@ from prometheus_client import Counter
 
 from notifications.bus.config import producer_config
 from notifications.bus.producing import AckedProducer
-from notifications.bus.topics import channel_topic, topic_name
+from notifications.bus.topics import channel_topic, delivery_topic, events_topic, topic_name
 from notifications.channels import ALL_CHANNELS, Channel
 from notifications.delivery_log import DispatchRow, record_dispatch_outcomes
 from notifications.dispatch.catalog import TypeCatalog, TypeEntry
@@ -43,7 +43,8 @@ from notifications.dispatch.messages import ChannelMessage, Header, encode, idem
 from notifications.dispatch.scheduling import Deferred, release_due_messages, schedule_messages
 from notifications.dispatch.templating import FieldsRenderer, RenderError, mentions
 from notifications.dispatch.writer import BackgroundWriter
-from notifications.models import MANDATORY_CATEGORIES, Category, DeliveryStatus, KillSwitchMode, Urgency
+from notifications.models import MANDATORY_CATEGORIES, DeliveryStatus, KillSwitchMode, Urgency
+from notifications.priority import Lane, classify, lane_for
 from preferences.cache import preferences_get_many
 from preferences.frequency import CapRequest, frequency_cap_take_many
 from preferences.rules import is_allowed, quiet_hours_end
@@ -120,10 +121,6 @@ def candidate_channels(entry: TypeEntry, state: PreferenceState) -> list[str]:
     return channels
 
 
-def priority_for(entry: TypeEntry) -> str:
-    return "bulk" if entry.urgency == Urgency.BULK or entry.category == Category.MARKETING else "transactional"
-
-
 @dataclass(slots=True)
 class _Candidate:
     event: dict[str, Any]
@@ -152,7 +149,7 @@ class _BatchScratch:
         self._make_link = unsubscribe_url_maker()
         self._plans: dict[tuple[int, str, str], _Plan] = {}
         self._push_data: dict[int, dict[str, str]] = {}
-        self._topics: dict[tuple[str, str], str] = {}
+        self._topics: dict[tuple[str, Lane | None], str] = {}
 
     def push_data(self, data: dict[str, Any]) -> dict[str, str]:
         """``_stringly(data)`` once per event (its push and in-app messages share it; the batch holds
@@ -162,11 +159,13 @@ class _BatchScratch:
             strings = self._push_data[id(data)] = _stringly(data)
         return strings
 
-    def topic(self, channel: str, suffix: str = "") -> str:
-        """``channel_topic(channel, suffix)``, resolved once per batch."""
-        name = self._topics.get((channel, suffix))
+    def topic(self, channel: str, lane: Lane | None) -> str:
+        """The channel's lane (``delivery_topic``), or its kill-switch parking topic for ``None``;
+        resolved once per batch."""
+        name = self._topics.get((channel, lane))
         if name is None:
-            name = self._topics[channel, suffix] = channel_topic(channel, suffix)
+            name = channel_topic(channel, "delayed") if lane is None else delivery_topic(channel, lane)
+            self._topics[channel, lane] = name
         return name
 
     def unsubscribe_url(self, user_id: int, category: str) -> str:
@@ -189,7 +188,7 @@ class _BatchScratch:
 
 class _Plan:
     """The per-(type, channel, locale) part of building a message: the template (by the locale
-    fallback chain), its renderer, whether the message carries an unsubscribe link, its priority."""
+    fallback chain), its renderer, whether the message carries an unsubscribe link, its priority class."""
 
     __slots__ = ("category", "error", "key", "link", "mandatory", "priority", "renderer", "urgency")
 
@@ -204,7 +203,7 @@ class _Plan:
             channel == Channel.EMAIL or (template is not None and mentions(template, channel, "unsubscribe_url"))
         )
         self.renderer = FieldsRenderer(template, channel) if template is not None else None
-        self.priority = priority_for(entry)
+        self.priority = classify(category=entry.category, urgency=entry.urgency)
 
 
 class Dispatcher:
@@ -320,6 +319,7 @@ class Dispatcher:
                 self._render_failure_to_dlq(candidate, exc)
                 logs.append((event_id, user_id, channel, type_key, DeliveryStatus.DLQ, f"render_error: {exc}"))
                 continue
+            lane = lane_for(message["priority"])
             if candidate.entry.urgency != urgent and candidate.state.document:
                 if user_id in quiet_ends:
                     quiet_end = quiet_ends[user_id]
@@ -329,7 +329,7 @@ class Dispatcher:
                     deferred += [
                         Deferred(
                             quiet_end,
-                            channel_topic(channel),
+                            scratch.topic(channel, lane),
                             str(user_id),
                             dict(part),
                             {Header.IDEMPOTENCY_KEY: part["id"]},
@@ -341,7 +341,7 @@ class Dispatcher:
             park = candidate.mode == KillSwitchMode.PAUSE or (
                 candidate.mode == KillSwitchMode.DELAY and candidate.entry.urgency != urgent
             )
-            topic = scratch.topic(channel, "delayed" if park else "")
+            topic = scratch.topic(channel, None if park else lane)
             key = str(user_id)
             if channel == Channel.PUSH:
                 outgoing += [(topic, key, part) for part in split_by_platform(message)]
@@ -421,7 +421,7 @@ class Dispatcher:
             "type": plan.key,
             "category": plan.category,
             "urgency": plan.urgency,
-            "priority": plan.priority,  # type: ignore[typeddict-item]
+            "priority": plan.priority,
             "created_at": scratch.created_at,
             "locale": locale,
             "to": c.to,
@@ -456,7 +456,7 @@ class Dispatcher:
             {"v": 1, "id": idempotency_key(c.event["id"], c.user_id, c.channel), "event": c.event, "channel": c.channel}
         )
         headers = {
-            Header.ORIGIN_TOPIC: topic_name("events"),
+            Header.ORIGIN_TOPIC: events_topic(),
             Header.ERROR_CLASS: "render_error",
             Header.ERROR: str(exc)[:1000],
             Header.IDEMPOTENCY_KEY: idempotency_key(c.event["id"], c.user_id, c.channel),

@@ -1,4 +1,4 @@
-"""Draining messages parked by a kill switch (`notif.<channel>.delayed`) back into `notif.<channel>`.
+"""Draining messages parked by a kill switch (`notif.<channel>.delayed`) back into their channel lane.
 
 Runs as a bounded pass: it reads what is parked now, re-produces it, commits, and stops when it
 reaches the end of every partition (or `limit`). It refuses while the channel's switch still says
@@ -8,11 +8,13 @@ delay or pause, since the messages would only be parked again.
 import time
 from dataclasses import dataclass
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from notifications.bus.config import consumer_config, producer_config
-from notifications.bus.topics import channel_topic
+from notifications.bus.topics import channel_topic, delivery_topic
 from notifications.models import KillSwitch, KillSwitchMode
+from notifications.priority import PriorityClass, lane_for, message_priority
 
 
 class DrainRefused(Exception):
@@ -29,7 +31,7 @@ def drain_parked(*, channel: str, limit: int | None = None, idle_timeout: float 
     switch = KillSwitch.objects.filter(channel=channel, provider="").first()
     if switch is not None and switch.mode in (KillSwitchMode.DELAY, KillSwitchMode.PAUSE):
         raise DrainRefused(f"the {channel} kill switch is '{switch.mode}'; set it to normal before draining")
-    source, target = channel_topic(channel, "delayed"), channel_topic(channel)
+    source = channel_topic(channel, "delayed")
     consumer = Consumer(consumer_config(f"drain.{channel}", **{"enable.partition.eof": True}))
     producer = Producer(producer_config())
     errors: list[KafkaError] = []
@@ -55,7 +57,7 @@ def drain_parked(*, channel: str, limit: int | None = None, idle_timeout: float 
                     raise RuntimeError(message.error())
                 eof.discard(message.partition())
                 producer.produce(
-                    target,
+                    delivery_topic(channel, lane_for(_priority_of(message.value()))),
                     key=message.key(),
                     value=message.value(),
                     headers=message.headers(),
@@ -70,6 +72,16 @@ def drain_parked(*, channel: str, limit: int | None = None, idle_timeout: float 
     finally:
         consumer.close()
     return DrainResult(channel=channel, moved=moved)
+
+
+def _priority_of(value: bytes | None) -> PriorityClass:
+    """The parked message's class; what cannot be read goes to the priority lane (its worker
+    dead-letters it at once rather than leaving it behind a bulk backlog)."""
+    try:
+        body = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return PriorityClass.TRANSACTIONAL
+    return message_priority(body) if isinstance(body, dict) else PriorityClass.TRANSACTIONAL
 
 
 def _next_offsets(messages) -> list[TopicPartition]:

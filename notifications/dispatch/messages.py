@@ -7,7 +7,7 @@ Version 1 of the envelope (JSON, orjson):
       "id": "<event_id>:<user_id>:<channel>",   # idempotency (dedup) key
       "event_id": "<uuid>", "user_id": 42, "channel": "email",
       "type": "order.shipped", "category": "transactional", "urgency": "normal",
-      "priority": "transactional" | "bulk",     # bulk may not drain the transactional token reserve
+      "priority": "urgent" | "transactional" | "bulk",   # notifications.priority: decides the lane
       "created_at": "<iso8601>", "locale": "de-ch",
       "to": {...},                               # per channel, see below
       "content": {...},                          # rendered, per channel, see below
@@ -40,7 +40,7 @@ class ChannelMessage(TypedDict):
     type: str
     category: str
     urgency: str
-    priority: Literal["transactional", "bulk"]
+    priority: Literal["urgent", "transactional", "bulk"]
     created_at: str
     locale: str
     to: dict[str, Any]

@@ -47,8 +47,12 @@ def release_due_messages(*, limit: int = 5000) -> int:
         if not rows:
             return 0
         from notifications.models import OutboxEvent
+        from notifications.outbox.services import outbox_lane
 
         OutboxEvent.objects.bulk_create(
-            [OutboxEvent(topic=t, key=k, bucket=bucket_for_key(k), payload=p, headers=h) for t, k, p, h in rows]
+            [
+                OutboxEvent(topic=t, key=k, bucket=bucket_for_key(k), lane=outbox_lane(t), payload=p, headers=h)
+                for t, k, p, h in rows
+            ]
         )
     return len(rows)

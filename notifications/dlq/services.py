@@ -20,12 +20,12 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 from prometheus_client import Counter
 
-from notifications.bus.topics import channel_topic, topic_name
-from notifications.channels import ALL_CHANNELS
+from notifications.bus.topics import delivery_topic, events_topic
 from notifications.dispatch.messages import Header
 from notifications.dlq.models import DeadLetter, DeadLetterCategory, DeadLetterSource, DeadLetterStatus, DlqAudit
 from notifications.dlq.rules import CompiledRule, InvalidRule, TriageFacts, categorise, compile_rule, fingerprint
 from notifications.outbox.services import OutboxMessage, enqueue_messages
+from notifications.priority import Lane, lane_for, message_priority, type_priority
 
 log = logging.getLogger(__name__)
 
@@ -380,26 +380,22 @@ def _chunks_of_ids(qs: QuerySet, chunk_size: int) -> Iterable[list[int]]:
         yield chunk
 
 
-def replay_target(entry: DeadLetter) -> str:
-    """The topic a replay goes to: the entry's origin topic when it is a replayable one
-    (`notif.<channel>` or `notif.events`), else derived from where the entry came from."""
-    events = topic_name("events")
-    allowed = {channel_topic(c) for c in ALL_CHANNELS} | {events}
-    if entry.origin_topic in allowed:
-        return entry.origin_topic
-    return events if entry.channel == DeadLetterSource.EVENTS else channel_topic(entry.channel)
+def _replays_as_event(entry: DeadLetter) -> bool:
+    """The dispatcher's dead letters (the events DLQ, and render failures: their origin is an events
+    topic) are replayed as their event; everything else as the channel message it was."""
+    return entry.channel == DeadLetterSource.EVENTS or entry.origin_topic in {events_topic(lane) for lane in Lane}
 
 
 def replay_message(entry: DeadLetter, audit_id: int) -> OutboxMessage | None:
     """The outbox message that replays `entry`, or None when there is nothing sendable to replay
     (the original was not JSON, or not a v1 message). Headers: the idempotency key (so the worker
-    still deduplicates) and the replay marker; no attempt/errors headers (a fresh attempt count)."""
+    still deduplicates) and the replay marker; no attempt/errors headers (a fresh attempt count).
+    The topic is the lane the message's class belongs in now, whatever lane it failed in."""
     payload = entry.payload
     if not isinstance(payload, dict):
         return None
-    topic = replay_target(entry)
     key = entry.message_key or (str(entry.user_id) if entry.user_id is not None else entry.recipient)
-    if topic == topic_name("events"):
+    if _replays_as_event(entry):
         if entry.channel != DeadLetterSource.EVENTS:
             # A render failure: the dispatcher wrapped the event; replaying re-dispatches the event
             # (channels already delivered are skipped by the workers' dedup).
@@ -411,10 +407,12 @@ def replay_message(entry: DeadLetter, audit_id: int) -> OutboxMessage | None:
             key = recipient or key
         else:
             idempotency_key = entry.message_id
+        topic = events_topic(lane_for(type_priority(str(payload.get("type") or ""))))
     else:
         if payload.get("v") != 1 or not payload.get("id"):
             return None
         idempotency_key = str(payload["id"])
+        topic = delivery_topic(entry.channel, lane_for(message_priority(payload)))
     headers = {Header.IDEMPOTENCY_KEY: idempotency_key, Header.REPLAY: str(audit_id)}
     return OutboxMessage(topic=topic, key=key or "", payload=payload, headers=headers)
 

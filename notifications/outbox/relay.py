@@ -170,10 +170,12 @@ class OutboxRelay:
         where = "" if all_buckets else "WHERE bucket = ANY(%(buckets)s)"
         # ctid, not id: the delete then touches each claimed row directly instead of looking every
         # id up again through the primary key (measured ~25% faster per batch).
+        # Priority-lane rows first (lane 0), each lane oldest first: an urgent event never waits
+        # behind a bulk backlog in the outbox, and per-key order holds within a lane.
         sql = (
             f"DELETE FROM {self.config.table} WHERE ctid = ANY(ARRAY("  # noqa: S608 - table name is config
-            f"  SELECT ctid FROM {self.config.table} {where} ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
-            ")) RETURNING id, topic, key, payload, headers, created_at"
+            f"  SELECT ctid FROM {self.config.table} {where} ORDER BY lane, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+            ")) RETURNING id, topic, key, payload, headers, created_at, lane"
         )
         params = {"buckets": sorted(self.owned), "limit": self.config.batch_size}
         try:
@@ -181,7 +183,7 @@ class OutboxRelay:
                 rows = self.conn.execute(sql, params).fetchall()
                 if not rows:
                     return 0
-                rows.sort(key=lambda r: r[0])  # RETURNING order is unspecified; produce oldest first
+                rows.sort(key=lambda r: (r[6], r[0]))  # RETURNING order is unspecified: lane, then oldest
                 refused = self._produce_and_wait(rows)
                 if refused:
                     self._move_to_failures(refused)
@@ -209,7 +211,7 @@ class OutboxRelay:
         produce = self.producer.produce
         loads = orjson.loads
         self._last_rows = rows
-        for row_id, topic, key, payload, headers_json, _created in rows:
+        for row_id, topic, key, payload, headers_json, _created, _lane in rows:
             headers = list(loads(headers_json).items()) if headers_json and headers_json != "{}" else None
             while True:
                 try:

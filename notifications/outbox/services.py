@@ -14,9 +14,10 @@ import orjson
 from django.db import connection, transaction
 from django.utils import timezone
 
-from notifications.bus.topics import topic_name
+from notifications.bus.topics import events_topic, lane_of_topic
 from notifications.models import AcceptedEvent, OutboxEvent, bucket_for_key
 from notifications.outbox.envelope import build_event_envelope, platform_event_id
+from notifications.priority import Lane, lane_for, type_priority
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ def enqueue_messages(messages: Iterable[OutboxMessage]) -> int:
             topic=m.topic,
             key=m.key,
             bucket=bucket_for_key(m.key),
+            lane=outbox_lane(m.topic),
             payload=orjson.dumps(m.payload).decode(),
             headers=orjson.dumps(m.headers or {}).decode(),
         )
@@ -43,6 +45,11 @@ def enqueue_messages(messages: Iterable[OutboxMessage]) -> int:
     ]
     OutboxEvent.objects.bulk_create(rows, batch_size=5000)
     return len(rows)
+
+
+def outbox_lane(topic: str) -> int:
+    """The outbox row's `lane` column: 1 for a bulk-lane topic (claimed after every priority row)."""
+    return 1 if lane_of_topic(topic) is Lane.BULK else 0
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,7 @@ def publish_events(*, events: Sequence[EventInput], service: str) -> list[Publis
                 continue
             seen.add(pid)
             occurred_at = event.occurred_at or now
+            topic = events_topic(lane_for(type_priority(event.type)))
             for recipient in event.recipients:
                 envelope = build_event_envelope(
                     event_id=pid,
@@ -125,7 +133,7 @@ def publish_events(*, events: Sequence[EventInput], service: str) -> list[Publis
                 )
                 messages.append(
                     OutboxMessage(
-                        topic=topic_name("events"),
+                        topic=topic,
                         key=recipient,
                         payload=dict(envelope),
                         headers={"idempotency-key": f"{pid}:{recipient}", "event-type": event.type},

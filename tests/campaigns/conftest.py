@@ -9,19 +9,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.db import connection
 
-from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
 from notifications.models import Category, NotificationType, Provider, Urgency
-
-
-@pytest.fixture
-def topics(settings, kafka_topics):
-    """A private topic prefix per test (the idea of tests/notifications/test_worker.py)."""
-    prefix = f"{kafka_topics[:-1]}-c{uuid.uuid4().hex[:6]}."
-    settings.KAFKA_TOPIC_PREFIX = prefix
-    settings.REDIS_KEY_PREFIX = f"{prefix[:-1]}:"
-    ensure_topics()
-    yield prefix
-    delete_topics_with_prefix(prefix)
 
 
 @pytest.fixture

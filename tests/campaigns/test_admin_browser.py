@@ -21,10 +21,10 @@ from django.conf import settings
 from campaigns import services
 from campaigns.models import Campaign, CampaignLaunch, CampaignState
 from campaigns.orchestrator import CampaignOrchestrator
-from campaigns.progress import record_expansion, record_outcomes
+from campaigns.progress import record_expansion, sent_tally
 from campaigns.selectors import audience_estimate
 from notifications.bus.config import producer_config
-from notifications.delivery_log import LogEntry
+from notifications.delivery.dedup import ConfirmResult, DedupStore
 from notifications.redis_client import get_redis
 from tests.campaigns.conftest import copy_users, make_campaign
 
@@ -412,12 +412,11 @@ def test_live_progress_updates_without_a_reload(page, topics, promo_type, market
         extra=0,
         done=True,
     )
-    meta = {"campaign_id": campaign.pk, "launch_id": launch}
-    sent = [
-        LogEntry(event_id=f"{launch}:{i}", user_id=i, channel="email", type=promo_type.key, status="sent")
-        for i in range(2)
-    ]
-    assert record_outcomes([*sent, sent[0]], [meta, meta, None]) == 2
+    sent = [f"{launch}:{i}:email" for i in range(2)]
+    dedup = DedupStore(get_redis(), settings.REDIS_KEY_PREFIX)
+    dedup.claim_many(sent)
+    confirmed = dedup.confirm_many(sent, tallies=dict.fromkeys(sent, sent_tally(campaign.pk)))
+    assert set(confirmed.values()) == {ConfirmResult.CONFIRMED}
 
     page.wait(lambda d: shown("sent") == "2", "the sent count moves without a reload")
     page.wait(lambda d: shown("batches_emitted") == "2", "so does the batch count")

@@ -13,8 +13,9 @@ from campaigns.expansion import BatchExpander, ExpanderConfig
 from campaigns.models import CampaignState
 from campaigns.progress import read_counters
 from notifications.bus.config import producer_config
-from notifications.bus.topics import channel_topic
+from notifications.bus.topics import channel_topic, delivery_topic
 from notifications.models import KillSwitch
+from notifications.priority import Lane
 from notifications.redis_client import get_redis
 from preferences.models import Device, PreferenceDocument
 from tests.campaigns.conftest import copy_users, make_campaign
@@ -58,7 +59,8 @@ def expander(**config):
 
 def released(channel, expected, timeout=10.0, idle=0.5):
     return [
-        orjson.loads(m.value()) for m in consume(channel_topic(channel), expected=expected, timeout=timeout, idle=idle)
+        orjson.loads(m.value())
+        for m in consume(delivery_topic(channel, Lane.BULK), expected=expected, timeout=timeout, idle=idle)
     ]
 
 

@@ -2,15 +2,23 @@
 
 import pytest
 import redis
+from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from campaigns import services
 from campaigns.models import CampaignState
-from campaigns.progress import flush_progress, progress_snapshot, read_counters, record_expansion, record_outcomes
+from campaigns.progress import (
+    flush_progress,
+    progress_snapshot,
+    read_counters,
+    record_expansion,
+    record_outcomes,
+    sent_tally,
+)
 from campaigns.throttle import campaign_throttle_take
+from notifications.delivery.dedup import ConfirmResult, DedupStore
 from notifications.delivery.token_bucket import RateLimiterUnavailable
-from notifications.delivery_log import LogEntry
 from notifications.redis_client import get_redis
 from tests.campaigns.conftest import make_campaign
 
@@ -25,32 +33,33 @@ def prefix(settings):
     return settings.REDIS_KEY_PREFIX
 
 
-def entry(status, user_id=1):
-    return LogEntry(
-        event_id="00000000-0000-0000-0000-000000000001",
-        user_id=user_id,
-        channel="email",
-        type="marketing.promo",
-        status=status,
-    )
+def send(campaign, *message_ids):
+    """What a worker does for sent campaign messages: claim, then confirm with the campaign's tally."""
+    store = DedupStore(get_redis(), settings.REDIS_KEY_PREFIX)
+    store.claim_many(message_ids)
+    return store.confirm_many(message_ids, tallies=dict.fromkeys(message_ids, sent_tally(campaign.pk)))
 
 
-def test_record_outcomes_counts_campaign_messages_only(prefix, promo_type, marketer):
+def test_each_outcome_of_a_campaign_message_is_counted_once(prefix, promo_type, marketer):
     campaign = make_campaign(promo_type, channels=["email", "push"])
     services.campaign_launch(campaign_id=campaign.pk, user=marketer)
     services.campaign_transition(campaign_id=campaign.pk, to=CampaignState.RUNNING, audience_size=10)
     campaign.refresh_from_db()
-    meta = {"campaign_id": campaign.pk, "launch_id": str(campaign.launch_id), "throttle": None}
-    entries = [
-        entry("sent", 1),
-        entry("sent", 2),
-        entry("dlq", 3),
-        entry("retrying", 4),
-        entry("deduplicated", 5),
-        entry("sent", 6),
+    launch = str(campaign.launch_id)
+    meta = {"campaign_id": campaign.pk, "launch_id": launch, "throttle": None}
+    sent = [f"{launch}:1:email", f"{launch}:2:email"]
+    send(campaign, *sent)
+    assert set(send(campaign, *sent).values()) == {ConfirmResult.ALREADY_SENT}, "a redelivered send counts nothing"
+    outcomes = [
+        (sent[0], "sent", meta),  # sends only feed the rate here
+        (f"{launch}:3:email", "dlq", meta),
+        (f"{launch}:3:email", "dlq", meta),  # settled again after a worker crash: counted once
+        (f"{launch}:4:email", "retrying", meta),  # not an outcome yet
+        (sent[1], "deduplicated", meta),
+        (f"{launch}:6:email", "dlq", None),  # not a campaign message
     ]
-    metas = [meta, meta, meta, meta, meta, None]  # the last is not a campaign message
-    assert record_outcomes(entries, metas) == 4
+    assert record_outcomes(outcomes) == 2
+    assert record_outcomes(outcomes[1:2]) == 0
     record_expansion(
         get_redis(),
         campaign_id=campaign.pk,
@@ -83,7 +92,7 @@ def test_record_outcomes_counts_campaign_messages_only(prefix, promo_type, marke
 def test_record_outcomes_never_raises_when_redis_is_down(promo_type):
     dead = redis.Redis(port=1, socket_timeout=0.1, socket_connect_timeout=0.1, retry=Retry(NoBackoff(), 0))
     meta = {"campaign_id": 1, "launch_id": "x"}
-    assert record_outcomes([entry("sent")], [meta], redis_client=dead) == 0
+    assert record_outcomes([("x:1:email", "dlq", meta)], redis_client=dead) == 0
 
 
 def test_campaign_throttle_take(prefix):

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from notifications.bus.config import producer_config
 from notifications.bus.runner import ConsumerRunner, RunnerConfig
-from notifications.bus.topics import channel_topic, topic_name
+from notifications.bus.topics import channel_topic, delivery_topic, topic_name
 from notifications.dispatch.dispatcher import Dispatcher
 from notifications.dispatch.killswitch import KillSwitchBoard
 from notifications.dispatch.scheduling import release_due_messages
@@ -29,6 +29,7 @@ from notifications.models import (
     Urgency,
 )
 from notifications.outbox.relay import OutboxRelay, RelayConfig, conninfo_from_django
+from notifications.priority import Lane
 from notifications.redis_client import get_redis
 from preferences.models import Device, PreferenceDocument, RecipientProfile
 from tests.kafka_helpers import consume, consume_matching, produce_raw
@@ -119,9 +120,9 @@ def dispatch(fresh_topic, items: list, *, clock=None) -> Dispatcher:
     return dispatcher
 
 
-def out(channel: str, event_id: str, suffix: str = "", expected: int = 1) -> list[dict]:
+def out(channel: str, event_id: str, suffix: str = "", expected: int = 1, lane: Lane = Lane.PRIORITY) -> list[dict]:
     messages = consume_matching(
-        channel_topic(channel, suffix),
+        channel_topic(channel, suffix) if suffix else delivery_topic(channel, lane),
         lambda m: orjson.loads(m.value()).get("event_id") == event_id,
         expected=expected,
         timeout=10 if expected else 2,
@@ -331,6 +332,45 @@ def test_parked_messages_are_drained_once_the_switch_is_back_to_normal(types, dj
     switch.save()
     assert drain_parked(channel="email").moved >= 1
     assert len(out("email", event["id"])) == 1
+
+
+def test_each_class_travels_in_its_lane_also_when_held_or_parked(types, django_user_model, fresh_topic):
+    """Urgent and transactional messages go to notif.<channel>, bulk (marketing) to notif.<channel>.bulk;
+    quiet hours release them into the same lanes, and a drain of kill-switch-parked messages too."""
+    from notifications.dispatch.drain import drain_parked
+
+    user = make_user(django_user_model, phone="")
+    quiet = {"quiet_hours": {"enabled": True, "start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}}
+    sleeper = make_user(django_user_model, document=quiet, device=False, phone="")
+    texter = make_user(django_user_model, device=False, document={"categories": {"marketing": {"sms": True}}})
+    NotificationTemplate.objects.create(notification_type=types["digest"], channel="sms", body="News")
+    switch = KillSwitch.objects.create(channel="sms", mode="delay")
+    urgent, normal, bulk = (envelope(t, user.id) for t in ("auth.password_reset", "order.shipped", "marketing.digest"))
+    held = [envelope("order.shipped", sleeper.id), envelope("marketing.digest", sleeper.id)]
+    parked = [envelope("order.shipped", texter.id), envelope("marketing.digest", texter.id)]
+    night = datetime(2026, 11, 25, 23, 30, tzinfo=UTC)
+    dispatch(fresh_topic, [urgent, normal, bulk, *held, *parked], clock=lambda: night)
+
+    [reset] = out("email", urgent["id"])
+    [shipped] = out("email", normal["id"])
+    [digest] = out("email", bulk["id"], lane=Lane.BULK)
+    assert (reset["priority"], shipped["priority"], digest["priority"]) == ("urgent", "transactional", "bulk")
+    assert out("email", bulk["id"], expected=0) == [], "no bulk in the priority lane"
+    assert out("email", normal["id"], expected=0, lane=Lane.BULK) == [], "no transactional in the bulk lane"
+
+    held_email = ScheduledMessage.objects.filter(key=str(sleeper.id), payload__channel="email")
+    topics = dict(held_email.values_list("payload__event_id", "topic"))
+    assert topics == {held[0]["id"]: delivery_topic("email"), held[1]["id"]: delivery_topic("email", Lane.BULK)}
+    assert release_due_messages() == 3, "both e-mails and the in-app message (the window ended on the 26th)"
+    lanes = dict(OutboxEvent.objects.filter(key=str(sleeper.id), topic__contains="email").values_list("topic", "lane"))
+    assert lanes == {delivery_topic("email"): 0, delivery_topic("email", Lane.BULK): 1}, "bulk rows relay last"
+
+    assert [statuses(e["id"])["sms"] for e in parked] == [("parked", "kill_switch_delay")] * 2
+    switch.mode = "normal"
+    switch.save()
+    assert drain_parked(channel="sms").moved == 2
+    assert len(out("sms", parked[0]["id"])) == 1 and out("sms", parked[0]["id"], expected=0, lane=Lane.BULK) == []
+    assert len(out("sms", parked[1]["id"], lane=Lane.BULK)) == 1 and out("sms", parked[1]["id"], expected=0) == []
 
 
 def test_a_template_that_does_not_render_is_refused_on_save(types):

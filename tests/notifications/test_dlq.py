@@ -15,8 +15,7 @@ from django.core import mail
 from django.core.exceptions import PermissionDenied
 from django.core.management import call_command
 
-from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
-from notifications.bus.topics import channel_topic, topic_name
+from notifications.bus.topics import channel_topic, delivery_topic, events_topic, topic_name
 from notifications.delivery.worker import SKIPPED
 from notifications.dlq import paging
 from notifications.dlq.models import DeadLetter, DlqAudit, TriageRule
@@ -42,6 +41,7 @@ from notifications.dlq.services import (
 from notifications.dlq.signals import SUPPORT_GROUP, SUPPORT_PERMISSIONS
 from notifications.dlq.triage import DlqTriageHandler, parse_dead_letter
 from notifications.models import KillSwitch, OutboxEvent, Provider
+from notifications.priority import Lane
 from notifications.redis_client import get_redis
 from tests.kafka_helpers import consume_matching
 from tests.notifications.dlq_helpers import (
@@ -59,16 +59,6 @@ from tests.notifications.test_worker import RunningWorker, log_status, message, 
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
-@pytest.fixture
-def topics(settings, kafka_topics):
-    """A private topic prefix per test: each test's consumers see only its own messages."""
-    prefix = f"{kafka_topics[:-1]}-d{uuid.uuid4().hex[:6]}."
-    settings.KAFKA_TOPIC_PREFIX = prefix
-    ensure_topics()
-    yield prefix
-    delete_topics_with_prefix(prefix)
-
-
 @pytest.fixture
 def providers(db, sandbox):
     for name in ("sendgrid", "twilio"):
@@ -587,6 +577,28 @@ def test_replay_targets_and_markers(db, support_user, settings):
     )
     assert events == [("5", f"{events_body['id']}:5", "5"), ("9", f"{events_body['id']}:9", "9")]
     assert DeadLetter.objects.get(message_id="raw:x").status == "open"
+
+
+def test_a_replay_goes_to_the_lane_of_the_message_class(db, support_user):
+    """Whatever lane a message failed in, its replay travels in the lane of its class."""
+    from notifications.models import Category, NotificationType
+
+    NotificationType.objects.create(key="weekly.digest", name="Digest", category=Category.MARKETING)
+    bulk = entry(1, channel="email", body={**channel_message("email", user_id=1001), "priority": "bulk"})
+    bulk.origin_topic = delivery_topic("email")  # failed before lanes existed: its class decides now
+    urgent = entry(2, channel="email", body={**channel_message("email", user_id=1002), "priority": "urgent"})
+    event = {"v": 1, "id": str(uuid.uuid4()), "type": "weekly.digest", "recipient": "9", "data": {}}
+    digest_event = entry(3, channel="events", body=event)
+    digest_event.message_id, digest_event.origin_topic = f"{event['id']}:9", events_topic()
+    store([bulk, urgent, digest_event])
+    result = replay_dead_letters(actor=support_user, queryset=DeadLetter.objects.all(), selection="test")
+    assert (result.count, result.skipped) == (3, 0)
+    rows = {row.payload_json["id"]: (row.topic, row.lane) for row in OutboxEvent.objects.all()}
+    assert rows == {
+        bulk.payload["id"]: (delivery_topic("email", Lane.BULK), 1),
+        urgent.payload["id"]: (delivery_topic("email"), 0),
+        event["id"]: (events_topic(Lane.BULK), 1),
+    }
 
 
 # --- permissions and the admin --------------------------------------------------------------------

@@ -13,10 +13,11 @@ from django.db import transaction
 
 from notifications import publish
 from notifications.bus.config import producer_config
-from notifications.bus.topics import topic_name
-from notifications.models import OutboxEvent
+from notifications.bus.topics import events_topic, topic_name
+from notifications.models import Category, NotificationType, OutboxEvent, Urgency
 from notifications.outbox.relay import REBALANCE_INTERVAL, OutboxRelay, RelayConfig, conninfo_from_django
 from notifications.outbox.services import OutboxMessage, enqueue_messages
+from notifications.priority import Lane
 from tests.kafka_helpers import consume, consume_matching
 from tests.waiting import wait_for
 
@@ -185,3 +186,46 @@ def test_a_row_the_broker_refuses_for_good_is_kept_aside_and_does_not_block(fres
     [failure] = OutboxFailure.objects.all()
     assert failure.payload == {"seq": -1} and "UNKNOWN_TOPIC" in failure.error
     assert OutboxEvent.objects.count() == 0
+
+
+def test_each_event_is_queued_in_the_lane_of_its_type(service_client):
+    for key, category, urgency in [
+        ("auth.otp", Category.SECURITY, Urgency.NORMAL),
+        ("order.shipped", Category.TRANSACTIONAL, Urgency.NORMAL),
+        ("social.mention", Category.SOCIAL, Urgency.URGENT),
+        ("weekly.digest", Category.MARKETING, Urgency.URGENT),  # marketing is bulk whatever its urgency
+        ("product.tips", Category.PRODUCT, Urgency.BULK),
+    ]:
+        NotificationType.objects.create(key=key, name=key, category=category, urgency=urgency)
+    events = [
+        {"event_id": key, "type": key, "recipients": ["1"]}
+        for key in ("auth.otp", "order.shipped", "social.mention", "weekly.digest", "product.tips")
+    ]
+    response = service_client.post("/api/v1/events", {"events": events}, format="json")
+    assert response.status_code == 202, response.content
+    lanes = {r.payload_json["type"]: (r.topic, r.lane) for r in OutboxEvent.objects.all()}
+    priority, bulk = (events_topic(), 0), (events_topic(Lane.BULK), 1)
+    assert lanes == {
+        "auth.otp": priority,
+        "order.shipped": priority,
+        "social.mention": priority,
+        "weekly.digest": bulk,
+        "product.tips": bulk,
+    }
+
+
+def test_the_relay_claims_priority_rows_before_any_bulk_backlog(topics):
+    bulk_topic, priority_topic = events_topic(Lane.BULK), events_topic()
+    enqueue_messages(OutboxMessage(topic=bulk_topic, key=f"u{i}", payload={"n": i}) for i in range(30))
+    enqueue_messages([OutboxMessage(topic=priority_topic, key="u1", payload={"urgent": True})])
+    assert OutboxEvent.objects.filter(lane=1).count() == 30, "the lane follows the topic name"
+    relay = make_relay(batch_size=10)
+    relay._connect()
+    try:
+        relay.rebalance()
+        assert relay.relay_batch() == 10
+    finally:
+        relay.close()
+    left = set(OutboxEvent.objects.values_list("topic", flat=True))
+    assert left == {bulk_topic}, "the priority row went out in the first batch, ahead of 30 older bulk rows"
+    assert OutboxEvent.objects.count() == 21

@@ -15,14 +15,14 @@ import redis
 from confluent_kafka import Producer
 from django.conf import settings as django_settings
 
-from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
 from notifications.bus.config import producer_config
 from notifications.bus.runner import ConsumerRunner, RunnerConfig
-from notifications.bus.topics import channel_topic
+from notifications.bus.topics import channel_topic, delivery_topic
 from notifications.delivery.circuit_breaker import CircuitBreaker
 from notifications.delivery.dedup import DedupStore
 from notifications.delivery.setup import DEDUP_FAIL_OPEN, build_worker, build_worker_runner, worker_topics
 from notifications.models import DeliveryLog, Provider
+from notifications.priority import Lane
 from preferences.models import Device, InboxMessage
 from tests.kafka_helpers import consume_matching
 from tests.waiting import wait_for
@@ -35,16 +35,6 @@ PROVIDERS = {
     "webhook": ("webhook", "webhook"),
     "inapp": ("inapp", None),
 }
-
-
-@pytest.fixture
-def topics(settings, kafka_topics):
-    """A private topic prefix per test: each test's worker sees only its own messages."""
-    prefix = f"{kafka_topics[:-1]}-w{uuid.uuid4().hex[:6]}."
-    settings.KAFKA_TOPIC_PREFIX = prefix
-    ensure_topics()
-    yield prefix
-    delete_topics_with_prefix(prefix)
 
 
 @pytest.fixture
@@ -94,11 +84,11 @@ def message(channel: str, *, to: dict, user_id: int = 1, priority: str = "transa
     }
 
 
-def produce(channel: str, messages: list[dict]) -> None:
-    producer = Producer(producer_config())
+def produce(channel: str, messages: list[dict], lane: Lane = Lane.PRIORITY, producer: Producer | None = None) -> None:
+    producer = producer or Producer(producer_config())
     for m in messages:
         producer.produce(
-            channel_topic(channel),
+            delivery_topic(channel, lane),
             key=str(m["user_id"]).encode(),
             value=orjson.dumps(m),
             headers=[("idempotency-key", m["id"].encode())],
@@ -215,6 +205,25 @@ def test_transient_5xx_is_retried_then_sent(topics, providers, sandbox):
     assert sandbox.client("sendgrid").stats()["accepted"] == 1
 
 
+def test_a_retry_waits_in_the_retry_tier_of_its_own_lane(topics, providers, sandbox, settings):
+    settings.WORKER_IN_PROCESS_RETRIES = 0  # every retry goes through a retry tier
+    transactional = message("email", to={"email": f"fail5xx-1-t{uuid.uuid4().hex[:6]}@example.com"})
+    bulk = message("email", to={"email": f"fail5xx-1-b{uuid.uuid4().hex[:6]}@example.com"}, priority="bulk")
+    with RunningWorker("email"):
+        produce("email", [transactional])
+        produce("email", [bulk], lane=Lane.BULK)
+        wait_for(lambda: log_status(transactional) == "sent" and log_status(bulk) == "sent", timeout=30)
+    for m, lane, other in ((transactional, Lane.PRIORITY, Lane.BULK), (bulk, Lane.BULK, Lane.PRIORITY)):
+
+        def same(x, m=m):
+            return orjson.loads(x.value())["id"] == m["id"]
+
+        [parked] = consume_matching(delivery_topic("email", lane, "5s"), same, expected=1)
+        assert dict(parked.headers())["attempt"] == b"1"
+        assert consume_matching(delivery_topic("email", other, "5s"), same, expected=0, timeout=1) == []
+    assert sandbox.client("sendgrid").stats()["accepted"] == 2
+
+
 def test_permanent_400_goes_to_the_dlq_without_retry(topics, providers, sandbox):
     m = message("sms", to={"phone": "+15005550001"})  # Twilio's test number for an invalid 'To'
     with RunningWorker("sms"):
@@ -293,6 +302,48 @@ def test_redis_down_fails_open_and_counts(topics, providers, sandbox):
         runner.stop_event.set()
         thread.join(20)
     assert DEDUP_FAIL_OPEN.labels("sms")._value.get() - before == 5
+
+
+def test_a_transactional_message_behind_ten_thousand_queued_bulk_messages_is_sent_within_a_second(
+    topics, providers, sandbox, capsys
+):
+    """10,000 bulk e-mails queued in the channel's bulk lane, a worker sending them at a 400/s contract
+    the provider enforces with a rolling 1 s window; a transactional stream arrives meanwhile. Each
+    transactional e-mail reaches the provider within a second; once the stream stops, bulk takes the
+    whole contract again; never a 429, nothing twice."""
+    rate = 400
+    Provider.objects.filter(name="sendgrid").update(rate=rate, burst=1)
+    client = sandbox.client("sendgrid")
+    client.configure(rate=rate, latency={"kind": "uniform", "min_ms": 5, "max_ms": 25})
+    bulk = [message("email", to={"email": f"bulk{i}@example.com"}, user_id=i, priority="bulk") for i in range(10_000)]
+    produce("email", bulk, lane=Lane.BULK)
+    latencies = []
+    producer = Producer(producer_config())
+    with RunningWorker("email"):
+        wait_for(lambda: client.stats()["accepted"] >= rate, timeout=30, what="bulk flowing")
+        for i in range(15):
+            urgent = message("email", to={"email": f"otp{i}@example.com"}, user_id=100_000 + i)
+            produced_at = time.time()
+            produce("email", [urgent], producer=producer)
+            [record] = wait_for(lambda u=urgent: client.requests(recipient=u["to"]["email"]), timeout=10, interval=0.02)
+            latencies.append(record["t_wall"] - produced_at)
+            time.sleep(0.1)
+        behind = len(bulk) - client.stats()["accepted"]
+        started, at_start = time.monotonic(), client.stats()["accepted"]
+        time.sleep(4.0)
+        bulk_rate = (client.stats()["accepted"] - at_start) / (time.monotonic() - started)
+    stats = client.stats()
+    with capsys.disabled():
+        print(
+            f"\n[lanes] transactional e-mails behind a bulk backlog ({behind} still queued): latency max "
+            f"{max(latencies) * 1000:.0f} ms, median {sorted(latencies)[7] * 1000:.0f} ms; bulk afterwards "
+            f"{bulk_rate:.0f}/s of {rate}/s; largest 1 s window {stats['max_1s_window']}; 429s {stats['rate_limited']}"
+        )
+    assert behind > 5000, "the transactional e-mails were sent while thousands of bulk ones waited"
+    assert max(latencies) < 1.0, latencies
+    assert bulk_rate >= 0.9 * rate, "bulk uses the contract once the transactional stream stops"
+    assert stats["rate_limited"] == 0 and stats["max_1s_window"] <= rate
+    assert stats["duplicates"]["keys"] == 0
 
 
 def test_four_worker_processes_never_exceed_the_contract(topics, providers, sandbox, subprocess_env):

@@ -1,9 +1,12 @@
 -- dedup_confirm.lua: compare-and-set a dedup claim to 'sent' once the provider accepted the message.
 --
 -- KEYS[1]  {prefix}dedup:{idempotency_key}
+-- KEYS[2]  optional: a hash in which this message's send is counted (a campaign's progress), once:
+--          only by the confirm that records it sent (1 or 3), so a redelivery never counts it again
 -- ARGV[1]  worker token that claimed the key
 -- ARGV[2]  sent marker value ('sent')
 -- ARGV[3]  TTL of the sent marker in milliseconds
+-- ARGV[4]  with KEYS[2]: the field to increment
 --
 -- Returns 1 = confirmed (our claim became 'sent')
 --         2 = already sent (another worker confirmed first; nothing written)
@@ -15,12 +18,19 @@ local token = ARGV[1]
 local sent = ARGV[2]
 local ttl_ms = tonumber(ARGV[3])
 
+local function tally()
+  if KEYS[2] then
+    redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
+  end
+end
+
 -- Step 1: read the current owner.
 local current = redis.call('GET', key)
 
 -- Step 2: still ours -> overwrite with the sent marker and its (long) TTL.
 if current == token then
   redis.call('SET', key, sent, 'PX', ttl_ms)
+  tally()
   return 1
 end
 
@@ -33,6 +43,7 @@ end
 -- send so later redeliveries are suppressed; nobody else's lease is overwritten.
 if current == false then
   redis.call('SET', key, sent, 'PX', ttl_ms)
+  tally()
   return 3
 end
 

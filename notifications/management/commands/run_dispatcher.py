@@ -1,10 +1,12 @@
-"""Run a dispatcher until SIGTERM; several share `notif.events` through the consumer group."""
+"""Run a dispatcher until SIGTERM; several share `notif.events` (and its bulk lane) through the consumer group."""
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from notifications.bus.runner import ConsumerRunner, RunnerConfig
-from notifications.bus.topics import topic_name
+from notifications.bus.topics import events_topic
 from notifications.dispatch.dispatcher import Dispatcher, dispatcher_producer
+from notifications.priority import Lane
 from notifications.process import install_stop_handlers, start_metrics_server
 from notifications.redis_client import get_redis
 
@@ -21,7 +23,8 @@ class Command(BaseCommand):
         runner = ConsumerRunner(
             RunnerConfig(
                 role="dispatcher",
-                topics=[topic_name("events")],
+                topics=[events_topic()],
+                bulk_topics=[events_topic(Lane.BULK)] if settings.PRIORITY_LANES else (),
                 group="dispatcher",
                 batch_size=batch_size,
                 async_commit=True,

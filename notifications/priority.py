@@ -1,0 +1,85 @@
+"""Priority classes and lanes: which lane a message travels in, decided by one function.
+
+Why two lanes and not three: `docs/architecture.md`, "Priority lanes".
+"""
+
+import enum
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from django.conf import settings
+
+from notifications.models import Category, Urgency
+
+
+class PriorityClass(enum.StrEnum):
+    URGENT = "urgent"  # security codes, urgent types: served first everywhere
+    TRANSACTIONAL = "transactional"
+    BULK = "bulk"  # marketing, digests, campaigns: only what the other classes leave
+
+
+class Lane(enum.StrEnum):
+    PRIORITY = "priority"  # urgent + transactional: `notif.events`, `notif.<channel>`
+    BULK = "bulk"  # `notif.events.bulk`, `notif.<channel>.bulk`
+
+
+def classify(*, category: str, urgency: str, campaign: bool = False) -> PriorityClass:
+    """The one classification: marketing and campaigns are bulk whatever their urgency; security
+    and urgent types are urgent; a type marked bulk is bulk; everything else is transactional."""
+    if campaign or category == Category.MARKETING:
+        return PriorityClass.BULK
+    if category == Category.SECURITY or urgency == Urgency.URGENT:
+        return PriorityClass.URGENT
+    if urgency == Urgency.BULK:
+        return PriorityClass.BULK
+    return PriorityClass.TRANSACTIONAL
+
+
+def lane_for(priority: str) -> Lane:
+    """The lane of a class. With `PRIORITY_LANES` off every class shares the priority lane (one
+    FIFO per channel, the behaviour the spike benchmark's baseline measures)."""
+    if priority == PriorityClass.BULK and settings.PRIORITY_LANES:
+        return Lane.BULK
+    return Lane.PRIORITY
+
+
+def message_priority(message: Mapping[str, Any]) -> PriorityClass:
+    """The class a channel message was given when it was built (its `priority`); a message from
+    before lanes existed is classified from its category and urgency."""
+    try:
+        return PriorityClass(message["priority"])
+    except (KeyError, ValueError):
+        meta = message.get("meta") or {}
+        return classify(
+            category=str(message.get("category") or ""),
+            urgency=str(message.get("urgency") or ""),
+            campaign=bool(meta.get("campaign_id")) and not meta.get("test"),
+        )
+
+
+class TypePriorities:
+    """Notification type key → class, re-read every `refresh_seconds` (the ingest path classifies
+    each event without a query; an admin edit of a type's category or urgency applies within that)."""
+
+    def __init__(self, *, refresh_seconds: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._classes: dict[str, PriorityClass] = {}
+        self._loaded_at = float("-inf")
+
+    def __call__(self, type_key: str) -> PriorityClass:
+        """A key not seen yet re-reads the table at once (a type created a moment ago); still unknown
+        types are transactional, and the dispatcher dead-letters them at once."""
+        if type_key not in self._classes or self._clock() - self._loaded_at >= self.refresh_seconds:
+            from notifications.models import NotificationType
+
+            self._classes = {
+                key: classify(category=category, urgency=urgency)
+                for key, category, urgency in NotificationType.objects.values_list("key", "category", "urgency")
+            }
+            self._loaded_at = self._clock()
+        return self._classes.get(type_key, PriorityClass.TRANSACTIONAL)
+
+
+type_priority = TypePriorities()

@@ -109,6 +109,9 @@ KAFKA_CONSUMER_GROUP_PREFIX = env("KAFKA_CONSUMER_GROUP_PREFIX", default="notif"
 # Changing it reshuffles keys between buckets, so drain the outbox before changing it.
 OUTBOX_BUCKETS = env.int("OUTBOX_BUCKETS", default=64)
 OUTBOX_BATCH_SIZE = env.int("OUTBOX_BATCH_SIZE", default=2000)
+# Bulk-lane rows a relay batch takes at most (after every waiting priority row): the batch a
+# priority row committed meanwhile may have to wait for.
+OUTBOX_BULK_BATCH_SIZE = env.int("OUTBOX_BULK_BATCH_SIZE", default=500)
 # Fallback poll when no NOTIFY arrives (a NOTIFY can be missed while a relay reconnects).
 OUTBOX_POLL_INTERVAL = env.float("OUTBOX_POLL_INTERVAL", default=1.0)
 

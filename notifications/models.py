@@ -283,7 +283,7 @@ class ScheduledMessage(models.Model):
 
 
 class ProviderKind(models.TextChoices):
-    SENDGRID = "sendgrid", "SendGrid (django-anymail)"
+    SENDGRID = "sendgrid", "SendGrid (v3 Mail Send)"
     ANYMAIL = "anymail", "Any ESP via django-anymail (EMAIL_BACKEND)"
     SMTP = "smtp", "SMTP"
     TWILIO = "twilio", "Twilio Messages"

@@ -68,6 +68,8 @@ class RunnerConfig:
     #: The role's bulk lane (consumer group `<group>.bulk`); empty: one lane.
     bulk_topics: Sequence[str] = ()
     batch_size: int = 500
+    #: A bulk batch's size (default: batch_size): what a priority message may have to wait for.
+    bulk_batch_size: int | None = None
     poll_timeout: float = 0.5
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
     #: Commit offsets without waiting for the broker's answer (still only after the batch is durable).
@@ -167,11 +169,12 @@ class ConsumerRunner:
         size, timeout = self.config.batch_size, self.config.poll_timeout
         if Lane.BULK not in self.consumer.lanes:
             return self.consumer.consume(Lane.PRIORITY, size, timeout)
+        bulk_size = self.config.bulk_batch_size or size
         if self.consumer.overdue(Lane.BULK):
-            return self.consumer.consume(Lane.BULK, size, 0)
+            return self.consumer.consume(Lane.BULK, bulk_size, 0)
         return (
             self.consumer.consume(Lane.PRIORITY, size, 0)
-            or self.consumer.consume(Lane.BULK, size, 0)
+            or self.consumer.consume(Lane.BULK, bulk_size, 0)
             or self.consumer.consume(Lane.PRIORITY, size, min(timeout, IDLE_PRIORITY_WAIT))
         )
 

@@ -20,6 +20,11 @@ together with the sends of the next slots: a late send is what pushes a 1 s wind
 contract. After `MAX_FORFEITS` in a row it goes anyway (progress over precision: the provider's
 429 is handled like any other).
 
+An urgent or transactional send that arrives while bulk sends of this process wait for slots they
+booked takes the earliest of those slots (the bulk send books again, first in its queue): it starts
+within one of this process's send intervals instead of behind the bulk bookings' horizon, at no
+cost to the contract (a booked slot is one request at that time, whoever sends it).
+
 A campaign's own throttle takes tokens instead (`booking=False`, `take_many`, sleeping the wait the
 script returns): `campaigns.throttle.campaign_throttle_take` takes from the same bucket, and takes
 and bookings do not share state.
@@ -49,6 +54,8 @@ CLOCK_SAMPLES = 64
 EARLY_START = 0.0005
 #: Slots a send may give up in a row for starting late before it goes regardless.
 MAX_FORFEITS = 5
+#: What a bulk waiter is woken with when a higher class took its booked slot: book again.
+_TAKEN = -1.0
 
 SLOTS_FORFEITED = Counter(
     "token_slots_forfeited_total",
@@ -85,22 +92,35 @@ class TokenDispenser:
         self._rng = rng or random.Random()
         self._waiters: dict[str, deque[asyncio.Future[float]]] = {p: deque() for p in PRIORITIES}
         self._poller: asyncio.Task[None] | None = None
+        self._sleep: asyncio.Future[None] | None = None  # the poller's sleep; ended early for a higher class
+        #: Bulk waiters whose booked slot has not started yet: waiter → (due, timer).
+        self._booked_bulk: dict[asyncio.Future[float], tuple[float, asyncio.TimerHandle]] = {}
 
     async def acquire(self, priority: str = "transactional") -> None:
         """Wait for one slot (raises RateLimiterUnavailable when the bucket cannot be reached)."""
         loop = asyncio.get_running_loop()
-        queue = self._waiters[priority if priority in self._waiters else "transactional"]
+        priority = priority if priority in self._waiters else "transactional"
+        queue = self._waiters[priority]
         forfeits = 0
+        again = False
         while True:
             future: asyncio.Future[float] = loop.create_future()
+            if priority != "bulk" and self._take_bulk_slot(loop, future):
+                pass
             # A send that gave its slot up books again ahead of the sends that never had one.
-            if forfeits:
+            elif forfeits or again:
                 queue.appendleft(future)
             else:
                 queue.append(future)
-            if self._poller is None or self._poller.done():
+                if priority != "bulk" and self._sleep is not None and not self._sleep.done():
+                    self._sleep.set_result(None)  # the poller slept until bulk slots fit: book now
+            if not future.done() and (self._poller is None or self._poller.done()):
                 self._poller = asyncio.create_task(self._poll())
             due = await future
+            if due == _TAKEN:  # a higher class took the slot this bulk send had booked
+                again = True
+                continue
+            again = False
             if due < self._held_until:
                 # Booked before the provider's 429: the schedule in Redis has moved past the hold.
                 forfeits += 1
@@ -110,6 +130,30 @@ class TokenDispenser:
             forfeits += 1
             self.forfeited += 1
             SLOTS_FORFEITED.labels(self.name).inc()
+
+    def _take_bulk_slot(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[float]) -> bool:
+        """Give `future` the earliest slot booked by a bulk waiter of this process (which then books
+        again); False when there is none."""
+        if not self._booked_bulk:
+            return False
+        waiter, (due, timer) = min(self._booked_bulk.items(), key=lambda item: item[1][0])
+        del self._booked_bulk[waiter]
+        timer.cancel()
+        if not waiter.done():
+            waiter.set_result(_TAKEN)
+        self._schedule(loop, future, due)
+        return True
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[float], due: float) -> None:
+        """Wake `waiter` at its slot (at once when the slot is due within EARLY_START)."""
+        if due - loop.time() <= EARLY_START:
+            waiter.set_result(due)
+        else:
+            loop.call_at(due, _wake, waiter, due)
+
+    def _wake_bulk(self, waiter: asyncio.Future[float], due: float) -> None:
+        self._booked_bulk.pop(waiter, None)
+        _wake(waiter, due)
 
     def hold(self, seconds: float) -> None:
         """The provider answered 429 with a Retry-After (and the bucket's hold is stored in Redis):
@@ -165,7 +209,13 @@ class TokenDispenser:
                 if priority != "bulk" and queue:
                     break  # a lower class never overtakes waiting sends of a higher one
             if any(self._waiters.values()):
-                await asyncio.sleep(max(wait, 0.001))
+                self._sleep = loop.create_future()
+                timer = loop.call_later(max(wait, 0.001), _wake, self._sleep, None)
+                try:
+                    await self._sleep
+                finally:
+                    timer.cancel()
+                    self._sleep = None
 
     def _book(
         self,
@@ -198,10 +248,10 @@ class TokenDispenser:
                 break  # every waiter left (revoke, stop): the slot passes unused, never early
             waiter = queue.popleft()
             due = base + offset
-            if due - loop.time() <= EARLY_START:
-                waiter.set_result(due)
+            if priority == "bulk" and due - loop.time() > EARLY_START:
+                self._booked_bulk[waiter] = (due, loop.call_at(due, self._wake_bulk, waiter, due))
             else:
-                loop.call_at(due, _wake, waiter, due)
+                self._schedule(loop, waiter, due)
         if not booking.wait_seconds:
             return 0.0
         if booking.granted:
@@ -233,6 +283,6 @@ def _bucket_priority(priority: str) -> str:
     return "bulk" if priority == "bulk" else "transactional"
 
 
-def _wake(waiter: asyncio.Future[float], due: float) -> None:
+def _wake(waiter: asyncio.Future, due: float | None) -> None:
     if not waiter.done():
         waiter.set_result(due)

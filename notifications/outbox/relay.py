@@ -80,6 +80,8 @@ class RelayConfig:
     failure_table: str = "notifications_outboxfailure"
     buckets: int = 64
     batch_size: int = 2000
+    #: Bulk-lane rows per batch at most (priority rows are claimed first, up to batch_size).
+    bulk_batch_size: int = 500
     poll_interval: float = 1.0
     flush_timeout: float = 30.0
 
@@ -111,7 +113,7 @@ class OutboxRelay:
                 self._maybe_rebalance()
                 self._maybe_report_age()
                 relayed = self.relay_batch() if self.owned else 0
-                if relayed < self.config.batch_size:
+                if relayed < min(self.config.batch_size, self.config.bulk_batch_size):
                     self._wait_for_work()
         finally:
             self.close()
@@ -167,17 +169,23 @@ class OutboxRelay:
         assert self.conn is not None
         started = time.perf_counter()
         all_buckets = len(self.owned) == self.config.buckets
-        where = "" if all_buckets else "WHERE bucket = ANY(%(buckets)s)"
-        # ctid, not id: the delete then touches each claimed row directly instead of looking every
-        # id up again through the primary key (measured ~25% faster per batch).
-        # Priority-lane rows first (lane 0), each lane oldest first: an urgent event never waits
-        # behind a bulk backlog in the outbox, and per-key order holds within a lane.
-        sql = (
-            f"DELETE FROM {self.config.table} WHERE ctid = ANY(ARRAY("  # noqa: S608 - table name is config
-            f"  SELECT ctid FROM {self.config.table} {where} ORDER BY lane, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
-            ")) RETURNING id, topic, key, payload, headers, created_at, lane"
+        buckets = "" if all_buckets else "AND bucket = ANY(%(buckets)s)"
+        # Each lane oldest first (per-key order holds within a lane), and at most bulk_batch_size
+        # bulk rows per batch: a priority row committed meanwhile waits for a small batch at most.
+        lanes = " || ".join(
+            f"ARRAY(SELECT ctid FROM {self.config.table} WHERE lane = {lane} {buckets}"  # noqa: S608 - config
+            f" ORDER BY id LIMIT %({limit})s FOR UPDATE SKIP LOCKED)"
+            for lane, limit in ((0, "limit"), (1, "bulk_limit"))
         )
-        params = {"buckets": sorted(self.owned), "limit": self.config.batch_size}
+        sql = (
+            f"DELETE FROM {self.config.table} WHERE ctid = ANY({lanes})"  # noqa: S608 - table name is config
+            " RETURNING id, topic, key, payload, headers, created_at, lane"
+        )
+        params = {
+            "buckets": sorted(self.owned),
+            "limit": self.config.batch_size,
+            "bulk_limit": self.config.bulk_batch_size,
+        }
         try:
             with self.conn.transaction():
                 rows = self.conn.execute(sql, params).fetchall()

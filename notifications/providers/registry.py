@@ -36,6 +36,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "NOTIFICATIONS_FROM_EMAIL": "Notifications <notifications@example.com>",
     "ANYMAIL_EMAIL_BACKEND": "",  # for kind "anymail"; empty: EMAIL_BACKEND if it is an anymail backend
     "EMAIL_SEND_THREADS": 100,
+    "SENDGRID_MAX_CONNECTIONS": 200,
     "EMAIL_SEND_TIMEOUT": None,  # None: PROVIDER_TIMEOUT
     "SMTP_HOST": "127.0.0.1",
     "SMTP_PORT": 18125,
@@ -142,13 +143,16 @@ def _anymail_backend_path() -> str:
 
 
 def build_sendgrid() -> ProviderAdapter:
-    from notifications.providers.email_anymail import SENDGRID_BACKEND, AnymailEmailAdapter
+    from notifications.providers.email_sendgrid import DEFAULT_API_URL, SendGridEmailAdapter
 
-    return AnymailEmailAdapter(
-        backend=SENDGRID_BACKEND,
+    anymail = getattr(settings, "ANYMAIL", None) or {}  # where SendGrid's key and URL are configured
+    return SendGridEmailAdapter(
+        api_key=anymail.get("SENDGRID_API_KEY") or "",
+        api_url=anymail.get("SENDGRID_API_URL") or DEFAULT_API_URL,
         from_email=setting("NOTIFICATIONS_FROM_EMAIL"),
         timeout=timeout_setting("EMAIL_SEND_TIMEOUT"),
-        max_workers=int(setting("EMAIL_SEND_THREADS")),
+        max_connections=int(setting("SENDGRID_MAX_CONNECTIONS")),
+        deadline=deadline_for(timeout_setting("EMAIL_SEND_TIMEOUT")),
     )
 
 

@@ -219,13 +219,13 @@ def test_the_relay_claims_priority_rows_before_any_bulk_backlog(topics):
     enqueue_messages(OutboxMessage(topic=bulk_topic, key=f"u{i}", payload={"n": i}) for i in range(30))
     enqueue_messages([OutboxMessage(topic=priority_topic, key="u1", payload={"urgent": True})])
     assert OutboxEvent.objects.filter(lane=1).count() == 30, "the lane follows the topic name"
-    relay = make_relay(batch_size=10)
+    relay = make_relay(batch_size=10, bulk_batch_size=4)
     relay._connect()
     try:
         relay.rebalance()
-        assert relay.relay_batch() == 10
+        assert relay.relay_batch() == 5, "every priority row (up to 10) and at most 4 bulk rows"
     finally:
         relay.close()
     left = set(OutboxEvent.objects.values_list("topic", flat=True))
     assert left == {bulk_topic}, "the priority row went out in the first batch, ahead of 30 older bulk rows"
-    assert OutboxEvent.objects.count() == 21
+    assert OutboxEvent.objects.count() == 26

@@ -12,6 +12,7 @@ from django.test import override_settings
 from notifications.providers import registry
 from notifications.providers.base import ProviderAdapter, SendOutcome
 from notifications.providers.email_anymail import AnymailEmailAdapter
+from notifications.providers.email_sendgrid import SendGridEmailAdapter
 from notifications.providers.email_smtp import SmtpEmailAdapter
 from notifications.providers.inapp import InAppAdapter
 from notifications.providers.push import PushRouter
@@ -80,15 +81,17 @@ def test_every_kind_builds_from_settings(provider_settings: dict) -> None:
     built = run(scenario())
     assert set(built) == {"sendgrid", "anymail", "smtp", "twilio", "fcm", "apns", "push", "webhook", "inapp"}
     sendgrid = built["sendgrid"]
-    assert isinstance(sendgrid, AnymailEmailAdapter)
-    assert (sendgrid.name, sendgrid.channel, sendgrid.max_workers, sendgrid.timeout) == ("sendgrid", "email", 7, 4.0)
+    assert isinstance(sendgrid, SendGridEmailAdapter) and (sendgrid.name, sendgrid.channel) == ("sendgrid", "email")
+    assert sendgrid.api_url == "http://127.0.0.1:9/v3/" and sendgrid.deadline == 4.0
+    anymail = built["anymail"]
+    assert isinstance(anymail, AnymailEmailAdapter) and (anymail.max_workers, anymail.timeout) == (7, 4.0)
     smtp = built["smtp"]
     assert isinstance(smtp, SmtpEmailAdapter) and (smtp.host, smtp.port, smtp.timeout) == ("smtp.internal", 2525, 3.0)
     twilio = built["twilio"]
     assert isinstance(twilio, TwilioSmsAdapter) and twilio.channel == "sms"
     assert isinstance(twilio.client._transport, Http1Transport) and twilio.client._transport.max_connections == 50
     assert twilio.deadline == 4.0  # PROVIDER_TIMEOUT bounds the whole send(), as the worker's lease assumes
-    assert (sendgrid.deadline, sendgrid.queue_timeout) == (None, 4.0)  # threads: bounded queue wait instead
+    assert (anymail.deadline, anymail.queue_timeout) == (None, 4.0)  # threads: bounded queue wait instead
     fcm = built["fcm"]
     assert isinstance(fcm, FcmPushAdapter) and fcm.project_id == "registry-project"
     apns = built["apns"]

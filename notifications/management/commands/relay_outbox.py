@@ -22,6 +22,7 @@ class Command(BaseCommand):
                 producer_config=producer_config(**RELAY_PRODUCER_OVERRIDES),
                 buckets=settings.OUTBOX_BUCKETS,
                 batch_size=batch_size,
+                bulk_batch_size=settings.OUTBOX_BULK_BATCH_SIZE,
                 poll_interval=settings.OUTBOX_POLL_INTERVAL,
             )
         )

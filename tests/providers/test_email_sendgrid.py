@@ -1,0 +1,136 @@
+"""The native SendGrid v3 e-mail adapter against the SendGrid sandbox: the wire format and every outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from notifications.providers.base import SendOutcome
+from notifications.providers.email_sendgrid import SendGridEmailAdapter
+from notifications.sandbox.client import SandboxClient
+from notifications.sandbox.process import SandboxProcess
+from tests.providers.conftest import email_message, run, start_sandbox
+
+API_KEY = "SG.test-key"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxProcess]:
+    yield from start_sandbox("sendgrid")
+
+
+@pytest.fixture
+def control(sandbox: SandboxProcess) -> Iterator[SandboxClient]:
+    with sandbox.client("sendgrid") as client:
+        client.reset(config=True)
+        yield client
+
+
+def adapter(sandbox: SandboxProcess, *, api_key: str = API_KEY, api_url: str | None = None) -> SendGridEmailAdapter:
+    return SendGridEmailAdapter(
+        api_key=api_key, api_url=api_url or f"{sandbox.url('sendgrid')}/v3", from_email="Shop <shop@example.com>"
+    )
+
+
+def test_the_request_carries_the_message_its_headers_and_the_notification_id(
+    sandbox: SandboxProcess, control: SandboxClient
+) -> None:
+    control.configure(options={"api_keys": [API_KEY]})
+    message = email_message(
+        "ada@example.com", html="<p>On its way.</p>", list_unsubscribe="https://shop.example.com/u/abc"
+    )
+
+    async def scenario():
+        async with adapter(sandbox) as mail:
+            assert mail.name == "sendgrid"
+            return await mail.send(message)
+
+    result = run(scenario())
+    assert (result.outcome, result.provider, result.status_code) == (SendOutcome.SENT, "sendgrid", 202)
+    assert result.provider_message_id, "SendGrid's X-Message-Id"
+    (record,) = control.requests()
+    assert record["idempotency_key"] == message["id"]
+    body = record["body"]
+    assert body["custom_args"] == {"notification_id": message["id"]}
+    assert body["personalizations"] == [{"to": [{"email": "ada@example.com"}]}]
+    assert body["from"] == {"email": "shop@example.com", "name": "Shop"}
+    assert body["subject"] == "Your order shipped"
+    assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"], "plain text first, as SendGrid wants"
+    assert body["headers"] == {
+        "X-Notification-Id": message["id"],
+        "List-Unsubscribe": "<https://shop.example.com/u/abc>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
+def test_sendgrid_answers_map_to_outcomes(sandbox: SandboxProcess, control: SandboxClient) -> None:
+    retried = email_message("fail5xx-1@example.com")
+
+    async def scenario():
+        async with adapter(sandbox) as mail:
+            return {
+                "invalid": await mail.send(email_message("invalid@example.com")),
+                "unregistered": await mail.send(email_message("unregistered@example.com")),
+                "5xx first": await mail.send(retried),
+                "5xx second": await mail.send(retried),
+                "429": await mail.send(email_message("fail429-1@example.com")),
+            }
+
+    results = run(scenario())
+    invalid = results["invalid"]
+    assert (invalid.outcome, invalid.error_code) == (SendOutcome.INVALID_CONTACT, "personalizations.0.to.0.email")
+    assert results["unregistered"].outcome is SendOutcome.INVALID_CONTACT
+    assert (results["5xx first"].outcome, results["5xx first"].status_code) == (SendOutcome.TRANSIENT, 503)
+    assert results["5xx second"].outcome is SendOutcome.SENT
+    throttled = results["429"]
+    assert throttled.outcome is SendOutcome.RATE_LIMITED and throttled.retry_after is not None
+    assert [r["idempotency_key"] for r in control.requests()] == [retried["id"]]
+
+
+def test_over_the_contract_waits_until_x_ratelimit_reset(sandbox: SandboxProcess, control: SandboxClient) -> None:
+    control.configure(rate=1)
+
+    async def scenario():
+        async with adapter(sandbox) as mail:
+            return await mail.send(email_message("a@example.com")), await mail.send(email_message("b@example.com"))
+
+    first, second = run(scenario())
+    assert first.outcome is SendOutcome.SENT
+    assert (second.outcome, second.status_code) == (SendOutcome.RATE_LIMITED, 429)
+    assert second.retry_after is not None and 0 <= second.retry_after <= 2.0
+
+
+def test_bad_or_missing_key_is_a_config_error_and_unreachable_is_transient(
+    sandbox: SandboxProcess, control: SandboxClient
+) -> None:
+    control.configure(options={"api_keys": [API_KEY]})
+
+    async def scenario():
+        async with adapter(sandbox, api_key="SG.wrong") as wrong:
+            bad_key = await wrong.send(email_message("a@example.com"))
+        async with adapter(sandbox, api_url="http://127.0.0.1:9/v3/") as down:
+            unreachable = await down.send(email_message("a@example.com"))
+        async with adapter(sandbox, api_key="") as no_key:
+            missing = await no_key.send(email_message("a@example.com"))
+        return bad_key, unreachable, missing
+
+    bad_key, unreachable, missing = run(scenario())
+    assert (bad_key.outcome, bad_key.status_code) == (SendOutcome.CONFIG_ERROR, 401)
+    assert unreachable.outcome is SendOutcome.TRANSIENT
+    assert (missing.outcome, missing.error_code) == (SendOutcome.CONFIG_ERROR, "missing_credentials")
+    assert "SG.test-key" not in repr(adapter(sandbox)), "the key never shows in a repr"
+
+
+def test_invalid_messages_are_rejected_before_sending(sandbox: SandboxProcess, control: SandboxClient) -> None:
+    no_subject = email_message("a@example.com")
+    no_subject["content"].pop("subject")
+
+    async def scenario():
+        async with adapter(sandbox) as mail:
+            return await mail.send(no_subject), await mail.send(email_message("not-an-address"))
+
+    no_subject_result, bad_address = run(scenario())
+    assert (no_subject_result.outcome, no_subject_result.error_code) == (SendOutcome.PERMANENT, "invalid_message")
+    assert bad_address.outcome is SendOutcome.INVALID_CONTACT
+    assert control.stats()["received"] == 0

@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Django command runs with the environment `platform/services env` prints.
 WITH_SERVICES := eval "$$(platform/services env)" &&
 
-.PHONY: install services migrate topics dev test lint format bench down
+.PHONY: install services migrate topics dev test lint format bench spike down
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -46,6 +46,10 @@ format: install
 
 bench: install services migrate topics
 	$(WITH_SERVICES) $(PY) benchmarks/relay_throughput.py
+
+# The spike scenario (benchmarks/README.md, "spike.py"), e.g. make spike SPIKE_ARGS="--users 3000".
+spike: install services migrate topics
+	$(WITH_SERVICES) $(PY) benchmarks/spike.py $(SPIKE_ARGS)
 
 down:
 	platform/services down

@@ -423,8 +423,8 @@ def worker_baseline(args, env: dict[str, str], sandbox, tmp: Path, run: str) -> 
     from confluent_kafka import Producer
     from django.conf import settings
 
-    from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
     from notifications.bus.config import producer_config
+    from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
     from notifications.bus.topics import channel_topic
 
     prefix, previous = f"benchcf{run}b.", settings.KAFKA_TOPIC_PREFIX
@@ -476,7 +476,7 @@ def main() -> int:
 
     from django.db import connection
 
-    from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
+    from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
     from notifications.models import Provider
     from notifications.redis_client import get_redis
     from notifications.sandbox.process import SandboxProcess

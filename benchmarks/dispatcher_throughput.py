@@ -560,8 +560,8 @@ def main() -> int:
     from confluent_kafka import Consumer
     from confluent_kafka.admin import AdminClient
 
-    from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
     from notifications.bus.config import admin_config
+    from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
     from notifications.bus.topics import channel_topic, topic_name
     from notifications.redis_client import get_redis
 

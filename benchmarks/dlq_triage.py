@@ -426,8 +426,8 @@ def main() -> int:
 
     from confluent_kafka.admin import AdminClient
 
-    from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
     from notifications.bus.config import admin_config
+    from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
     from notifications.bus.topics import TopicSpec
     from notifications.dlq.paging import Pager
     from notifications.redis_client import get_redis

@@ -50,7 +50,7 @@ from _common import CpuMeter, children_of, cpu_ticks, log, postgres_pids  # noqa
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from notifications.bus.admin import delete_topics_with_prefix  # noqa: E402
+from notifications.bus.kafka_admin import delete_topics_with_prefix  # noqa: E402
 from notifications.bus.topics import topic_name  # noqa: E402
 from notifications.models import AcceptedEvent, ApiKey, NotificationType, OutboxEvent  # noqa: E402
 from notifications.outbox.relay import APPLICATION_NAME  # noqa: E402

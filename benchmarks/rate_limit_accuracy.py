@@ -362,8 +362,8 @@ class Bench:
     ) -> dict:
         from django.conf import settings
 
-        from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
         from notifications.bus.config import consumer_config
+        from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
         from notifications.models import Provider
 
         self.index += 1
@@ -650,7 +650,7 @@ def main() -> int:
 
     from django.db import connection
 
-    from notifications.bus.admin import delete_topics_with_prefix
+    from notifications.bus.kafka_admin import delete_topics_with_prefix
     from notifications.models import Provider
     from notifications.redis_client import get_redis
     from notifications.sandbox.process import SandboxProcess

@@ -53,8 +53,8 @@ from _common import CpuMeter, kafka_pids, log, postgres_pids  # noqa: E402
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from notifications.bus.admin import delete_topics_with_prefix, ensure_topics  # noqa: E402
 from notifications.bus.config import producer_config  # noqa: E402
+from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics  # noqa: E402
 from notifications.bus.topics import TopicSpec  # noqa: E402
 from notifications.models import bucket_for_key  # noqa: E402
 from notifications.outbox.relay import (  # noqa: E402

@@ -675,7 +675,7 @@ def run_variant(args, variant: str, run: str, catalog: Catalog, logdir: Path) ->
     """One variant end to end: its topics, sandbox and processes, the phases, then its clean-up."""
     from django.conf import settings
 
-    from notifications.bus.admin import ensure_topics
+    from notifications.bus.kafka_admin import ensure_topics
 
     prefix, redis_prefix = f"benchsp{run}{variant[0]}.", f"benchsp{run}{variant[0]}:"
     settings.KAFKA_TOPIC_PREFIX, settings.REDIS_KEY_PREFIX = prefix, redis_prefix  # the launch event's topic
@@ -775,8 +775,8 @@ def clean_up_variant(prefix: str, redis_prefix: str) -> None:
     from confluent_kafka.admin import AdminClient
     from django.db import connection
 
-    from notifications.bus.admin import delete_topics_with_prefix
     from notifications.bus.config import admin_config
+    from notifications.bus.kafka_admin import delete_topics_with_prefix
     from notifications.redis_client import get_redis
 
     with contextlib.suppress(Exception):

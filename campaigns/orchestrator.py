@@ -1,26 +1,8 @@
 """The campaign orchestrator: launch events in, one ``notif.<channel>.batch`` message per page and channel out.
 
-``run_campaign_orchestrator`` consumes ``notif.campaigns``. A ``campaign.launched`` event (written
-by :func:`campaigns.services.campaign_launch` through the outbox) becomes a ``CampaignLaunch`` row
-(idempotent by launch id); then the offset is committed. The paging itself happens in the runner's
-``tick`` between polls, one page per step, so a 50M-user campaign never holds a poll:
-
-1. Claim a due launch with ``SELECT … FOR UPDATE SKIP LOCKED`` (several orchestrators share the
-   work; a crashed one's row lock vanishes with its transaction). A scheduled campaign whose time
-   has come moves to running; its audience is counted once.
-2. Read one keyset page — ``id > last ORDER BY id LIMIT n`` with the predicate, preferences
-   (:func:`preferences.selectors.allowed_users_q`) and contact-point availability per channel, all
-   in ONE query (:func:`campaigns.selectors.audience_page`).
-3. Produce one batch message per channel (campaign, launch id, batch number, user ids, content
-   reference), wait for Kafka's acknowledgement, then advance the checkpoint (last user id, next
-   batch number, counters) in the same transaction that holds the row lock, and commit.
-
-A crash before the commit re-emits at most the page in hand (same batch number, same users; the
-expander's per-batch cursor and the worker's dedup absorb it); a committed page is never emitted
-again. Pause and cancel are read from the campaign row before every page. Every
-``CAMPAIGN_PROGRESS_FLUSH_SECONDS`` the tick also flushes the Redis progress counters to PostgreSQL
-and completes running campaigns whose batches are all emitted and expanded (including the batches
-the expander deferred to the end of recipients' quiet hours).
+Launch events become ``CampaignLaunch`` rows; the runner's ``tick`` then pages each running launch's
+audience with keyset pagination, one checkpointed page per step, and flushes progress. How and why:
+``docs/architecture.md``, "Campaigns" (Orchestrator).
 """
 
 from __future__ import annotations
@@ -37,7 +19,7 @@ import redis
 from confluent_kafka import Message, Producer
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -49,8 +31,8 @@ from campaigns.progress import expanded_count, flush_progress, pending_deferred_
 from campaigns.selectors import audience_count, audience_page
 from campaigns.services import campaign_complete, campaign_fail, campaign_transition
 from notifications.bus.producing import AckedProducer
-from notifications.bus.runner import ConsumerRunner, RunnerConfig
-from notifications.bus.topics import channel_topic, topic_name
+from notifications.bus.runner import ConsumerRunner
+from notifications.bus.topics import channel_topic
 from notifications.dispatch.messages import Header
 
 log = logging.getLogger(__name__)
@@ -114,7 +96,6 @@ class CampaignOrchestrator:
 
     # -- launch events -------------------------------------------------------------------------------
     def handle_batch(self, messages: list[Message]) -> None:
-        close_old_connections()
         launches: list[CampaignLaunch] = []
         for message in messages:
             try:
@@ -152,11 +133,10 @@ class CampaignOrchestrator:
     # -- paging --------------------------------------------------------------------------------------
     def tick(self) -> None:
         """Between polls: flush progress when due, then emit pages for up to ``step_budget`` seconds."""
-        close_old_connections()
         now = self.monotonic()
         if now - self._last_flush >= self.flush_interval:
             self._last_flush = now
-            self.flush()
+            self.update_progress()
         deadline = self.monotonic() + self.step_budget
         while self.monotonic() < deadline:
             if self.monotonic() - self._last_page < self.min_page_interval:
@@ -258,7 +238,7 @@ class CampaignOrchestrator:
                 "content": {"campaign_id": campaign.pk, "copy_version": version},
                 "created_at": now.isoformat(),
             }
-            self._produce(
+            self._acked.produce(
                 channel_topic(channel, "batch"),
                 f"{launch.launch_id}:{launch.next_batch}",
                 orjson.dumps(payload),
@@ -267,7 +247,9 @@ class CampaignOrchestrator:
             emitted += 1
             BATCHES.labels(channel).inc()
             RECIPIENTS.labels(channel).inc(len(user_ids))
-        self._flush()  # every batch of the page acknowledged before the checkpoint moves
+        # Every batch of the page acknowledged before the checkpoint moves (a failure raises: the
+        # transaction rolls back, the checkpoint stays, the page is emitted again).
+        self._acked.flush()
         per_channel = dict(launch.emitted_per_channel or {})
         recipients = suppressed = 0
         for channel in channels:
@@ -288,7 +270,8 @@ class CampaignOrchestrator:
         )
 
     # -- progress and completion ---------------------------------------------------------------------
-    def flush(self) -> None:
+    def update_progress(self) -> None:
+        """Copy the Redis counters to the campaign rows and complete the campaigns that are done."""
         try:
             flush_progress(redis_client=self.redis)
             self.complete_finished()
@@ -315,14 +298,6 @@ class CampaignOrchestrator:
                 log.info("campaign completed", extra={"campaign_id": launch.campaign_id})
         return completed
 
-    # -- producing -----------------------------------------------------------------------------------
-    def _produce(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
-        self._acked.produce(topic, key, value, headers)
-
-    def _flush(self) -> None:
-        # Crash: the transaction rolls back, the checkpoint stays; the page is emitted again.
-        self._acked.flush()
-
 
 def build_orchestrator_runner(
     *,
@@ -331,21 +306,16 @@ def build_orchestrator_runner(
     redis_client: redis.Redis | None = None,
     **kwargs: Any,
 ) -> ConsumerRunner:
+    """`run_campaign_orchestrator`'s loop; `kwargs` go to the orchestrator (page size, pace)."""
     from notifications.bus.config import producer_config
+    from notifications.bus.consumers import consumer
     from notifications.redis_client import get_redis
 
     orchestrator = CampaignOrchestrator(
         producer=producer or Producer(producer_config(**{"message.max.bytes": 2_000_000})),
         redis_client=redis_client or get_redis(),
-        **kwargs,
+        **{key: value for key, value in kwargs.items() if value is not None},
     )
     return ConsumerRunner(
-        RunnerConfig(
-            role="campaign-orchestrator",
-            topics=[topic_name("campaigns")],
-            group=group or "campaign-orchestrator",
-            batch_size=100,
-            poll_timeout=0.1,
-        ),
-        orchestrator,
+        consumer("campaign-orchestrator").runner_config(group=group, batch_size=100, poll_timeout=0.1), orchestrator
     )

@@ -122,8 +122,9 @@ INGEST_MAX_DATA_BYTES = env.int("INGEST_MAX_DATA_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=16 * 1024 * 1024)
 
 # --- Metrics ----------------------------------------------------------------------------------
-# Each long-running command serves /metrics on its own port; 0 disables it (tests).
-METRICS_PORT = env.int("METRICS_PORT", default=0)
+# Each long-running command serves /metrics on its own port: --metrics-port, else METRICS_PORT, else
+# the role's port in the consumer registry (notifications/bus/consumers.py); 0 disables it (tests).
+METRICS_PORT = env.int("METRICS_PORT", default=None)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -22,7 +22,7 @@ def django_db_modify_db_settings():
 @pytest.fixture(scope="session", autouse=True)
 def kafka_topics():
     """Every test run gets its own topic prefix, created up front and deleted afterwards."""
-    from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
+    from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
 
     prefix = f"test{uuid.uuid4().hex[:8]}."
     settings.KAFKA_TOPIC_PREFIX = prefix
@@ -38,7 +38,7 @@ def kafka_topics():
 @pytest.fixture
 def topics(settings, kafka_topics):
     """A private topic and Redis key prefix for one test: its consumers see only its own messages."""
-    from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
+    from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
 
     prefix = f"{kafka_topics[:-1]}-{uuid.uuid4().hex[:6]}."
     settings.KAFKA_TOPIC_PREFIX = prefix
@@ -226,3 +226,49 @@ def platform(topics, subprocess_env, sandbox):
     }
     with Platform(env) as running:
         yield running
+
+
+class RunningRole:
+    """A platform role (a consumer runner, a relay: anything with `run()` and `stop_event`) in a thread
+    for the duration of a `with` block. Leaving the block stops the role and re-raises whatever the
+    thread raised, so a role that crashed fails the test instead of passing silently."""
+
+    def __init__(self, runner, *, wait_assigned: bool = True, stop_timeout: float = 30.0):
+        self.runner = runner
+        self.wait_assigned = wait_assigned and hasattr(runner, "assigned")
+        self.stop_timeout = stop_timeout
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.runner.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self):
+        self.thread.start()
+        if self.wait_assigned:
+            deadline = 60.0
+            while not self.runner.assigned.wait(0.1):
+                deadline -= 0.1
+                if self.error is not None or deadline <= 0:
+                    self.stop()
+                    raise AssertionError("the role never got its partitions") from self.error
+        return self
+
+    def stop(self) -> None:
+        self.runner.stop_event.set()
+        self.thread.join(self.stop_timeout)
+        assert not self.thread.is_alive(), "the role stops on request"
+        if self.error is not None:
+            raise self.error
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+@pytest.fixture
+def running():
+    """`with running(runner):` runs a platform role in a thread for the block (see RunningRole)."""
+    return RunningRole

@@ -1,12 +1,11 @@
 """The one consumer loop every role runs on: poll a batch, hand it over, commit only when durable.
 
 A role is a `BatchHandler`: it receives a polled batch and returns only after every message has a
-durable outcome (produced and acknowledged downstream, stored, or sent and confirmed). Only then
-does the runner commit the offsets, so a crash at any point leads to redelivery, never loss. The
-loop stops on a flag (set by SIGTERM) between batches, so the batch in hand is always finished.
-Unknown exceptions from a handler propagate: the process dies loudly, nothing was committed, the
-supervisor restarts it (Sentry/arroyo's policy). A role with a bulk lane (`bulk_topics`) is served
-by strict priority: a bulk batch only when the priority lane has nothing waiting.
+durable outcome; only then are the offsets committed, so a crash leads to redelivery, never loss.
+SIGTERM sets a flag the loop checks between batches. Unknown exceptions propagate: the process dies
+with nothing committed and its supervisor restarts it. A role with a bulk lane is served by strict
+priority. The channel workers' pipelined mode extends this loop (`delivery/pipeline.py`). Why, in
+`docs/architecture.md`: "Kafka", "Priority lanes".
 """
 
 import logging
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from django.db import close_old_connections, connections
 from prometheus_client import Counter, Histogram
 
 from notifications.bus.lanes import LanedConsumer
@@ -34,11 +34,9 @@ BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
-
 #: A handler may hold back part of a batch: {(topic, partition): (first offset not handled, due
 #: time in time.monotonic())}. The runner commits only what came before, rewinds the partition to
-#: that offset and pauses it until it is due, so a retry topic is never read ahead of its time and
-#: the consumer keeps polling (no sleeping past max.poll.interval.ms).
+#: that offset and pauses it until it is due (retry tiers never sleep in the consumer).
 Deferrals = dict[tuple[str, int], tuple[int, float]]
 
 
@@ -46,9 +44,9 @@ class BatchHandler(Protocol):
     """Also optional: ``tick()`` (called between polls) and ``close()`` (called once on stop).
 
     ``handle_batch`` may instead return a :class:`~concurrent.futures.Future` when the last part of
-    the batch's work (say a database write) continues in the background: the runner then polls and
-    hands over the next batch at once, and commits this one only when the future has succeeded (in
-    batch order, at most :data:`MAX_PENDING` batches behind; before any partition is revoked)."""
+    the batch's work continues in the background: the runner then hands over the next batch at once
+    and commits this one only when the future has succeeded (in batch order, at most
+    :data:`MAX_PENDING` batches behind; before any partition is revoked)."""
 
     def handle_batch(self, messages: list[Message]) -> Deferrals | Future | None: ...
 
@@ -82,7 +80,7 @@ class ConsumerRunner:
     def __init__(
         self,
         config: RunnerConfig,
-        handler: BatchHandler,
+        handler: Any,
         *,
         stop_event: threading.Event | None = None,
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
@@ -90,7 +88,7 @@ class ConsumerRunner:
         self.config = config
         self.handler = handler
         self.stop_event = stop_event or threading.Event()
-        self.assigned = threading.Event()
+        self.assigned = threading.Event()  # set once every lane's consumer holds its assignment
         self._on_assign_cb = on_assign
         overrides = dict(config.consumer_overrides)
         if config.async_commit:
@@ -103,63 +101,66 @@ class ConsumerRunner:
         self._paused: dict[tuple[str, int], float] = {}
         self._pending: deque[tuple[Future, list[Message], float]] = deque()
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        lane = self.consumer.lane_of_consumer(consumer)
-        log.info("partitions assigned", extra={"role": self.config.role, "lane": lane, "count": len(partitions)})
-        self._assigned_lanes.add(lane)
-        if self._assigned_lanes >= set(self.consumer.lanes):
-            self.assigned.set()  # every lane's consumer has joined its group
-        if self._on_assign_cb:
-            self._on_assign_cb(partitions)
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Handling is synchronous inside the loop; only background completions can be in flight:
-        # settle them now, while the partitions are still ours to commit.
-        self._settle(keep=0, final=True)
-        log.info("partitions revoked", extra={"role": self.config.role, "count": len(partitions)})
-        for tp in partitions:
-            self._paused.pop((tp.topic, tp.partition), None)
-
+    # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> None:
         role = self.config.role
         self.consumer.subscribe(on_assign=self._on_assign, on_revoke=self._on_revoke)
-        topics = [*self.config.topics, *self.config.bulk_topics]
-        log.info("consumer started", extra={"role": role, "topics": topics})
+        log.info("consumer started", extra={"role": role, "topics": [*self.config.topics, *self.config.bulk_topics]})
         try:
-            tick = getattr(self.handler, "tick", None)
+            self.started()
             while not self.stop_event.is_set():
-                if tick is not None:
-                    tick()  # periodic work of the role (e.g. releasing due messages)
+                self._tick()
                 self._resume_due()
-                batch = self._poll()
-                if not batch:
-                    self._settle(keep=0)  # idle: commit what finished in the background
-                    continue
-                started = time.perf_counter()
-                result = self.handler.handle_batch(batch)
-                if isinstance(result, Future):
-                    self._pending.append((result, batch, started))
-                    self._settle(keep=MAX_PENDING)
-                    continue
-                self._settle(keep=0)  # commits stay in batch order
-                deferrals = result or {}
-                if deferrals:
-                    batch = [m for m in batch if not _held_back(m, deferrals)]
-                    self._pause(deferrals)
-                if batch:
-                    self.commit(batch)
-                BATCH_SECONDS.labels(role).observe(time.perf_counter() - started)
-                CONSUMED.labels(role).inc(len(batch))
-            self._settle(keep=0, final=True)
+                self.step()
+            self.finish()
         finally:
-            self.consumer.close()  # leaves the group at once, so a rebalance does not wait
-            close = getattr(self.handler, "close", None)
-            if close is not None:
-                close()  # the handler's own resources (threads, connections)
-            from django.db import connections
+            try:
+                self.consumer.close()  # leaves the group at once, so a rebalance does not wait
+            finally:
+                self.close_handler()
+                connections.close_all()  # this thread's database connections (roles run in threads in tests)
+                log.info("consumer stopped", extra={"role": role})
 
-            connections.close_all()  # this thread's database connections (roles run in threads in tests)
-            log.info("consumer stopped", extra={"role": role})
+    def started(self) -> None:
+        """Called once the consumers are subscribed, before the first poll."""
+
+    def step(self) -> None:
+        """One turn of the loop: the next batch handed over, its offsets committed when durable."""
+        batch = self._poll()
+        if not batch:
+            self._settle(keep=0)  # idle: commit what finished in the background
+            return
+        started = time.perf_counter()
+        close_old_connections()  # notice a database connection that dropped since the last batch
+        result = self.handler.handle_batch(batch)
+        if isinstance(result, Future):
+            self._pending.append((result, batch, started))
+            self._settle(keep=MAX_PENDING)
+            return
+        self._settle(keep=0)  # commits stay in batch order
+        deferrals = result or {}
+        if deferrals:
+            batch = [m for m in batch if not _held_back(m, deferrals)]
+            self._pause(deferrals)
+        if batch:
+            self.commit(batch)
+        BATCH_SECONDS.labels(self.config.role).observe(time.perf_counter() - started)
+        CONSUMED.labels(self.config.role).inc(len(batch))
+
+    def finish(self) -> None:
+        """After the stop flag: commit what is durable."""
+        self._settle(keep=0, final=True)
+
+    def close_handler(self) -> None:
+        close = getattr(self.handler, "close", None)
+        if close is not None:
+            close()  # the handler's own resources (threads, connections)
+
+    def _tick(self) -> None:
+        tick = getattr(self.handler, "tick", None)
+        if tick is not None:
+            close_old_connections()
+            tick()  # periodic work of the role (e.g. releasing due messages)
 
     def _poll(self) -> list[Message]:
         """The next batch by strict priority: what the priority lane has waiting; else what the bulk
@@ -178,6 +179,32 @@ class ConsumerRunner:
             or self.consumer.consume(Lane.PRIORITY, size, min(timeout, IDLE_PRIORITY_WAIT))
         )
 
+    # -- rebalances ---------------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lane = self.consumer.lane_of_consumer(consumer)
+        log.info("partitions assigned", extra={"role": self.config.role, "lane": lane, "count": len(partitions)})
+        self.assigned_partitions(partitions)
+        self._assigned_lanes.add(lane)
+        if self._assigned_lanes >= set(self.consumer.lanes):
+            self.assigned.set()
+        if self._on_assign_cb:
+            self._on_assign_cb(partitions)
+
+    def assigned_partitions(self, partitions: list[TopicPartition]) -> None:
+        """Hook: partitions (re)assigned to this member."""
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions revoked", extra={"role": self.config.role, "count": len(partitions)})
+        self.revoked_partitions({(tp.topic, tp.partition) for tp in partitions})
+        for tp in partitions:
+            self._paused.pop((tp.topic, tp.partition), None)
+
+    def revoked_partitions(self, partitions: set[tuple[str, int]]) -> None:
+        """Hook: commit what is durable of `partitions` while they are still ours. Handling is
+        synchronous here, so only background completions can be in flight: settle them now."""
+        self._settle(keep=0, final=True)
+
+    # -- committing ---------------------------------------------------------------------------------
     def _settle(self, *, keep: int, final: bool = False) -> None:
         """Commit the pending batches whose completion succeeded, oldest first, waiting for the
         oldest ones until at most ``keep`` remain. A failed completion raises: nothing after it is
@@ -198,23 +225,6 @@ class ConsumerRunner:
         if err is not None:
             log.warning("offset commit failed (the batch will be redelivered)", extra={"error": str(err)})
 
-    def _pause(self, deferrals: Deferrals) -> None:
-        for (topic, partition), (offset, due) in deferrals.items():
-            tp = TopicPartition(topic, partition, offset)
-            self.consumer.pause([tp])
-            self.consumer.seek(tp)  # the held-back message is read again when the partition resumes
-            self._paused[(topic, partition)] = due
-
-    def _resume_due(self) -> None:
-        if not self._paused:
-            return
-        now = time.monotonic()
-        due = [key for key, at in self._paused.items() if at <= now]
-        if due:
-            self.consumer.resume([TopicPartition(t, p) for t, p in due])
-            for key in due:
-                del self._paused[key]
-
     def commit(self, batch: list[Message], *, sync: bool = False) -> None:
         highest: dict[tuple[str, int], int] = {}
         for m in batch:
@@ -231,6 +241,24 @@ class ConsumerRunner:
         else:
             done = {(tp.topic, tp.partition) for tp in offsets}
             self._last_async = [tp for tp in self._last_async if (tp.topic, tp.partition) not in done]
+
+    # -- held-back partitions -------------------------------------------------------------------------
+    def _pause(self, deferrals: Deferrals) -> None:
+        for (topic, partition), (offset, due) in deferrals.items():
+            tp = TopicPartition(topic, partition, offset)
+            self.consumer.pause([tp])
+            self.consumer.seek(tp)  # the held-back message is read again when the partition resumes
+            self._paused[(topic, partition)] = due
+
+    def _resume_due(self) -> None:
+        if not self._paused:
+            return
+        now = time.monotonic()
+        due = [key for key, at in self._paused.items() if at <= now]
+        if due:
+            self.consumer.resume([TopicPartition(t, p) for t, p in due])
+            for key in due:
+                del self._paused[key]
 
     @property
     def paused_partitions(self) -> dict[tuple[str, int], float]:

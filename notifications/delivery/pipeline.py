@@ -1,32 +1,9 @@
-"""The channel worker's consumer loop: the next batch is polled while the last one is still sending.
+"""The channel worker's loop: the next batch is polled while the sends of the last are in flight.
 
-The shared `ConsumerRunner` hands a batch over and waits for all of it before polling again. For a
-worker that barrier costs throughput twice: the last sends of a batch (and its retry produces,
-delivery-log write and commit) leave most concurrency slots idle, and under a rate limit the
-token poller runs dry between batches (10-12% of the contract measured). Here:
-
-* the worker's event loop runs in its own thread and never stops; the consumer thread (this one)
-  polls, claims nothing itself and only hands parsed jobs to the loop (`ChannelWorker.submit`);
-* it polls again as soon as fewer than `concurrency + batch_size` jobs are in flight (and at least
-  half a batch fits), so sends are always waiting for tokens while a backlog lasts;
-* every finished job is put on the worker's `done` queue; this thread settles them (producer
-  flushed, delivery log written) every `settle_interval`, marks their offsets done and commits per
-  partition the offset below which every message is done (`OffsetTracker`). A slow message holds
-  back the commit of its partition, never the sends of the others; offsets are still committed only
-  when every earlier message of that partition has a durable outcome;
-* held-back retry-tier messages (not yet due) pause their partition exactly as in `ConsumerRunner`;
-* the bulk lane (`notif.<channel>.bulk` and its retry tiers, its own consumer) is polled only for
-  the bulk credit left (`bulk_limit` jobs in flight, about half a second of the contract): a worker
-  never holds a queue of bulk, so a priority message polled behind any bulk backlog waits at most
-  for the slots the few bulk sends in hand already booked;
-* a revocation (rebalance) waits for the in-flight jobs of the revoked partitions, settles and
-  commits them before the partitions go;
-* SIGTERM: stop polling; sends already holding a token finish, jobs still waiting for a slot or a
-  token release their claim and stay uncommitted (the next owner sends them), then the last
-  commit and a clean close.
-
-Any exception from the event loop's jobs (a bug) is re-raised here: the process dies without
-committing what was not settled, and Kafka redelivers (same policy as `ConsumerRunner`).
+Finished jobs are settled (produces acknowledged, delivery log written) every `settle_interval`, and
+each partition is committed below its first unfinished message (`OffsetTracker`). The bulk lane is
+polled only for the bulk credit left. How and why: `docs/architecture.md`, "Delivery" (worker loop)
+and "Priority lanes".
 """
 
 from __future__ import annotations
@@ -40,11 +17,11 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from django.db import close_old_connections
 from prometheus_client import Gauge
 
-from notifications.bus.lanes import LanedConsumer
-from notifications.bus.runner import BATCH_SECONDS, CONSUMED, RunnerConfig
+from notifications.bus.runner import BATCH_SECONDS, CONSUMED, ConsumerRunner, RunnerConfig
 from notifications.delivery.worker import ChannelWorker, Job
 from notifications.priority import Lane
 
@@ -102,7 +79,10 @@ class OffsetTracker:
             table.pop(tp, None)
 
 
-class PipelinedWorkerRunner:
+class PipelinedWorkerRunner(ConsumerRunner):
+    """`ConsumerRunner` whose handler is a channel worker running on its own event loop: the next
+    batch is polled while the sends of the last are in flight (see the module docstring)."""
+
     def __init__(
         self,
         config: RunnerConfig,
@@ -115,87 +95,64 @@ class PipelinedWorkerRunner:
         stop_timeout: float = 60.0,
     ) -> None:
         """`bulk_limit()`: how many bulk-lane jobs may be in flight now (default: half the concurrency)."""
-        self.config = config
+        super().__init__(config, worker, stop_event=stop_event)
         self.worker = worker
-        self.handler = worker  # the name ConsumerRunner uses
-        self.stop_event = stop_event or threading.Event()
-        self.assigned = threading.Event()
         self.max_in_flight = max_in_flight or (worker.config.concurrency + config.batch_size)
         self.bulk_limit = bulk_limit or (lambda: max(1, worker.config.concurrency // 2))
         self.settle_interval = settle_interval
         self.stop_timeout = stop_timeout
-        self.consumer = LanedConsumer(
-            config.group, {Lane.PRIORITY: config.topics, Lane.BULK: config.bulk_topics}, config.consumer_overrides
-        )
         self.tracker = OffsetTracker()
-        self._paused: dict[TP, float] = {}
         self._in_flight: dict[TP, int] = {}
         self._lane_in_flight = {Lane.PRIORITY: 0, Lane.BULK: 0}
-        self._assigned_lanes: set[Lane] = set()
         self._finished: list[Job] = []
         self._futures: list[Future] = []
         self._loop_thread: threading.Thread | None = None
         self._last_settle = time.monotonic()
 
-    # -- rebalance callbacks (run inside consume(), on this thread) ---------------------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        lane = self.consumer.lane_of_consumer(consumer)
-        log.info("partitions assigned", extra={"role": self.config.role, "lane": lane, "count": len(partitions)})
+    # -- rebalances (inside consume(), on this thread) --------------------------------------------------
+    def assigned_partitions(self, partitions: list[TopicPartition]) -> None:
         self.worker.loop.call_soon_threadsafe(self.worker.reinstate, {(tp.topic, tp.partition) for tp in partitions})
-        self._assigned_lanes.add(lane)
-        if self._assigned_lanes >= set(self.consumer.lanes):
-            self.assigned.set()
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        tps = {(tp.topic, tp.partition) for tp in partitions}
-        log.info("partitions revoked", extra={"role": self.config.role, "count": len(partitions)})
-        if tps:
+    def revoked_partitions(self, partitions: set[TP]) -> None:
+        if partitions:
             # Jobs of these partitions still waiting for a slot or a token are given up (claims
             # released, offsets not committed: the next owner sends them); only sends already under
             # way are waited for, so the rebalance is not held up by a backlog behind a rate limit.
-            self.worker.loop.call_soon_threadsafe(self.worker.revoke, tps)
+            self.worker.loop.call_soon_threadsafe(self.worker.revoke, partitions)
         deadline = time.monotonic() + self.stop_timeout
-        while any(self._in_flight.get(tp) for tp in tps) and time.monotonic() < deadline:
+        while any(self._in_flight.get(tp) for tp in partitions) and time.monotonic() < deadline:
             self._collect(timeout=0.05)
         try:
-            self._settle_and_commit(only=tps)
+            self._settle_and_commit(only=partitions)
         except KafkaException as exc:  # partitions already lost (session expired): the next owner redoes them
             log.warning("commit on revocation failed", extra={"role": self.config.role, "error": str(exc)})
-        for tp in tps:
-            self._paused.pop(tp, None)
+        for tp in partitions:
             self.tracker.forget(tp)
 
-    # -- main loop --------------------------------------------------------------------------------
-    def run(self) -> None:
-        role = self.config.role
+    # -- the loop -----------------------------------------------------------------------------------------
+    def started(self) -> None:
         loop = self.worker.loop
-        self._loop_thread = threading.Thread(target=loop.run_forever, name=f"{role}-loop", daemon=True)
+        self._loop_thread = threading.Thread(target=loop.run_forever, name=f"{self.config.role}-loop", daemon=True)
         self._loop_thread.start()
-        self.consumer.subscribe(on_assign=self._on_assign, on_revoke=self._on_revoke)
-        topics = [*self.config.topics, *self.config.bulk_topics]
-        log.info("consumer started", extra={"role": role, "topics": topics})
-        tick = getattr(self.worker, "tick", None)
-        try:
-            while not self.stop_event.is_set():
-                if tick is not None:
-                    tick()
-                self._resume_due()
-                self._collect(timeout=0)
-                self._poll()
-                if time.monotonic() - self._last_settle >= self.settle_interval:
-                    self._settle_and_commit()
-            self._drain()
-        finally:
-            try:
-                self.consumer.close()  # leaves the group at once, so a rebalance does not wait
-            finally:
-                self._stop_loop()
-                from django.db import connections
 
-                connections.close_all()
-                log.info("consumer stopped", extra={"role": role})
+    def step(self) -> None:
+        self._collect(timeout=0)
+        self._take_next()
+        if time.monotonic() - self._last_settle >= self.settle_interval:
+            self._settle_and_commit()
 
-    def _poll(self) -> None:
+    def finish(self) -> None:
+        """Stop: no new tokens are taken; wait for sends in progress, then settle and commit."""
+        self.worker.loop.call_soon_threadsafe(self.worker.stop_sending)
+        deadline = time.monotonic() + self.stop_timeout
+        while sum(self._in_flight.values()) > 0 and time.monotonic() < deadline:
+            self._collect(timeout=0.05)
+        self._settle_and_commit()
+
+    def close_handler(self) -> None:
+        self._stop_loop()
+
+    def _take_next(self) -> None:
         """Take the next messages by strict priority: what the priority lane has waiting whenever a
         useful amount fits; else what the bulk lane has, for the bulk credit left only; else wait
         briefly for the first priority message."""
@@ -277,6 +234,7 @@ class PipelinedWorkerRunner:
     def _settle_and_commit(self, only: set[TP] | None = None) -> None:
         self._last_settle = time.monotonic()
         finished, self._finished = self._finished, []
+        close_old_connections()  # the settle writes: notice a connection that dropped meanwhile
         if finished:
             self.worker.settle(finished)  # produces acknowledged, delivery log written
             for job in finished:
@@ -301,14 +259,6 @@ class PipelinedWorkerRunner:
             self.tracker.committed(offsets)
         self._report_in_flight()
 
-    def _drain(self) -> None:
-        """Stop: no new tokens are taken; wait for sends in progress, then settle and commit."""
-        self.worker.loop.call_soon_threadsafe(self.worker.stop_sending)
-        deadline = time.monotonic() + self.stop_timeout
-        while sum(self._in_flight.values()) > 0 and time.monotonic() < deadline:
-            self._collect(timeout=0.05)
-        self._settle_and_commit()
-
     def _stop_loop(self) -> None:
         loop = self.worker.loop
         if self._loop_thread is None or not loop.is_running():
@@ -325,28 +275,6 @@ class PipelinedWorkerRunner:
             log.debug("closing provider adapters failed", exc_info=True)
         loop.call_soon_threadsafe(loop.stop)
         self._loop_thread.join(5)
-
-    # -- pausing held-back partitions (as ConsumerRunner) --------------------------------------------
-    def _pause(self, deferrals: dict[TP, tuple[int, float]]) -> None:
-        for (topic, partition), (offset, due) in deferrals.items():
-            tp = TopicPartition(topic, partition, offset)
-            self.consumer.pause([tp])
-            self.consumer.seek(tp)  # the held-back message is read again when the partition resumes
-            self._paused[(topic, partition)] = due
-
-    def _resume_due(self) -> None:
-        if not self._paused:
-            return
-        now = time.monotonic()
-        due = [key for key, at in self._paused.items() if at <= now]
-        if due:
-            self.consumer.resume([TopicPartition(t, p) for t, p in due])
-            for key in due:
-                del self._paused[key]
-
-    @property
-    def paused_partitions(self) -> dict[TP, float]:
-        return dict(self._paused)
 
 
 _REBALANCING = {

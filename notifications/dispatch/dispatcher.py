@@ -28,21 +28,22 @@ import orjson
 import redis
 from confluent_kafka import Message, Producer
 from django.conf import settings
-from django.db import close_old_connections
 from django.utils import timezone
 from prometheus_client import Counter
 
 from notifications.bus.config import producer_config
+from notifications.bus.dead_letters import dead_letter_headers
 from notifications.bus.producing import AckedProducer
+from notifications.bus.runner import ConsumerRunner
 from notifications.bus.topics import channel_topic, delivery_topic, events_topic, topic_name
 from notifications.channels import ALL_CHANNELS, Channel
 from notifications.delivery_log import DispatchRow, record_dispatch_outcomes
 from notifications.dispatch.catalog import TypeCatalog, TypeEntry
+from notifications.dispatch.db_thread import DatabaseThread
 from notifications.dispatch.killswitch import KillSwitchBoard
 from notifications.dispatch.messages import ChannelMessage, Header, encode, idempotency_key
 from notifications.dispatch.scheduling import Deferred, release_due_messages, schedule_messages
 from notifications.dispatch.templating import FieldsRenderer, RenderError, mentions
-from notifications.dispatch.writer import BackgroundWriter
 from notifications.models import MANDATORY_CATEGORIES, DeliveryStatus, KillSwitchMode, Urgency
 from notifications.priority import Lane, classify, lane_for
 from preferences.cache import preferences_get_many
@@ -223,8 +224,8 @@ class Dispatcher:
         self.clock = clock
         self._acked = AckedProducer(producer, "dispatcher")
         self._last_release = float("-inf")
-        self.writer = BackgroundWriter("dispatcher-writer")
-        self.reader = BackgroundWriter("dispatcher-reader")
+        self.writer = DatabaseThread("dispatcher-writer")
+        self.reader = DatabaseThread("dispatcher-reader")
 
     def close(self) -> None:
         """Release the writer and reader threads and their database connections (the runner calls
@@ -234,7 +235,6 @@ class Dispatcher:
 
     # -- the batch ---------------------------------------------------------------------------
     def handle_batch(self, messages: list[Message]) -> Future:
-        close_old_connections()  # a long-running consumer must notice a dropped database connection
         now = self.clock()
         logs: list[DispatchRow] = []
         deferred: list[Deferred] = []
@@ -361,7 +361,7 @@ class Dispatcher:
         stored = self.writer.submit(_store_decisions, logs, deferred)
         try:
             for topic, key, part in outgoing:
-                self._produce(topic, key, encode(part), {Header.IDEMPOTENCY_KEY: part["id"]})
+                self._acked.produce(topic, key, encode(part), {Header.IDEMPOTENCY_KEY: part["id"]})
         except BaseException:
             stored.exception()  # let the write finish before the error goes up
             raise
@@ -375,7 +375,8 @@ class Dispatcher:
 
     def _complete(self, stored: Future) -> None:
         stored.result()  # already finished (same thread, submitted first); re-raises its error
-        self._flush()
+        # Crash rather than commit: the batch is redelivered and dedup absorbs what did go out.
+        self._acked.flush()
 
     def tick(self) -> None:
         """Called by the runner between polls: release quiet-hours messages that are due."""
@@ -431,37 +432,20 @@ class Dispatcher:
             message["meta"] = event["meta"]
         return message
 
-    # -- producing -------------------------------------------------------------------------------
-    def _produce(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
-        self._acked.produce(topic, key, value, headers)
-
-    def _flush(self) -> None:
-        # Crash rather than commit: the batch is redelivered and dedup absorbs what did go out.
-        self._acked.flush()
-
+    # -- dead letters ----------------------------------------------------------------------------
     def _event_to_dlq(self, message: Message, exc: InvalidEvent) -> None:
         EVENTS.labels(exc.error_class).inc()
         log.warning("event sent to DLQ", extra={"error_class": exc.error_class, "error": str(exc)})
-        headers = {
-            Header.ORIGIN_TOPIC: message.topic(),
-            Header.ERROR_CLASS: exc.error_class,
-            Header.ERROR: str(exc)[:1000],
-        }
-        self._produce(
-            topic_name("events.dlq"), (message.key() or b"").decode(errors="replace"), message.value() or b"", headers
-        )
+        headers = dead_letter_headers(origin_topic=message.topic(), error_class=exc.error_class, error=str(exc))
+        self._acked.produce(topic_name("events.dlq"), message.key(), message.value() or b"", headers)
 
     def _render_failure_to_dlq(self, c: _Candidate, exc: RenderError) -> None:
-        payload = orjson.dumps(
-            {"v": 1, "id": idempotency_key(c.event["id"], c.user_id, c.channel), "event": c.event, "channel": c.channel}
+        key = idempotency_key(c.event["id"], c.user_id, c.channel)
+        payload = orjson.dumps({"v": 1, "id": key, "event": c.event, "channel": c.channel})
+        headers = dead_letter_headers(
+            origin_topic=events_topic(), error_class="render_error", error=str(exc), idempotency_key=key
         )
-        headers = {
-            Header.ORIGIN_TOPIC: events_topic(),
-            Header.ERROR_CLASS: "render_error",
-            Header.ERROR: str(exc)[:1000],
-            Header.IDEMPOTENCY_KEY: idempotency_key(c.event["id"], c.user_id, c.channel),
-        }
-        self._produce(channel_topic(c.channel, "dlq"), str(c.user_id), payload, headers)
+        self._acked.produce(channel_topic(c.channel, "dlq"), str(c.user_id), payload, headers)
 
 
 def _store_decisions(logs: list[DispatchRow], deferred: list[Deferred]) -> None:
@@ -488,3 +472,21 @@ def _stringly(data: dict[str, Any]) -> dict[str, str]:
     """Push data values must be strings (FCM); keep only scalars, stringified. (A tuple of types:
     ``isinstance`` with a ``X | Y`` union costs twice as much.)"""
     return {str(k): str(v) for k, v in data.items() if isinstance(v, (str, int, float, bool))}
+
+
+def build_dispatcher_runner(*, batch_size: int | None = None, group: str | None = None) -> ConsumerRunner:
+    """`run_dispatcher`'s loop over both events lanes (several dispatchers share the partitions)."""
+    from notifications.bus.consumers import consumer
+    from notifications.redis_client import get_redis
+
+    batch_size = batch_size or 1000
+    return ConsumerRunner(
+        consumer("dispatcher").runner_config(
+            group=group,
+            batch_size=batch_size,
+            # ≈ 15 ms of dispatching: what an urgent event may wait for behind a digest.
+            bulk_batch_size=min(batch_size, 250),
+            async_commit=True,
+        ),
+        Dispatcher(producer=dispatcher_producer(), redis_client=get_redis()),
+    )

@@ -12,6 +12,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from notifications.bus.config import consumer_config, producer_config
+from notifications.bus.producing import AckedProducer
 from notifications.bus.topics import channel_topic, delivery_topic
 from notifications.models import KillSwitch, KillSwitchMode
 from notifications.priority import PriorityClass, lane_for, message_priority
@@ -33,8 +34,7 @@ def drain_parked(*, channel: str, limit: int | None = None, idle_timeout: float 
         raise DrainRefused(f"the {channel} kill switch is '{switch.mode}'; set it to normal before draining")
     source = channel_topic(channel, "delayed")
     consumer = Consumer(consumer_config(f"drain.{channel}", **{"enable.partition.eof": True}))
-    producer = Producer(producer_config())
-    errors: list[KafkaError] = []
+    producer = AckedProducer(Producer(producer_config()), f"drain-{channel}")
     moved = 0
     eof: set[int] = set()
     assigned: list[TopicPartition] = []
@@ -56,16 +56,10 @@ def drain_parked(*, channel: str, limit: int | None = None, idle_timeout: float 
                         continue
                     raise RuntimeError(message.error())
                 eof.discard(message.partition())
-                producer.produce(
-                    delivery_topic(channel, lane_for(_priority_of(message.value()))),
-                    key=message.key(),
-                    value=message.value(),
-                    headers=message.headers(),
-                    on_delivery=lambda err, _m: err and errors.append(err),
-                )
+                topic = delivery_topic(channel, lane_for(_priority_of(message.value())))
+                producer.produce(topic, message.key(), message.value() or b"", message.headers())
                 done.append(message)
-            if producer.flush(30) or errors:
-                raise RuntimeError(f"drain produce failed: {errors[:3]}")
+            producer.flush(30)  # raises unless every message was acknowledged
             if done:
                 consumer.commit(asynchronous=False, offsets=_next_offsets(done))
                 moved += len(done)

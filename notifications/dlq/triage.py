@@ -17,11 +17,10 @@ from typing import Any
 
 import orjson
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
-from django.db import close_old_connections
 from django.db.models import Count
 from prometheus_client import Counter, Gauge
 
-from notifications.bus.runner import ConsumerRunner, RunnerConfig
+from notifications.bus.runner import ConsumerRunner
 from notifications.bus.topics import channel_topic, topic_name
 from notifications.channels import ALL_CHANNELS
 from notifications.dispatch.messages import Header
@@ -223,7 +222,6 @@ class DlqTriageHandler:
         return channel
 
     def handle_batch(self, messages: list[Message]) -> None:
-        close_old_connections()  # a long-running consumer must notice a dropped database connection
         started = time.perf_counter()
         entries = [parse_dead_letter(m, self.channel_of(m.topic())) for m in messages]
         categorise_entries(entries, self.rules.rules())
@@ -255,7 +253,6 @@ class DlqTriageHandler:
         now = self.clock()
         if now - self._last_sweep >= PAGE_SWEEP_INTERVAL:
             self._last_sweep = now
-            close_old_connections()
             page_unknown_dead_letters(pager=self.pager)
         if now - self._last_gauge >= OPEN_GAUGE_INTERVAL:
             self._last_gauge = now
@@ -269,12 +266,13 @@ class DlqTriageHandler:
                 OPEN_ENTRIES.labels(category).set(counts.get(category, 0))
 
 
-def build_triage_runner(*, batch_size: int = 1000, group: str = "dlq-triage", pager=None) -> ConsumerRunner:
+def build_triage_runner(*, batch_size: int | None = None, group: str | None = None, pager=None) -> ConsumerRunner:
+    from notifications.bus.consumers import consumer
     from notifications.dlq.paging import pager_from_settings
 
     handler = DlqTriageHandler(pager=pager or pager_from_settings())
     return ConsumerRunner(
-        RunnerConfig(role="dlq-triage", topics=list(handler.topics), group=group, batch_size=batch_size),
+        consumer("dlq-triage").runner_config(group=group, batch_size=batch_size or 1000),
         handler,
     )
 

@@ -28,6 +28,8 @@ import psycopg
 from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
+from notifications.bus.producing import produce_with_retry
+
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "notif_outbox"
@@ -216,20 +218,14 @@ class OutboxRelay:
             if err is not None:
                 failed.append((msg.topic(), msg.key(), msg.value(), err))
 
-        produce = self.producer.produce
-        loads = orjson.loads
+        producer, loads = self.producer, orjson.loads
         self._last_rows = rows
         for row_id, topic, key, payload, headers_json, _created, _lane in rows:
             headers = list(loads(headers_json).items()) if headers_json and headers_json != "{}" else None
-            while True:
-                try:
-                    produce(topic, payload.encode(), key.encode(), headers=headers, on_delivery=on_delivery)
-                    break
-                except BufferError:  # local queue full: serve delivery reports, then retry
-                    self.producer.poll(0.05)
-                except KafkaException as exc:  # refused before queueing (e.g. invalid topic name)
-                    errors.append((row_id, exc.args[0]))
-                    break
+            try:
+                produce_with_retry(producer, topic, payload.encode(), key.encode(), headers, on_delivery)
+            except KafkaException as exc:  # refused before queueing (e.g. invalid topic name)
+                errors.append((row_id, exc.args[0]))
         remaining = self.producer.flush(self.config.flush_timeout)
         if failed:
             by_content = {(r[1], r[2].encode(), r[3].encode()): r[0] for r in rows}

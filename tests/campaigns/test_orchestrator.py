@@ -226,7 +226,7 @@ def test_an_empty_audience_completes(topics, promo_type, marketer):
     campaign = run_launch(orchestrator, campaign, marketer)
     while orchestrator.step():
         pass
-    orchestrator.flush()
+    orchestrator.update_progress()
     campaign.refresh_from_db()
     assert campaign.state == CampaignState.COMPLETED and campaign.audience_size == 0
 

@@ -55,7 +55,7 @@ from tests.notifications.dlq_helpers import (
     produce_dlq,
     produce_events_dlq,
 )
-from tests.notifications.test_worker import RunningWorker, log_status, message, produce, wait_for
+from tests.notifications.test_worker import log_status, message, produce, wait_for, worker
 
 
 # --- fixtures ---------------------------------------------------------------------------------------
@@ -359,9 +359,9 @@ def test_a_batch_redelivered_through_the_handler_stores_nothing_twice(pager):
 # --- end to end: a permanent failure becomes a categorised row ----------------------------------
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_permanent_failure_becomes_a_categorised_row(topics, providers, sandbox, pager):
+def test_permanent_failure_becomes_a_categorised_row(running, topics, providers, sandbox, pager):
     m = message("sms", to={"phone": "+15005550001"})  # Twilio's magic invalid number: 400 code 21211
-    with RunningWorker("sms"), RunningTriage(pager):
+    with running(worker("sms")), RunningTriage(pager):
         produce("sms", [m])
         row = wait_for(lambda: DeadLetter.objects.filter(message_id=m["id"]).first(), timeout=60)
     assert (row.channel, row.provider, row.recipient, row.user_id, row.event_id) == (
@@ -454,14 +454,14 @@ def test_pending_pages_survive_a_crash_and_redis_down_fails_open(pager):
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_replay_after_the_fault_is_fixed_is_delivered_exactly_once(
-    topics, providers, sandbox, pager, support_user, settings
+    running, topics, providers, sandbox, pager, support_user, settings
 ):
     settings.RETRY_MAX_ATTEMPTS, settings.RETRY_BASE_DELAY = 2, 0.01  # a short retry budget, spent in-process
     settings.PROVIDER_BREAKER_FAILURES = 100  # keep the circuit closed: we want the DLQ, not a failover
     twilio = sandbox.client("twilio")
     twilio.configure(errors={"transient": 1.0})  # an outage: every send answers 5xx until fixed
     m = message("sms", to={"phone": "+4915112340077"})
-    with RunningWorker("sms"), RunningTriage(pager), RunningRelay():
+    with running(worker("sms")), RunningTriage(pager), RunningRelay():
         produce("sms", [m])
         row = wait_for(lambda: DeadLetter.objects.filter(message_id=m["id"]).first(), timeout=60)
         assert (row.status, row.category, row.error_class, row.cause_class, row.attempts) == (
@@ -501,11 +501,11 @@ def test_replay_after_the_fault_is_fixed_is_delivered_exactly_once(
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_replay_of_a_message_that_was_already_delivered_is_not_sent_again(
-    topics, providers, sandbox, pager, support_user
+    running, topics, providers, sandbox, pager, support_user
 ):
     m = message("sms", to={"phone": "+4915112340088"})
     skipped_before = SKIPPED.labels("sms")._value.get()
-    with RunningWorker("sms"), RunningTriage(pager), RunningRelay():
+    with running(worker("sms")), RunningTriage(pager), RunningRelay():
         produce("sms", [m])
         wait_for(lambda: log_status(m) == "sent", timeout=60)
         # A duplicate copy of it that failed (say produced twice upstream) sits in the DLQ.

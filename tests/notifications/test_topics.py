@@ -4,8 +4,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from django.core.management import call_command
 
-from notifications.bus.admin import ensure_topics
 from notifications.bus.config import admin_config
+from notifications.bus.kafka_admin import ensure_topics
 from notifications.bus.topics import TopicSpec, registry
 
 

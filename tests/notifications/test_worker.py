@@ -5,7 +5,6 @@ import contextlib
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
@@ -16,11 +15,10 @@ from confluent_kafka import Producer
 from django.conf import settings as django_settings
 
 from notifications.bus.config import producer_config
-from notifications.bus.runner import ConsumerRunner, RunnerConfig
 from notifications.bus.topics import channel_topic, delivery_topic
 from notifications.delivery.circuit_breaker import CircuitBreaker
 from notifications.delivery.dedup import DedupStore
-from notifications.delivery.setup import DEDUP_FAIL_OPEN, build_worker, build_worker_runner, worker_topics
+from notifications.delivery.wiring import DEDUP_FAIL_OPEN, build_worker_runner
 from notifications.models import DeliveryLog, Provider
 from notifications.priority import Lane
 from preferences.models import Device, InboxMessage
@@ -96,20 +94,9 @@ def produce(channel: str, messages: list[dict], lane: Lane = Lane.PRIORITY, prod
     assert producer.flush(30) == 0
 
 
-class RunningWorker:
-    def __init__(self, channel: str, **kwargs):
-        self.runner = build_worker_runner(channel, group=f"w-{uuid.uuid4().hex[:6]}", **kwargs)
-        self.thread = threading.Thread(target=self.runner.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        assert self.runner.assigned.wait(60), "worker got its partitions"
-        return self
-
-    def __exit__(self, *exc):
-        self.runner.stop_event.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "worker stops on request"
+def worker(channel: str, **kwargs):
+    """A channel worker's runner in its own consumer group (each test's worker sees its own messages)."""
+    return build_worker_runner(channel, group=f"w-{uuid.uuid4().hex[:6]}", **kwargs)
 
 
 def log_status(m: dict) -> str | None:
@@ -118,7 +105,7 @@ def log_status(m: dict) -> str | None:
 
 
 @pytest.mark.parametrize("channel", ["email", "sms", "webhook"])
-def test_happy_path_http_channels(topics, providers, sandbox, channel):
+def test_happy_path_http_channels(running, topics, providers, sandbox, channel):
     provider, sandbox_name = PROVIDERS[channel]
     to = {
         "email": {"email": "ada@example.com"},
@@ -126,7 +113,7 @@ def test_happy_path_http_channels(topics, providers, sandbox, channel):
         "webhook": {"url": f"{sandbox.url('webhook')}/hooks/orders"},
     }[channel]
     m = message(channel, to=to)
-    with RunningWorker(channel):
+    with running(worker(channel)):
         produce(channel, [m])
         wait_for(lambda: log_status(m) == "sent")
     [request] = sandbox.client(sandbox_name).requests()
@@ -135,17 +122,19 @@ def test_happy_path_http_channels(topics, providers, sandbox, channel):
     assert row.provider == provider and row.attempts == 1 and row.provider_message_id
 
 
-def test_happy_path_push_fcm_and_apns(topics, providers, sandbox):
+def test_happy_path_push_fcm_and_apns(running, topics, providers, sandbox):
     fcm = message("push", to={"platform": "fcm", "devices": [["fcm", "fcm-token-1"], ["fcm", "fcm-token-2"]]})
     apns = message("push", to={"platform": "apns", "devices": [["apns", "a" * 64]]})
-    with RunningWorker("push"):
+    with running(worker("push")):
         produce("push", [fcm, apns])
         wait_for(lambda: log_status(fcm) == "sent" and log_status(apns) == "sent")
     assert sorted(r["recipient"] for r in sandbox.client("fcm").requests()) == ["fcm-token-1", "fcm-token-2"]
     assert [r["recipient"] for r in sandbox.client("apns").requests()] == ["a" * 64]
 
 
-def test_apns_pushes_beyond_the_connection_streams_wait_outside_the_send_deadline(topics, providers, sandbox, settings):
+def test_apns_pushes_beyond_the_connection_streams_wait_outside_the_send_deadline(
+    running, topics, providers, sandbox, settings
+):
     """httpcore carries every APNs push on one HTTP/2 connection (100 streams at the sandbox); a push
     started beyond that waits there for a stream, inside the adapter's send deadline. The pipelined
     loop keeps every concurrency slot busy, so under load they were all APNs pushes: the deadline
@@ -160,7 +149,7 @@ def test_apns_pushes_beyond_the_connection_streams_wait_outside_the_send_deadlin
     batch = [
         message("push", to={"platform": "apns", "devices": [["apns", f"{i:064x}"]]}, user_id=i) for i in range(300)
     ]
-    with RunningWorker("push"):
+    with running(worker("push")):
         produce("push", batch)
         with contextlib.suppress(AssertionError):  # the outcomes below say what went wrong
             wait_for(
@@ -176,18 +165,18 @@ def test_apns_pushes_beyond_the_connection_streams_wait_outside_the_send_deadlin
     assert outcomes == {("sent", 1): len(batch)}, "no send hit the deadline"
 
 
-def test_happy_path_inapp_written_in_bulk(topics, providers, django_user_model):
+def test_happy_path_inapp_written_in_bulk(running, topics, providers, django_user_model):
     users = [django_user_model.objects.create(username=f"in{i}") for i in range(20)]
     batch = [message("inapp", to={"user_id": u.id}, user_id=u.id) for u in users]
-    with RunningWorker("inapp"):
+    with running(worker("inapp")):
         produce("inapp", batch)
         wait_for(lambda: InboxMessage.objects.count() == 20)
     assert set(InboxMessage.objects.values_list("user_id", flat=True)) == {u.id for u in users}
 
 
-def test_same_message_three_times_is_delivered_once(topics, providers, sandbox):
+def test_same_message_three_times_is_delivered_once(running, topics, providers, sandbox):
     m = message("sms", to={"phone": "+4915112340000"})
-    with RunningWorker("sms"):
+    with running(worker("sms")):
         produce("sms", [m, m, m])
         wait_for(lambda: log_status(m) == "sent")
         time.sleep(1.0)  # give any duplicate the chance to go out
@@ -195,9 +184,9 @@ def test_same_message_three_times_is_delivered_once(topics, providers, sandbox):
     assert stats["accepted"] == 1 and stats["duplicates"]["keys"] == 0
 
 
-def test_transient_5xx_is_retried_then_sent(topics, providers, sandbox):
+def test_transient_5xx_is_retried_then_sent(running, topics, providers, sandbox):
     m = message("email", to={"email": f"fail5xx-2-{uuid.uuid4().hex[:6]}@example.com"})
-    with RunningWorker("email"):
+    with running(worker("email")):
         produce("email", [m])
         wait_for(lambda: log_status(m) == "sent", timeout=30)
     row = DeliveryLog.objects.get(event_id=m["event_id"])
@@ -205,11 +194,11 @@ def test_transient_5xx_is_retried_then_sent(topics, providers, sandbox):
     assert sandbox.client("sendgrid").stats()["accepted"] == 1
 
 
-def test_a_retry_waits_in_the_retry_tier_of_its_own_lane(topics, providers, sandbox, settings):
+def test_a_retry_waits_in_the_retry_tier_of_its_own_lane(running, topics, providers, sandbox, settings):
     settings.WORKER_IN_PROCESS_RETRIES = 0  # every retry goes through a retry tier
     transactional = message("email", to={"email": f"fail5xx-1-t{uuid.uuid4().hex[:6]}@example.com"})
     bulk = message("email", to={"email": f"fail5xx-1-b{uuid.uuid4().hex[:6]}@example.com"}, priority="bulk")
-    with RunningWorker("email"):
+    with running(worker("email")):
         produce("email", [transactional])
         produce("email", [bulk], lane=Lane.BULK)
         wait_for(lambda: log_status(transactional) == "sent" and log_status(bulk) == "sent", timeout=30)
@@ -224,9 +213,9 @@ def test_a_retry_waits_in_the_retry_tier_of_its_own_lane(topics, providers, sand
     assert sandbox.client("sendgrid").stats()["accepted"] == 2
 
 
-def test_permanent_400_goes_to_the_dlq_without_retry(topics, providers, sandbox):
+def test_permanent_400_goes_to_the_dlq_without_retry(running, topics, providers, sandbox):
     m = message("sms", to={"phone": "+15005550001"})  # Twilio's test number for an invalid 'To'
-    with RunningWorker("sms"):
+    with running(worker("sms")):
         produce("sms", [m])
         wait_for(lambda: log_status(m) == "dlq")
     [dead] = consume_matching(channel_topic("sms", "dlq"), lambda x: True, expected=1)
@@ -237,26 +226,26 @@ def test_permanent_400_goes_to_the_dlq_without_retry(topics, providers, sandbox)
     assert sum(sandbox.client("twilio").stats()["errors"].values()) == 1
 
 
-def test_unregistered_token_goes_to_dlq_and_deactivates_the_device(topics, providers, django_user_model):
+def test_unregistered_token_goes_to_dlq_and_deactivates_the_device(running, topics, providers, django_user_model):
     user = django_user_model.objects.create(username="gone")
     token = f"unregistered-{uuid.uuid4().hex}"
     device = Device.objects.create(user=user, platform="fcm", token=token)
     m = message("push", to={"platform": "fcm", "devices": [["fcm", token]]}, user_id=user.id)
-    with RunningWorker("push"):
+    with running(worker("push")):
         produce("push", [m])
         wait_for(lambda: log_status(m) == "dlq")
     device.refresh_from_db()
     assert device.active is False
 
 
-def test_rate_limit_storm_backs_off_without_losing_or_duplicating(topics, providers, sandbox):
+def test_rate_limit_storm_backs_off_without_losing_or_duplicating(running, topics, providers, sandbox):
     """The provider's real contract (20/s) is below what we configured (200/s): it answers 429s.
     The worker must hold the bucket until the reset, lose nothing, send nothing twice."""
     Provider.objects.filter(name="twilio").update(rate=200, burst=20)
     client = sandbox.client("twilio")
     client.configure(rate=20, burst=20)
     batch = [message("sms", to={"phone": f"+49151{i:07d}"}) for i in range(120)]
-    with RunningWorker("sms"):
+    with running(worker("sms")):
         produce("sms", batch)
         wait_for(lambda: client.stats()["accepted"] >= 120, timeout=60)
         time.sleep(1.0)
@@ -266,11 +255,11 @@ def test_rate_limit_storm_backs_off_without_losing_or_duplicating(topics, provid
     assert stats["rate_limited"] < len(batch), f"no retry storm: {stats['rate_limited']} 429s for 120 messages"
 
 
-def test_failover_to_the_next_provider_when_the_primary_circuit_opens(topics, providers, sandbox, settings):
+def test_failover_to_the_next_provider_when_the_primary_circuit_opens(running, topics, providers, sandbox, settings):
     settings.PROVIDER_BREAKER_FAILURES = 3
     sandbox.client("sendgrid").configure(errors={"transient": 1.0})
     batch = [message("email", to={"email": f"user{i}@example.com"}) for i in range(10)]
-    with RunningWorker("email"):
+    with running(worker("email")):
         produce("email", batch)
         wait_for(lambda: all(log_status(m) == "sent" for m in batch), timeout=60)
     providers_used = collections.Counter(DeliveryLog.objects.values_list("provider", flat=True))
@@ -279,33 +268,24 @@ def test_failover_to_the_next_provider_when_the_primary_circuit_opens(topics, pr
     assert sandbox.client("sendgrid").stats()["accepted"] == 0
 
 
-def test_redis_down_fails_open_and_counts(topics, providers, sandbox):
+def test_redis_down_fails_open_and_counts(running, topics, providers, sandbox):
     dead = redis.Redis(port=1, socket_timeout=0.1, socket_connect_timeout=0.1)
-    worker = build_worker("sms")
     before = DEDUP_FAIL_OPEN.labels("sms")._value.get()
-    worker.dedup = DedupStore(
+    unreachable = DedupStore(
         dead,
         django_settings.REDIS_KEY_PREFIX,
         breaker=CircuitBreaker("t", failure_threshold=1),
         on_fail_open=lambda n: DEDUP_FAIL_OPEN.labels("sms").inc(n),
     )
-    runner = ConsumerRunner(
-        RunnerConfig(role="t", topics=worker_topics("sms"), group=f"t-{uuid.uuid4().hex[:6]}"), worker
-    )
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    try:
+    with running(worker("sms", dedup=unreachable)):
         batch = [message("sms", to={"phone": f"+49152{i:07d}"}) for i in range(5)]
         produce("sms", batch)
         wait_for(lambda: sandbox.client("twilio").stats()["accepted"] == 5)
-    finally:
-        runner.stop_event.set()
-        thread.join(20)
     assert DEDUP_FAIL_OPEN.labels("sms")._value.get() - before == 5
 
 
 def test_a_transactional_message_behind_ten_thousand_queued_bulk_messages_is_sent_within_a_second(
-    topics, providers, sandbox, capsys
+    running, topics, providers, sandbox, capsys
 ):
     """10,000 bulk e-mails queued in the channel's bulk lane, a worker sending them at a 400/s contract
     the provider enforces with a rolling 1 s window; a transactional stream arrives meanwhile. Each
@@ -319,7 +299,7 @@ def test_a_transactional_message_behind_ten_thousand_queued_bulk_messages_is_sen
     produce("email", bulk, lane=Lane.BULK)
     latencies = []
     producer = Producer(producer_config())
-    with RunningWorker("email"):
+    with running(worker("email")):
         wait_for(lambda: client.stats()["accepted"] >= rate, timeout=30, what="bulk flowing")
         for i in range(15):
             urgent = message("email", to={"email": f"otp{i}@example.com"}, user_id=100_000 + i)

@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from notifications.delivery.pipeline import OffsetTracker
-from notifications.delivery.worker import InFlightLimit
+from notifications.delivery.provider_slots import InFlightLimit
 from notifications.delivery_log import LogEntry, record_delivery_outcomes
 from notifications.models import DeliveryLog
 

@@ -1,10 +1,10 @@
-"""Run a batch expander until SIGTERM: notif.<channel>.batch in, paced per-recipient messages out."""
+"""`run_consumer campaign-expander`: notif.<channel>.batch in, paced per-recipient messages out."""
 
 from django.core.management.base import BaseCommand
 
-from campaigns.expansion import ExpanderConfig, build_expander_runner
+from campaigns.expansion import ExpanderConfig
 from notifications.channels import ALL_CHANNELS
-from notifications.process import install_stop_handlers, start_metrics_server
+from notifications.process import run_consumer
 
 
 class Command(BaseCommand):
@@ -31,7 +31,4 @@ class Command(BaseCommand):
         config = ExpanderConfig.from_settings()
         if max_backlog:
             config.max_backlog = max_backlog
-        runner = build_expander_runner(channel or list(ALL_CHANNELS), config=config)
-        install_stop_handlers(runner.stop_event)
-        start_metrics_server(metrics_port)
-        runner.run()
+        run_consumer("campaign-expander", metrics_port=metrics_port, channels=channel, config=config)

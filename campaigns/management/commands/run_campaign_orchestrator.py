@@ -1,9 +1,9 @@
-"""Run the campaign orchestrator until SIGTERM: launches in, batches out, checkpoints, progress flush."""
+"""`run_consumer campaign-orchestrator`: launches in, batches out, checkpoints, progress flush."""
 
 from django.core.management.base import BaseCommand
 
-from campaigns.orchestrator import MAX_BATCH_SIZE, build_orchestrator_runner
-from notifications.process import install_stop_handlers, start_metrics_server
+from campaigns.orchestrator import MAX_BATCH_SIZE
+from notifications.process import run_consumer
 
 
 class Command(BaseCommand):
@@ -22,7 +22,9 @@ class Command(BaseCommand):
         parser.add_argument("--metrics-port", type=int, default=None)
 
     def handle(self, *args, batch_size, max_pages_per_second, metrics_port, **options):
-        runner = build_orchestrator_runner(batch_size=batch_size, max_pages_per_second=max_pages_per_second)
-        install_stop_handlers(runner.stop_event)
-        start_metrics_server(metrics_port)
-        runner.run()
+        run_consumer(
+            "campaign-orchestrator",
+            metrics_port=metrics_port,
+            batch_size=batch_size,
+            max_pages_per_second=max_pages_per_second,
+        )

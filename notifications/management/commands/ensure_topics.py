@@ -3,7 +3,7 @@
 from confluent_kafka import KafkaException
 from django.core.management.base import BaseCommand, CommandError
 
-from notifications.bus.admin import ensure_topics
+from notifications.bus.kafka_admin import ensure_topics
 
 
 class Command(BaseCommand):

@@ -1,11 +1,8 @@
 """Database work on a thread of its own, so a batch's PostgreSQL round trips overlap its other work.
 
-The dispatcher's delivery-log insert spends most of its time waiting for PostgreSQL (≈ 45 ms per
-2,500 rows here, 5 ms of it Python). Submitted here, it runs while the main thread produces the
-batch's messages and waits for their acknowledgements; the batch is complete only when both are,
-so offsets are still committed only after the rows are stored. The thread keeps one connection of
-its own (Django connections are per thread); :meth:`BackgroundWriter.close` closes it. The
-dispatcher also reads contact points on a second one while it loads preferences from Redis.
+The dispatcher writes its delivery log on one (while it produces the batch) and reads contact points
+on another (while it loads preferences from Redis); each keeps its own connection (Django's are per
+thread) until :meth:`DatabaseThread.close`. Why: `docs/architecture.md`, "Dispatcher".
 """
 
 from __future__ import annotations
@@ -16,18 +13,18 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 
-__all__ = ["BackgroundWriter"]
+__all__ = ["DatabaseThread"]
 
 
-class BackgroundWriter:
-    def __init__(self, name: str = "db-writer") -> None:
+class DatabaseThread:
+    def __init__(self, name: str = "db-thread") -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._closed = False
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Run ``fn(*args)`` on the writer thread, after the writes submitted before it."""
+        """Run ``fn(*args)`` on the thread, after the work submitted before it."""
         if self._closed:
-            raise RuntimeError("writer is closed")
+            raise RuntimeError("the database thread is closed")
         return self._executor.submit(self._run, fn, *args)
 
     @staticmethod
@@ -36,7 +33,7 @@ class BackgroundWriter:
         return fn(*args)
 
     def close(self) -> None:
-        """Wait for pending writes, close the thread's database connection, stop the thread."""
+        """Wait for pending work, close the thread's database connection, stop the thread."""
         if self._closed:
             return
         self._closed = True

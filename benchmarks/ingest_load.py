@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,14 +47,13 @@ import django  # noqa: E402
 django.setup()
 
 import orjson  # noqa: E402
-from _common import CpuMeter, children_of, cpu_ticks, log, postgres_pids  # noqa: E402
+from _common import CpuMeter, children_of, log, postgres_pids  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from notifications.bus.kafka_admin import delete_topics_with_prefix  # noqa: E402
 from notifications.bus.topics import topic_name  # noqa: E402
 from notifications.models import AcceptedEvent, ApiKey, NotificationType, OutboxEvent  # noqa: E402
-from notifications.outbox.relay import APPLICATION_NAME  # noqa: E402
 
 SCRIPT = "benchmarks/ingest_load.py"
 SERVICE = "bench"
@@ -92,9 +92,9 @@ class Bodies:
 class RawConnection:
     """A minimal keep-alive HTTP/1.1 client over asyncio streams (enough for gunicorn's replies)."""
 
-    def __init__(self, port: int, headers: bytes) -> None:
+    def __init__(self, port: int, headers: bytes, *, method: str = "POST", path: str = PATH) -> None:
         self.port = port
-        self.head = f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode() + headers
+        self.head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode() + headers
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -162,17 +162,29 @@ async def run_scenario(
     max_requests: int | None,
     client_kind: str,
     reconnect_every: int = 0,
+    rate: float | None = None,
+    method: str = "POST",
+    path: str = PATH,
+    ok_status: str = "202",
 ) -> dict:
+    """`concurrency` connections send requests back to back, or (with `rate`) request i at start + i / rate."""
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     budget = [max_requests if max_requests is not None else 1 << 62]
     stop_at = time.perf_counter() + duration
+    started = time.perf_counter()
+    issued = [0]
 
     async def worker(conn) -> None:
         sent = 0
         while time.perf_counter() < stop_at and budget[0] > 0:
             budget[0] -= 1
             sent += 1
+            if rate:
+                due = started + issued[0] / rate
+                issued[0] += 1
+                if due > time.perf_counter():
+                    await asyncio.sleep(due - time.perf_counter())
             if reconnect_every and sent % reconnect_every == 0:
                 await conn.close()  # the raw client reconnects on the next post
             body = make_body()
@@ -182,12 +194,11 @@ async def run_scenario(
                 label = str(status)
             except Exception as exc:  # a failed request is a data point, not a crash
                 label = type(exc).__name__
-            if label == "202":
+            if label == ok_status:
                 latencies.append(time.perf_counter() - t0)
             statuses[label] = statuses.get(label, 0) + 1
         await conn.close()
 
-    started = time.perf_counter()
     if client_kind == "httpx":
         import httpx
 
@@ -197,15 +208,17 @@ async def run_scenario(
             await asyncio.gather(*(worker(HttpxConnection(client, port, headers)) for _ in range(concurrency)))
     else:
         headers = f"Authorization: Api-Key {raw_key}\r\nContent-Type: application/json\r\n".encode()
-        await asyncio.gather(*(worker(RawConnection(port, headers)) for _ in range(concurrency)))
+        await asyncio.gather(
+            *(worker(RawConnection(port, headers, method=method, path=path)) for _ in range(concurrency))
+        )
     elapsed = time.perf_counter() - started
-    ok = statuses.get("202", 0)
+    ok = statuses.get(ok_status, 0)
     return {
         "elapsed": elapsed,
         "requests": sum(statuses.values()),
         "accepted_requests": ok,
         "accepted_events": ok * events_per_request,
-        "errors": sum(v for k, v in statuses.items() if k != "202"),
+        "errors": sum(v for k, v in statuses.items() if k != ok_status),
         "statuses": statuses,
         "latencies": sorted(latencies),
     }
@@ -224,8 +237,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gunicorn(args, port: int, prefix: str) -> subprocess.Popen:
-    env = dict(
+def server_env(prefix: str) -> dict[str, str]:
+    return dict(
         os.environ,
         DJANGO_SETTINGS_MODULE="config.settings",
         KAFKA_TOPIC_PREFIX=prefix,
@@ -233,36 +246,41 @@ def start_gunicorn(args, port: int, prefix: str) -> subprocess.Popen:
         LOG_LEVEL="WARNING",
         METRICS_PORT="0",
     )
-    cmd = [
-        str(REPO / ".venv" / "bin" / "gunicorn"),
-        "config.wsgi",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        str(args.workers),
-        "--threads",
-        str(args.threads),
-        "-k",
-        args.worker_class,
-        "--log-level",
-        "warning",
-    ]
+
+
+def start_server(args, server: str, port: int, prefix: str) -> subprocess.Popen:
+    """`gthread`: gunicorn, WSGI, --workers x --threads; `uvicorn`: uvicorn, ASGI, --workers."""
+    if server == "gthread":
+        cmd = [str(REPO / ".venv" / "bin" / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{port}",
+               "--workers", str(args.workers), "--threads", str(args.threads), "-k", "gthread",
+               "--log-level", "warning"]  # fmt: skip
+    else:
+        cmd = [str(REPO / ".venv" / "bin" / "uvicorn"), "config.asgi:application", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(args.workers), "--log-level", "warning",
+               "--no-access-log"]  # fmt: skip
     log("starting " + " ".join(shlex.quote(c) for c in cmd))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=server_env(prefix))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode}")
+            raise RuntimeError(f"{server} exited with {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                 if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    time.sleep(1.0)  # every worker process up
                     return proc
         except OSError:
             pass
         time.sleep(0.2)
     proc.terminate()
-    raise RuntimeError("gunicorn did not answer /healthz within 30 s")
+    raise RuntimeError(f"{server} did not answer /healthz within 30 s")
+
+
+def start_relay(prefix: str) -> subprocess.Popen:
+    """The outbox relay for the run's topics (the platform as it runs: rows leave the outbox)."""
+    cmd = [str(REPO / ".venv" / "bin" / "python"), "manage.py", "relay_outbox"]
+    return subprocess.Popen(cmd, cwd=REPO, env=server_env(prefix))
 
 
 def stop_process(proc: subprocess.Popen | None) -> None:
@@ -283,24 +301,15 @@ def outbox_rows(topic: str) -> int:
         return cur.fetchone()[0]
 
 
-def relays_connected() -> int:
-    with connection.cursor() as cur:
-        cur.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
-            [APPLICATION_NAME],
-        )
-        return cur.fetchone()[0]
-
-
 # --- main ---------------------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--duration", type=float, default=15.0, help="seconds per scenario (default 15)")
-    ap.add_argument("--requests", type=int, default=None, help="at most this many requests per scenario")
-    ap.add_argument("--concurrency", type=int, default=16, help="concurrent keep-alive connections (default 16)")
-    ap.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    ap.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker (default 4)")
-    ap.add_argument("--worker-class", default="gthread", help="gunicorn worker class (default gthread)")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
+    ap.add_argument("--requests", type=int, default=None, help="at most this many requests per measurement")
+    ap.add_argument("--concurrency", default="16,64,256", help="connections, comma-separated (default 16,64,256)")
+    ap.add_argument("--servers", default="gthread,uvicorn", help="gthread (WSGI) and/or uvicorn (ASGI)")
+    ap.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
+    ap.add_argument("--threads", type=int, default=8, help="gthread: threads per worker (default 8, the Procfile's)")
     ap.add_argument("--client", choices=("raw", "httpx"), default="raw", help="load client (default raw asyncio)")
     ap.add_argument(
         "--reconnect-every",
@@ -311,188 +320,218 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--data-bytes", type=int, default=200, help="approximate size of each event's data")
     ap.add_argument("--scenarios", default="single,batch", help="comma-separated: single, batch")
+    ap.add_argument("--no-relay", action="store_true", help="leave the rows in the outbox (no relay running)")
     return ap.parse_args()
 
 
 def reproduce_command(args: argparse.Namespace) -> str:
-    parts = [
-        ".venv/bin/python",
-        SCRIPT,
-        "--duration",
-        args.duration,
-        "--concurrency",
-        args.concurrency,
-        "--workers",
-        args.workers,
-        "--threads",
-        args.threads,
-        "--worker-class",
-        args.worker_class,
-        "--client",
-        args.client,
-        "--reconnect-every",
-        args.reconnect_every,
-        "--data-bytes",
-        args.data_bytes,
-        "--scenarios",
-        args.scenarios,
-    ]
+    parts = [".venv/bin/python", SCRIPT, "--duration", args.duration, "--concurrency", args.concurrency,
+             "--servers", args.servers, "--workers", args.workers, "--threads", args.threads, "--client",
+             args.client, "--reconnect-every", args.reconnect_every, "--data-bytes", args.data_bytes,
+             "--scenarios", args.scenarios]  # fmt: skip
     if args.requests is not None:
         parts += ["--requests", args.requests]
+    if args.no_relay:
+        parts.append("--no-relay")
     return " ".join(shlex.quote(str(p)) for p in parts)
 
 
-def main() -> int:
-    args = parse_args()
-    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    if not set(scenarios) <= {"single", "batch"}:
-        sys.exit("--scenarios takes single and/or batch")
-    if relays_connected():
-        sys.exit("refusing to run: a relay_outbox is connected and would drain the outbox rows being counted")
+@dataclass
+class Row:
+    server: str
+    label: str
+    concurrency: int
+    result: dict
+    gunicorn_cpu: float  # seconds of the server's CPU
+    postgres_cpu: float
+    note: str = ""
+    hidden: bool = False  # counted (verification), not printed
 
-    run_id = secrets.token_hex(4)
-    prefix = f"bench-ingest-{run_id}-"
-    settings.KAFKA_TOPIC_PREFIX = prefix  # topic_name() below must match what the server writes
-    topic = topic_name("events")
-    port = free_port()
 
-    created_type = False
-    api_key = None
-    server = None
-    results: dict[str, dict] = {}
-    cpu: dict[str, str] = {}
-    costs: dict[str, tuple[float, float]] = {}
-    accepted_before = AcceptedEvent.objects.filter(service=SERVICE).count()
-    try:
-        _, created_type = NotificationType.objects.get_or_create(
-            key=TYPE_KEY, defaults={"name": "Benchmark event", "enabled": True}
+def measure(args, *, server: str, proc, label: str, concurrency: int, raw_key: str, **kwargs) -> Row:
+    log(f"{server}: {label}, {concurrency} connections")
+    meter = CpuMeter({"server": lambda: [proc.pid, *children_of(proc.pid)], "postgres": postgres_pids,
+                      "client": lambda: [os.getpid()]})  # fmt: skip
+    meter.start()
+    result = asyncio.run(
+        run_scenario(
+            port=kwargs.pop("port"),
+            raw_key=raw_key,
+            concurrency=concurrency,
+            duration=args.duration,
+            max_requests=args.requests,
+            client_kind=args.client,
+            reconnect_every=args.reconnect_every,
+            **kwargs,
         )
-        api_key, raw_key = ApiKey.generate(service=SERVICE)
-        server = start_gunicorn(args, port, prefix)
+    )
+    meter.stop()
+    note = f"other processes {meter.other_share:.0%} of a core" if meter.other_share > 0.15 else ""
+    return Row(server, label, concurrency, result, meter.used["server"], meter.used["postgres"], note)
+
+
+def run_server(args, server: str, scenarios: list[str], levels: list[int], raw_key: str, bodies, prefix: str):
+    """Every measurement against one server: the ceiling, each scenario at each level, single at half load."""
+    port = free_port()
+    proc = start_server(args, server, port, prefix)
+    rows: list[Row] = []
+    try:
         connection.close()  # don't hold an idle connection while the server works
-        bodies = Bodies(run_id, args.data_bytes)
-
-        def server_pids() -> list[int]:
-            return [server.pid, *children_of(server.pid)]
-
-        # Warm-up (not measured): every worker thread opens its DB connection, caches are filled.
-        log("warm-up")
+        common = {"server": server, "proc": proc, "raw_key": raw_key, "port": port}
+        log(f"{server}: warm-up")
         warm = asyncio.run(
             run_scenario(
                 port=port,
                 raw_key=raw_key,
                 make_body=bodies.single,
                 events_per_request=1,
-                concurrency=args.concurrency,
+                concurrency=16,
                 duration=2.0,
                 max_requests=None,
                 client_kind=args.client,
             )
         )
-        results["warm-up"] = warm
-        for name in scenarios:
-            log(f"scenario {name}: {args.duration}s, {args.concurrency} connections")
-            meter = CpuMeter({"gunicorn": server_pids, "postgres": postgres_pids, "client": lambda: [os.getpid()]})
-            meter.start()
-            workers_before = cpu_ticks(children_of(server.pid))
-            results[name] = asyncio.run(
-                run_scenario(
-                    port=port,
-                    raw_key=raw_key,
-                    make_body=bodies.single if name == "single" else bodies.batch,
-                    events_per_request=1 if name == "single" else BATCH,
-                    concurrency=args.concurrency,
-                    duration=args.duration,
-                    max_requests=args.requests,
-                    client_kind=args.client,
-                    reconnect_every=args.reconnect_every,
-                )
+        rows.append(Row(server, "warm-up", 16, warm, 0.0, 0.0, hidden=True))
+        rows.append(
+            measure(
+                args,
+                label="ceiling (GET /healthz)",
+                concurrency=max(levels),
+                make_body=lambda: b"",
+                events_per_request=0,
+                method="GET",
+                path="/healthz",
+                ok_status="200",
+                **common,
             )
-            meter.stop()
-            tick = os.sysconf("SC_CLK_TCK")
-            per_worker = [
-                (t - workers_before.get(pid, 0)) / tick / meter.wall
-                for pid, t in sorted(cpu_ticks(children_of(server.pid)).items())
-            ]
-            cpu[name] = meter.summary() + "; per gunicorn worker " + ", ".join(f"{x:.0%}" for x in per_worker)
-            costs[name] = (meter.used["gunicorn"], meter.used["postgres"])
-            if meter.other_share > 0.15:
-                cpu[name] += (
-                    f"\n  WARNING: other processes used {meter.other_share:.0%} of a core meanwhile; "
-                    "these figures are depressed - rerun on a quiet machine"
+        )
+        for name in scenarios:
+            for level in levels:
+                rows.append(
+                    measure(
+                        args,
+                        label=f"{name} ({1 if name == 'single' else BATCH} ev/req)",
+                        concurrency=level,
+                        make_body=bodies.single if name == "single" else bodies.batch,
+                        events_per_request=1 if name == "single" else BATCH,
+                        **common,
+                    )
                 )
-        stop_process(server)
-        rows_written = outbox_rows(topic)
-        accepted_after = AcceptedEvent.objects.filter(service=SERVICE).count()
+        if "single" in scenarios:
+            best = max(
+                r.result["accepted_requests"] / r.result["elapsed"] for r in rows if r.label.startswith("single")
+            )
+            rows.append(measure(args, label=f"single at half load ({best / 2:,.0f}/s)", concurrency=max(levels),
+                                make_body=bodies.single, events_per_request=1, rate=best / 2, **common))  # fmt: skip
     finally:
-        stop_process(server)
+        stop_process(proc)
+    return rows
+
+
+def produced_to_kafka(prefix: str) -> int:
+    """Messages in the run's events topics (both lanes): what the relay moved."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from notifications.bus.config import consumer_config
+
+    consumer = Consumer(consumer_config(f"bench-count-{prefix}"))
+    total = 0
+    try:
+        for topic in (topic_name("events"), topic_name("events.bulk")):
+            for partition in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                total += high - low
+    finally:
+        consumer.close()
+    return total
+
+
+def main() -> int:
+    args = parse_args()
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if not set(scenarios) <= {"single", "batch"} or not set(servers) <= {"gthread", "uvicorn"} or not levels:
+        sys.exit("--scenarios takes single, batch; --servers gthread, uvicorn; --concurrency numbers")
+
+    run_id = secrets.token_hex(4)
+    prefix = f"bench-ingest-{run_id}."
+    settings.KAFKA_TOPIC_PREFIX = prefix  # topic_name() below must match what the server writes
+    from notifications.bus.kafka_admin import ensure_topics
+
+    created_type = False
+    api_key = None
+    relay = None
+    rows: list[Row] = []
+    accepted_before = AcceptedEvent.objects.filter(service=SERVICE).count()
+    try:
+        ensure_topics()
+        _, created_type = NotificationType.objects.get_or_create(
+            key=TYPE_KEY, defaults={"name": "Benchmark event", "enabled": True}
+        )
+        api_key, raw_key = ApiKey.generate(service=SERVICE)
+        relay = None if args.no_relay else start_relay(prefix)
+        bodies = Bodies(run_id, args.data_bytes)
+        for server in servers:
+            rows += run_server(args, server, scenarios, levels, raw_key, bodies, prefix)
+        accepted_events = sum(r.result["accepted_events"] for r in rows)
+        accepted_after = AcceptedEvent.objects.filter(service=SERVICE).count()
+        deadline = time.monotonic() + 120
+        while not args.no_relay and OutboxEvent.objects.filter(topic__startswith=prefix).exists():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        in_outbox = OutboxEvent.objects.filter(topic__startswith=prefix).count()
+        in_kafka = produced_to_kafka(prefix)
+    finally:
+        stop_process(relay)
         deleted_rows = OutboxEvent.objects.filter(topic__startswith=prefix).delete()[0]
         deleted_accepted = AcceptedEvent.objects.filter(service=SERVICE).delete()[0]
         if api_key is not None:
             api_key.delete()
         if created_type:
             NotificationType.objects.filter(key=TYPE_KEY).delete()
-        delete_topics_with_prefix(prefix)  # the ingest creates none; this is belt and braces
-        log(
-            f"cleanup: deleted {deleted_rows} outbox rows, {deleted_accepted} accepted events, the API key"
-            + (", the type" if created_type else "")
-        )
+        delete_topics_with_prefix(prefix)
+        log(f"cleanup: deleted {deleted_rows} outbox rows, {deleted_accepted} accepted events, the API key, the topics")
 
-    accepted_events = sum(r["accepted_events"] for r in results.values())
-    ok = rows_written == accepted_events and accepted_after - accepted_before == accepted_events
-
+    stored = accepted_after - accepted_before
     print()
     print(
-        f"Ingest load: POST {PATH} via gunicorn {args.worker_class} --workers {args.workers} --threads "
-        f"{args.threads}; {args.concurrency} keep-alive connections (reopened every {args.reconnect_every} requests) "
-        f"from one asyncio {args.client} client; {args.duration:g}s per scenario"
+        f"Ingest load: POST {PATH}; servers {', '.join(servers)} ({args.workers} workers; gthread {args.threads} "
+        f"threads each), {'with' if not args.no_relay else 'without'} the outbox relay running; raw asyncio "
+        f"client, keep-alive connections (reopened every {args.reconnect_every} requests); {args.duration:g} s each"
     )
-    print(
-        f"NOTE: {os.cpu_count()} CPU cores shared by the load client, gunicorn and PostgreSQL (plus Kafka idling):"
-        " server figures are a floor."
-    )
-    header = (
-        f"{'scenario':<22}{'requests':>9}{'req/s':>9}{'events/s':>10}{'p50 ms':>9}{'p90 ms':>9}"
-        f"{'p99 ms':>9}{'max ms':>9}{'errors':>8}"
-    )
+    print(f"NOTE: {os.cpu_count()} CPU cores shared by the load client, the server, the relay, PostgreSQL and Kafka.")
+    header = (f"{'server':<9}{'measurement':<32}{'conn':>5}{'req/s':>9}{'events/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
+              f"{'errors':>7}{'srv ms/ev':>10}{'pg ms/ev':>9}")  # fmt: skip
     print(header)
     print("-" * len(header))
-    for name in scenarios:
-        r = results[name]
-        lat = r["latencies"]
-        label = "single (1 event)" if name == "single" else f"batch ({BATCH} events)"
+    for row in (r for r in rows if not r.hidden):
+        r, lat = row.result, row.result["latencies"]
+        units = r["accepted_events"] or r["accepted_requests"]
         print(
-            f"{label:<22}{r['requests']:>9,}{r['accepted_requests'] / r['elapsed']:>9,.0f}"
-            f"{r['accepted_events'] / r['elapsed']:>10,.0f}{percentile(lat, 0.5) * 1e3:>9.1f}"
-            f"{percentile(lat, 0.9) * 1e3:>9.1f}{percentile(lat, 0.99) * 1e3:>9.1f}"
-            f"{(lat[-1] if lat else float('nan')) * 1e3:>9.1f}{r['errors']:>8}"
+            f"{row.server:<9}{row.label:<32}{row.concurrency:>5}{r['accepted_requests'] / r['elapsed']:>9,.0f}"
+            f"{r['accepted_events'] / r['elapsed']:>10,.0f}{percentile(lat, 0.5) * 1e3:>8.1f}"
+            f"{percentile(lat, 0.99) * 1e3:>8.1f}{r['errors']:>7}"
+            f"{(row.gunicorn_cpu / units * 1e3) if units else float('nan'):>10.3f}"
+            f"{(row.postgres_cpu / units * 1e3) if units else float('nan'):>9.3f}"
+            + (f"  ({row.note})" if row.note else "")
         )
+        if set(r["statuses"]) - {"202", "200"}:
+            print(f"{'':<9}responses {r['statuses']}")
     print("-" * len(header))
-    for name in scenarios:
-        statuses = results[name]["statuses"]
-        if set(statuses) != {"202"}:
-            print(f"{name}: responses {statuses}")
-        print(f"{name}: CPU {cpu[name]}")
-    print(
-        "CPU cost per accepted request (steadier than req/s on a shared machine) and the ceiling it implies "
-        f"if gunicorn and PostgreSQL had all {os.cpu_count()} cores:"
-    )
-    for name in scenarios:
-        r = results[name]
-        if not r["accepted_requests"]:
-            continue
-        g, pg = (x / r["accepted_requests"] * 1e3 for x in costs[name])
-        per_event = r["accepted_requests"] / r["accepted_events"]
-        ceiling = (os.cpu_count() or 1) * 1e3 / (g + pg)
+    for server in servers:
+        ceiling = next(r for r in rows if r.server == server and r.label.startswith("ceiling"))
+        top = ceiling.result["accepted_requests"] / ceiling.result["elapsed"]
+        single = [r for r in rows if r.server == server and r.label.startswith("single (")]
+        best = max((r.result["accepted_requests"] / r.result["elapsed"] for r in single), default=0.0)
         print(
-            f"  {name:<7} gunicorn {g:6.2f} ms + postgres {pg:5.2f} ms per request "
-            f"({g * per_event:.3f} + {pg * per_event:.3f} ms per event) -> ~{ceiling:,.0f} req/s, "
-            f"~{ceiling / per_event:,.0f} events/s"
+            f"{server}: best single events/s {best:,.0f} = {best / top:.0%} of the minimal endpoint's {top:,.0f} req/s"
         )
+    ok = stored == accepted_events and (args.no_relay or (in_outbox == 0 and in_kafka == stored))
     print(
-        f"verification: accepted events {accepted_events:,} (incl. {results['warm-up']['accepted_events']:,} "
-        f"warm-up), outbox rows written {rows_written:,}, AcceptedEvent rows +{accepted_after - accepted_before:,}"
-        f"  -> {'OK' if ok else 'FAILED'}"
+        f"verification: accepted events {accepted_events:,}, AcceptedEvent rows +{stored:,}, relayed to Kafka "
+        f"{in_kafka:,}, left in the outbox {in_outbox:,}  -> {'OK' if ok else 'FAILED'}"
     )
     print(f"reproduce: {reproduce_command(args)}")
     return 0 if ok else 1

@@ -7,7 +7,8 @@
 
 Per variant (`lanes`: PRIORITY_LANES=1, `naive`: PRIORITY_LANES=0, one FIFO lane per channel) it
 starts the provider sandbox (SendGrid, enforcing exactly --contract-rate in a rolling 1 s window),
-gunicorn, relay_outbox, run_dispatcher, run_campaign_orchestrator, run_batch_expander and --workers
+the web process (uvicorn, as the Procfile), relay_outbox, run_dispatcher, run_campaign_orchestrator,
+run_batch_expander and --workers
 run_worker processes, all for e-mail, with the variant's own topic prefix and Redis key prefix. An
 open-loop stream POSTs one urgent one-time code (OTP) per request at --otp-rate through all phases:
 
@@ -96,8 +97,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--post-concurrency", type=int, default=4, help="clients POSTing the digest batches")
     p.add_argument("--post-batch", type=int, default=500, help="digest events per request (INGEST_MAX_BATCH)")
     p.add_argument("--workers", type=int, default=2, help="run_worker --channel email processes")
-    p.add_argument("--web-workers", type=int, default=2, help="gunicorn workers (gthread)")
-    p.add_argument("--web-threads", type=int, default=8, help="threads per gunicorn worker (as the Procfile)")
+    p.add_argument("--web-workers", type=int, default=2, help="uvicorn workers (as the Procfile)")
     p.add_argument("--latency", default="normal:20:5", help="sandbox latency spec (MS, uniform:A:B, normal:M:SD)")
     p.add_argument("--variants", default="lanes,naive", help="comma-separated: lanes (PRIORITY_LANES=1), naive (=0)")
     p.add_argument("--database", default="bench_spike")
@@ -494,10 +494,8 @@ class Platform:
             )
 
     def start_all(self, args, port: int) -> None:
-        web = ["config.wsgi", "--bind", f"127.0.0.1:{port}", "-k", "gthread", "--log-level", "warning"]
-        self.start(
-            "web", "-m", "gunicorn", *web, "--workers", str(args.web_workers), "--threads", str(args.web_threads)
-        )
+        web = ["config.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        self.start("web", "-m", "uvicorn", *web, "--workers", str(args.web_workers), "--no-access-log")
         self.start("relay", "manage.py", "relay_outbox")
         self.start("dispatcher", "manage.py", "run_dispatcher")
         self.start("orchestrator", "manage.py", "run_campaign_orchestrator")

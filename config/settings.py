@@ -119,6 +119,12 @@ OUTBOX_POLL_INTERVAL = env.float("OUTBOX_POLL_INTERVAL", default=1.0)
 INGEST_MAX_BATCH = env.int("INGEST_MAX_BATCH", default=500)
 INGEST_MAX_RECIPIENTS = env.int("INGEST_MAX_RECIPIENTS", default=1000)
 INGEST_MAX_DATA_BYTES = env.int("INGEST_MAX_DATA_BYTES", default=64 * 1024)
+# API keys are verified from a per-process cache: a revocation or a quota change applies within this.
+API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=5.0)
+# Load shedding (503 + Retry-After): when the ingest's commits take longer than this (smoothed), or
+# the outbox's oldest unrelayed event is older than this (the relay or Kafka cannot keep up).
+INGEST_MAX_COMMIT_SECONDS = env.float("INGEST_MAX_COMMIT_SECONDS", default=2.0)
+INGEST_MAX_OUTBOX_AGE = env.float("INGEST_MAX_OUTBOX_AGE", default=120.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=16 * 1024 * 1024)
 
 # --- Metrics ----------------------------------------------------------------------------------

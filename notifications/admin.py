@@ -25,20 +25,25 @@ from notifications.outbox.services import requeue_outbox_failures
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("service", "prefix", "created_at", "created_by", "revoked_at")
+    list_display = ("service", "prefix", "quota_rate", "quota_burst", "created_at", "created_by", "revoked_at")
     list_filter = ("revoked_at",)
     search_fields = ("service", "prefix")
     readonly_fields = ("prefix", "created_at", "created_by", "revoked_at")
     actions = ("revoke_keys",)
 
     def get_fields(self, request, obj=None):
-        return ("service",) if obj is None else ("service", "prefix", "created_at", "created_by", "revoked_at")
+        quota = ("quota_rate", "quota_burst")
+        if obj is None:
+            return ("service", *quota)
+        return ("service", *quota, "prefix", "created_at", "created_by", "revoked_at")
 
     def save_model(self, request, obj, form, change):
         if change:
             super().save_model(request, obj, form, change)
             return
         key, raw = ApiKey.generate(service=obj.service, created_by=request.user)
+        key.quota_rate, key.quota_burst = obj.quota_rate, obj.quota_burst
+        key.save(update_fields=["quota_rate", "quota_burst"])
         obj.pk, obj.prefix, obj.key_hash = key.pk, key.prefix, key.key_hash
         self.message_user(
             request,

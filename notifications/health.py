@@ -14,7 +14,8 @@ from django.views.decorators.http import require_GET
 PROBE_TIMEOUT = 2.0
 
 
-def healthz(request: HttpRequest) -> JsonResponse:
+async def healthz(request: HttpRequest) -> JsonResponse:
+    """Alive: answered on the event loop under ASGI (never queued behind sync views)."""
     return JsonResponse({"status": "ok"})
 
 
@@ -44,10 +45,20 @@ def check_kafka() -> None:
         raise ConnectionError("no broker in metadata")
 
 
+def check_ingest() -> None:
+    """The ingest is shedding load (`notifications.ingest.overload`): not ready for producers."""
+    from notifications.ingest.views import overload
+
+    reason = overload.reason()
+    if reason is not None:
+        raise RuntimeError(f"shedding load: {reason}")
+
+
 CHECKS: dict[str, Callable[[], None]] = {
     "postgres": check_postgres,
     "redis": check_redis,
     "kafka": check_kafka,
+    "ingest": check_ingest,
 }
 
 

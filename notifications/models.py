@@ -74,6 +74,17 @@ class ApiKey(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, editable=False
     )
     revoked_at = models.DateTimeField(null=True, blank=True)
+    quota_rate = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Events per second this key may publish (empty: no quota). Counted in events, not requests.",
+    )
+    quota_burst = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Events a burst may hold above the rate (empty: one second of the rate). A request with more "
+        "events than this is refused.",
+    )
 
     class Meta:
         verbose_name = "API key"
@@ -97,6 +108,16 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if self.quota_rate is not None and self.quota_rate <= 0:
+            raise ValidationError({"quota_rate": "The rate must be positive (or empty for no quota)."})
+        if self.quota_burst is not None and self.quota_rate is None:
+            raise ValidationError({"quota_burst": "A burst needs a rate."})
+        if self.quota_burst is not None and self.quota_burst < 1:
+            raise ValidationError({"quota_burst": "The burst must be at least 1."})
 
 
 class AcceptedEvent(models.Model):

@@ -59,27 +59,37 @@ def message_priority(message: Mapping[str, Any]) -> PriorityClass:
 
 
 class TypePriorities:
-    """Notification type key → class, re-read every `refresh_seconds` (the ingest path classifies
-    each event without a query; an admin edit of a type's category or urgency applies within that)."""
+    """Notification type key → class (and whether the type is enabled), re-read every
+    `refresh_seconds`: the ingest path classifies and checks each event without a query; an admin
+    edit of a type applies within that."""
 
     def __init__(self, *, refresh_seconds: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.refresh_seconds = refresh_seconds
         self._clock = clock
         self._classes: dict[str, PriorityClass] = {}
+        self._enabled: frozenset[str] = frozenset()
         self._loaded_at = float("-inf")
 
     def __call__(self, type_key: str) -> PriorityClass:
-        """A key not seen yet re-reads the table at once (a type created a moment ago); still unknown
-        types are transactional, and the dispatcher dead-letters them at once."""
-        if type_key not in self._classes or self._clock() - self._loaded_at >= self.refresh_seconds:
-            from notifications.models import NotificationType
-
-            self._classes = {
-                key: classify(category=category, urgency=urgency)
-                for key, category, urgency in NotificationType.objects.values_list("key", "category", "urgency")
-            }
-            self._loaded_at = self._clock()
+        """The type's class; unknown types are transactional (the dispatcher dead-letters them)."""
+        self._refresh(type_key)
         return self._classes.get(type_key, PriorityClass.TRANSACTIONAL)
+
+    def known(self, type_key: str) -> bool:
+        """Whether `type_key` is a type producers may publish (it exists and is enabled)."""
+        self._refresh(type_key)
+        return type_key in self._enabled
+
+    def _refresh(self, type_key: str) -> None:
+        """A key not seen yet re-reads the table at once (a type created a moment ago)."""
+        if type_key in self._classes and self._clock() - self._loaded_at < self.refresh_seconds:
+            return
+        from notifications.models import NotificationType
+
+        rows = list(NotificationType.objects.values_list("key", "category", "urgency", "enabled"))
+        self._classes = {key: classify(category=category, urgency=urgency) for key, category, urgency, _ in rows}
+        self._enabled = frozenset(key for key, _c, _u, enabled in rows if enabled)
+        self._loaded_at = self._clock()
 
 
 type_priority = TypePriorities()

@@ -19,6 +19,16 @@ def django_db_modify_db_settings():
     settings.DATABASES["default"].setdefault("TEST", {})["NAME"] = name
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's test database, and before it is dropped: the ingest's group-commit thread
+    stopped (it holds a connection of its own)."""
+    yield
+    from notifications.ingest.group_commit import committer
+
+    committer.close()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def kafka_topics():
     """Every test run gets its own topic prefix, created up front and deleted afterwards."""

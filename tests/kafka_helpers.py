@@ -37,7 +37,8 @@ def consume_matching(
                     break
             for msg in consumer.consume(num_messages=10_000, timeout=0.2):
                 if msg.error() is not None:
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                    # A topic created a moment ago may not be in every broker's metadata yet.
+                    if msg.error().code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
                         continue
                     raise RuntimeError(msg.error())
                 if predicate(msg):

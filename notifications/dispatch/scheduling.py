@@ -11,7 +11,7 @@ from datetime import datetime
 
 from django.db import connection, transaction
 
-from notifications.models import ScheduledMessage, bucket_for_key
+from notifications.models import ScheduledMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +46,7 @@ def release_due_messages(*, limit: int = 5000) -> int:
         rows = cursor.fetchall()
         if not rows:
             return 0
-        from notifications.models import OutboxEvent
-        from notifications.outbox.services import outbox_lane
+        from notifications.outbox.services import insert_outbox_rows
 
-        OutboxEvent.objects.bulk_create(
-            [
-                OutboxEvent(topic=t, key=k, bucket=bucket_for_key(k), lane=outbox_lane(t), payload=p, headers=h)
-                for t, k, p, h in rows
-            ]
-        )
+        insert_outbox_rows(rows)
     return len(rows)

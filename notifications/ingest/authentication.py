@@ -1,20 +1,19 @@
-"""API-key authentication for producer services.
+"""API-key authentication for producer services, as DRF sees it (the schema's security scheme).
 
-Send `Authorization: Api-Key <key>` (or `X-Api-Key: <key>`). No key or an unknown key → 401;
-a revoked key → 403, so a producer can tell "misconfigured" from "deliberately cut off".
+Send `Authorization: Api-Key <key>` (or `X-Api-Key: <key>`). No key or an unknown key → 401; a revoked
+key → 403, so a producer can tell "misconfigured" from "deliberately cut off". Verification is
+`api_keys.ApiKeyCache` (the ingest path calls it directly).
 """
-
-import hmac
 
 from django.contrib.auth.models import AnonymousUser
 from rest_framework import authentication, exceptions, permissions
 
-from notifications.models import ApiKey
+from notifications.ingest.api_keys import InvalidApiKey, RevokedApiKey, VerifiedKey, api_keys, raw_key
 
 KEYWORD = "Api-Key"
 
 
-class RevokedApiKey(exceptions.PermissionDenied):
+class RevokedApiKeyDenied(exceptions.PermissionDenied):
     default_detail = "This API key has been revoked."
     default_code = "api_key_revoked"
 
@@ -22,7 +21,7 @@ class RevokedApiKey(exceptions.PermissionDenied):
 class ServiceUser(AnonymousUser):
     """The request's user for a producer service: not a person, never staff."""
 
-    def __init__(self, api_key: ApiKey) -> None:
+    def __init__(self, api_key: VerifiedKey) -> None:
         super().__init__()
         self.api_key = api_key
 
@@ -33,30 +32,23 @@ class ServiceUser(AnonymousUser):
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request):
-        raw = self._raw_key(request)
+        raw = raw_key(request.headers.get("Authorization", ""), request.headers.get("X-Api-Key"))
         if raw is None:
             return None
-        prefix = raw.split("_")[1] if raw.startswith("np_") and raw.count("_") >= 2 else ""
-        key = ApiKey.objects.filter(prefix=prefix).first() if prefix else None
-        if key is None or not hmac.compare_digest(key.key_hash, ApiKey.hash_secret(raw)):
-            raise exceptions.AuthenticationFailed("Invalid API key.")
-        if not key.is_active:
-            raise RevokedApiKey()
+        try:
+            key = api_keys.verify(raw)
+        except InvalidApiKey:
+            raise exceptions.AuthenticationFailed("Invalid API key.") from None
+        except RevokedApiKey:
+            raise RevokedApiKeyDenied() from None
         return ServiceUser(key), key
 
     def authenticate_header(self, request) -> str:
         return KEYWORD
-
-    @staticmethod
-    def _raw_key(request) -> str | None:
-        header = request.headers.get("Authorization", "")
-        if header.startswith(f"{KEYWORD} "):
-            return header[len(KEYWORD) + 1 :].strip()
-        return request.headers.get("X-Api-Key") or None
 
 
 class HasServiceApiKey(permissions.BasePermission):
     message = "An active producer API key is required."
 
     def has_permission(self, request, view) -> bool:
-        return isinstance(request.auth, ApiKey)
+        return isinstance(request.auth, VerifiedKey)

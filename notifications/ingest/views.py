@@ -1,25 +1,168 @@
-"""`POST /api/v1/events`: accept one event or a batch, answer 202 once the outbox rows are committed."""
+"""`POST /api/v1/events`: accept one event or a batch, answer 202 once the outbox rows are committed.
 
-from drf_spectacular.utils import OpenApiExample, PolymorphicProxySerializer, extend_schema
-from rest_framework import status
+The request path is lean (`ingest_events`): cached key verification, a lean validator in front of
+the serializers, the key's quota, and a group commit shared with the process's concurrent requests.
+DRF's view class stays for the OpenAPI schema. Why and what it costs: `docs/architecture.md`, "Ingest".
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, PolymorphicProxySerializer, extend_schema
+from prometheus_client import Counter
+from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import JSONParser
-from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from notifications.ingest.api_keys import InvalidApiKey, RevokedApiKey, api_keys, raw_key
 from notifications.ingest.authentication import ApiKeyAuthentication, HasServiceApiKey
+from notifications.ingest.group_commit import DatabaseUnavailable, committer
+from notifications.ingest.overload import OverloadGuard
+from notifications.ingest.quotas import QuotaExceeded, take_quota
 from notifications.ingest.serializers import (
     AcceptedBatchOutSerializer,
     AcceptedEventOutSerializer,
     EventBatchInSerializer,
     EventInSerializer,
 )
-from notifications.outbox.services import EventInput, publish_events
+from notifications.ingest.validation import read_events
+from notifications.outbox.services import PublishResult, prepare_events
+from notifications.priority import type_priority
+
+EVENTS = Counter("ingest_events_total", "Events by producer service and outcome", ["service", "outcome"])
+#: Seconds a producer is asked to wait after a 503 (database away or overloaded).
+RETRY_AFTER_UNAVAILABLE = 2
+
+overload = OverloadGuard(commit_seconds=lambda: committer.commit_seconds)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer, for the WSGI view and the ASGI handler alike."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def http_response(self) -> HttpResponse:
+        return HttpResponse(self.body, status=self.status, content_type="application/json", headers=self.headers)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request that passed every check: its events wait for the group commit."""
+
+    service: str
+    prepared: list
+    is_batch: bool
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), headers or {})
+
+
+def _error(status: int, detail: str, code: str, headers: dict[str, str] | None = None) -> Answer:
+    return _json(status, {"detail": detail, "code": code}, headers)
+
+
+UNAVAILABLE = _error(
+    503,
+    "The events could not be stored right now; nothing was accepted. Retry with the same event ids.",
+    "unavailable",
+    {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)},
+)
+
+
+def _accepted(result: PublishResult, rendered: dict[datetime, str]) -> dict[str, object]:
+    """`AcceptedEventOutSerializer`'s representation (its DateTimeField: local time, ISO 8601, Z);
+    `rendered` keeps the times already rendered (a batch's new events share one)."""
+    accepted_at = rendered.get(result.accepted_at)
+    if accepted_at is None:
+        accepted_at = timezone.localtime(result.accepted_at).isoformat()
+        if accepted_at.endswith("+00:00"):
+            accepted_at = accepted_at[:-6] + "Z"
+        rendered[result.accepted_at] = accepted_at
+    return {
+        "id": str(result.id),
+        "event_id": result.producer_event_id,
+        "accepted_at": accepted_at,
+        "duplicate": result.duplicate,
+    }
+
+
+def admit(body: bytes, *, authorization: str, x_api_key: str | None) -> Admitted | Answer:
+    """Everything before the commit: overload, key, body, quota. An Answer ends the request."""
+    busy = overload.reason()
+    if busy is not None:
+        return _error(503, f"Overloaded: {busy}. Retry later.", "overloaded", {"Retry-After": "5"})
+    try:
+        key = api_keys.verify(raw_key(authorization, x_api_key))
+    except InvalidApiKey:
+        return _error(401, "Invalid API key.", "authentication_failed", {"WWW-Authenticate": "Api-Key"})
+    except RevokedApiKey:
+        return _error(403, "This API key has been revoked.", "api_key_revoked")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return _error(400, f"JSON parse error - {exc}", "parse_error")
+    try:
+        events, is_batch = read_events(data, known_type=type_priority.known)
+    except ValidationError as exc:
+        EVENTS.labels(key.service, "invalid").inc()
+        return _json(400, exc.detail)
+    try:
+        take_quota(key, len(events))
+    except QuotaExceeded as exc:
+        EVENTS.labels(key.service, "throttled").inc(len(events))
+        return _error(429, exc.detail, "throttled", {"Retry-After": str(exc.retry_after)})
+    return Admitted(key.service, prepare_events(events, service=key.service, now=timezone.now()), is_batch)
+
+
+def accepted(admitted: Admitted, results: list[PublishResult]) -> Answer:
+    """The 202 of a committed request."""
+    duplicates = sum(1 for r in results if r.duplicate)
+    EVENTS.labels(admitted.service, "accepted").inc(len(results) - duplicates)
+    if duplicates:
+        EVENTS.labels(admitted.service, "duplicate").inc(duplicates)
+    rendered: dict[datetime, str] = {}
+    if admitted.is_batch:
+        return _json(202, {"events": [_accepted(r, rendered) for r in results]})
+    return _json(202, _accepted(results[0], rendered))
+
+
+def ingest_events(request: HttpRequest) -> HttpResponse:
+    """The whole request on a WSGI thread: admit, wait for the group commit, 202."""
+    outcome = admit(
+        request.body,
+        authorization=request.headers.get("Authorization", ""),
+        x_api_key=request.headers.get("X-Api-Key"),
+    )
+    if isinstance(outcome, Answer):
+        return outcome.http_response()
+    try:
+        results = committer.submit(outcome.prepared)
+    except (DatabaseUnavailable, concurrent.futures.TimeoutError):
+        return UNAVAILABLE.http_response()
+    return accepted(outcome, results).http_response()
 
 
 class EventIngestView(APIView):
+    """Serves `POST /api/v1/events` through `ingest_events`; the DRF parts document it."""
+
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [HasServiceApiKey]
     parser_classes = [JSONParser]
+
+    def dispatch(self, request, *args, **kwargs):
+        if request.method != "POST":
+            return super().dispatch(request, *args, **kwargs)  # DRF's 405 and OPTIONS
+        return ingest_events(request)
 
     @extend_schema(
         summary="Publish an event (or a batch of events)",
@@ -27,7 +170,9 @@ class EventIngestView(APIView):
             'Send one event object, or `{"events": [...]}` with up to INGEST_MAX_BATCH (default 500) '
             "events. Authenticate with `Authorization: Api-Key <key>`. The answer is 202 as soon as "
             "the events are durably queued; delivery is asynchronous. Re-sending an `event_id` returns "
-            "the original acceptance with `duplicate: true` and creates nothing."
+            "the original acceptance with `duplicate: true` and creates nothing. Over the key's quota: "
+            "429 with Retry-After, nothing accepted. While the platform sheds load or the database is "
+            "away: 503 with Retry-After, nothing accepted."
         ),
         request=PolymorphicProxySerializer(
             component_name="EventOrBatch",
@@ -39,7 +184,12 @@ class EventIngestView(APIView):
                 component_name="AcceptedEventOrBatch",
                 serializers=[AcceptedEventOutSerializer, AcceptedBatchOutSerializer],
                 resource_type_field_name=None,
-            )
+            ),
+            400: OpenApiResponse(description="A field is invalid: the body names it with the reason."),
+            401: OpenApiResponse(description="No API key, or not a valid one."),
+            403: OpenApiResponse(description="The API key was revoked."),
+            429: OpenApiResponse(description="Over the key's quota (Retry-After)."),
+            503: OpenApiResponse(description="Overloaded or the database is away (Retry-After)."),
         },
         examples=[
             OpenApiExample(
@@ -55,29 +205,4 @@ class EventIngestView(APIView):
         ],
     )
     def post(self, request):
-        body = request.data
-        is_batch = isinstance(body, dict) and "events" in body
-        if isinstance(body, list):
-            return Response(
-                {"non_field_errors": ['Send one event object, or {"events": [...]} for a batch.']},
-                status=status.HTTP_400_BAD_REQUEST,
-            )
-        serializer = (EventBatchInSerializer if is_batch else EventInSerializer)(data=body)
-        serializer.is_valid(raise_exception=True)
-        items = serializer.validated_data["events"] if is_batch else [serializer.validated_data]
-        results = publish_events(
-            events=[
-                EventInput(
-                    type=item["type"],
-                    recipients=item["recipients"],
-                    data=item.get("data") or {},
-                    event_id=item.get("event_id"),
-                    occurred_at=item.get("occurred_at"),
-                )
-                for item in items
-            ],
-            service=request.auth.service,
-        )
-        if is_batch:
-            return Response(AcceptedBatchOutSerializer({"events": results}).data, status=status.HTTP_202_ACCEPTED)
-        return Response(AcceptedEventOutSerializer(results[0]).data, status=status.HTTP_202_ACCEPTED)
+        return ingest_events(request._request)

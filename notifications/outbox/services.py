@@ -6,7 +6,7 @@ transaction publishes nothing, and a committed one is published even if the proc
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -30,26 +30,33 @@ class OutboxMessage:
     headers: dict[str, str] | None = None
 
 
-def enqueue_messages(messages: Iterable[OutboxMessage]) -> int:
-    """Insert outbox rows for `messages` in one statement; returns how many were written."""
-    rows = [
-        OutboxEvent(
-            topic=m.topic,
-            key=m.key,
-            bucket=bucket_for_key(m.key),
-            lane=outbox_lane(m.topic),
-            payload=orjson.dumps(m.payload).decode(),
-            headers=orjson.dumps(m.headers or {}).decode(),
-        )
-        for m in messages
-    ]
-    OutboxEvent.objects.bulk_create(rows, batch_size=5000)
-    return len(rows)
-
-
 def outbox_lane(topic: str) -> int:
     """The outbox row's `lane` column: 1 for a bulk-lane topic (claimed after every priority row)."""
     return 1 if lane_of_topic(topic) is Lane.BULK else 0
+
+
+def enqueue_messages(messages: Iterable[OutboxMessage]) -> int:
+    """Insert outbox rows for `messages` in one statement; returns how many were written."""
+    return insert_outbox_rows(
+        [(m.topic, m.key, orjson.dumps(m.payload).decode(), orjson.dumps(m.headers or {}).decode()) for m in messages]
+    )
+
+
+def insert_outbox_rows(rows: Sequence[tuple[str, str, str, str]]) -> int:
+    """(topic, key, payload JSON, headers JSON) rows in one COPY (a multi-row INSERT with array
+    parameters costs several times as much for JSON text; the NOTIFY trigger fires for COPY too)."""
+    if not rows:
+        return 0
+    now = timezone.now()
+    with (
+        connection.cursor() as cursor,
+        cursor.copy(
+            f"COPY {OutboxEvent._meta.db_table} (topic, key, bucket, lane, payload, headers, created_at) FROM STDIN"
+        ) as copy,
+    ):
+        for topic, key, payload, headers in rows:
+            copy.write_row((topic, key, bucket_for_key(key), outbox_lane(topic), payload, headers, now))
+    return len(rows)
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,78 @@ class EventInput:
     data: dict[str, Any]
     event_id: str | None = None
     occurred_at: datetime | None = None
+
+
+@dataclass
+class PreparedEvent:
+    """An event with its platform id and outbox rows, ready to be stored (by `store_events`)."""
+
+    service: str
+    producer_event_id: str
+    id: uuid.UUID
+    type: str
+    recipient_count: int
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # outbox rows, see insert_outbox_rows
+
+
+def prepare_events(events: Sequence[EventInput], *, service: str, now: datetime) -> list[PreparedEvent]:
+    """Ids, envelopes and outbox rows of `events` (no database work but the type's lane, cached).
+    What all recipients of an event share is worked out once per event."""
+    prepared = []
+    now_iso = now.isoformat()
+    for event in events:
+        producer_event_id = event.event_id or str(uuid.uuid4())
+        pid = platform_event_id(service=service, producer_event_id=producer_event_id)
+        topic = events_topic(lane_for(type_priority(event.type)))
+        envelope = build_event_envelope(
+            event_id=pid,
+            type=event.type,
+            occurred_at=event.occurred_at or now_iso,
+            recipient="",
+            data=event.data,
+            source=service,
+            producer_event_id=producer_event_id,
+        )
+        headers = {"idempotency-key": "", "event-type": event.type}
+        rows = []
+        for recipient in event.recipients:
+            envelope["recipient"] = recipient
+            headers["idempotency-key"] = f"{envelope['id']}:{recipient}"
+            rows.append((topic, recipient, orjson.dumps(envelope).decode(), orjson.dumps(headers).decode()))
+        prepared.append(PreparedEvent(service, producer_event_id, pid, event.type, len(event.recipients), rows))
+    return prepared
+
+
+def store_events(prepared: Sequence[PreparedEvent], *, now: datetime) -> list[PublishResult]:
+    """Record each event once and write the outbox rows of the new ones (inside the caller's
+    transaction). A repeat of an accepted (service, event_id) — earlier, or earlier in `prepared` —
+    writes nothing and returns the original acceptance with `duplicate`."""
+    inserted = _insert_accepted(prepared, now=now)
+    originals = {}
+    if len(inserted) < len(prepared):
+        originals = dict(
+            AcceptedEvent.objects.filter(id__in=[p.id for p in prepared if p.id not in inserted]).values_list(
+                "id", "accepted_at"
+            )
+        )
+    rows: list[tuple[str, str, str, str]] = []
+    results: list[PublishResult] = []
+    first_seen: set[uuid.UUID] = set()
+    for event in prepared:
+        fresh = event.id in inserted and event.id not in first_seen
+        first_seen.add(event.id)
+        if fresh:
+            rows += event.rows
+        results.append(
+            PublishResult(
+                id=event.id,
+                producer_event_id=event.producer_event_id,
+                accepted_at=now if event.id in inserted else originals[event.id],
+                duplicate=not fresh,
+            )
+        )
+    insert_outbox_rows(rows)
+    return results
 
 
 def publish_event(
@@ -98,81 +177,35 @@ def publish_events(*, events: Sequence[EventInput], service: str) -> list[Publis
     """Accept a batch of events atomically: record each once, and write one outbox row per recipient.
 
     A repeat of an already accepted (service, event_id) writes nothing and returns the original
-    acceptance, so producers can retry a POST safely.
+    acceptance, so producers can retry safely.
     """
     now = timezone.now()
-    prepared = []
-    for event in events:
-        producer_event_id = event.event_id or str(uuid.uuid4())
-        pid = platform_event_id(service=service, producer_event_id=producer_event_id)
-        prepared.append((event, producer_event_id, pid))
-
+    prepared = prepare_events(events, service=service, now=now)
     with transaction.atomic():
-        inserted = _insert_accepted(prepared, service=service, now=now)
-        originals = {
-            a.id: a.accepted_at
-            for a in AcceptedEvent.objects.filter(id__in=[pid for _, _, pid in prepared if pid not in inserted])
-        }
-        messages = []
-        seen: set[uuid.UUID] = set()
-        for event, producer_event_id, pid in prepared:
-            if pid not in inserted or pid in seen:  # a duplicate, or repeated inside this batch
-                continue
-            seen.add(pid)
-            occurred_at = event.occurred_at or now
-            topic = events_topic(lane_for(type_priority(event.type)))
-            for recipient in event.recipients:
-                envelope = build_event_envelope(
-                    event_id=pid,
-                    type=event.type,
-                    occurred_at=occurred_at,
-                    recipient=recipient,
-                    data=event.data,
-                    source=service,
-                    producer_event_id=producer_event_id,
-                )
-                messages.append(
-                    OutboxMessage(
-                        topic=topic,
-                        key=recipient,
-                        payload=dict(envelope),
-                        headers={"idempotency-key": f"{pid}:{recipient}", "event-type": event.type},
-                    )
-                )
-        enqueue_messages(messages)
-
-    results = []
-    first_seen: set[uuid.UUID] = set()
-    for _event, producer_event_id, pid in prepared:
-        fresh = pid in inserted and pid not in first_seen
-        first_seen.add(pid)
-        results.append(
-            PublishResult(
-                id=pid,
-                producer_event_id=producer_event_id,
-                accepted_at=now if pid in inserted else originals[pid],
-                duplicate=not fresh,
-            )
-        )
-    return results
+        return store_events(prepared, now=now)
 
 
-def _insert_accepted(prepared, *, service: str, now: datetime) -> set[uuid.UUID]:
+def _insert_accepted(prepared: Sequence[PreparedEvent], *, now: datetime) -> set[uuid.UUID]:
     """INSERT … ON CONFLICT DO NOTHING RETURNING id: the ids that are new, race-free."""
-    unique = {pid: (event, producer_event_id) for event, producer_event_id, pid in prepared}
+    unique = {p.id: p for p in prepared}
     if not unique:
         return set()
-    table = AcceptedEvent._meta.db_table
-    placeholders = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(unique))
-    params: list[Any] = []
-    for pid, (event, producer_event_id) in unique.items():
-        params += [pid, service, producer_event_id, event.type, len(event.recipients), now]
-    sql = (
-        f"INSERT INTO {table} (id, service, producer_event_id, type, recipient_count, accepted_at) "  # noqa: S608
-        f"VALUES {placeholders} ON CONFLICT (id) DO NOTHING RETURNING id"
-    )
+    events = list(unique.values())
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(
+            f"INSERT INTO {AcceptedEvent._meta.db_table} "  # noqa: S608
+            "(id, service, producer_event_id, type, recipient_count, accepted_at) "
+            "SELECT i, s, p, t, n, %s FROM unnest(%s::uuid[], %s::varchar[], %s::varchar[], %s::varchar[], "
+            "%s::integer[]) AS r(i, s, p, t, n) ON CONFLICT (id) DO NOTHING RETURNING id",
+            [
+                now,
+                [e.id for e in events],
+                [e.service for e in events],
+                [e.producer_event_id for e in events],
+                [e.type for e in events],
+                [e.recipient_count for e in events],
+            ],
+        )
         return {row[0] for row in cursor.fetchall()}
 
 

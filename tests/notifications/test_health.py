@@ -18,7 +18,7 @@ def test_healthz(client):
 def test_readyz_all_up(client):
     response = client.get("/readyz")
     assert response.status_code == 200, response.json()
-    assert set(response.json()["components"]) == {"postgres", "redis", "kafka"}
+    assert set(response.json()["components"]) == {"postgres", "redis", "kafka", "ingest"}
 
 
 def _free_port() -> int:

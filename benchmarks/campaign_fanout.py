@@ -479,7 +479,7 @@ def main() -> int:
     from notifications.bus.admin import delete_topics_with_prefix, ensure_topics
     from notifications.models import Provider
     from notifications.redis_client import get_redis
-    from notifications.sandbox.process import SandboxProcess
+    from provider_sandbox.process import SandboxProcess
 
     redis_client = get_redis()
     sandbox = None
@@ -510,7 +510,7 @@ def main() -> int:
                 burst=args.burst,
                 transactional_reserve=0,
             )
-            from notifications.sandbox import credentials
+            from provider_sandbox import credentials
 
             env = {
                 **os.environ,

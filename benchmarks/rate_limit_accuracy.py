@@ -289,7 +289,7 @@ def analyse(times: list[float], rate: float | None) -> dict:
         k = int(t - times[0])
         if k < whole:
             per_second[k] += 1
-    from notifications.sandbox.recorder import max_in_window
+    from provider_sandbox.recorder import max_in_window
 
     steady = [t for t in times if t >= times[0] + STEADY_AFTER]
     out["steady_max_1s"] = max_in_window(steady)[0] if span >= STEADY_AFTER + 1 else None
@@ -320,7 +320,7 @@ class Bench:
     def worker_env(self, topic_prefix: str, redis_prefix: str, concurrency: int) -> dict[str, str]:
         from django.conf import settings
 
-        from notifications.sandbox import credentials
+        from provider_sandbox import credentials
 
         env = dict(os.environ)
         env.update(
@@ -653,7 +653,7 @@ def main() -> int:
     from notifications.bus.admin import delete_topics_with_prefix
     from notifications.models import Provider
     from notifications.redis_client import get_redis
-    from notifications.sandbox.process import SandboxProcess
+    from provider_sandbox.process import SandboxProcess
 
     migrate_bench_database()
     run_lock = hold_run_lock(2, "rate_limit_accuracy")  # noqa: F841 - held until the process exits

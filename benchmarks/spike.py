@@ -556,7 +556,7 @@ class VariantFailed(Exception):
 
 
 def start_sandbox(args):
-    from notifications.sandbox.process import SandboxProcess
+    from provider_sandbox.process import SandboxProcess
 
     max_records = 2 * args.users + int(args.otp_rate * 3600) + 100_000  # the collector reads them as they come
     sandbox = SandboxProcess(
@@ -839,7 +839,7 @@ def analyse(args, run: VariantRun) -> dict:
 
 
 def phase_figures(args, run: VariantRun, span, t0: float, series, first: dict, bulk_kind: str | None) -> dict:
-    from notifications.sandbox.recorder import max_in_window
+    from provider_sandbox.recorder import max_in_window
 
     start, end = span
     otps = [o for o in run.otps if start <= o.t_send < end and o.status == "202"]
@@ -874,7 +874,7 @@ def phase_figures(args, run: VariantRun, span, t0: float, series, first: dict, b
 
 
 def run_totals(run: VariantRun) -> dict:
-    from notifications.sandbox.recorder import max_in_window
+    from provider_sandbox.recorder import max_in_window
 
     exp = run.expected
     accepted = [o.key for o in run.otps if o.status == "202"]

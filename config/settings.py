@@ -210,7 +210,7 @@ PROVIDER_BREAKER_COOL_DOWN = env.float("PROVIDER_BREAKER_COOL_DOWN", default=30.
 # --- Providers ----------------------------------------------------------------------------------
 # USE_PROVIDER_SANDBOX=1 (make dev, the tests, the benchmarks) points every provider at the local
 # sandboxes (`manage.py run_sandbox_providers`), with throwaway credentials from
-# `notifications/sandbox/credentials.py`. Production leaves it off and sets the real credentials.
+# `provider_sandbox/credentials.py`. Production leaves it off and sets the real credentials.
 USE_PROVIDER_SANDBOX = env.bool("USE_PROVIDER_SANDBOX", default=False)
 SANDBOX_HOST = env("SANDBOX_HOST", default="127.0.0.1")
 SANDBOX_CREDENTIALS_DIR = Path(env("SANDBOX_CREDENTIALS_DIR", default=str(BASE_DIR / ".platform" / "sandbox")))
@@ -220,7 +220,7 @@ def _provider(name: str, *, sandbox, real):
     return env(name, default=sandbox if USE_PROVIDER_SANDBOX else real)
 
 
-from notifications.sandbox import credentials as _sandbox  # noqa: E402 - plain module, no Django
+from provider_sandbox import credentials as _sandbox  # noqa: E402 - plain module, no Django
 
 _SB = f"http://{SANDBOX_HOST}"
 NOTIFICATIONS_FROM_EMAIL = env("NOTIFICATIONS_FROM_EMAIL", default="Notifications <notifications@example.com>")

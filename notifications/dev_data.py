@@ -112,7 +112,7 @@ def bootstrap_dev_data(*, demo_users: int = 20) -> str:
         )
         Device.objects.get_or_create(platform="fcm", token=f"demo-fcm-token-{i}", defaults={"user": user})
     if settings.USE_PROVIDER_SANDBOX:
-        from notifications.sandbox.credentials import ensure_sandbox_credentials
+        from provider_sandbox.credentials import ensure_sandbox_credentials
 
         ensure_sandbox_credentials(
             settings.SANDBOX_CREDENTIALS_DIR, fcm_token_uri=f"{settings.FCM_BASE_URL.rstrip('/')}/token"

@@ -117,8 +117,8 @@ SANDBOX_PROVIDERS = ("sendgrid", "twilio", "fcm", "apns", "webhook", "smtp")
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory):
     """Every provider sandbox on free ports, for the whole run; settings point the adapters at it."""
-    from notifications.sandbox import credentials
-    from notifications.sandbox.process import SandboxProcess
+    from provider_sandbox import credentials
+    from provider_sandbox.process import SandboxProcess
 
     args = ["--only", ",".join(SANDBOX_PROVIDERS), "--smtp-control-port", "0", "--seed", "11"]
     for name in SANDBOX_PROVIDERS:

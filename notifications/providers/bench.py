@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
 
     django.setup()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    from notifications.sandbox.process import SandboxProcess
+    from provider_sandbox.process import SandboxProcess
 
     providers = sorted(set(args.adapters))
     cli = ["--only", ",".join(providers)]

@@ -1,4 +1,4 @@
-"""The ``python -m notifications.sandbox`` entry point, its flags, shutdown, and the in-process runner."""
+"""The ``python -m provider_sandbox`` entry point, its flags, shutdown, and the in-process runner."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.config import SandboxConfig
-from notifications.sandbox.process import REPO_ROOT, SandboxProcess
-from notifications.sandbox.server import BackgroundSandbox, build_parser, config_from_args
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.config import SandboxConfig
+from provider_sandbox.process import REPO_ROOT, SandboxProcess
+from provider_sandbox.server import BackgroundSandbox, build_parser, config_from_args
 
 pytestmark: list[pytest.MarkDecorator] = []
 
@@ -54,7 +54,7 @@ def test_busy_port_exits_with_error() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "notifications.sandbox", "--only", "webhook", "--webhook-port", str(port)],
+            [sys.executable, "-m", "provider_sandbox", "--only", "webhook", "--webhook-port", str(port)],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -68,7 +68,7 @@ def test_busy_port_exits_with_error() -> None:
 
 def test_bad_flags_are_rejected() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "notifications.sandbox", "--only", "pigeon"],
+        [sys.executable, "-m", "provider_sandbox", "--only", "pigeon"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

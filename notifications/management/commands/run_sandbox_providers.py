@@ -1,7 +1,7 @@
 """Serve the provider sandboxes (SendGrid, Twilio, FCM, APNs, webhook, SMTP) on loopback.
 
-All arguments after the command are passed to `python -m notifications.sandbox` (see
-`notifications/sandbox/README.md`), e.g. `manage.py run_sandbox_providers --sendgrid-rate 500`.
+All arguments after the command are passed to `python -m provider_sandbox` (see
+`provider_sandbox/README.md`), e.g. `manage.py run_sandbox_providers --sendgrid-rate 500`.
 """
 
 import sys
@@ -14,7 +14,7 @@ class Command(BaseCommand):
 
     def run_from_argv(self, argv):
         # Hand the sandbox its own flags untouched (Django's parser would reject them).
-        from notifications.sandbox.server import main
+        from provider_sandbox.server import main
 
         code = main(argv[2:])
         if code:

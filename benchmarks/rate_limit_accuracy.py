@@ -20,7 +20,7 @@ What it does:
 1. Uses a dedicated database (`--database`, default `bench_notifications`; created with
    `CREATE DATABASE` and migrated if missing) so the development database is never touched.
 2. Starts ONE Twilio sandbox (`SandboxProcess`, port 0, 127.0.0.1) and points the workers at it
-   through their environment (USE_PROVIDER_SANDBOX=1, TWILIO_BASE_URL, sandbox credentials).
+   through their environment (platform/sandbox.env with the sandbox's URL).
 3. Per scenario: a fresh KAFKA_TOPIC_PREFIX and REDIS_KEY_PREFIX (`benchrl<run><n>.` / `:`; the
    sms topics are created with `ensure_topics()` with --partitions partitions, so 16 workers all
    get a partition), the sandbox is reset and configured (rate, latency), the `twilio` Provider
@@ -320,9 +320,10 @@ class Bench:
     def worker_env(self, topic_prefix: str, redis_prefix: str, concurrency: int) -> dict[str, str]:
         from django.conf import settings
 
-        from provider_sandbox import credentials
+        from provider_sandbox.platform_env import provider_env
 
         env = dict(os.environ)
+        env.update(provider_env(self.sandbox.urls))
         env.update(
             {
                 "DJANGO_SETTINGS_MODULE": "config.settings",
@@ -333,11 +334,6 @@ class Bench:
                 "REDIS_URL": settings.REDIS_URL,
                 "REDIS_KEY_PREFIX": redis_prefix,
                 "METRICS_PORT": "0",
-                "USE_PROVIDER_SANDBOX": "1",
-                "TWILIO_BASE_URL": self.sandbox.url("twilio"),
-                "TWILIO_ACCOUNT_SID": credentials.TWILIO_ACCOUNT_SID,
-                "TWILIO_AUTH_TOKEN": credentials.TWILIO_AUTH_TOKEN,
-                "TWILIO_FROM_NUMBER": "+15005550006",
                 "WORKER_CONCURRENCY": str(concurrency),
                 "PYTHONUNBUFFERED": "1",
             }

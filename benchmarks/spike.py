@@ -572,15 +572,16 @@ def start_sandbox(args):
 
 
 def platform_env(variant: str, prefix: str, redis_prefix: str, sandbox) -> dict[str, str]:
+    from provider_sandbox.platform_env import provider_env
+
     return {
         **os.environ,
+        **provider_env(sandbox.urls),
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "DJANGO_DEBUG": "0",
         "KAFKA_TOPIC_PREFIX": prefix,
         "REDIS_KEY_PREFIX": redis_prefix,
         "PRIORITY_LANES": VARIANTS[variant],
-        "USE_PROVIDER_SANDBOX": "1",
-        "SENDGRID_API_URL": f"{sandbox.url('sendgrid')}/v3/",
         "METRICS_PORT": "0",
         "LOG_LEVEL": "INFO",  # "partitions assigned" is how readiness is seen
         "PYTHONUNBUFFERED": "1",

@@ -11,6 +11,8 @@ Entry points:
 * ``provider_sandbox.server.serve(config)`` / ``SandboxServer`` / ``BackgroundSandbox``
 * ``provider_sandbox.client.SandboxClient(base_url)`` (httpx, sync) for tests and benchmarks
 * ``provider_sandbox.process.SandboxProcess`` to spawn the CLI as a subprocess
+* ``provider_sandbox.platform_env.provider_env(urls)``: the platform's provider settings for a sandbox
+  (``platform/sandbox.env``); ``python -m provider_sandbox.credentials`` writes the key files it names
 """
 
 from provider_sandbox.config import (

@@ -6,6 +6,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # The services' URLs follow their ports (POSTGRES_PORT, REDIS_PORT, KAFKA_PORT, …), so every
 # Django command runs with the environment `platform/services env` prints.
 WITH_SERVICES := eval "$$(platform/services env)" &&
+# The providers' settings for development (every adapter pointed at the local sandboxes, the
+# Procfile's `sandbox` process): exported to every process `make dev` starts.
+WITH_SANDBOX := set -a && . platform/sandbox.env && set +a &&
 
 .PHONY: install services migrate topics dev test lint format bench spike down
 
@@ -26,12 +29,14 @@ migrate: install services
 topics: install services
 	$(WITH_SERVICES) $(PY) manage.py ensure_topics
 
-# Brings up PostgreSQL, Redis and Kafka, migrates, creates the dev superuser and demo data, and
-# runs every platform process from the Procfile (Ctrl-C stops them; `make down` stops the services).
+# Brings up PostgreSQL, Redis and Kafka, migrates, creates the dev superuser and demo data and the
+# sandboxes' key files, and runs every platform process from the Procfile against the provider
+# sandboxes (Ctrl-C stops them; `make down` stops the services).
 dev: migrate topics
-	$(WITH_SERVICES) DJANGO_DEBUG=1 USE_PROVIDER_SANDBOX=1 $(PY) manage.py bootstrap_dev
+	$(WITH_SERVICES) DJANGO_DEBUG=1 $(PY) manage.py bootstrap_dev
+	$(PY) -m provider_sandbox.credentials
 	$(PY) manage.py collectstatic --noinput -v 0
-	$(WITH_SERVICES) DJANGO_DEBUG=1 USE_PROVIDER_SANDBOX=1 honcho start
+	$(WITH_SERVICES) $(WITH_SANDBOX) DJANGO_DEBUG=1 honcho start
 
 test: install services
 	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)

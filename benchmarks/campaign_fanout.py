@@ -479,7 +479,7 @@ def main() -> int:
     from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
     from notifications.models import Provider
     from notifications.redis_client import get_redis
-    from notifications.sandbox.process import SandboxProcess
+    from provider_sandbox.process import SandboxProcess
 
     redis_client = get_redis()
     sandbox = None
@@ -510,15 +510,12 @@ def main() -> int:
                 burst=args.burst,
                 transactional_reserve=0,
             )
-            from notifications.sandbox import credentials
+            from provider_sandbox.platform_env import provider_env
 
             env = {
                 **os.environ,
+                **provider_env(sandbox.urls),
                 "DATABASE_URL": os.environ["DATABASE_URL"],
-                "USE_PROVIDER_SANDBOX": "1",
-                "TWILIO_BASE_URL": sandbox.url("twilio"),
-                "TWILIO_ACCOUNT_SID": credentials.TWILIO_ACCOUNT_SID,
-                "TWILIO_AUTH_TOKEN": credentials.TWILIO_AUTH_TOKEN,
                 "METRICS_PORT": "0",
             }
             if args.wait_quiet:

@@ -20,7 +20,7 @@ What it does:
 1. Uses a dedicated database (`--database`, default `bench_notifications`; created with
    `CREATE DATABASE` and migrated if missing) so the development database is never touched.
 2. Starts ONE Twilio sandbox (`SandboxProcess`, port 0, 127.0.0.1) and points the workers at it
-   through their environment (USE_PROVIDER_SANDBOX=1, TWILIO_BASE_URL, sandbox credentials).
+   through their environment (platform/sandbox.env with the sandbox's URL).
 3. Per scenario: a fresh KAFKA_TOPIC_PREFIX and REDIS_KEY_PREFIX (`benchrl<run><n>.` / `:`; the
    sms topics are created with `ensure_topics()` with --partitions partitions, so 16 workers all
    get a partition), the sandbox is reset and configured (rate, latency), the `twilio` Provider
@@ -289,7 +289,7 @@ def analyse(times: list[float], rate: float | None) -> dict:
         k = int(t - times[0])
         if k < whole:
             per_second[k] += 1
-    from notifications.sandbox.recorder import max_in_window
+    from provider_sandbox.recorder import max_in_window
 
     steady = [t for t in times if t >= times[0] + STEADY_AFTER]
     out["steady_max_1s"] = max_in_window(steady)[0] if span >= STEADY_AFTER + 1 else None
@@ -320,9 +320,10 @@ class Bench:
     def worker_env(self, topic_prefix: str, redis_prefix: str, concurrency: int) -> dict[str, str]:
         from django.conf import settings
 
-        from notifications.sandbox import credentials
+        from provider_sandbox.platform_env import provider_env
 
         env = dict(os.environ)
+        env.update(provider_env(self.sandbox.urls))
         env.update(
             {
                 "DJANGO_SETTINGS_MODULE": "config.settings",
@@ -333,11 +334,6 @@ class Bench:
                 "REDIS_URL": settings.REDIS_URL,
                 "REDIS_KEY_PREFIX": redis_prefix,
                 "METRICS_PORT": "0",
-                "USE_PROVIDER_SANDBOX": "1",
-                "TWILIO_BASE_URL": self.sandbox.url("twilio"),
-                "TWILIO_ACCOUNT_SID": credentials.TWILIO_ACCOUNT_SID,
-                "TWILIO_AUTH_TOKEN": credentials.TWILIO_AUTH_TOKEN,
-                "TWILIO_FROM_NUMBER": "+15005550006",
                 "WORKER_CONCURRENCY": str(concurrency),
                 "PYTHONUNBUFFERED": "1",
             }
@@ -653,7 +649,7 @@ def main() -> int:
     from notifications.bus.kafka_admin import delete_topics_with_prefix
     from notifications.models import Provider
     from notifications.redis_client import get_redis
-    from notifications.sandbox.process import SandboxProcess
+    from provider_sandbox.process import SandboxProcess
 
     migrate_bench_database()
     run_lock = hold_run_lock(2, "rate_limit_accuracy")  # noqa: F841 - held until the process exits

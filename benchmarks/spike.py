@@ -554,7 +554,7 @@ class VariantFailed(Exception):
 
 
 def start_sandbox(args):
-    from notifications.sandbox.process import SandboxProcess
+    from provider_sandbox.process import SandboxProcess
 
     max_records = 2 * args.users + int(args.otp_rate * 3600) + 100_000  # the collector reads them as they come
     sandbox = SandboxProcess(
@@ -570,15 +570,16 @@ def start_sandbox(args):
 
 
 def platform_env(variant: str, prefix: str, redis_prefix: str, sandbox) -> dict[str, str]:
+    from provider_sandbox.platform_env import provider_env
+
     return {
         **os.environ,
+        **provider_env(sandbox.urls),
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "DJANGO_DEBUG": "0",
         "KAFKA_TOPIC_PREFIX": prefix,
         "REDIS_KEY_PREFIX": redis_prefix,
         "PRIORITY_LANES": VARIANTS[variant],
-        "USE_PROVIDER_SANDBOX": "1",
-        "SENDGRID_API_URL": f"{sandbox.url('sendgrid')}/v3/",
         "METRICS_PORT": "0",
         "LOG_LEVEL": "INFO",  # "partitions assigned" is how readiness is seen
         "PYTHONUNBUFFERED": "1",
@@ -837,7 +838,7 @@ def analyse(args, run: VariantRun) -> dict:
 
 
 def phase_figures(args, run: VariantRun, span, t0: float, series, first: dict, bulk_kind: str | None) -> dict:
-    from notifications.sandbox.recorder import max_in_window
+    from provider_sandbox.recorder import max_in_window
 
     start, end = span
     otps = [o for o in run.otps if start <= o.t_send < end and o.status == "202"]
@@ -872,7 +873,7 @@ def phase_figures(args, run: VariantRun, span, t0: float, series, first: dict, b
 
 
 def run_totals(run: VariantRun) -> dict:
-    from notifications.sandbox.recorder import max_in_window
+    from provider_sandbox.recorder import max_in_window
 
     exp = run.expected
     accepted = [o.key for o in run.otps if o.status == "202"]

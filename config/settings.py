@@ -158,7 +158,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "json": {"()": "notifications.logging.JsonFormatter"},
+        "json": {"()": "notifications.log_format.JsonFormatter"},
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "json"},
@@ -215,47 +215,30 @@ PROVIDER_BREAKER_FAILURES = env.int("PROVIDER_BREAKER_FAILURES", default=5)
 PROVIDER_BREAKER_COOL_DOWN = env.float("PROVIDER_BREAKER_COOL_DOWN", default=30.0)
 
 # --- Providers ----------------------------------------------------------------------------------
-# USE_PROVIDER_SANDBOX=1 (make dev, the tests, the benchmarks) points every provider at the local
-# sandboxes (`manage.py run_sandbox_providers`), with throwaway credentials from
-# `notifications/sandbox/credentials.py`. Production leaves it off and sets the real credentials.
-USE_PROVIDER_SANDBOX = env.bool("USE_PROVIDER_SANDBOX", default=False)
-SANDBOX_HOST = env("SANDBOX_HOST", default="127.0.0.1")
-SANDBOX_CREDENTIALS_DIR = Path(env("SANDBOX_CREDENTIALS_DIR", default=str(BASE_DIR / ".platform" / "sandbox")))
-
-
-def _provider(name: str, *, sandbox, real):
-    return env(name, default=sandbox if USE_PROVIDER_SANDBOX else real)
-
-
-from notifications.sandbox import credentials as _sandbox  # noqa: E402 - plain module, no Django
-
-_SB = f"http://{SANDBOX_HOST}"
+# The real providers unless the environment says otherwise. Development points every adapter at the
+# local provider sandboxes with `platform/sandbox.env` (make dev exports it; the tests read it).
 NOTIFICATIONS_FROM_EMAIL = env("NOTIFICATIONS_FROM_EMAIL", default="Notifications <notifications@example.com>")
 DEFAULT_FROM_EMAIL = NOTIFICATIONS_FROM_EMAIL
 ANYMAIL = {
-    "SENDGRID_API_KEY": _provider("SENDGRID_API_KEY", sandbox=_sandbox.SENDGRID_API_KEY, real=""),
-    "SENDGRID_API_URL": _provider("SENDGRID_API_URL", sandbox=f"{_SB}:18101/v3/", real="https://api.sendgrid.com/v3/"),
+    "SENDGRID_API_KEY": env("SENDGRID_API_KEY", default=""),
+    "SENDGRID_API_URL": env("SENDGRID_API_URL", default="https://api.sendgrid.com/v3/"),
 }
-SMTP_HOST = _provider("SMTP_HOST", sandbox=SANDBOX_HOST, real="127.0.0.1")
-SMTP_PORT = int(_provider("SMTP_PORT", sandbox=18125, real=25))
-TWILIO_BASE_URL = _provider("TWILIO_BASE_URL", sandbox=f"{_SB}:18102", real="https://api.twilio.com")
-TWILIO_ACCOUNT_SID = _provider("TWILIO_ACCOUNT_SID", sandbox=_sandbox.TWILIO_ACCOUNT_SID, real="")
-TWILIO_AUTH_TOKEN = _provider("TWILIO_AUTH_TOKEN", sandbox=_sandbox.TWILIO_AUTH_TOKEN, real="")
-TWILIO_FROM_NUMBER = _provider("TWILIO_FROM_NUMBER", sandbox="+15005550006", real="")
+SMTP_HOST = env("SMTP_HOST", default="127.0.0.1")
+SMTP_PORT = env.int("SMTP_PORT", default=25)
+TWILIO_BASE_URL = env("TWILIO_BASE_URL", default="https://api.twilio.com")
+TWILIO_ACCOUNT_SID = env("TWILIO_ACCOUNT_SID", default="")
+TWILIO_AUTH_TOKEN = env("TWILIO_AUTH_TOKEN", default="")
+TWILIO_FROM_NUMBER = env("TWILIO_FROM_NUMBER", default="")
 TWILIO_MESSAGING_SERVICE_SID = env("TWILIO_MESSAGING_SERVICE_SID", default="")
-FCM_BASE_URL = _provider("FCM_BASE_URL", sandbox=f"{_SB}:18103", real="https://fcm.googleapis.com")
-FCM_PROJECT_ID = _provider("FCM_PROJECT_ID", sandbox=_sandbox.FCM_PROJECT_ID, real="")
-FCM_SERVICE_ACCOUNT_FILE = _provider(
-    "FCM_SERVICE_ACCOUNT_FILE", sandbox=str(SANDBOX_CREDENTIALS_DIR / "fcm-service-account.json"), real=""
-)
-APNS_BASE_URL = _provider("APNS_BASE_URL", sandbox=f"{_SB}:18104", real="https://api.push.apple.com")
-APNS_KEY_FILE = _provider(
-    "APNS_KEY_FILE", sandbox=str(SANDBOX_CREDENTIALS_DIR / f"AuthKey_{_sandbox.APNS_KEY_ID}.p8"), real=""
-)
-APNS_KEY_ID = _provider("APNS_KEY_ID", sandbox=_sandbox.APNS_KEY_ID, real="")
-APNS_TEAM_ID = _provider("APNS_TEAM_ID", sandbox=_sandbox.APNS_TEAM_ID, real="")
-APNS_TOPIC = _provider("APNS_TOPIC", sandbox=_sandbox.APNS_TOPIC, real="")
-WEBHOOK_SIGNING_SECRET = _provider("WEBHOOK_SIGNING_SECRET", sandbox=_sandbox.WEBHOOK_SECRET, real="")
+FCM_BASE_URL = env("FCM_BASE_URL", default="https://fcm.googleapis.com")
+FCM_PROJECT_ID = env("FCM_PROJECT_ID", default="")
+FCM_SERVICE_ACCOUNT_FILE = env("FCM_SERVICE_ACCOUNT_FILE", default="")
+APNS_BASE_URL = env("APNS_BASE_URL", default="https://api.push.apple.com")
+APNS_KEY_FILE = env("APNS_KEY_FILE", default="")
+APNS_KEY_ID = env("APNS_KEY_ID", default="")
+APNS_TEAM_ID = env("APNS_TEAM_ID", default="")
+APNS_TOPIC = env("APNS_TOPIC", default="")
+WEBHOOK_SIGNING_SECRET = env("WEBHOOK_SIGNING_SECRET", default="")
 PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
 
 # --- DLQ triage ---------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """Demo data for `make dev`: well-known credentials and a few notification types and users."""
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
@@ -111,12 +110,6 @@ def bootstrap_dev_data(*, demo_users: int = 20) -> str:
             user=user, defaults={"phone": f"+4915100000{i:03d}", "locale": "en", "timezone": "Europe/Berlin"}
         )
         Device.objects.get_or_create(platform="fcm", token=f"demo-fcm-token-{i}", defaults={"user": user})
-    if settings.USE_PROVIDER_SANDBOX:
-        from notifications.sandbox.credentials import ensure_sandbox_credentials
-
-        ensure_sandbox_credentials(
-            settings.SANDBOX_CREDENTIALS_DIR, fcm_token_uri=f"{settings.FCM_BASE_URL.rstrip('/')}/token"
-        )
     return (
         f"{NotificationType.objects.count()} notification types, {Provider.objects.count()} providers, "
         f"{User.objects.count()} users"

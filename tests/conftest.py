@@ -126,9 +126,11 @@ SANDBOX_PROVIDERS = ("sendgrid", "twilio", "fcm", "apns", "webhook", "smtp")
 
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory):
-    """Every provider sandbox on free ports, for the whole run; settings point the adapters at it."""
-    from notifications.sandbox import credentials
-    from notifications.sandbox.process import SandboxProcess
+    """Every provider sandbox on free ports, for the whole run; settings point the adapters at it, and
+    `sandbox.env` (platform/sandbox.env with this sandbox's URLs) does for platform processes."""
+    from provider_sandbox import credentials
+    from provider_sandbox.platform_env import provider_env
+    from provider_sandbox.process import SandboxProcess
 
     args = ["--only", ",".join(SANDBOX_PROVIDERS), "--smtp-control-port", "0", "--seed", "11"]
     for name in SANDBOX_PROVIDERS:
@@ -138,40 +140,13 @@ def sandbox(tmp_path_factory):
     creds = credentials.ensure_sandbox_credentials(
         tmp_path_factory.mktemp("sandbox-credentials"), fcm_token_uri=f"{proc.url('fcm')}/token"
     )
-    overrides = {
-        "USE_PROVIDER_SANDBOX": True,
-        "ANYMAIL": {
-            "SENDGRID_API_KEY": credentials.SENDGRID_API_KEY,
-            "SENDGRID_API_URL": f"{proc.url('sendgrid')}/v3/",
-        },
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": proc.ports["smtp"],
-        "TWILIO_BASE_URL": proc.url("twilio"),
-        "TWILIO_ACCOUNT_SID": credentials.TWILIO_ACCOUNT_SID,
-        "TWILIO_AUTH_TOKEN": credentials.TWILIO_AUTH_TOKEN,
-        "TWILIO_FROM_NUMBER": "+15005550006",
-        "FCM_BASE_URL": proc.url("fcm"),
-        "FCM_PROJECT_ID": credentials.FCM_PROJECT_ID,
-        "FCM_SERVICE_ACCOUNT_FILE": str(creds.fcm_service_account_file),
-        "APNS_BASE_URL": proc.url("apns"),
-        "APNS_KEY_FILE": str(creds.apns_key_file),
-        "APNS_KEY_ID": credentials.APNS_KEY_ID,
-        "APNS_TEAM_ID": credentials.APNS_TEAM_ID,
-        "APNS_TOPIC": credentials.APNS_TOPIC,
-        "WEBHOOK_SIGNING_SECRET": credentials.WEBHOOK_SECRET,
-    }
-    for name, value in overrides.items():
-        setattr(settings, name, value)
-    proc.env = {  # for platform processes started by tests
-        "USE_PROVIDER_SANDBOX": "1",
-        "SENDGRID_API_URL": f"{proc.url('sendgrid')}/v3/",
-        "SMTP_PORT": str(proc.ports["smtp"]),
-        "TWILIO_BASE_URL": proc.url("twilio"),
-        "FCM_BASE_URL": proc.url("fcm"),
-        "FCM_SERVICE_ACCOUNT_FILE": str(creds.fcm_service_account_file),
-        "APNS_BASE_URL": proc.url("apns"),
-        "APNS_KEY_FILE": str(creds.apns_key_file),
-    }
+    proc.env = provider_env(proc.urls, credentials=creds)
+    for name, value in proc.env.items():  # as config/settings.py reads them
+        if name in ("SENDGRID_API_KEY", "SENDGRID_API_URL"):
+            settings.ANYMAIL = {**settings.ANYMAIL, name: value}
+        else:
+            assert hasattr(settings, name), f"platform/sandbox.env sets {name}, which is no setting"
+            setattr(settings, name, int(value) if name == "SMTP_PORT" else value)
     yield proc
     proc.stop()
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from notifications.dispatch.messages import ChannelMessage
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.process import SandboxProcess
 
 T = TypeVar("T")
 _ids = itertools.count(1)

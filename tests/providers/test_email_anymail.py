@@ -9,8 +9,8 @@ import pytest
 
 from notifications.providers.base import SendOutcome
 from notifications.providers.email_anymail import AnymailEmailAdapter
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import email_message, run, start_sandbox
 
 pytestmark = pytest.mark.filterwarnings("ignore::anymail.exceptions.AnymailNotSupportedWarning")

@@ -8,8 +8,8 @@ import pytest
 
 from notifications.providers.base import SendOutcome
 from notifications.providers.email_sendgrid import SendGridEmailAdapter
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import email_message, run, start_sandbox
 
 API_KEY = "SG.test-key"

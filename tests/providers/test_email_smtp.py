@@ -11,8 +11,8 @@ import pytest
 
 from notifications.providers.base import SendOutcome, derived_uuid
 from notifications.providers.email_smtp import SmtpEmailAdapter
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import email_message, run, start_sandbox
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from notifications.providers.base import SendOutcome, delivery_key, derived_uuid
 from notifications.providers.push_apns import ApnsPushAdapter
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import push_message, run, start_sandbox
 
 TEAM, KEY_ID, TOPIC = "TEAM123456", "KEY1234567", "com.example.shop"

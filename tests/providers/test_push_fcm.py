@@ -10,8 +10,8 @@ import pytest
 
 from notifications.providers.base import Secret, SendOutcome, delivery_key
 from notifications.providers.push_fcm import FcmPushAdapter, ServiceAccount
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import push_message, run, service_account_json, start_sandbox
 
 PROJECT = "demo-project"

@@ -10,8 +10,8 @@ import pytest
 
 from notifications.providers.base import SendOutcome
 from notifications.providers.sms_twilio import TwilioSmsAdapter
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import run, sms_message, start_sandbox
 
 ACCOUNT, TOKEN, FROM = "AC" + "0" * 32, "auth-token-123", "+15550001111"

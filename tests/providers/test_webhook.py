@@ -14,8 +14,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from notifications.providers.base import SendOutcome
 from notifications.providers.webhook import WebhookAdapter
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import run, start_sandbox, webhook_message
 
 SECRET = "whsec_" + base64.b64encode(b"provider-tests-webhook-secret-32").decode()

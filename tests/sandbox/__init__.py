@@ -1,1 +1,1 @@
-"""Tests for the provider sandboxes (``notifications.sandbox``): plain pytest, no Django."""
+"""Tests for the provider sandboxes (``provider_sandbox``): plain pytest, no Django."""

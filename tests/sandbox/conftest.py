@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.config import PROVIDERS
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.config import PROVIDERS
+from provider_sandbox.process import SandboxProcess
 
 PORT_ARGS = [arg for name in PROVIDERS for arg in (f"--{name}-port", "0")] + ["--smtp-control-port", "0"]
 

@@ -1,8 +1,9 @@
-"""The ``python -m notifications.sandbox`` entry point, its flags, shutdown, and the in-process runner."""
+"""The ``python -m provider_sandbox`` entry point, its flags, shutdown, and the in-process runner."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import subprocess
 import sys
@@ -11,10 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.config import SandboxConfig
-from notifications.sandbox.process import REPO_ROOT, SandboxProcess
-from notifications.sandbox.server import BackgroundSandbox, build_parser, config_from_args
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.config import DEFAULT_PORTS, SandboxConfig
+from provider_sandbox.platform_env import read_env_file
+from provider_sandbox.process import REPO_ROOT, SandboxProcess
+from provider_sandbox.server import BackgroundSandbox, build_parser, config_from_args
 
 pytestmark: list[pytest.MarkDecorator] = []
 
@@ -54,7 +56,7 @@ def test_busy_port_exits_with_error() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "notifications.sandbox", "--only", "webhook", "--webhook-port", str(port)],
+            [sys.executable, "-m", "provider_sandbox", "--only", "webhook", "--webhook-port", str(port)],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -68,7 +70,7 @@ def test_busy_port_exits_with_error() -> None:
 
 def test_bad_flags_are_rejected() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "notifications.sandbox", "--only", "pigeon"],
+        [sys.executable, "-m", "provider_sandbox", "--only", "pigeon"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -130,3 +132,16 @@ def test_background_sandbox_in_process() -> None:
         assert response.status_code == 200
         with SandboxClient(sandbox.urls["fcm"]) as client:
             assert client.requests()[0]["idempotency_key"] == "n-1"
+
+
+def test_the_procfile_runs_the_sandbox_on_its_default_ports_with_the_platforms_webhook_secret() -> None:
+    procfile = dict(line.split(": ", 1) for line in (REPO_ROOT / "Procfile").read_text().splitlines() if line.strip())
+    env = read_env_file()
+    argv = [
+        arg.replace("$WEBHOOK_SIGNING_SECRET", env["WEBHOOK_SIGNING_SECRET"])
+        for arg in shlex.split(procfile["sandbox"])
+    ]
+    assert argv[:3] == ["python", "-m", "provider_sandbox"]
+    config = config_from_args(build_parser().parse_args(argv[3:]))
+    assert {name: provider.port for name, provider in config.providers.items()} == DEFAULT_PORTS
+    assert config.providers["webhook"].options["secret"] == env["WEBHOOK_SIGNING_SECRET"]

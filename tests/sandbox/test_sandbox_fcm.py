@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.process import SandboxProcess
 
 pytestmark: list[pytest.MarkDecorator] = []
 

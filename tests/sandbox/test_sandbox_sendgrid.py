@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from notifications.sandbox.client import SandboxClient, SandboxError
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.client import SandboxClient, SandboxError
+from provider_sandbox.process import SandboxProcess
 
 pytestmark: list[pytest.MarkDecorator] = []
 

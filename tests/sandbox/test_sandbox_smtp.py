@@ -7,8 +7,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.process import SandboxProcess
 
 pytestmark: list[pytest.MarkDecorator] = []
 

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from notifications.sandbox.config import ConfigError, ErrorRates, LatencyConfig, ProviderConfig, SandboxConfig
-from notifications.sandbox.faults import BAD_REQUEST, INVALID_TOKEN, THROTTLED, TRANSIENT, FaultInjector
-from notifications.sandbox.ratelimit import SlidingWindowLimiter
-from notifications.sandbox.recorder import Recorder, max_in_window
+from provider_sandbox.config import ConfigError, ErrorRates, LatencyConfig, ProviderConfig, SandboxConfig
+from provider_sandbox.faults import BAD_REQUEST, INVALID_TOKEN, THROTTLED, TRANSIENT, FaultInjector
+from provider_sandbox.ratelimit import SlidingWindowLimiter
+from provider_sandbox.recorder import Recorder, max_in_window
 
 pytestmark: list[pytest.MarkDecorator] = []
 

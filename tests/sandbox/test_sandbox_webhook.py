@@ -11,8 +11,8 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from notifications.sandbox.client import SandboxClient
-from notifications.sandbox.process import SandboxProcess
+from provider_sandbox.client import SandboxClient
+from provider_sandbox.process import SandboxProcess
 
 pytestmark: list[pytest.MarkDecorator] = []
 

@@ -1,4 +1,4 @@
-"""Spawn ``python -m notifications.sandbox`` as a subprocess and read its ready line.
+"""Spawn ``python -m provider_sandbox`` as a subprocess and read its ready line.
 
 >>> with SandboxProcess(["--only", "sendgrid,smtp", "--sendgrid-port", "0", "--smtp-port", "0",
 ...                      "--smtp-control-port", "0"]) as sandbox:
@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from notifications.sandbox.client import SandboxClient
+from provider_sandbox.client import SandboxClient
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class SandboxProcess:
@@ -53,7 +53,7 @@ class SandboxProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(
-            [self.python, "-m", "notifications.sandbox", *self.args],
+            [self.python, "-m", "provider_sandbox", *self.args],
             cwd=self.cwd,
             env=env,
             stdout=subprocess.PIPE,

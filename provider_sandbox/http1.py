@@ -8,9 +8,9 @@ from http import HTTPStatus
 
 import h11
 
-from notifications.sandbox.messages import Handler, Request, Response, http_date
+from provider_sandbox.messages import Handler, Request, Response, http_date
 
-log = logging.getLogger("notifications.sandbox.http1")
+log = logging.getLogger("provider_sandbox.http1")
 
 MAX_BODY = 32 * 1024 * 1024
 READ_SIZE = 64 * 1024

@@ -18,9 +18,9 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-from notifications.sandbox.messages import Handler, Request, Response
+from provider_sandbox.messages import Handler, Request, Response
 
-log = logging.getLogger("notifications.sandbox.http2")
+log = logging.getLogger("provider_sandbox.http2")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 READ_SIZE = 64 * 1024

@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from notifications.sandbox.auth import parse_basic
-from notifications.sandbox.base import Call, ProviderSandbox, Reject, retry_after_seconds
-from notifications.sandbox.faults import BAD_REQUEST, INVALID_TOKEN, Fault
-from notifications.sandbox.messages import Request, Response
+from provider_sandbox.auth import parse_basic
+from provider_sandbox.base import Call, ProviderSandbox, Reject, retry_after_seconds
+from provider_sandbox.faults import BAD_REQUEST, INVALID_TOKEN, Fault
+from provider_sandbox.messages import Request, Response
 
 API_VERSION = "2010-04-01"
 CONTENT_TYPE = "application/json; charset=utf-8"

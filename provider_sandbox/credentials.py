@@ -1,11 +1,13 @@
-"""Throwaway provider credentials for the sandboxes: an FCM service account and an APNs .p8 key.
+"""Throwaway credentials the sandboxes accept: fixed keys and secrets, an FCM service account, an APNs key.
 
-Real adapters need real-looking key material (an RS256 service-account key to mint OAuth2
-assertions, an ES256 key to sign APNs provider tokens). These are generated locally, never leave
-the machine, and are accepted by the sandboxes only. Plain Python: no Django.
+The fixed values are the ones `platform/sandbox.env` gives the platform. The key files hold
+real-looking key material (an RS256 service-account key to mint OAuth2 assertions, an ES256 key to
+sign APNs provider tokens), generated locally; they never leave the machine.
+`python -m provider_sandbox.credentials` writes the ones that file names. Plain Python: no Django.
 """
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,8 @@ TWILIO_AUTH_TOKEN = "sandbox-twilio-token"
 SENDGRID_API_KEY = "SG.sandbox-key"
 #: Standard Webhooks secret (base64 of 24 fixed bytes), sandbox only.
 WEBHOOK_SECRET = "whsec_c2FuZGJveC13ZWJob29rLXNlY3JldC0xMjM0"
+FCM_SERVICE_ACCOUNT_FILENAME = "fcm-service-account.json"
+APNS_KEY_FILENAME = f"AuthKey_{APNS_KEY_ID}.p8"
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,8 @@ class SandboxCredentials:
 def ensure_sandbox_credentials(directory: Path, *, fcm_token_uri: str) -> SandboxCredentials:
     """Create the key files under `directory` if missing (idempotent); rewrite the token URI."""
     directory.mkdir(parents=True, exist_ok=True)
-    fcm_file = directory / "fcm-service-account.json"
-    apns_file = directory / f"AuthKey_{APNS_KEY_ID}.p8"
+    fcm_file = directory / FCM_SERVICE_ACCOUNT_FILENAME
+    apns_file = directory / APNS_KEY_FILENAME
     if fcm_file.exists():
         account = json.loads(fcm_file.read_text())
     else:
@@ -61,3 +65,23 @@ def ensure_sandbox_credentials(directory: Path, *, fcm_token_uri: str) -> Sandbo
         )
         apns_file.chmod(0o600)
     return SandboxCredentials(fcm_service_account_file=fcm_file, apns_key_file=apns_file)
+
+
+def main() -> int:
+    """Write the key files `platform/sandbox.env` names, for the FCM sandbox at its `FCM_BASE_URL`."""
+    from provider_sandbox.platform_env import provider_env
+
+    env = provider_env()
+    wanted = SandboxCredentials(Path(env["FCM_SERVICE_ACCOUNT_FILE"]), Path(env["APNS_KEY_FILE"]))
+    written = ensure_sandbox_credentials(
+        wanted.fcm_service_account_file.parent, fcm_token_uri=f"{env['FCM_BASE_URL'].rstrip('/')}/token"
+    )
+    if written != wanted:
+        sys.stderr.write(f"platform/sandbox.env names {wanted}, but the sandbox writes {written}\n")
+        return 1
+    print(f"sandbox credentials: {written.fcm_service_account_file}, {written.apns_key_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

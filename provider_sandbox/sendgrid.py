@@ -19,10 +19,10 @@ import secrets
 import time
 from typing import Any
 
-from notifications.sandbox.auth import parse_bearer
-from notifications.sandbox.base import Call, ProviderSandbox, Reject
-from notifications.sandbox.faults import BAD_REQUEST, INVALID_TOKEN, Fault
-from notifications.sandbox.messages import Request, Response
+from provider_sandbox.auth import parse_bearer
+from provider_sandbox.base import Call, ProviderSandbox, Reject
+from provider_sandbox.faults import BAD_REQUEST, INVALID_TOKEN, Fault
+from provider_sandbox.messages import Request, Response
 
 HELP = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"
 NOMINAL_LIMIT = 10_000  # reported in X-RateLimit-Limit when no contract rate is configured

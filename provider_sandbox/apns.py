@@ -20,10 +20,10 @@ import time
 import uuid
 from typing import Any
 
-from notifications.sandbox.auth import InvalidJwt, inspect_jwt
-from notifications.sandbox.base import Call, ProviderSandbox, Reject
-from notifications.sandbox.faults import BAD_REQUEST, INVALID_TOKEN, Fault
-from notifications.sandbox.messages import Request, Response
+from provider_sandbox.auth import InvalidJwt, inspect_jwt
+from provider_sandbox.base import Call, ProviderSandbox, Reject
+from provider_sandbox.faults import BAD_REQUEST, INVALID_TOKEN, Fault
+from provider_sandbox.messages import Request, Response
 
 _PATH = re.compile(r"^/3/device/([^/]*)$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")

@@ -27,11 +27,11 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from notifications.sandbox.base import ProviderSandbox
-from notifications.sandbox.config import ProviderConfig
-from notifications.sandbox.faults import BAD_REQUEST, INVALID_TOKEN, THROTTLED, TRANSIENT
-from notifications.sandbox.listener import HttpListener
-from notifications.sandbox.messages import Request, Response
+from provider_sandbox.base import ProviderSandbox
+from provider_sandbox.config import ProviderConfig
+from provider_sandbox.faults import BAD_REQUEST, INVALID_TOKEN, THROTTLED, TRANSIENT
+from provider_sandbox.listener import HttpListener
+from provider_sandbox.messages import Request, Response
 
 KEY_HEADERS = ("X-Notification-Id", "Idempotency-Key", "X-Idempotency-Key")
 RATE_LIMIT_REPLY = "451 4.7.1 Rate limit exceeded, try again later"

@@ -7,11 +7,11 @@ import contextlib
 import logging
 import socket
 
-from notifications.sandbox.http1 import serve_http1
-from notifications.sandbox.http2 import PREFACE, serve_http2
-from notifications.sandbox.messages import Handler
+from provider_sandbox.http1 import serve_http1
+from provider_sandbox.http2 import PREFACE, serve_http2
+from provider_sandbox.messages import Handler
 
-log = logging.getLogger("notifications.sandbox.listener")
+log = logging.getLogger("provider_sandbox.listener")
 
 
 class HttpListener:

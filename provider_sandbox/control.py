@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from notifications.sandbox.config import ConfigError
-from notifications.sandbox.messages import Request, Response
+from provider_sandbox.config import ConfigError
+from provider_sandbox.messages import Request, Response
 
 if TYPE_CHECKING:
-    from notifications.sandbox.base import ProviderSandbox
+    from provider_sandbox.base import ProviderSandbox
 
 CONTROL_PREFIX = "/_sandbox/"
 MAX_LIMIT = 100_000

@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from notifications.sandbox.config import ProviderConfig
-from notifications.sandbox.control import CONTROL_PREFIX, handle_control
-from notifications.sandbox.faults import THROTTLED, Fault, FaultInjector
-from notifications.sandbox.listener import HttpListener
-from notifications.sandbox.messages import Request, Response
-from notifications.sandbox.ratelimit import SlidingWindowLimiter
-from notifications.sandbox.recorder import Counters, Recorder
+from provider_sandbox.config import ProviderConfig
+from provider_sandbox.control import CONTROL_PREFIX, handle_control
+from provider_sandbox.faults import THROTTLED, Fault, FaultInjector
+from provider_sandbox.listener import HttpListener
+from provider_sandbox.messages import Request, Response
+from provider_sandbox.ratelimit import SlidingWindowLimiter
+from provider_sandbox.recorder import Counters, Recorder
 
 
 @dataclass(slots=True)

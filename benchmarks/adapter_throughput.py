@@ -1,7 +1,7 @@
-"""Throughput of each adapter against a local sandbox at a given provider latency, one process.
+"""Throughput of each provider adapter against a local sandbox at a given provider latency, one process.
 
-    python -m notifications.providers.bench                       # every adapter, 2000 sends, 100 ms
-    python -m notifications.providers.bench twilio webhook --sends 5000 --latency 100
+    .venv/bin/python benchmarks/adapter_throughput.py                    # every adapter, 2000 sends, 100 ms
+    .venv/bin/python benchmarks/adapter_throughput.py twilio webhook --sends 5000 --latency 100
 
 Prints one line per adapter: sends, seconds, sends/s, client CPU per send and the outcome counts.
 The sandbox runs in a subprocess on the same machine, so it competes for the same cores.
@@ -16,9 +16,14 @@ import collections
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO)]
 
 ADAPTERS = ("twilio", "webhook", "sendgrid", "smtp", "fcm", "apns")
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"bench-webhook-secret-0123456789!").decode()
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
 
     django.setup()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    from notifications.sandbox.process import SandboxProcess
+    from provider_sandbox.process import SandboxProcess
 
     providers = sorted(set(args.adapters))
     cli = ["--only", ",".join(providers)]

@@ -17,9 +17,9 @@ import hashlib
 import hmac
 import time
 
-from notifications.sandbox.base import Call, ProviderSandbox, Reject, retry_after_seconds
-from notifications.sandbox.faults import BAD_REQUEST, INVALID_TOKEN, Fault
-from notifications.sandbox.messages import Request, Response
+from provider_sandbox.base import Call, ProviderSandbox, Reject, retry_after_seconds
+from provider_sandbox.faults import BAD_REQUEST, INVALID_TOKEN, Fault
+from provider_sandbox.messages import Request, Response
 
 SECRET_PREFIX = "whsec_"
 

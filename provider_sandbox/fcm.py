@@ -23,10 +23,10 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-from notifications.sandbox.auth import InvalidJwt, inspect_jwt, parse_bearer
-from notifications.sandbox.base import Call, ProviderSandbox, Reject, retry_after_seconds
-from notifications.sandbox.faults import BAD_REQUEST, INVALID_TOKEN, Fault
-from notifications.sandbox.messages import Request, Response
+from provider_sandbox.auth import InvalidJwt, inspect_jwt, parse_bearer
+from provider_sandbox.base import Call, ProviderSandbox, Reject, retry_after_seconds
+from provider_sandbox.faults import BAD_REQUEST, INVALID_TOKEN, Fault
+from provider_sandbox.messages import Request, Response
 
 CONTENT_TYPE = "application/json; charset=UTF-8"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"

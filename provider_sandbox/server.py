@@ -1,6 +1,6 @@
 """Run the provider sandboxes: ``serve(config)`` for asyncio code, ``main(argv)`` for the CLI.
 
-``python -m notifications.sandbox --only sendgrid,twilio --sendgrid-rate 500 --sendgrid-port 0``
+``python -m provider_sandbox --only sendgrid,twilio --sendgrid-rate 500 --sendgrid-port 0``
 prints exactly one JSON line on stdout once every listener is bound::
 
     {"event": "listening", "pid": 123, "host": "127.0.0.1",
@@ -25,9 +25,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from notifications.sandbox.apns import ApnsSandbox
-from notifications.sandbox.base import ProviderSandbox
-from notifications.sandbox.config import (
+from provider_sandbox.apns import ApnsSandbox
+from provider_sandbox.base import ProviderSandbox
+from provider_sandbox.config import (
     DEFAULT_PORTS,
     DEFAULT_SMTP_CONTROL_PORT,
     PROVIDERS,
@@ -36,13 +36,13 @@ from notifications.sandbox.config import (
     ProviderConfig,
     SandboxConfig,
 )
-from notifications.sandbox.fcm import FcmSandbox
-from notifications.sandbox.sendgrid import SendGridSandbox
-from notifications.sandbox.smtp import SmtpSandbox
-from notifications.sandbox.twilio import TwilioSandbox
-from notifications.sandbox.webhook import WebhookSandbox
+from provider_sandbox.fcm import FcmSandbox
+from provider_sandbox.sendgrid import SendGridSandbox
+from provider_sandbox.smtp import SmtpSandbox
+from provider_sandbox.twilio import TwilioSandbox
+from provider_sandbox.webhook import WebhookSandbox
 
-log = logging.getLogger("notifications.sandbox")
+log = logging.getLogger("provider_sandbox")
 
 SANDBOXES: dict[str, type[ProviderSandbox]] = {
     "sendgrid": SendGridSandbox,
@@ -219,7 +219,7 @@ class BackgroundSandbox:
 # ---------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m notifications.sandbox",
+        prog="python -m provider_sandbox",
         description="Local provider sandboxes speaking the SendGrid, Twilio, FCM, APNs, webhook and SMTP wire "
         "formats. Prints one JSON line with the bound ports once listening.",
     )

@@ -7,13 +7,15 @@ expose a ``/_sandbox/`` control API.  See ``README.md`` in this directory.
 
 Entry points:
 
-* ``python -m notifications.sandbox --only sendgrid,twilio --sendgrid-rate 500 --sendgrid-port 0``
-* ``notifications.sandbox.server.serve(config)`` / ``SandboxServer`` / ``BackgroundSandbox``
-* ``notifications.sandbox.client.SandboxClient(base_url)`` (httpx, sync) for tests and benchmarks
-* ``notifications.sandbox.process.SandboxProcess`` to spawn the CLI as a subprocess
+* ``python -m provider_sandbox --only sendgrid,twilio --sendgrid-rate 500 --sendgrid-port 0``
+* ``provider_sandbox.server.serve(config)`` / ``SandboxServer`` / ``BackgroundSandbox``
+* ``provider_sandbox.client.SandboxClient(base_url)`` (httpx, sync) for tests and benchmarks
+* ``provider_sandbox.process.SandboxProcess`` to spawn the CLI as a subprocess
+* ``provider_sandbox.platform_env.provider_env(urls)``: the platform's provider settings for a sandbox
+  (``platform/sandbox.env``); ``python -m provider_sandbox.credentials`` writes the key files it names
 """
 
-from notifications.sandbox.config import (
+from provider_sandbox.config import (
     DEFAULT_PORTS,
     DEFAULT_SMTP_CONTROL_PORT,
     PROVIDERS,

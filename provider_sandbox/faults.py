@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from notifications.sandbox.config import ErrorRates
+from provider_sandbox.config import ErrorRates
 
 BAD_REQUEST = "bad_request"
 INVALID_TOKEN = "invalid_token"

@@ -35,6 +35,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "notifications.middleware.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -103,6 +104,14 @@ KAFKA_TOPIC_PREFIX = env("KAFKA_TOPIC_PREFIX", default="")
 KAFKA_DEFAULT_PARTITIONS = env.int("KAFKA_DEFAULT_PARTITIONS", default=6)
 KAFKA_REPLICATION_FACTOR = env.int("KAFKA_REPLICATION_FACTOR", default=1)
 KAFKA_CONSUMER_GROUP_PREFIX = env("KAFKA_CONSUMER_GROUP_PREFIX", default="notif")
+# A consumer that stops heartbeating loses its partitions after this long (the broker accepts 6 s
+# and up): a dead worker's partitions move within seconds.
+KAFKA_SESSION_TIMEOUT_MS = env.int("KAFKA_SESSION_TIMEOUT_MS", default=6000)
+KAFKA_HEARTBEAT_INTERVAL_MS = env.int("KAFKA_HEARTBEAT_INTERVAL_MS", default=1500)
+# Static group membership: a stable name per consumer process (e.g. its replica ordinal), so a
+# restarted process takes its own partitions back without a rebalance. Unique per role and group;
+# empty: dynamic membership. Set per process by `run_consumer --instance`.
+CONSUMER_INSTANCE = env("CONSUMER_INSTANCE", default="")
 
 # --- Outbox relay -----------------------------------------------------------------------------
 # Rows are spread over this many key buckets; relays own buckets through advisory locks.

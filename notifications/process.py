@@ -32,10 +32,13 @@ def start_metrics_server(port: int | None, *, default: int = 0) -> None:
         log.info("metrics listening", extra={"port": port})
 
 
-def run_consumer(name: str, *, metrics_port: int | None = None, **options: Any) -> None:
-    """Build the registry consumer `name` with `options` and run it until SIGTERM."""
+def run_consumer(name: str, *, metrics_port: int | None = None, instance: str | None = None, **options: Any) -> None:
+    """Build the registry consumer `name` with `options` and run it until SIGTERM. `instance`: this
+    process's static group membership name (CONSUMER_INSTANCE for the whole process)."""
     from notifications.bus.consumers import consumer
 
+    if instance is not None:
+        settings.CONSUMER_INSTANCE = instance
     spec = consumer(name)
     runner = spec.build(**options)
     install_stop_handlers(runner.stop_event)

@@ -35,8 +35,12 @@ def consumer_config(group: str, **overrides: Any) -> dict[str, Any]:
         "isolation.level": "read_committed",
         "partition.assignment.strategy": "cooperative-sticky",
         "max.poll.interval.ms": 300_000,
-        "session.timeout.ms": 30_000,
+        "session.timeout.ms": settings.KAFKA_SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": settings.KAFKA_HEARTBEAT_INTERVAL_MS,
     }
+    if settings.CONSUMER_INSTANCE:
+        # Static membership: a restart within the session timeout keeps the partitions (no rebalance).
+        config["group.instance.id"] = f"{config['group.id']}.{settings.CONSUMER_INSTANCE}"
     config.update(overrides)
     return config
 

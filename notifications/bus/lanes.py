@@ -8,14 +8,17 @@ consumer with paused bulk partitions: `docs/architecture.md`, "Priority lanes".
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from notifications.bus.config import consumer_config
 from notifications.priority import Lane
+
+log = logging.getLogger(__name__)
 
 #: librdkafka prefetches up to 64 MB per consumer by default; the bulk lane's backlog is read on
 #: demand, so a small prefetch bounds its memory and keeps a fetch ahead of the next poll.
@@ -124,10 +127,26 @@ class LanedConsumer:
 
 
 def usable(message: Message) -> bool:
-    """False for partition-EOF events; raises on a consumer error (the process dies, nothing committed)."""
+    """False for events that are not messages: partition EOF, and the errors librdkafka reports while
+    it recovers by itself (brokers away, a topic not there yet), which are logged. A fatal error
+    raises (the process dies, nothing committed)."""
     error = message.error()
     if error is None:
         return True
     if error.code() == KafkaError._PARTITION_EOF:
         return False
-    raise RuntimeError(f"consumer error: {error}")
+    if error.fatal():
+        raise KafkaException(error)
+    _log_consumer_error(error)
+    return False
+
+
+_last_logged: dict[int, float] = {}
+
+
+def _log_consumer_error(error: KafkaError) -> None:
+    """At most one line per error code and 10 s: a broker outage reports an error per poll."""
+    now = time.monotonic()
+    if now - _last_logged.get(error.code(), float("-inf")) >= 10.0:
+        _last_logged[error.code()] = now
+        log.warning("consumer error (the client retries by itself)", extra={"error": str(error)})

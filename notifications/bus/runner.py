@@ -2,8 +2,10 @@
 
 A role is a `BatchHandler`: it receives a polled batch and returns only after every message has a
 durable outcome; only then are the offsets committed, so a crash leads to redelivery, never loss.
-SIGTERM sets a flag the loop checks between batches. Unknown exceptions propagate: the process dies
-with nothing committed and its supervisor restarts it. A role with a bulk lane is served by strict
+SIGTERM sets a flag the loop checks between batches. When PostgreSQL, Redis or Kafka is away
+(`notifications.outages`), the loop rewinds to the first message not committed, waits with capped,
+jittered backoff and tries again: the process rides the outage out. Other exceptions propagate: the
+process dies with nothing committed and its supervisor restarts it. A role with a bulk lane is served by strict
 priority. The channel workers' pipelined mode extends this loop (`delivery/pipeline.py`). Why, in
 `docs/architecture.md`: "Kafka", "Priority lanes".
 """
@@ -22,6 +24,7 @@ from django.db import close_old_connections, connections
 from prometheus_client import Counter, Histogram
 
 from notifications.bus.lanes import LanedConsumer
+from notifications.outages import Outage, dependency_of
 from notifications.priority import Lane
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,8 @@ class ConsumerRunner:
         self._last_async: list[TopicPartition] = []
         self._paused: dict[tuple[str, int], float] = {}
         self._pending: deque[tuple[Future, list[Message], float]] = deque()
+        self._in_hand: list[Message] = []  # the batch being handled, until it is committed or pending
+        self.outage = Outage(config.role)
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -109,9 +114,7 @@ class ConsumerRunner:
         try:
             self.started()
             while not self.stop_event.is_set():
-                self._tick()
-                self._resume_due()
-                self.step()
+                self._turn()
             self.finish()
         finally:
             try:
@@ -120,6 +123,50 @@ class ConsumerRunner:
                 self.close_handler()
                 connections.close_all()  # this thread's database connections (roles run in threads in tests)
                 log.info("consumer stopped", extra={"role": role})
+
+    def _turn(self) -> None:
+        try:
+            self._tick()
+            self._resume_due()
+            self.step()
+        except Exception as exc:
+            dependency = dependency_of(exc)
+            if dependency is None:
+                raise
+            self.ride_out(dependency, exc)
+        else:
+            self.outage.recovered()
+
+    def ride_out(self, dependency: str, exc: Exception) -> None:
+        """A dependency went away mid-turn: give up what is not committed (it is read again), drop
+        the database connections, wait (capped, jittered backoff), and let the loop try again."""
+        self._rewind()
+        connections.close_all()
+        reset = getattr(self.handler, "reset", None)
+        if reset is not None:
+            reset()  # the handler's own connections and half-done state
+        self.outage.wait(dependency, exc, self.stop_event)
+
+    def _rewind(self) -> None:
+        """Seek every partition with messages handed over but not committed back to the first of them."""
+        first: dict[tuple[str, int], int] = {}
+        batches = [batch for _future, batch, _started in self._pending] + [self._in_hand]
+        for future, _batch, _started in self._pending:
+            try:
+                future.exception(timeout=30)  # let background work finish before its batch is re-read
+            except Exception:
+                log.debug("background completion did not finish", exc_info=True)
+        self._pending.clear()
+        self._in_hand = []
+        for batch in batches:
+            for m in batch:
+                tp = (m.topic(), m.partition())
+                first[tp] = min(first.get(tp, m.offset()), m.offset())
+        for (topic, partition), offset in first.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except Exception:  # revoked meanwhile: its next owner starts at the committed offset
+                log.debug("rewind of %s[%d] failed", topic, partition, exc_info=True)
 
     def started(self) -> None:
         """Called once the consumers are subscribed, before the first poll."""
@@ -132,9 +179,11 @@ class ConsumerRunner:
             return
         started = time.perf_counter()
         close_old_connections()  # notice a database connection that dropped since the last batch
+        self._in_hand = batch
         result = self.handler.handle_batch(batch)
         if isinstance(result, Future):
             self._pending.append((result, batch, started))
+            self._in_hand = []
             self._settle(keep=MAX_PENDING)
             return
         self._settle(keep=0)  # commits stay in batch order
@@ -144,6 +193,7 @@ class ConsumerRunner:
             self._pause(deferrals)
         if batch:
             self.commit(batch)
+        self._in_hand = []
         BATCH_SECONDS.labels(self.config.role).observe(time.perf_counter() - started)
         CONSUMED.labels(self.config.role).inc(len(batch))
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from prometheus_client import Gauge
 
 from notifications.bus.runner import BATCH_SECONDS, CONSUMED, ConsumerRunner, RunnerConfig
@@ -137,6 +137,11 @@ class PipelinedWorkerRunner(ConsumerRunner):
 
     def step(self) -> None:
         self._collect(timeout=0)
+        if self.outage.active:
+            # A dependency was away: take nothing new until settling (and the provider table) work.
+            self._settle_and_commit()
+            self.worker.refresh_providers()
+            return
         self._take_next()
         if time.monotonic() - self._last_settle >= self.settle_interval:
             self._settle_and_commit()
@@ -151,6 +156,15 @@ class PipelinedWorkerRunner(ConsumerRunner):
 
     def close_handler(self) -> None:
         self._stop_loop()
+
+    def ride_out(self, dependency: str, exc: Exception) -> None:
+        """Settling failed: the finished jobs are kept, sends under way go on finishing, nothing new
+        is taken; the settle is tried again after a capped, jittered wait."""
+        self._rewind()  # only a batch not yet started, if any
+        connections.close_all()
+        deadline = time.monotonic() + self.outage.failed(dependency, exc)
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            self._collect(timeout=min(0.05, max(0.0, deadline - time.monotonic())))
 
     def _take_next(self) -> None:
         """Take the next messages by strict priority: what the priority lane has waiting whenever a
@@ -180,6 +194,11 @@ class PipelinedWorkerRunner(ConsumerRunner):
         if not batch:
             return
         started = time.perf_counter()
+        # Database reads, on this thread (not the event loop); before anything is tracked, so a
+        # failure here (the database away at start-up) leaves the batch to be read again.
+        self._in_hand = batch
+        self.worker.refresh_providers()
+        self._in_hand = []
         jobs, deferrals, raw = self.worker.prepare(batch)
         if deferrals:
             self._pause(deferrals)
@@ -193,7 +212,6 @@ class PipelinedWorkerRunner(ConsumerRunner):
             self.tracker.add(tp, message.offset())
             self.tracker.done(tp, message.offset())
         if jobs:
-            self.worker.refresh_providers()  # database reads, on this thread (not the event loop)
             self._futures.append(self.worker.submit(jobs))
         self._report_in_flight()
         BATCH_SECONDS.labels(self.config.role).observe(time.perf_counter() - started)
@@ -235,14 +253,16 @@ class PipelinedWorkerRunner(ConsumerRunner):
         self._last_settle = time.monotonic()
         finished, self._finished = self._finished, []
         close_old_connections()  # the settle writes: notice a connection that dropped meanwhile
-        if finished:
+        try:
             self.worker.settle(finished)  # produces acknowledged, delivery log written
+        except BaseException:
+            self._finished = finished + self._finished  # settled again on the next try
+            raise
+        if finished:
             for job in finished:
                 if not job.abandoned:
                     self.tracker.done((job.message.topic(), job.message.partition()), job.message.offset())
             CONSUMED.labels(self.config.role).inc(sum(1 for j in finished if not j.abandoned))
-        else:
-            self.worker.settle([])  # unparseable messages' DLQ produces
         offsets = self.tracker.committable(only)
         if offsets:
             try:

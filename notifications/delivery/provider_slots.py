@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -12,9 +13,12 @@ from django.conf import settings
 
 from notifications.delivery.circuit_breaker import CircuitBreaker
 from notifications.models import KillSwitch, KillSwitchMode, Provider
+from notifications.outages import dependency_of
 from notifications.providers.base import ProviderAdapter
 from notifications.providers.capacity import channel_capacity
 from notifications.providers.registry import adapter_for
+
+log = logging.getLogger(__name__)
 
 #: How often the Provider table is re-read (admin edits go live without a restart).
 PROVIDER_REFRESH_SECONDS = 5.0
@@ -117,11 +121,18 @@ class ProviderTable:
 
     def refresh_if_due(self) -> None:
         """Re-read the table (sync: called by the worker outside its event loop)."""
-        if self._clock() - self._loaded_at >= PROVIDER_REFRESH_SECONDS:
+        if self._clock() - self._loaded_at < PROVIDER_REFRESH_SECONDS:
+            return
+        try:
             self.refresh()
+        except Exception as exc:
+            if dependency_of(exc) != "postgresql" or not self._order:
+                raise
+            # The database is away: keep sending with the table read last (retried at the next refresh).
+            self._loaded_at = self._clock()
+            log.warning("provider table not refreshed", extra={"channel": self.channel, "error": str(exc)[:200]})
 
     def refresh(self) -> None:
-        self._loaded_at = self._clock()
         paused = {
             k.provider
             for k in KillSwitch.objects.filter(channel=self.channel).exclude(provider="")
@@ -149,3 +160,4 @@ class ProviderTable:
             slot.enabled = row.enabled and row.name not in paused
             order.append(slot)
         self._order = order
+        self._loaded_at = self._clock()

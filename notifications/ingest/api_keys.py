@@ -1,7 +1,8 @@
 """Verifying producer API keys without a database query per request.
 
 Keys are looked up by their public prefix and kept per process for `API_KEY_CACHE_SECONDS`: a
-revocation, or a quota set in the admin, applies within that time.
+revocation, or a quota set in the admin, applies within that time. While the database is away, a
+key seen before stays good (the request then fails at its commit with a 503, not a 401).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from notifications.models import ApiKey
 
@@ -71,7 +73,12 @@ class ApiKeyCache:
             cached = self._entries.get(prefix)
         if cached is not None and now - cached[0] < settings.API_KEY_CACHE_SECONDS:
             return cached[1]
-        row = ApiKey.objects.filter(prefix=prefix).first()
+        try:
+            row = ApiKey.objects.filter(prefix=prefix).first()
+        except (OperationalError, InterfaceError):
+            if cached is not None:
+                return cached[1]  # the database is away: a key known a moment ago is still good
+            raise
         key = None
         if row is not None:
             key = VerifiedKey(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, PolymorphicProxySerializer, extend_schema
@@ -97,7 +98,16 @@ def _accepted(result: PublishResult, rendered: dict[datetime, str]) -> dict[str,
 
 
 def admit(body: bytes, *, authorization: str, x_api_key: str | None) -> Admitted | Answer:
-    """Everything before the commit: overload, key, body, quota. An Answer ends the request."""
+    """Everything before the commit: overload, key, body, quota. An Answer ends the request (a 503
+    while the database is away, never a 500)."""
+    try:
+        return _admit(body, authorization=authorization, x_api_key=x_api_key)
+    except (OperationalError, InterfaceError):
+        close_old_connections()
+        return UNAVAILABLE
+
+
+def _admit(body: bytes, *, authorization: str, x_api_key: str | None) -> Admitted | Answer:
     busy = overload.reason()
     if busy is not None:
         return _error(503, f"Overloaded: {busy}. Retry later.", "overloaded", {"Retry-After": "5"})

@@ -29,6 +29,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
 from notifications.bus.producing import produce_with_retry
+from notifications.outages import Outage
 
 log = logging.getLogger(__name__)
 
@@ -104,28 +105,49 @@ class OutboxRelay:
         self._last_rebalance = 0.0
         self._last_age = 0.0
         self._last_rows: list[tuple] = []
+        self.outage = Outage("relay")
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> None:
         """Relay until `stop_event` is set; the batch in hand is always finished first."""
-        self._connect()
         log.info("relay started", extra={"buckets": self.config.buckets})
         try:
             while not self.stop_event.is_set():
-                self._maybe_rebalance()
-                self._maybe_report_age()
-                relayed = self.relay_batch() if self.owned else 0
-                if relayed < min(self.config.batch_size, self.config.bulk_batch_size):
-                    self._wait_for_work()
+                try:
+                    self._turn()
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    # PostgreSQL away: the batch in hand rolled back with the session, and so went
+                    # the bucket locks; reconnect (and take buckets again) after a backoff.
+                    self._disconnect()
+                    self.outage.wait("postgresql", exc, self.stop_event)
+                else:
+                    self.outage.recovered()
         finally:
             self.close()
             log.info("relay stopped")
 
+    def _turn(self) -> None:
+        if self.conn is None or self.conn.closed:
+            self._connect()
+        self._maybe_rebalance()
+        self._maybe_report_age()
+        relayed = self.relay_batch() if self.owned else 0
+        if relayed < min(self.config.batch_size, self.config.bulk_batch_size):
+            self._wait_for_work()
+
     def close(self) -> None:
         self.producer.flush(self.config.flush_timeout)
+        self._disconnect()
+
+    def _disconnect(self) -> None:
         if self.conn is not None and not self.conn.closed:
-            self.conn.close()  # releases every advisory lock with the session
+            try:
+                self.conn.close()  # releases every advisory lock with the session
+            except psycopg.Error:
+                log.debug("closing the relay's connection failed", exc_info=True)
+        self.conn = None
         self.owned.clear()
+        self._last_rebalance = 0.0
         OWNED_BUCKETS.set(0)
 
     def _connect(self) -> None:

@@ -10,6 +10,7 @@ from concurrent.futures import Future
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from django.db import OperationalError
 
 from notifications.bus.config import consumer_config
 from notifications.bus.runner import ConsumerRunner, RunnerConfig
@@ -153,3 +154,74 @@ def test_asynchronous_commits_land_and_the_stop_commits_the_last_batch(fresh_top
         thread.join(15)
     assert not errors
     assert committed(group, fresh_topic, partition) == 6
+
+
+class FlakyDatabaseHandler:
+    """Handles batches synchronously; the database "goes away" for the first `failures` batches."""
+
+    def __init__(self, failures: int, *, background: bool = False) -> None:
+        self.failures = failures
+        self.background = background
+        self.seen: list[list[int]] = []
+        self.handled: list[int] = []
+        self.resets = 0
+
+    def handle_batch(self, messages):
+        offsets = [m.offset() for m in messages]
+        self.partition = messages[0].partition()  # one key: one partition
+        self.seen.append(offsets)
+        failed = len(self.seen) <= self.failures
+        if not self.background:
+            if failed:
+                raise OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
+            self.handled += offsets
+            return None
+        future: Future = Future()
+        if failed:
+            future.set_exception(OperationalError("server closed the connection unexpectedly"))
+        else:
+            self.handled += offsets
+            future.set_result(None)
+        return future
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["in-hand", "background"])
+def test_a_database_outage_is_ridden_out_and_the_failed_batches_are_read_again(fresh_topic, background):
+    produce_raw(fresh_topic, [("same-key", f"m{i}".encode()) for i in range(6)])
+    group = f"runner-test-{uuid.uuid4().hex[:8]}"
+    handler = FlakyDatabaseHandler(failures=3, background=background)
+    runner = ConsumerRunner(
+        RunnerConfig(role="runner-test", topics=[fresh_topic], group=group, batch_size=2, poll_timeout=0.2), handler
+    )
+    thread, errors = start(runner)
+    try:
+        assert wait_for(lambda: sorted(handler.handled) == list(range(6)), timeout=30), handler.seen
+        assert thread.is_alive() and not errors, "the runner does not exit on a database error"
+    finally:
+        runner.stop_event.set()
+        thread.join(15)
+    assert not errors
+    assert handler.seen[0][0] == 0 and handler.seen[1][0] == 0, "the failed batch is read again from its first offset"
+    assert len(handler.handled) == 6, "every message handled once after the outage"
+    assert handler.resets >= 1, "the handler is told to reset its half-done state"
+    assert committed(group, fresh_topic, handler.partition) == 6
+    assert runner.outage.failures == 0, "the outage is over once a batch went through"
+
+
+def test_an_unknown_error_still_stops_the_runner(fresh_topic):
+    produce_raw(fresh_topic, [("k", b"m0")])
+
+    class Broken:
+        def handle_batch(self, messages):
+            raise ValueError("a bug")
+
+    runner = ConsumerRunner(
+        RunnerConfig(role="runner-test", topics=[fresh_topic], group=f"runner-test-{uuid.uuid4().hex[:8]}"), Broken()
+    )
+    thread, errors = start(runner)
+    thread.join(30)
+    runner.stop_event.set()
+    assert not thread.is_alive() and [type(e) for e in errors] == [ValueError]

@@ -184,6 +184,39 @@ def test_same_message_three_times_is_delivered_once(running, topics, providers, 
     assert stats["accepted"] == 1 and stats["duplicates"]["keys"] == 0
 
 
+def test_a_database_outage_while_settling_is_ridden_out_without_sending_twice(
+    running, topics, providers, sandbox, monkeypatch
+):
+    """The delivery-log write fails (the database is away) for a while: the worker keeps what it
+    sent, takes nothing new, settles once the database answers, and commits; nothing is sent twice."""
+    from django.db import OperationalError
+
+    from notifications.delivery import wiring
+
+    calls = {"failed": 0}
+    real = wiring.record_delivery_outcomes
+
+    def record(entries):
+        if calls["failed"] < 4:
+            calls["failed"] += 1
+            raise OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
+        return real(entries)
+
+    monkeypatch.setattr(wiring, "record_delivery_outcomes", record)
+    first = [message("sms", to={"phone": f"+49151123{i:05d}"}) for i in range(5)]
+    later = [message("sms", to={"phone": f"+49151124{i:05d}"}) for i in range(5)]
+    runner = worker("sms")
+    with running(runner):
+        produce("sms", first)
+        wait_for(lambda: calls["failed"] >= 1)
+        produce("sms", later)
+        wait_for(lambda: all(log_status(m) == "sent" for m in first + later), timeout=30)
+        assert runner.outage.failures == 0
+    assert calls["failed"] == 4
+    stats = sandbox.client("twilio").stats()
+    assert stats["accepted"] == 10 and stats["duplicates"]["keys"] == 0
+
+
 def test_transient_5xx_is_retried_then_sent(running, topics, providers, sandbox):
     m = message("email", to={"email": f"fail5xx-2-{uuid.uuid4().hex[:6]}@example.com"})
     with running(worker("email")):

@@ -13,6 +13,11 @@ class Command(BaseCommand):
         parser.add_argument("name", choices=sorted(consumers()))
         parser.add_argument("--batch-size", type=int, default=None)
         parser.add_argument("--metrics-port", type=int, default=None, help="default: METRICS_PORT, else the role's")
+        parser.add_argument(
+            "--instance",
+            default=None,
+            help="static group membership: a name unique among this role's processes (default: CONSUMER_INSTANCE)",
+        )
 
-    def handle(self, *args, name: str, batch_size: int | None, metrics_port: int | None, **options):
-        run_consumer(name, metrics_port=metrics_port, batch_size=batch_size)
+    def handle(self, *args, name: str, batch_size: int | None, metrics_port: int | None, instance, **options):
+        run_consumer(name, metrics_port=metrics_port, instance=instance, batch_size=batch_size)

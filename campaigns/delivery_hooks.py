@@ -57,4 +57,5 @@ class CampaignHooks:
         return sent_tally(int(meta["campaign_id"]))
 
     def record(self, outcomes: list[tuple[str, str, dict]]) -> None:
-        record_outcomes(outcomes, redis_client=self.client)
+        """Raises RedisError: the worker settles again later (a campaign completes on these counts)."""
+        record_outcomes(outcomes, redis_client=self.client, strict=True)

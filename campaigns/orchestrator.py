@@ -27,7 +27,7 @@ from prometheus_client import Counter, Histogram
 
 from campaigns.expansion import copy_version
 from campaigns.models import Campaign, CampaignLaunch, CampaignState
-from campaigns.progress import expanded_count, flush_progress, pending_deferred_count
+from campaigns.progress import expanded_count, flush_progress, outstanding, pending_deferred_count, read_counters
 from campaigns.selectors import audience_count, audience_page
 from campaigns.services import campaign_complete, campaign_fail, campaign_transition
 from notifications.bus.producing import AckedProducer
@@ -279,9 +279,10 @@ class CampaignOrchestrator:
             log.warning("progress flush skipped (Redis unavailable)", exc_info=True)
 
     def complete_finished(self) -> int:
-        """Running campaigns whose every batch is emitted and expanded, and whose quiet-hours batches
-        (deferred by the expander) are expanded too → completed. Until then a cancel or pause still
-        reaches the recipients waiting for their quiet hours to end."""
+        """Running campaigns whose every batch is emitted and expanded, whose quiet-hours batches
+        (deferred by the expander) are expanded too, and whose every queued message has its outcome
+        (sent, failed, dropped) → completed. Until then a cancel or pause still reaches the recipients
+        waiting for their quiet hours to end, and the campaign shows what is still on its way."""
         completed = 0
         for launch in CampaignLaunch.objects.filter(
             emission_finished_at__isnull=False,
@@ -292,6 +293,8 @@ class CampaignOrchestrator:
             if expanded < launch.batch_messages:
                 continue
             if pending_deferred_count(self.redis, campaign_id=launch.campaign_id, launch_id=str(launch.launch_id)):
+                continue
+            if outstanding(read_counters(self.redis, [launch.campaign_id])[launch.campaign_id]):
                 continue
             if campaign_complete(campaign_id=launch.campaign_id):
                 completed += 1

@@ -6,7 +6,9 @@ Keys (all under ``settings.REDIS_KEY_PREFIX``):
   workers), ``suppressed`` (dropped at expansion: no contact point, opted out since the batch was
   emitted, kill switch), ``extra`` (push messages beyond one per user), ``sent`` (moved by the
   dedup confirm itself, once per message), ``failed``, ``deduplicated`` (messages redelivered after
-  they were sent).
+  they were sent), ``halted`` (queued messages a worker dropped: the campaign was cancelled; also
+  counted in ``suppressed``). Every queued message ends as one of ``sent``, ``failed`` or ``halted``:
+  the campaign is complete when their sum reaches ``queued`` (``outstanding``).
 * ``campaign:{id}:counted`` — the "<counter>:<message id>" already counted by ``record_outcomes``.
   The same hash holds ``suppressed:<reason>`` (the expansion's suppressions by reason, e.g.
   ``suppressed:frequency_cap``) and ``deferred`` (recipients waiting for the end of their quiet
@@ -24,9 +26,10 @@ PostgreSQL at each checkpoint, exactly. The counters here are written after the 
 durable (message acknowledged by Kafka, outcome settled by the worker); expansion counters move in
 the same MULTI as the batch cursor, so a re-expanded chunk is never counted twice.
 
-RedisError policy: progress is observability, never a reason to fail a delivery. ``record_outcomes``
-logs and drops on RedisError (counted in ``campaign_progress_dropped_total``); the flush skips a
-round; the JSON endpoint falls back to the last flushed values.
+RedisError policy: progress never fails a delivery. The workers' ``record_outcomes(strict=True)``
+raises, so their settle is retried once Redis is back (counting once makes that safe: completion
+depends on these counts); other callers log and drop (``campaign_progress_dropped_total``); the
+flush skips a round; the JSON endpoint falls back to the last flushed values.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ PROGRESS_DROPPED = PromCounter(
 )
 OUTCOMES = PromCounter("campaign_outcomes_total", "Campaign delivery outcomes counted", ["outcome"])
 
-COUNTER_FIELDS = ("queued", "suppressed", "extra", "sent", "failed", "deduplicated")
+COUNTER_FIELDS = ("queued", "suppressed", "extra", "sent", "failed", "deduplicated", "halted")
 RATE_WINDOW_SECONDS = 10
 RATE_KEY_TTL = 120
 #: Finished campaigns keep being flushed for a while: sends still in flight land after completion.
@@ -132,12 +135,16 @@ def sent_tally(campaign_id: int) -> tuple[str, str]:
 
 
 def record_outcomes(
-    outcomes: Sequence[tuple[str, str, dict[str, Any] | None]], *, redis_client: redis.Redis | None = None
+    outcomes: Sequence[tuple[str, str, dict[str, Any] | None]],
+    *,
+    redis_client: redis.Redis | None = None,
+    strict: bool = False,
 ) -> int:
     """Count the settled outcomes of campaign messages: (message id, worker status, the message's
     ``meta``); messages that are not part of a campaign are ignored. Each (counter, message) is
     counted once. Sends only feed the send rate here (their count moves with the dedup confirm, see
-    ``sent_tally``). One round trip per call. Never raises. Returns how many outcomes were new."""
+    ``sent_tally``). One round trip per call. Raises RedisError only when ``strict``. Returns how
+    many outcomes were new."""
     per_campaign: dict[tuple[int, str], list[str]] = defaultdict(list)
     sends: Counter = Counter()
     for message_id, status, meta in outcomes:
@@ -150,6 +157,8 @@ def record_outcomes(
         counter = STATUS_TO_COUNTER.get(status)
         if counter is not None:
             per_campaign[campaign_id, counter].append(message_id)
+        if status == "suppressed":
+            per_campaign[campaign_id, "halted"].append(message_id)
     if not per_campaign and not sends:
         return 0
     second = str(int(time.time()))
@@ -164,6 +173,8 @@ def record_outcomes(
             pipe.expire(rate_key(campaign_id, "sent"), RATE_KEY_TTL)
         replies = pipe.execute()
     except redis.RedisError:
+        if strict:
+            raise
         PROGRESS_DROPPED.inc(sum(len(ids) for ids in per_campaign.values()))
         log.warning("campaign progress not recorded (Redis unavailable)", exc_info=True)
         return 0
@@ -243,6 +254,11 @@ def pending_deferred_count(client: redis.Redis, *, campaign_id: int, launch_id: 
 
 
 # -- reading -------------------------------------------------------------------------------------------
+def outstanding(counters: Mapping[str, int]) -> int:
+    """Queued messages without an outcome yet (sent, failed, or dropped by a worker)."""
+    return max(0, counters["queued"] - counters["sent"] - counters["failed"] - counters["halted"])
+
+
 def read_counters(client: redis.Redis, campaign_ids: Iterable[int]) -> dict[int, dict[str, int]]:
     ids = list(campaign_ids)
     if not ids:

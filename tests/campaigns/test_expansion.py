@@ -93,6 +93,7 @@ def test_expands_rendered_messages_in_the_recipients_locale(topics, promo_type, 
         "sent": 0,
         "failed": 0,
         "deduplicated": 0,
+        "halted": 0,
     }
     assert handler.handle_batch(emit(campaign, "email", ids)) == {}, "a re-delivered batch is already done"
     assert len(released("email", 6, timeout=3)) == 5, "and produces nothing again"

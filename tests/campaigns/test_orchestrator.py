@@ -5,15 +5,19 @@ import datetime as dt
 import orjson
 import pytest
 from confluent_kafka import Producer
+from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from campaigns import services
 from campaigns.models import Campaign, CampaignLaunch, CampaignState
 from campaigns.orchestrator import CampaignOrchestrator
+from campaigns.progress import record_expansion, record_outcomes, sent_tally
 from campaigns.selectors import audience_estimate, audience_page
 from notifications.bus.config import producer_config
 from notifications.bus.topics import channel_topic
+from notifications.delivery.dedup import DedupStore
+from notifications.outages import KafkaUnavailable
 from notifications.redis_client import get_redis
 from tests.campaigns.conftest import copy_users, make_campaign
 from tests.kafka_helpers import consume
@@ -172,7 +176,7 @@ def test_a_failed_acknowledgement_leaves_the_checkpoint_and_a_restart_resumes(to
     campaign = run_launch(orchestrator, campaign, marketer)
     assert orchestrator.step() and orchestrator.step()  # two pages committed
     producer.fail_next_flush = True
-    with pytest.raises(RuntimeError, match="produce failed"):
+    with pytest.raises(KafkaUnavailable, match="produce failed"):  # the runner retries it after a backoff
         orchestrator.step()
     launch = CampaignLaunch.objects.get(launch_id=campaign.launch_id)
     assert launch.next_batch == 2 and launch.last_user_id == audience["ids"][19], "checkpoint not moved"
@@ -229,6 +233,33 @@ def test_an_empty_audience_completes(topics, promo_type, marketer):
     orchestrator.update_progress()
     campaign.refresh_from_db()
     assert campaign.state == CampaignState.COMPLETED and campaign.audience_size == 0
+
+
+def test_a_campaign_completes_only_when_every_queued_message_has_an_outcome(topics, promo_type, audience, marketer):
+    campaign = make_campaign(promo_type, channels=["email"], audience=SEGMENTED)
+    client = get_redis()
+    orchestrator = CampaignOrchestrator(producer=Producer(producer_config()), redis_client=client, batch_size=10)
+    campaign = run_launch(orchestrator, campaign, marketer)
+    while orchestrator.step():
+        pass
+    launch = CampaignLaunch.objects.get(launch_id=campaign.launch_id)
+    launch_id = str(campaign.launch_id)
+    for batch in range(launch.batch_messages):  # every batch expanded: 3 messages queued each
+        record_expansion(
+            client, campaign_id=campaign.pk, launch_id=launch_id, channel="email", batch=batch,
+            cursor=10, queued=3, suppressed=0, extra=0, done=True,
+        )  # fmt: skip
+    ids = [f"{launch_id}:{i}:email" for i in range(3 * launch.batch_messages)]
+    meta = {"campaign_id": campaign.pk, "launch_id": launch_id}
+    record_outcomes([(ids[0], "dlq", meta), (ids[1], "suppressed", meta)], redis_client=client)
+    store = DedupStore(client, settings.REDIS_KEY_PREFIX)
+    store.claim_many(ids[2:-1])  # what a worker does for the messages it sent
+    store.confirm_many(ids[2:-1], tallies=dict.fromkeys(ids[2:-1], sent_tally(campaign.pk)))
+    assert orchestrator.complete_finished() == 0, "one message is still on its way (in a retry tier, say)"
+    assert Campaign.objects.get(pk=campaign.pk).state == CampaignState.RUNNING
+    record_outcomes([(ids[-1], "dlq", meta)], redis_client=client)
+    assert orchestrator.complete_finished() == 1
+    assert Campaign.objects.get(pk=campaign.pk).state == CampaignState.COMPLETED
 
 
 def test_a_predicate_that_no_longer_compiles_fails_the_campaign(topics, promo_type, audience, marketer):

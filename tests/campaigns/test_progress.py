@@ -10,6 +10,7 @@ from campaigns import services
 from campaigns.models import CampaignState
 from campaigns.progress import (
     flush_progress,
+    outstanding,
     progress_snapshot,
     read_counters,
     record_expansion,
@@ -56,9 +57,10 @@ def test_each_outcome_of_a_campaign_message_is_counted_once(prefix, promo_type, 
         (f"{launch}:3:email", "dlq", meta),  # settled again after a worker crash: counted once
         (f"{launch}:4:email", "retrying", meta),  # not an outcome yet
         (sent[1], "deduplicated", meta),
+        (f"{launch}:5:email", "suppressed", meta),  # dropped by a worker (campaign cancelled): halted too
         (f"{launch}:6:email", "dlq", None),  # not a campaign message
     ]
-    assert record_outcomes(outcomes) == 2
+    assert record_outcomes(outcomes) == 4
     assert record_outcomes(outcomes[1:2]) == 0
     record_expansion(
         get_redis(),
@@ -72,27 +74,32 @@ def test_each_outcome_of_a_campaign_message_is_counted_once(prefix, promo_type, 
         extra=0,
         done=True,
     )
-    assert read_counters(get_redis(), [campaign.pk])[campaign.pk] == {
+    counters = read_counters(get_redis(), [campaign.pk])[campaign.pk]
+    assert counters == {
         "queued": 9,
-        "suppressed": 1,
+        "suppressed": 2,
         "extra": 0,
         "sent": 2,
         "failed": 1,
         "deduplicated": 1,
+        "halted": 1,
     }
+    assert outstanding(counters) == 9 - 2 - 1 - 1, "queued messages without a sent, failed or halted outcome"
     snapshot = progress_snapshot(campaign)
-    assert snapshot["total"] == 20 and snapshot["done"] == 4 and snapshot["percent"] == 20.0
+    assert snapshot["total"] == 20 and snapshot["done"] == 5 and snapshot["percent"] == 25.0
     assert snapshot["live"] is True
     assert flush_progress() == 1
     campaign.refresh_from_db()
     assert (campaign.sent, campaign.failed, campaign.deduplicated, campaign.queued) == (2, 1, 1, 9)
-    assert campaign.suppressed == 1
+    assert campaign.suppressed == 2
 
 
-def test_record_outcomes_never_raises_when_redis_is_down(promo_type):
+def test_record_outcomes_raises_only_when_strict_while_redis_is_down(promo_type):
     dead = redis.Redis(port=1, socket_timeout=0.1, socket_connect_timeout=0.1, retry=Retry(NoBackoff(), 0))
     meta = {"campaign_id": 1, "launch_id": "x"}
     assert record_outcomes([("x:1:email", "dlq", meta)], redis_client=dead) == 0
+    with pytest.raises(redis.ConnectionError):
+        record_outcomes([("x:1:email", "dlq", meta)], redis_client=dead, strict=True)
 
 
 def test_campaign_throttle_take(prefix):

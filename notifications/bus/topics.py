@@ -84,3 +84,9 @@ def registry() -> list[TopicSpec]:
             specs.append(TopicSpec(lane_name, retention_ms=3 * DAY_MS))
             specs += [TopicSpec(f"{lane_name}.retry.{tier}", retention_ms=3 * DAY_MS) for tier, _ in RETRY_TIERS]
     return specs
+
+
+def tier_delay(topic: str) -> float | None:
+    """The delay of the retry tier `topic` is (`notif.email.retry.1m` → 60.0); None for other topics."""
+    _, sep, tier = topic.rpartition(".retry.")
+    return dict(RETRY_TIERS).get(tier) if sep else None

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
 from notifications.bus.runner import Deferrals
+from notifications.bus.topics import tier_delay
 from notifications.delivery_log import LogEntry
 from notifications.dispatch.messages import ChannelMessage, Header, headers_dict
 from notifications.providers.base import SendResult
@@ -57,29 +58,57 @@ class Unreadable:
     reason: str
 
 
-def read_batch(
-    messages: list[Message], *, now: float, monotonic: Callable[[], float] = time.monotonic
-) -> tuple[list[Job], Deferrals, list[Unreadable]]:
-    """The jobs of a polled batch, the deferrals (retry-tier partitions whose head message is not due:
-    it and every later message of its partition are left out) and the messages that cannot be read
-    (body or headers malformed: never a reason to stop the worker)."""
-    deferrals: Deferrals = {}
-    jobs: list[Job] = []
-    unreadable: list[Unreadable] = []
+@dataclass
+class ReadBatch:
+    """A polled batch as the worker takes it over."""
+
+    jobs: list[Job] = field(default_factory=list)
+    #: Retry-tier partitions whose head message is not due (it and every later message of its
+    #: partition are held back): paused until the head is due, or its tier's delay has passed.
+    deferrals: Deferrals = field(default_factory=dict)
+    #: Not due yet, though they waited their tier's whole delay (a Retry-After longer than the
+    #: tier): parked again at the end of their tier, so they never block the messages behind them.
+    recirculate: list[Message] = field(default_factory=list)
+    #: Body or headers malformed: never a reason to stop the worker (they go to the DLQ).
+    unreadable: list[Unreadable] = field(default_factory=list)
+
+
+#: A message due within this much of its tier's delay is waited for rather than parked again.
+RECIRCULATE_MARGIN = 1.0
+
+
+def read_batch(messages: list[Message], *, now: float, monotonic: Callable[[], float] = time.monotonic) -> ReadBatch:
+    """The jobs of a polled batch, what is held back or parked again, and what cannot be read."""
+    batch = ReadBatch()
     for message in messages:
         tp = (message.topic(), message.partition())
-        if tp in deferrals:
+        if tp in batch.deferrals:
             continue  # a message before it in this partition is not due: keep order, hold back
         headers = headers_dict(message.headers())
         try:
             not_before = float(headers.get(Header.NOT_BEFORE) or 0)
             if not_before > now:
-                deferrals[tp] = (message.offset(), monotonic() + (not_before - now))
+                wait = min(not_before, _tier_due(message)) - now
+                if wait <= 0 and not_before - now > RECIRCULATE_MARGIN:
+                    batch.recirculate.append(message)
+                else:
+                    wait = wait if wait > 0 else not_before - now
+                    batch.deferrals[tp] = (message.offset(), monotonic() + wait)
                 continue
-            jobs.append(_job(message, headers, now))
+            batch.jobs.append(_job(message, headers, now))
         except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
-            unreadable.append(Unreadable(message, headers, "invalid_message", str(exc)))
-    return jobs, deferrals, unreadable
+            batch.unreadable.append(Unreadable(message, headers, "invalid_message", str(exc)))
+    return batch
+
+
+def _tier_due(message: Message) -> float:
+    """When `message` has waited its retry tier's delay (from the time it was parked); +inf when
+    that cannot be told (not a tier topic, no timestamp)."""
+    delay = tier_delay(message.topic())
+    kind, millis = message.timestamp()
+    if delay is None or kind == TIMESTAMP_NOT_AVAILABLE or millis <= 0:
+        return float("inf")
+    return millis / 1000 + delay
 
 
 def _job(message: Message, headers: dict[str, str], now: float) -> Job:

@@ -21,6 +21,9 @@ from notifications.providers.base import SendResult
 
 RETRIES = Counter("worker_retries_total", "Messages parked in a retry tier", ["channel", "tier"])
 DLQ = Counter("worker_dlq_total", "Messages sent to the DLQ", ["channel", "error_class"])
+RECIRCULATED = Counter(
+    "worker_retry_recirculated_total", "Retry-tier messages parked again: due later than their tier's delay", ["channel"]
+)
 
 #: Attempts kept in the `errors` header of a message parked in a retry tier.
 RETRY_ERRORS_KEPT = 20
@@ -72,6 +75,12 @@ class Outcomes:
         self.producer.produce(topic, job.message.key(), job.message.value() or b"", headers)
         RETRIES.labels(self.channel, tier).inc()
         self.record(job, "retrying", reason=(job.errors[-1].get("error_class", "") if job.errors else "in_flight"))
+
+    def park_again(self, message: Message) -> None:
+        """Back to the end of its own retry tier, headers unchanged: it is not due yet, and waiting
+        at the head of the partition would hold up every message behind it."""
+        self.producer.produce(message.topic(), message.key(), message.value() or b"", message.headers())
+        RECIRCULATED.labels(self.channel).inc()
 
     def dead_letter(self, job: Job, *, error_class: str, message: str, provider: str) -> None:
         headers = dead_letter_headers(

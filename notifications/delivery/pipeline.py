@@ -207,7 +207,7 @@ class PipelinedWorkerRunner(ConsumerRunner):
             self.tracker.add(tp, job.message.offset())
             self._in_flight[tp] = self._in_flight.get(tp, 0) + 1
             self._lane_in_flight[self.consumer.lane_of(tp[0])] += 1
-        for message in raw:  # dead-lettered as unparseable: durable once the producer is flushed
+        for message in raw:  # dead-lettered or parked again: durable once the producer is flushed
             tp = (message.topic(), message.partition())
             self.tracker.add(tp, message.offset())
             self.tracker.done(tp, message.offset())

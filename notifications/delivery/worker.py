@@ -128,11 +128,14 @@ class ChannelWorker:
     # -- the consumer thread's side ------------------------------------------------------------------
     def prepare(self, messages: list[Message]) -> tuple[list[Job], Deferrals, list[Message]]:
         """Read a polled batch: the jobs, the deferrals (retry-tier messages not due yet) and the
-        messages that already have their outcome (unreadable: dead-lettered, durable once settled)."""
-        jobs, deferrals, unreadable = read_batch(messages, now=self.now())
-        for item in unreadable:
+        messages already taken care of (unreadable ones dead-lettered, long waits parked again at
+        the end of their tier: durable once settled)."""
+        batch = read_batch(messages, now=self.now())
+        for item in batch.unreadable:
             self.outcomes.dead_letter_unreadable(item)
-        return jobs, deferrals, [item.message for item in unreadable]
+        for message in batch.recirculate:
+            self.outcomes.park_again(message)
+        return batch.jobs, batch.deferrals, [item.message for item in batch.unreadable] + batch.recirculate
 
     def submit(self, jobs: list[Job]) -> "asyncio.Future[None]":
         """Start `jobs` on the worker's event loop (another thread); each job is put on `done` when

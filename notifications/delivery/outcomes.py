@@ -22,7 +22,7 @@ from notifications.providers.base import SendResult
 RETRIES = Counter("worker_retries_total", "Messages parked in a retry tier", ["channel", "tier"])
 DLQ = Counter("worker_dlq_total", "Messages sent to the DLQ", ["channel", "error_class"])
 RECIRCULATED = Counter(
-    "worker_retry_recirculated_total", "Retry-tier messages parked again: due later than their tier's delay", ["channel"]
+    "worker_retry_recirculated_total", "Retry-tier messages parked again: due after their tier's delay", ["channel"]
 )
 
 #: Attempts kept in the `errors` header of a message parked in a retry tier.

@@ -174,6 +174,21 @@ def test_happy_path_inapp_written_in_bulk(running, topics, providers, django_use
     assert set(InboxMessage.objects.values_list("user_id", flat=True)) == {u.id for u in users}
 
 
+def test_inapp_failures_go_through_the_retry_policy_and_reach_the_dlq(running, topics, providers, django_user_model):
+    """An inbox row the database refuses (a NUL byte in its text) is dead-lettered with the reason;
+    the good rows of the same batch are written."""
+    user = django_user_model.objects.create(username="inbox-ok")
+    good = message("inapp", to={"user_id": user.id}, user_id=user.id)
+    orphan = message("inapp", to={"user_id": user.id}, user_id=user.id, content={"title": "a\x00b", "body": ""})
+    with running(worker("inapp")):
+        produce("inapp", [good, orphan])
+        wait_for(lambda: log_status(orphan) == "dlq" and InboxMessage.objects.filter(user=user).exists())
+    [dead] = consume_matching(channel_topic("inapp", "dlq"), lambda x: True, expected=1)
+    headers = {k: v.decode() for k, v in dead.headers()}
+    assert orjson.loads(dead.value())["id"] == orphan["id"]
+    assert headers["error-class"] == "permanent" and "database_rejected" in headers["errors"]
+
+
 def test_same_message_three_times_is_delivered_once(running, topics, providers, sandbox):
     m = message("sms", to={"phone": "+4915112340000"})
     with running(worker("sms")):

@@ -22,9 +22,9 @@ from notifications.delivery_log import record_delivery_outcomes
 from notifications.dispatch.messages import ChannelMessage
 from notifications.models import KillSwitch, KillSwitchMode, Provider
 from notifications.priority import Lane
-from notifications.providers.base import SendResult
 from notifications.providers.capacity import channel_capacity
 from notifications.providers.registry import adapter_for, channel_send_bound
+from notifications.providers.results import SendResult
 from notifications.redis_client import get_redis
 
 log = logging.getLogger(__name__)

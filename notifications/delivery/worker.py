@@ -44,7 +44,8 @@ from notifications.delivery.token_bucket import RateLimiterUnavailable, TokenBuc
 from notifications.delivery_log import LogEntry
 from notifications.dispatch.messages import ChannelMessage, Header, headers_dict
 from notifications.priority import lane_for, message_priority
-from notifications.providers.base import ProviderAdapter, SendOutcome, SendResult
+from notifications.providers.base import ProviderAdapter
+from notifications.providers.results import SendOutcome, SendResult
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from notifications.providers.base import (
-    SendOutcome,
-    SendResult,
-    body_text,
-    header_value,
-    json_body,
-    parse_retry_after,
-    truncate,
-)
+from notifications.providers.http import body_text, header_value, json_body, parse_retry_after
+from notifications.providers.results import SendOutcome, SendResult, truncate
 
 Headers = Mapping[str, str] | None
 Body = bytes | str | Mapping[str, Any] | None

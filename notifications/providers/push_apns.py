@@ -12,21 +12,13 @@ import jwt
 import orjson
 
 from notifications.dispatch.messages import ChannelMessage
-from notifications.providers.base import (
-    ConfigurationError,
-    HttpProviderAdapter,
-    InvalidMessageError,
-    Secret,
-    SendResult,
-    aggregate_device_results,
-    build_http_client,
-    delivery_key,
-    derived_uuid,
-    devices_for,
-    require,
-    result_from_exception,
-)
+from notifications.providers.base import HttpProviderAdapter
 from notifications.providers.classification import APNS_PROVIDER_TOKEN_REASONS, apns_reason, classify_apns_response
+from notifications.providers.credentials import Secret
+from notifications.providers.errors import ConfigurationError, InvalidMessageError, result_from_exception
+from notifications.providers.http import build_http_client
+from notifications.providers.message_fields import delivery_key, derived_uuid, devices_for, require
+from notifications.providers.results import SendResult, aggregate_device_results
 
 DEFAULT_BASE_URL = "https://api.push.apple.com"
 SANDBOX_BASE_URL = "https://api.sandbox.push.apple.com"

@@ -15,7 +15,8 @@ from typing import Any
 
 from django.conf import settings
 
-from notifications.providers.base import ProviderAdapter, Secret
+from notifications.providers.base import ProviderAdapter
+from notifications.providers.credentials import Secret
 from notifications.providers.push import PushRouter
 
 log = logging.getLogger("notifications.providers")

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from notifications.providers.base import SendOutcome
+from notifications.providers.results import SendOutcome
 from notifications.providers.webhook import WebhookAdapter
 from notifications.sandbox.client import SandboxClient
 from notifications.sandbox.process import SandboxProcess

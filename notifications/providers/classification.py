@@ -1,6 +1,6 @@
 """Per-provider classification tables: (status, headers, body) -> SendResult, pure and clock-injectable.
 
-One function per provider, following /work/shared/PROVIDERS.md. Each takes the HTTP status, the
+One function per provider, after the provider's public documentation. Each takes the HTTP status, the
 response headers (any case-insensitive or plain mapping) and the body (bytes, text or parsed JSON),
 and returns a :class:`SendResult`; none does I/O, so each row of each table has a unit test.
 """

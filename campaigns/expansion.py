@@ -76,9 +76,9 @@ from notifications.bus.topics import channel_topic, delivery_topic
 from notifications.channels import ALL_CHANNELS, Channel
 from notifications.delivery.token_bucket import Priority, RateLimiterUnavailable
 from notifications.delivery_log import LogEntry, record_dispatch_outcomes
-from notifications.dispatch.dispatcher import address_for, split_by_platform
+from notifications.dispatch.dispatcher import address_for
 from notifications.dispatch.killswitch import KillSwitchBoard
-from notifications.dispatch.messages import ChannelMessage, Header, encode
+from notifications.dispatch.messages import ChannelMessage, Header, channel_message, encode, split_by_platform
 from notifications.dispatch.scheduling import Deferred, schedule_messages
 from notifications.dispatch.templating import RenderError
 from notifications.models import MANDATORY_CATEGORIES, DeliveryLog, DeliveryStatus, KillSwitchMode, Provider
@@ -293,23 +293,21 @@ def build_recipient_messages(
         meta["test"] = True
     else:
         meta["throttle"] = view.throttle
-    message: ChannelMessage = {
-        "v": 1,
-        "id": f"{launch_id}:{user_id}:{channel}",
-        "event_id": launch_id,
-        "user_id": user_id,
-        "channel": channel,
-        "type": view.type_key,
-        "category": view.category,
-        "urgency": "normal" if test else "bulk",
+    message = channel_message(
+        event_id=launch_id,
+        user_id=user_id,
+        channel=channel,
+        type=view.type_key,
+        category=view.category,
+        urgency="normal" if test else "bulk",
         # A campaign is bulk whatever its type; a marketer's test send is a preview, sent at once.
-        "priority": PriorityClass.TRANSACTIONAL if test else CAMPAIGN_PRIORITY,
-        "created_at": now.isoformat(),
-        "locale": locale,
-        "to": to,
-        "content": content,
-        "meta": meta,
-    }
+        priority=PriorityClass.TRANSACTIONAL if test else CAMPAIGN_PRIORITY,
+        created_at=now.isoformat(),
+        locale=locale,
+        to=to,
+        content=content,
+        meta=meta,
+    )
     return split_by_platform(message)
 
 

@@ -39,7 +39,14 @@ from notifications.channels import ALL_CHANNELS, Channel
 from notifications.delivery_log import DispatchRow, record_dispatch_outcomes
 from notifications.dispatch.catalog import TypeCatalog, TypeEntry
 from notifications.dispatch.killswitch import KillSwitchBoard
-from notifications.dispatch.messages import ChannelMessage, Header, encode, idempotency_key
+from notifications.dispatch.messages import (
+    ChannelMessage,
+    Header,
+    channel_message,
+    encode,
+    idempotency_key,
+    split_by_platform,
+)
 from notifications.dispatch.scheduling import Deferred, release_due_messages, schedule_messages
 from notifications.dispatch.templating import FieldsRenderer, RenderError, mentions
 from notifications.dispatch.writer import BackgroundWriter
@@ -412,24 +419,20 @@ class Dispatcher:
             content["data"] = {"type": plan.key, "event_id": event_id, **scratch.push_data(data)}
         if channel == Channel.EMAIL and not plan.mandatory:
             content["list_unsubscribe"] = link
-        message: ChannelMessage = {
-            "v": 1,
-            "id": f"{event_id}:{user_id}:{channel}",  # idempotency_key()
-            "event_id": event_id,
-            "user_id": user_id,
-            "channel": channel,
-            "type": plan.key,
-            "category": plan.category,
-            "urgency": plan.urgency,
-            "priority": plan.priority,
-            "created_at": scratch.created_at,
-            "locale": locale,
-            "to": c.to,
-            "content": content,
-        }
-        if event.get("meta"):
-            message["meta"] = event["meta"]
-        return message
+        return channel_message(
+            event_id=event_id,
+            user_id=user_id,
+            channel=channel,
+            type=plan.key,
+            category=plan.category,
+            urgency=plan.urgency,
+            priority=plan.priority,
+            created_at=scratch.created_at,
+            locale=locale,
+            to=c.to,
+            content=content,
+            meta=event.get("meta") or None,
+        )
 
     # -- producing -------------------------------------------------------------------------------
     def _produce(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
@@ -468,20 +471,6 @@ def _store_decisions(logs: list[DispatchRow], deferred: list[Deferred]) -> None:
     if deferred:
         schedule_messages(deferred)
     record_dispatch_outcomes(logs)
-
-
-def split_by_platform(message: ChannelMessage) -> list[ChannelMessage]:
-    """A push message becomes one message per platform (FCM, APNs): each goes to its own provider,
-    with its own rate limit and outcome, so its dedup key carries the platform."""
-    if message["channel"] != Channel.PUSH:
-        return [message]
-    platforms: dict[str, list] = {}
-    for platform, token in message["to"]["devices"]:
-        platforms.setdefault(platform, []).append([platform, token])
-    return [
-        {**message, "id": f"{message['id']}:{platform}", "to": {"platform": platform, "devices": devices}}
-        for platform, devices in sorted(platforms.items())
-    ]
 
 
 def _stringly(data: dict[str, Any]) -> dict[str, str]:

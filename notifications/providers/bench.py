@@ -20,26 +20,26 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from notifications.dispatch.messages import ChannelMessage, channel_message
+
 ADAPTERS = ("twilio", "webhook", "sendgrid", "smtp", "fcm", "apns")
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"bench-webhook-secret-0123456789!").decode()
 
 
-def _message(i: int, channel: str, to: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "v": 1,
-        "id": f"bench-{i:08d}:{i}:{channel}",
-        "event_id": f"bench-{i:08d}",
-        "user_id": i,
-        "channel": channel,
-        "type": "bench",
-        "category": "transactional",
-        "urgency": "normal",
-        "priority": "transactional",
-        "created_at": "2025-01-01T00:00:00+00:00",
-        "locale": "en",
-        "to": to,
-        "content": content,
-    }
+def _message(i: int, channel: str, to: dict[str, Any], content: dict[str, Any]) -> ChannelMessage:
+    return channel_message(
+        event_id=f"bench-{i:08d}",
+        user_id=i,
+        channel=channel,
+        type="bench",
+        category="transactional",
+        urgency="normal",
+        priority="transactional",
+        created_at="2025-01-01T00:00:00+00:00",
+        locale="en",
+        to=to,
+        content=content,
+    )
 
 
 def _keys() -> tuple[str, str]:

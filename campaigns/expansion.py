@@ -76,18 +76,25 @@ from notifications.bus.topics import channel_topic, delivery_topic
 from notifications.channels import ALL_CHANNELS, Channel
 from notifications.delivery.token_bucket import Priority, RateLimiterUnavailable
 from notifications.delivery_log import LogEntry, record_dispatch_outcomes
-from notifications.dispatch.dispatcher import address_for
 from notifications.dispatch.killswitch import KillSwitchBoard
 from notifications.dispatch.messages import ChannelMessage, Header, channel_message, encode, split_by_platform
 from notifications.dispatch.scheduling import Deferred, schedule_messages
+from notifications.dispatch.screening import (
+    FREQUENCY_CAP,
+    KILL_SWITCH,
+    QuietHours,
+    Screened,
+    address_for,
+    frequency_cap_refusals,
+    kill_switch_drops,
+    kill_switch_holds,
+    screen_channel,
+)
 from notifications.dispatch.templating import RenderError
-from notifications.models import MANDATORY_CATEGORIES, DeliveryLog, DeliveryStatus, KillSwitchMode, Provider
+from notifications.models import MANDATORY_CATEGORIES, DeliveryLog, DeliveryStatus, Provider
 from notifications.priority import PriorityClass, classify, lane_for
 from notifications.providers.capacity import channel_capacity
 from preferences.cache import preferences_get_many
-from preferences.frequency import ALLOWED as ALLOWED_CAP
-from preferences.frequency import CapRequest, frequency_cap_take_many
-from preferences.rules import is_allowed, quiet_hours_end
 from preferences.selectors import ContactPoints
 from preferences.state import PreferenceState
 from preferences.unsubscribe import unsubscribe_url
@@ -433,6 +440,11 @@ class Pacer:
 
 
 # -- quiet hours and frequency caps ----------------------------------------------------------------------
+@dataclass(slots=True)
+class _Candidate(Screened):
+    recipient: BatchRecipient
+
+
 @dataclass
 class _Chunk:
     """What expanding one chunk did (the counters move with the cursor)."""
@@ -601,15 +613,15 @@ class BatchExpander:
         if not _active(view, batch):  # paused (or the start is not committed yet)
             return self.clock() + PAUSED_RECHECK_SECONDS
         mode = self.switches.channel_mode(batch.channel)
-        if mode in (KillSwitchMode.PAUSE, KillSwitchMode.DELAY):
+        if kill_switch_holds(mode, urgent=False):
             return self.clock() + KILL_SWITCH_RECHECK_SECONDS
         cursor = read_cursor(self.redis, **key)
         total = len(batch.user_ids)
-        if mode == KillSwitchMode.DROP_NON_URGENT:
+        if kill_switch_drops(mode, urgent=False):
             if deferred:
-                self._drop_deferred(view, batch, key, reason="kill_switch", cursor=cursor)
+                self._drop_deferred(view, batch, key, reason=KILL_SWITCH, cursor=cursor)
                 return None
-            SUPPRESSED.labels(batch.channel, "kill_switch").inc(max(0, total - cursor))
+            SUPPRESSED.labels(batch.channel, KILL_SWITCH).inc(max(0, total - cursor))
             record_expansion(
                 self.redis,
                 **key,
@@ -618,7 +630,7 @@ class BatchExpander:
                 suppressed=max(0, total - cursor),
                 extra=0,
                 done=True,
-                reasons={"kill_switch": max(0, total - cursor)},
+                reasons={KILL_SWITCH: max(0, total - cursor)},
             )
             return None
         buckets = self._buckets(view, batch.channel)
@@ -736,40 +748,33 @@ class BatchExpander:
         topic = delivery_topic(channel, lane_for(CAMPAIGN_PRIORITY))
         chunk = _Chunk()
         suppressed: dict[int, str] = {}
-        candidates: list[tuple[int, BatchRecipient, PreferenceState]] = []
+        candidates: list[_Candidate] = []
         for user_id in ids:
             recipient = loaded.get(user_id)
-            if recipient is None:
-                suppressed[user_id] = "unknown_recipient"
-                continue
             state = states.get(user_id) or PreferenceState(user_id=user_id)
-            allowed, reason = is_allowed(
-                state, category=view.category, channel=channel, type_default_channels=view.default_channels
+            to, reason = screen_channel(
+                state,
+                recipient.contact if recipient is not None else None,
+                category=view.category,
+                channel=channel,
+                default_channels=view.default_channels,
+                mode=None,  # the kill switch holds or drops the whole batch (_expand)
+                urgent=False,
             )
-            if not allowed:
+            if to is None:
                 suppressed[user_id] = reason
                 continue
-            if address_for(channel, recipient.contact) is None:
-                suppressed[user_id] = "no_contact_point"
-                continue
-            candidates.append((user_id, recipient, state))
-        if batch.caps_taken:  # taken when this quiet-hours batch was deferred
-            caps = [ALLOWED_CAP] * len(candidates)
-        else:
-            caps = frequency_cap_take_many(
-                self.redis,
-                [
-                    CapRequest(user_id, view.category, channel, state.caps_for(view.category))
-                    for user_id, _r, state in candidates
-                ],
-                now=now,
-            )
+            candidates.append(_Candidate(user_id, channel, view.category, state, to, recipient))
+        # A quiet-hours batch had its recipients' caps taken when it was deferred.
+        refused = set() if batch.caps_taken else frequency_cap_refusals(self.redis, candidates, now=now)
+        quiet_hours = QuietHours(now)
         waiting: dict[dt.datetime, list[int]] = {}
-        for (user_id, recipient, state), cap in zip(candidates, caps, strict=True):
-            if not cap.allowed:
-                suppressed[user_id] = "frequency_cap"
+        for index, candidate in enumerate(candidates):
+            user_id, recipient = candidate.user_id, candidate.recipient
+            if index in refused:
+                suppressed[user_id] = FREQUENCY_CAP
                 continue
-            quiet_end = quiet_hours_end(state, now)
+            quiet_end = quiet_hours.end(candidate.state, urgent=False)
             if quiet_end is not None:
                 waiting.setdefault(_due_minute(quiet_end), []).append(user_id)
                 continue

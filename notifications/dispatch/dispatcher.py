@@ -35,7 +35,7 @@ from prometheus_client import Counter
 from notifications.bus.config import producer_config
 from notifications.bus.producing import AckedProducer
 from notifications.bus.topics import channel_topic, delivery_topic, events_topic, topic_name
-from notifications.channels import ALL_CHANNELS, Channel
+from notifications.channels import Channel
 from notifications.delivery_log import DispatchRow, record_dispatch_outcomes
 from notifications.dispatch.catalog import TypeCatalog, TypeEntry
 from notifications.dispatch.killswitch import KillSwitchBoard
@@ -48,13 +48,20 @@ from notifications.dispatch.messages import (
     split_by_platform,
 )
 from notifications.dispatch.scheduling import Deferred, release_due_messages, schedule_messages
+from notifications.dispatch.screening import (
+    FREQUENCY_CAP,
+    QuietHours,
+    Screened,
+    candidate_channels,
+    frequency_cap_refusals,
+    kill_switch_holds,
+    screen_channel,
+)
 from notifications.dispatch.templating import FieldsRenderer, RenderError, mentions
 from notifications.dispatch.writer import BackgroundWriter
-from notifications.models import MANDATORY_CATEGORIES, DeliveryStatus, KillSwitchMode, Urgency
+from notifications.models import MANDATORY_CATEGORIES, DeliveryStatus, Urgency
 from notifications.priority import Lane, classify, lane_for
 from preferences.cache import preferences_get_many
-from preferences.frequency import CapRequest, frequency_cap_take_many
-from preferences.rules import is_allowed, quiet_hours_end
 from preferences.selectors import ContactPoints, contact_points_for_users
 from preferences.state import PreferenceState
 from preferences.unsubscribe import unsubscribe_url_maker
@@ -104,40 +111,13 @@ def parse_event(raw: bytes | None) -> dict[str, Any]:
     return event
 
 
-def address_for(channel: str, contact: ContactPoints) -> dict[str, Any] | None:
-    """Where this channel reaches the user, or None when it cannot (no or invalid contact point)."""
-    if channel == Channel.EMAIL:
-        return {"email": contact.email} if contact.email else None
-    if channel == Channel.SMS:
-        return {"phone": contact.phone} if contact.phone else None
-    if channel == Channel.PUSH:
-        return {"devices": [list(d) for d in contact.devices]} if contact.devices else None
-    if channel == Channel.WEBHOOK:
-        return {"url": contact.webhook_url} if contact.webhook_url else None
-    if channel == Channel.INAPP:
-        return {"user_id": contact.user_id}
-    return None
-
-
-def candidate_channels(entry: TypeEntry, state: PreferenceState) -> list[str]:
-    """The type's default channels plus any the user explicitly opted in to for this category."""
-    channels = list(entry.default_channels)
-    for channel, enabled in (state.categories.get(entry.category) or {}).items():
-        if enabled is True and channel not in channels and channel in ALL_CHANNELS:
-            channels.append(channel)
-    return channels
-
-
 @dataclass(slots=True)
-class _Candidate:
+class _Candidate(Screened):
     event: dict[str, Any]
     entry: TypeEntry
-    user_id: int
-    channel: str
-    to: dict[str, Any]
-    state: PreferenceState
     contact: ContactPoints
     mode: str
+    urgent: bool
 
 
 def dispatcher_producer() -> Producer:
@@ -263,7 +243,7 @@ class Dispatcher:
         states = preferences_get_many(user_ids, redis_client=self.redis) if user_ids else {}
         contacts = contacts_read.result() if contacts_read is not None else {}
 
-        suppressed, urgent = DeliveryStatus.SUPPRESSED, Urgency.URGENT
+        suppressed = DeliveryStatus.SUPPRESSED
         modes: dict[str, str] = {}  # kill switches, read once per batch
         candidates: list[_Candidate] = []
         if parsed:
@@ -272,53 +252,38 @@ class Dispatcher:
             user_id, event_id, type_key = event["recipient"], event["id"], event["type"]
             contact = contacts.get(user_id)
             state = states.get(user_id) or PreferenceState(user_id=user_id, version=0, document={})
-            # Most users have no preference document: the type's default channels, all allowed
-            # (what candidate_channels and is_allowed answer for an empty document).
-            document = state.document
-            channels = candidate_channels(entry, state) if document else entry.default_channels
-            if contact is None:
-                logs += [(event_id, user_id, ch, type_key, suppressed, "unknown_recipient") for ch in channels]
-                continue
+            # Most users have no preference document: the type's default channels.
+            channels = candidate_channels(entry, state) if state.document else entry.default_channels
+            category, urgent = entry.category, entry.urgency == Urgency.URGENT
             for channel in channels:
-                if document:
-                    allowed, reason = is_allowed(
-                        state, category=entry.category, channel=channel, type_default_channels=entry.default_channels
-                    )
-                    if not allowed:
-                        logs.append((event_id, user_id, channel, type_key, suppressed, reason))
-                        continue
-                to = address_for(channel, contact)
-                if to is None:
-                    logs.append((event_id, user_id, channel, type_key, suppressed, "no_contact_point"))
-                    continue
                 mode = modes.get(channel)
                 if mode is None:
                     mode = modes[channel] = self.switches.channel_mode(channel)
-                if mode == KillSwitchMode.DROP_NON_URGENT and entry.urgency != urgent:
-                    logs.append((event_id, user_id, channel, type_key, suppressed, "kill_switch"))
+                to, reason = screen_channel(
+                    state,
+                    contact,
+                    category=category,
+                    channel=channel,
+                    default_channels=entry.default_channels,
+                    mode=mode,
+                    urgent=urgent,
+                )
+                if to is None:
+                    logs.append((event_id, user_id, channel, type_key, suppressed, reason))
                     continue
-                candidates.append(_Candidate(event, entry, user_id, channel, to, state, contact, mode))
+                candidates.append(
+                    _Candidate(user_id, channel, category, state, to, event, entry, contact, mode, urgent)
+                )
 
-        # Only users with caps in their document have anything to take (the others are allowed
-        # without touching Redis), so only they are asked; their order is kept.
-        capped = [i for i, c in enumerate(candidates) if c.state.document and c.state.caps_for(c.entry.category)]
-        caps = frequency_cap_take_many(
-            self.redis,
-            [
-                CapRequest(c.user_id, c.entry.category, c.channel, c.state.caps_for(c.entry.category))
-                for c in (candidates[i] for i in capped)
-            ],
-            now=now,
-        )
-        refused = {i for i, cap in zip(capped, caps, strict=True) if not cap.allowed}
+        refused = frequency_cap_refusals(self.redis, candidates, now=now)
+        quiet_hours = QuietHours(now)
         scratch = _BatchScratch(now)
         outgoing: list[tuple[str, str, ChannelMessage]] = []
-        quiet_ends: dict[int, datetime | None] = {}  # per user: the same for all their channels
         for index, candidate in enumerate(candidates):
             event, user_id, channel = candidate.event, candidate.user_id, candidate.channel
             event_id, type_key = event["id"], event["type"]
             if index in refused:
-                logs.append((event_id, user_id, channel, type_key, suppressed, "frequency_cap"))
+                logs.append((event_id, user_id, channel, type_key, suppressed, FREQUENCY_CAP))
                 continue
             try:
                 message = self._build_message(candidate, scratch)
@@ -327,27 +292,21 @@ class Dispatcher:
                 logs.append((event_id, user_id, channel, type_key, DeliveryStatus.DLQ, f"render_error: {exc}"))
                 continue
             lane = lane_for(message["priority"])
-            if candidate.entry.urgency != urgent and candidate.state.document:
-                if user_id in quiet_ends:
-                    quiet_end = quiet_ends[user_id]
-                else:
-                    quiet_end = quiet_ends[user_id] = quiet_hours_end(candidate.state, now)
-                if quiet_end is not None:
-                    deferred += [
-                        Deferred(
-                            quiet_end,
-                            scratch.topic(channel, lane),
-                            str(user_id),
-                            dict(part),
-                            {Header.IDEMPOTENCY_KEY: part["id"]},
-                        )
-                        for part in split_by_platform(message)
-                    ]
-                    logs.append((event_id, user_id, channel, type_key, DeliveryStatus.SCHEDULED, "quiet_hours"))
-                    continue
-            park = candidate.mode == KillSwitchMode.PAUSE or (
-                candidate.mode == KillSwitchMode.DELAY and candidate.entry.urgency != urgent
-            )
+            quiet_end = quiet_hours.end(candidate.state, urgent=candidate.urgent)
+            if quiet_end is not None:
+                deferred += [
+                    Deferred(
+                        quiet_end,
+                        scratch.topic(channel, lane),
+                        str(user_id),
+                        dict(part),
+                        {Header.IDEMPOTENCY_KEY: part["id"]},
+                    )
+                    for part in split_by_platform(message)
+                ]
+                logs.append((event_id, user_id, channel, type_key, DeliveryStatus.SCHEDULED, "quiet_hours"))
+                continue
+            park = kill_switch_holds(candidate.mode, urgent=candidate.urgent)
             topic = scratch.topic(channel, None if park else lane)
             key = str(user_id)
             if channel == Channel.PUSH:

@@ -321,7 +321,7 @@ def explain_first_page(campaign, batch_size: int) -> None:
 
 def send_rate(args, campaign, env: dict[str, str], sandbox, tmp: Path, *, expander: bool = True) -> dict:
     """Run the workers (and the expander) and measure the sandbox's accepted rate over the window."""
-    from campaigns.expansion import ChannelBacklog
+    from campaigns.expansion.pacing import ChannelBacklog
     from campaigns.models import Campaign
 
     client = sandbox.client("twilio")

@@ -43,7 +43,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from prometheus_client import Counter, Histogram
 
-from campaigns.expansion import copy_version
+from campaigns.expansion.building import copy_version
 from campaigns.models import Campaign, CampaignLaunch, CampaignState
 from campaigns.progress import expanded_count, flush_progress, pending_deferred_count
 from campaigns.selectors import audience_count, audience_page

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from campaigns.expansion import ExpanderConfig, build_expander_runner
+from campaigns.expansion.expander import ExpanderConfig, build_expander_runner
 from notifications.channels import ALL_CHANNELS
 from notifications.process import install_stop_handlers, start_metrics_server
 

@@ -1,26 +1,7 @@
 """The campaign orchestrator: launch events in, one ``notif.<channel>.batch`` message per page and channel out.
 
-``run_campaign_orchestrator`` consumes ``notif.campaigns``. A ``campaign.launched`` event (written
-by :func:`campaigns.services.campaign_launch` through the outbox) becomes a ``CampaignLaunch`` row
-(idempotent by launch id); then the offset is committed. The paging itself happens in the runner's
-``tick`` between polls, one page per step, so a 50M-user campaign never holds a poll:
-
-1. Claim a due launch with ``SELECT … FOR UPDATE SKIP LOCKED`` (several orchestrators share the
-   work; a crashed one's row lock vanishes with its transaction). A scheduled campaign whose time
-   has come moves to running; its audience is counted once.
-2. Read one keyset page — ``id > last ORDER BY id LIMIT n`` with the predicate, preferences
-   (:func:`preferences.selectors.allowed_users_q`) and contact-point availability per channel, all
-   in ONE query (:func:`campaigns.selectors.audience_page`).
-3. Produce one batch message per channel (campaign, launch id, batch number, user ids, content
-   reference), wait for Kafka's acknowledgement, then advance the checkpoint (last user id, next
-   batch number, counters) in the same transaction that holds the row lock, and commit.
-
-A crash before the commit re-emits at most the page in hand (same batch number, same users; the
-expander's per-batch cursor and the worker's dedup absorb it); a committed page is never emitted
-again. Pause and cancel are read from the campaign row before every page. Every
-``CAMPAIGN_PROGRESS_FLUSH_SECONDS`` the tick also flushes the Redis progress counters to PostgreSQL
-and completes running campaigns whose batches are all emitted and expanded (including the batches
-the expander deferred to the end of recipients' quiet hours).
+``run_campaign_orchestrator`` records each ``campaign.launched`` event as a ``CampaignLaunch`` and pages its
+audience in the runner's ``tick``, one checkpointed keyset page per step: docs/architecture.md, "Campaigns".
 """
 
 from __future__ import annotations
@@ -81,7 +62,7 @@ def orchestrator_settings() -> dict[str, Any]:
 
 
 class CampaignOrchestrator:
-    """BatchHandler for ``notif.campaigns`` plus the paging work in ``tick`` (see module docstring)."""
+    """BatchHandler for ``notif.campaigns`` plus the paging work in ``tick``."""
 
     def __init__(
         self,
@@ -185,8 +166,8 @@ class CampaignOrchestrator:
                 return False
             campaign = launch.campaign
             if not self.jit:
-                # A 50k-row LIMIT crosses jit_above_cost: PostgreSQL then spends ~0.7 s compiling
-                # the page query (measured: 730 ms of a 1 s page) to save a few ms of execution.
+                # A 50k-row LIMIT crosses jit_above_cost: PostgreSQL then spends most of the page
+                # compiling the query to save a few ms of execution (docs/architecture.md, "Campaigns").
                 with connection.cursor() as cursor:
                     cursor.execute("SET LOCAL jit = off")
             if campaign.state == CampaignState.SCHEDULED and not self._start(campaign, now):

@@ -1,16 +1,7 @@
-"""The dispatcher: `notif.events` in, one ready-to-send message per wanted channel out.
+"""The dispatcher: ``notif.events`` in, one ready-to-send message per wanted channel out (``run_dispatcher``).
 
-For each event and recipient it resolves the type, the user's preferences (opt-outs, global mute,
-security override), contact points, kill switches, frequency caps (atomic in Redis) and quiet
-hours, renders the copy in the user's locale, and produces to `notif.<channel>` keyed by user.
-Preferences are decided here once; workers never look at them again.
-
-A batch is handled as a whole: preferences with one MGET, contact points with one query,
-frequency caps with one pipeline, delivery-log rows with one insert. Offsets are committed by the
-runner only after every produced message is acknowledged and the log and deferred rows are stored:
-both are awaited on a writer thread while the next batch is handled (see `ConsumerRunner`'s
-pipelined commits).
-A malformed or unknown event goes to `notif.events.dlq` with the reason; it never stops the batch.
+A batch is handled as a whole (one MGET, one query, one caps pipeline, one log insert) and committed only
+once its messages are acknowledged and its decisions stored: docs/architecture.md, "Dispatcher".
 """
 
 import logging

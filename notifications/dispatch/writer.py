@@ -1,11 +1,8 @@
 """Database work on a thread of its own, so a batch's PostgreSQL round trips overlap its other work.
 
-The dispatcher's delivery-log insert spends most of its time waiting for PostgreSQL (≈ 45 ms per
-2,500 rows here, 5 ms of it Python). Submitted here, it runs while the main thread produces the
-batch's messages and waits for their acknowledgements; the batch is complete only when both are,
-so offsets are still committed only after the rows are stored. The thread keeps one connection of
-its own (Django connections are per thread); :meth:`BackgroundWriter.close` closes it. The
-dispatcher also reads contact points on a second one while it loads preferences from Redis.
+The thread keeps one connection of its own (Django connections are per thread); :meth:`BackgroundWriter.close`
+closes it. The dispatcher stores a batch's decisions on one and reads contact points on another
+(docs/architecture.md, "Dispatcher").
 """
 
 from __future__ import annotations

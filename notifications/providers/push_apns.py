@@ -38,8 +38,8 @@ DEFAULT_MAX_CONNECTIONS = 4
 #: stream -- within the send deadline, which then expires on pushes the server accepted meanwhile.
 STREAMS_PER_CONNECTION = 100
 #: Pushes a worker has in flight (`max_in_flight`): all of them share that one connection, and under
-#: CPU contention its requests slow down together (measured: 100 in flight on a loaded 2-core box,
-#: p99 9-13 s, past the 10 s send deadline; 32, p99 6-8 s at the same throughput).
+#: CPU contention its requests slow down together; at 100 their p99 passed the send deadline
+#: (docs/architecture.md, "Delivery", worker loop).
 DEFAULT_MAX_IN_FLIGHT = 32
 
 

@@ -113,6 +113,8 @@ def worker_group(channel: str) -> str:
 
 @dataclass
 class Bucket:
+    """A global token bucket that a campaign's releases take from (today: its throttle's)."""
+
     name: str
     rate: float
     burst: int

@@ -25,26 +25,26 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
+from notifications.dispatch.messages import ChannelMessage, channel_message  # noqa: E402
+
 ADAPTERS = ("twilio", "webhook", "sendgrid", "smtp", "fcm", "apns")
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"bench-webhook-secret-0123456789!").decode()
 
 
-def _message(i: int, channel: str, to: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "v": 1,
-        "id": f"bench-{i:08d}:{i}:{channel}",
-        "event_id": f"bench-{i:08d}",
-        "user_id": i,
-        "channel": channel,
-        "type": "bench",
-        "category": "transactional",
-        "urgency": "normal",
-        "priority": "transactional",
-        "created_at": "2025-01-01T00:00:00+00:00",
-        "locale": "en",
-        "to": to,
-        "content": content,
-    }
+def _message(i: int, channel: str, to: dict[str, Any], content: dict[str, Any]) -> ChannelMessage:
+    return channel_message(
+        event_id=f"bench-{i:08d}",
+        user_id=i,
+        channel=channel,
+        type="bench",
+        category="transactional",
+        urgency="normal",
+        priority="transactional",
+        created_at="2025-01-01T00:00:00+00:00",
+        locale="en",
+        to=to,
+        content=content,
+    )
 
 
 def _keys() -> tuple[str, str]:

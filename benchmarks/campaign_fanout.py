@@ -321,7 +321,7 @@ def explain_first_page(campaign, batch_size: int) -> None:
 
 def send_rate(args, campaign, env: dict[str, str], sandbox, tmp: Path, *, expander: bool = True) -> dict:
     """Run the workers (and the expander) and measure the sandbox's accepted rate over the window."""
-    from campaigns.expansion import ChannelBacklog
+    from campaigns.expansion.pacing import ChannelBacklog
     from campaigns.models import Campaign
 
     client = sandbox.client("twilio")
@@ -426,6 +426,7 @@ def worker_baseline(args, env: dict[str, str], sandbox, tmp: Path, run: str) -> 
     from notifications.bus.config import producer_config
     from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
     from notifications.bus.topics import channel_topic
+    from notifications.dispatch.messages import channel_message
 
     prefix, previous = f"benchcf{run}b.", settings.KAFKA_TOPIC_PREFIX
     settings.KAFKA_TOPIC_PREFIX = prefix
@@ -435,12 +436,11 @@ def worker_baseline(args, env: dict[str, str], sandbox, tmp: Path, run: str) -> 
         count = int(args.contract_rate * (args.warmup + args.send_seconds + 15))
         launch = str(uuid.uuid4())
         for i in range(count):
-            message = {
-                "v": 1, "id": f"{launch}:{i}:sms", "event_id": launch, "user_id": i, "channel": "sms",
-                "type": TYPE_KEY, "category": "marketing", "urgency": "bulk", "priority": "bulk",
-                "created_at": datetime.now(UTC).isoformat(), "locale": "en", "to": {"phone": f"+49152{i:08d}"},
-                "content": {"body": "Sale: 20% off"},
-            }  # fmt: skip
+            message = channel_message(
+                event_id=launch, user_id=i, channel="sms", type=TYPE_KEY, category="marketing", urgency="bulk",
+                priority="bulk", created_at=datetime.now(UTC).isoformat(), locale="en",
+                to={"phone": f"+49152{i:08d}"}, content={"body": "Sale: 20% off"},
+            )  # fmt: skip
             while True:
                 try:
                     producer.produce(channel_topic("sms"), key=str(i).encode(), value=orjson.dumps(message))

@@ -348,14 +348,16 @@ class PhaseTimer:
 
         return timed
 
+    #: (label, name) of the functions the dispatcher module calls by its own global names.
     FUNCTIONS = (
         ("parse envelopes", "parse_event"),
         ("preferences (MGET / DB / warm)", "preferences_get_many"),
         ("[reader thread] contact points (1 query)", "contact_points_for_users"),
-        ("frequency caps (Redis)", "frequency_cap_take_many"),
         ("[writer thread] delivery log insert", "record_dispatch_outcomes"),
         ("[writer thread] quiet-hours rows", "schedule_messages"),
     )
+    #: The same, called from the screening module.
+    SCREENING_FUNCTIONS = (("frequency caps (Redis)", "frequency_cap_take_many"),)
     METHODS = (
         ("render + build message", "_build_message"),
         ("producer.produce calls", "_produce"),
@@ -364,9 +366,14 @@ class PhaseTimer:
 
     def install(self) -> None:
         from notifications.dispatch import dispatcher as module
+        from notifications.dispatch import screening
 
         self._originals = []
-        for owner, pairs in ((module, self.FUNCTIONS), (module.Dispatcher, self.METHODS)):
+        for owner, pairs in (
+            (module, self.FUNCTIONS),
+            (screening, self.SCREENING_FUNCTIONS),
+            (module.Dispatcher, self.METHODS),
+        ):
             for label, name in pairs:
                 original = getattr(owner, name)
                 self._originals.append((owner, name, original))

@@ -180,6 +180,7 @@ def produce_backlog(n: int, type_key: str) -> float:
 
     from notifications.bus.config import producer_config
     from notifications.bus.topics import channel_topic
+    from notifications.dispatch.messages import channel_message
 
     topic = channel_topic("sms")
     producer = Producer(producer_config())
@@ -192,14 +193,13 @@ def produce_backlog(n: int, type_key: str) -> float:
     created = datetime.now(UTC).isoformat()
     t0 = time.perf_counter()
     for i in range(n):
-        event_id, user_id = str(uuid.uuid4()), i + 1
-        key = f"{event_id}:{user_id}:sms"
-        body = {
-            "v": 1, "id": key, "event_id": event_id, "user_id": user_id, "channel": "sms", "type": type_key,
-            "category": "transactional", "urgency": "normal", "priority": "transactional",
-            "created_at": created, "locale": "en", "to": {"phone": f"+4915{i:09d}"},
-            "content": {"body": f"Your order A-{i:07d} has shipped and arrives tomorrow."},
-        }  # fmt: skip
+        user_id = i + 1
+        body = channel_message(
+            event_id=str(uuid.uuid4()), user_id=user_id, channel="sms", type=type_key, category="transactional",
+            urgency="normal", priority="transactional", created_at=created, locale="en",
+            to={"phone": f"+4915{i:09d}"}, content={"body": f"Your order A-{i:07d} has shipped and arrives tomorrow."},
+        )  # fmt: skip
+        key = body["id"]
         while True:
             try:
                 producer.produce(

@@ -412,7 +412,7 @@ class Collector(threading.Thread):
 
 def consumer_lag(admin, prefix: str) -> dict[str, int]:
     """Messages waiting for the consumer groups of this run: the dispatcher's (notif.events*) and the
-    workers' (notif.email, its bulk lane and retry tiers), as campaigns.expansion.ChannelBacklog counts."""
+    workers' (notif.email, its bulk lane and retry tiers), as campaigns.expansion.pacing.ChannelBacklog counts."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import OffsetSpec
 

@@ -25,7 +25,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from prometheus_client import Counter, Histogram
 
-from campaigns.expansion import copy_version
+from campaigns.expansion.building import copy_version
 from campaigns.models import Campaign, CampaignLaunch, CampaignState
 from campaigns.progress import expanded_count, flush_progress, outstanding, pending_deferred_count, read_counters
 from campaigns.selectors import audience_count, audience_page
@@ -63,7 +63,7 @@ def orchestrator_settings() -> dict[str, Any]:
 
 
 class CampaignOrchestrator:
-    """BatchHandler for ``notif.campaigns`` plus the paging work in ``tick`` (see module docstring)."""
+    """BatchHandler for ``notif.campaigns`` plus the paging work in ``tick``."""
 
     def __init__(
         self,
@@ -165,8 +165,8 @@ class CampaignOrchestrator:
                 return False
             campaign = launch.campaign
             if not self.jit:
-                # A 50k-row LIMIT crosses jit_above_cost: PostgreSQL then spends ~0.7 s compiling
-                # the page query (measured: 730 ms of a 1 s page) to save a few ms of execution.
+                # A 50k-row LIMIT crosses jit_above_cost: PostgreSQL then spends most of the page
+                # compiling the query to save a few ms of execution (docs/architecture.md, "Campaigns").
                 with connection.cursor() as cursor:
                     cursor.execute("SET LOCAL jit = off")
             if campaign.state == CampaignState.SCHEDULED and not self._start(campaign, now):

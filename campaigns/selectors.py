@@ -7,14 +7,10 @@ allowed_users_q`, is_allowed as SQL) and a valid contact point exists (:func:`co
 ``WHERE id > last AND predicate ORDER BY id LIMIT n`` (keyset: the cost of a page does not grow
 with its position, unlike OFFSET).
 
-*Departure, measured:* in a page query the flags are select-list expressions, where PostgreSQL
-cannot turn ``allowed_users_q``'s ``EXISTS`` into a join; it builds a hashed subplan from a scan of
-the WHOLE preference-document table, per channel, per page (at 1M users and 200k documents: 250 ms
-of a 390 ms page, growing with the table, not the page). :func:`allowed_by_document_q` is the same
-rule written against a LEFT JOIN of the user's one document, which the planner merges in id order
-(cost proportional to the page). ``test_allowed_by_document_q_matches_allowed_users_q`` checks the
-two agree on every combination of document, category and channel; estimates, which scan
-everything anyway, keep using ``allowed_users_q``.
+In a page query the preference rule is :func:`allowed_by_document_q`, ``allowed_users_q`` written
+against a LEFT JOIN of the user's one document (why: docs/architecture.md, "Campaigns", departures);
+``test_allowed_by_document_q_matches_allowed_users_q`` checks the two agree. Estimates keep
+``allowed_users_q``.
 """
 
 from __future__ import annotations
@@ -134,8 +130,8 @@ def batch_recipients(user_ids: Sequence[int]) -> dict[int, BatchRecipient]:
     """Contact points, first names and attributes of a batch's users in two queries, whatever its size.
 
     Same rules as :func:`preferences.selectors.contact_points_for_users` (checked by a test), but
-    the ids travel as ONE array parameter: a 50k-id ``IN (%s, …)`` cost ~3 s per batch in query
-    building and parsing alone (measured), ``= ANY(array)`` a few ms."""
+    the ids travel as ONE array parameter: a 50k-id ``IN (%s, …)`` costs far more to build and
+    parse than the query takes to run (docs/architecture.md, "Batch expansion")."""
     if not user_ids:
         return {}
     ids = RawSQL("SELECT unnest(%s::bigint[])", (list(user_ids),))

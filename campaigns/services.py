@@ -204,7 +204,7 @@ def campaign_send_test(*, campaign_id: int, user) -> list[str]:
     """Render the campaign for ``user`` and send it on each channel the user can be reached on, through
     the outbox and the normal workers (preferences are not applied: the user asked for it). Returns
     the channels a message was queued for."""
-    from campaigns.expansion import CampaignView, build_recipient_messages
+    from campaigns.expansion.building import CampaignView, build_recipient_messages
     from preferences.selectors import contact_points_for_users
 
     if user is None or not user.has_perm("campaigns.change_campaign"):

@@ -5,7 +5,7 @@ Two token buckets use a campaign's throttle, both global (Redis ``TIME`` is the 
 * ``campaign:{id}`` — taken by the channel worker right before a send of a message whose
   ``meta.throttle`` is set (:func:`campaign_throttle_take`); this is the exact limit.
 * ``campaign-pace:campaign:{id}`` — taken by the batch expander before it releases per-recipient
-  messages to ``notif.<channel>`` (:mod:`campaigns.expansion`), so the topic never holds more
+  messages to ``notif.<channel>`` (:mod:`campaigns.expansion.expander`), so the topic never holds more
   than a moment's worth of a throttled campaign (pause and cancel take effect at once, and
   transactional messages are not queued behind it).
 

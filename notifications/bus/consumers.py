@@ -119,7 +119,7 @@ def consumers() -> dict[str, ConsumerSpec]:
         ConsumerSpec(
             name="campaign-expander",
             group="campaign-expander",
-            factory="campaigns.expansion.build_expander_runner",
+            factory="campaigns.expansion.expander.build_expander_runner",
             topics=batch_topics,
             dlq_topic=_channel_dlq,
             metrics_port=9110,

@@ -15,7 +15,7 @@ from notifications.bus.runner import Deferrals
 from notifications.bus.topics import tier_delay
 from notifications.delivery_log import LogEntry
 from notifications.dispatch.messages import ChannelMessage, Header, headers_dict
-from notifications.providers.base import SendResult
+from notifications.providers.results import SendResult
 
 
 @dataclass(eq=False)  # identity: jobs live in sets while they are being delivered

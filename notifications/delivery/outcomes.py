@@ -17,7 +17,7 @@ from notifications.delivery.jobs import Job, Unreadable
 from notifications.delivery_log import LogEntry
 from notifications.dispatch.messages import ChannelMessage, Header
 from notifications.priority import lane_for, message_priority
-from notifications.providers.base import SendResult
+from notifications.providers.results import SendResult
 
 RETRIES = Counter("worker_retries_total", "Messages parked in a retry tier", ["channel", "tier"])
 DLQ = Counter("worker_dlq_total", "Messages sent to the DLQ", ["channel", "error_class"])

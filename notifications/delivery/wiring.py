@@ -18,8 +18,8 @@ from notifications.delivery.token_bucket import TokenBucket
 from notifications.delivery.worker import ChannelWorker, WorkerConfig
 from notifications.delivery_log import record_delivery_outcomes
 from notifications.dispatch.messages import ChannelMessage
-from notifications.providers.base import SendResult
 from notifications.providers.registry import channel_send_bound
+from notifications.providers.results import SendResult
 from notifications.redis_client import get_redis
 
 DEDUP_FAIL_OPEN = Counter(

@@ -28,7 +28,7 @@ from notifications.delivery.provider_slots import ProviderSlot
 from notifications.delivery.token_bucket import RateLimiterUnavailable, TokenBucket
 from notifications.dispatch.messages import ChannelMessage
 from notifications.priority import message_priority
-from notifications.providers.base import SendOutcome
+from notifications.providers.results import SendOutcome
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,7 @@
-"""The dispatcher: `notif.events` in, one ready-to-send message per wanted channel out.
+"""The dispatcher: ``notif.events`` in, one ready-to-send message per wanted channel out (``run_dispatcher``).
 
-For each event and recipient it resolves the type, the user's preferences (opt-outs, global mute,
-security override), contact points, kill switches, frequency caps (atomic in Redis) and quiet
-hours, renders the copy in the user's locale, and produces to `notif.<channel>` keyed by user.
-Preferences are decided here once; workers never look at them again.
-
-A batch is handled as a whole: preferences with one MGET, contact points with one query,
-frequency caps with one pipeline, delivery-log rows with one insert. Offsets are committed by the
-runner only after every produced message is acknowledged and the log and deferred rows are stored:
-both are awaited on a writer thread while the next batch is handled (see `ConsumerRunner`'s
-pipelined commits).
-A malformed or unknown event goes to `notif.events.dlq` with the reason; it never stops the batch.
+A batch is handled as a whole (one MGET, one query, one caps pipeline, one log insert) and committed only
+once its messages are acknowledged and its decisions stored: docs/architecture.md, "Dispatcher".
 """
 
 import logging
@@ -36,19 +27,33 @@ from notifications.bus.dead_letters import dead_letter_headers
 from notifications.bus.producing import AckedProducer
 from notifications.bus.runner import ConsumerRunner
 from notifications.bus.topics import channel_topic, delivery_topic, events_topic, topic_name
-from notifications.channels import ALL_CHANNELS, Channel
+from notifications.channels import Channel
 from notifications.delivery_log import DispatchRow, record_dispatch_outcomes
 from notifications.dispatch.catalog import TypeCatalog, TypeEntry
 from notifications.dispatch.db_thread import DatabaseThread
 from notifications.dispatch.killswitch import KillSwitchBoard
-from notifications.dispatch.messages import ChannelMessage, Header, encode, idempotency_key
+from notifications.dispatch.messages import (
+    ChannelMessage,
+    Header,
+    channel_message,
+    encode,
+    idempotency_key,
+    split_by_platform,
+)
 from notifications.dispatch.scheduling import Deferred, release_due_messages, schedule_messages
+from notifications.dispatch.screening import (
+    FREQUENCY_CAP,
+    QuietHours,
+    Screened,
+    candidate_channels,
+    frequency_cap_refusals,
+    kill_switch_holds,
+    screen_channel,
+)
 from notifications.dispatch.templating import FieldsRenderer, RenderError, mentions
-from notifications.models import MANDATORY_CATEGORIES, DeliveryStatus, KillSwitchMode, Urgency
+from notifications.models import MANDATORY_CATEGORIES, DeliveryStatus, Urgency
 from notifications.priority import Lane, classify, lane_for
 from preferences.cache import preferences_get_many
-from preferences.frequency import CapRequest, frequency_cap_take_many
-from preferences.rules import is_allowed, quiet_hours_end
 from preferences.selectors import ContactPoints, contact_points_for_users
 from preferences.state import PreferenceState
 from preferences.unsubscribe import unsubscribe_url_maker
@@ -98,40 +103,13 @@ def parse_event(raw: bytes | None) -> dict[str, Any]:
     return event
 
 
-def address_for(channel: str, contact: ContactPoints) -> dict[str, Any] | None:
-    """Where this channel reaches the user, or None when it cannot (no or invalid contact point)."""
-    if channel == Channel.EMAIL:
-        return {"email": contact.email} if contact.email else None
-    if channel == Channel.SMS:
-        return {"phone": contact.phone} if contact.phone else None
-    if channel == Channel.PUSH:
-        return {"devices": [list(d) for d in contact.devices]} if contact.devices else None
-    if channel == Channel.WEBHOOK:
-        return {"url": contact.webhook_url} if contact.webhook_url else None
-    if channel == Channel.INAPP:
-        return {"user_id": contact.user_id}
-    return None
-
-
-def candidate_channels(entry: TypeEntry, state: PreferenceState) -> list[str]:
-    """The type's default channels plus any the user explicitly opted in to for this category."""
-    channels = list(entry.default_channels)
-    for channel, enabled in (state.categories.get(entry.category) or {}).items():
-        if enabled is True and channel not in channels and channel in ALL_CHANNELS:
-            channels.append(channel)
-    return channels
-
-
 @dataclass(slots=True)
-class _Candidate:
+class _Candidate(Screened):
     event: dict[str, Any]
     entry: TypeEntry
-    user_id: int
-    channel: str
-    to: dict[str, Any]
-    state: PreferenceState
     contact: ContactPoints
     mode: str
+    urgent: bool
 
 
 def dispatcher_producer() -> Producer:
@@ -256,7 +234,7 @@ class Dispatcher:
         states = preferences_get_many(user_ids, redis_client=self.redis) if user_ids else {}
         contacts = contacts_read.result() if contacts_read is not None else {}
 
-        suppressed, urgent = DeliveryStatus.SUPPRESSED, Urgency.URGENT
+        suppressed = DeliveryStatus.SUPPRESSED
         modes: dict[str, str] = {}  # kill switches, read once per batch
         candidates: list[_Candidate] = []
         if parsed:
@@ -265,53 +243,38 @@ class Dispatcher:
             user_id, event_id, type_key = event["recipient"], event["id"], event["type"]
             contact = contacts.get(user_id)
             state = states.get(user_id) or PreferenceState(user_id=user_id, version=0, document={})
-            # Most users have no preference document: the type's default channels, all allowed
-            # (what candidate_channels and is_allowed answer for an empty document).
-            document = state.document
-            channels = candidate_channels(entry, state) if document else entry.default_channels
-            if contact is None:
-                logs += [(event_id, user_id, ch, type_key, suppressed, "unknown_recipient") for ch in channels]
-                continue
+            # Most users have no preference document: the type's default channels.
+            channels = candidate_channels(entry, state) if state.document else entry.default_channels
+            category, urgent = entry.category, entry.urgency == Urgency.URGENT
             for channel in channels:
-                if document:
-                    allowed, reason = is_allowed(
-                        state, category=entry.category, channel=channel, type_default_channels=entry.default_channels
-                    )
-                    if not allowed:
-                        logs.append((event_id, user_id, channel, type_key, suppressed, reason))
-                        continue
-                to = address_for(channel, contact)
-                if to is None:
-                    logs.append((event_id, user_id, channel, type_key, suppressed, "no_contact_point"))
-                    continue
                 mode = modes.get(channel)
                 if mode is None:
                     mode = modes[channel] = self.switches.channel_mode(channel)
-                if mode == KillSwitchMode.DROP_NON_URGENT and entry.urgency != urgent:
-                    logs.append((event_id, user_id, channel, type_key, suppressed, "kill_switch"))
+                to, reason = screen_channel(
+                    state,
+                    contact,
+                    category=category,
+                    channel=channel,
+                    default_channels=entry.default_channels,
+                    mode=mode,
+                    urgent=urgent,
+                )
+                if to is None:
+                    logs.append((event_id, user_id, channel, type_key, suppressed, reason))
                     continue
-                candidates.append(_Candidate(event, entry, user_id, channel, to, state, contact, mode))
+                candidates.append(
+                    _Candidate(user_id, channel, category, state, to, event, entry, contact, mode, urgent)
+                )
 
-        # Only users with caps in their document have anything to take (the others are allowed
-        # without touching Redis), so only they are asked; their order is kept.
-        capped = [i for i, c in enumerate(candidates) if c.state.document and c.state.caps_for(c.entry.category)]
-        caps = frequency_cap_take_many(
-            self.redis,
-            [
-                CapRequest(c.user_id, c.entry.category, c.channel, c.state.caps_for(c.entry.category))
-                for c in (candidates[i] for i in capped)
-            ],
-            now=now,
-        )
-        refused = {i for i, cap in zip(capped, caps, strict=True) if not cap.allowed}
+        refused = frequency_cap_refusals(self.redis, candidates, now=now)
+        quiet_hours = QuietHours(now)
         scratch = _BatchScratch(now)
         outgoing: list[tuple[str, str, ChannelMessage]] = []
-        quiet_ends: dict[int, datetime | None] = {}  # per user: the same for all their channels
         for index, candidate in enumerate(candidates):
             event, user_id, channel = candidate.event, candidate.user_id, candidate.channel
             event_id, type_key = event["id"], event["type"]
             if index in refused:
-                logs.append((event_id, user_id, channel, type_key, suppressed, "frequency_cap"))
+                logs.append((event_id, user_id, channel, type_key, suppressed, FREQUENCY_CAP))
                 continue
             try:
                 message = self._build_message(candidate, scratch)
@@ -320,27 +283,21 @@ class Dispatcher:
                 logs.append((event_id, user_id, channel, type_key, DeliveryStatus.DLQ, f"render_error: {exc}"))
                 continue
             lane = lane_for(message["priority"])
-            if candidate.entry.urgency != urgent and candidate.state.document:
-                if user_id in quiet_ends:
-                    quiet_end = quiet_ends[user_id]
-                else:
-                    quiet_end = quiet_ends[user_id] = quiet_hours_end(candidate.state, now)
-                if quiet_end is not None:
-                    deferred += [
-                        Deferred(
-                            quiet_end,
-                            scratch.topic(channel, lane),
-                            str(user_id),
-                            dict(part),
-                            {Header.IDEMPOTENCY_KEY: part["id"]},
-                        )
-                        for part in split_by_platform(message)
-                    ]
-                    logs.append((event_id, user_id, channel, type_key, DeliveryStatus.SCHEDULED, "quiet_hours"))
-                    continue
-            park = candidate.mode == KillSwitchMode.PAUSE or (
-                candidate.mode == KillSwitchMode.DELAY and candidate.entry.urgency != urgent
-            )
+            quiet_end = quiet_hours.end(candidate.state, urgent=candidate.urgent)
+            if quiet_end is not None:
+                deferred += [
+                    Deferred(
+                        quiet_end,
+                        scratch.topic(channel, lane),
+                        str(user_id),
+                        dict(part),
+                        {Header.IDEMPOTENCY_KEY: part["id"]},
+                    )
+                    for part in split_by_platform(message)
+                ]
+                logs.append((event_id, user_id, channel, type_key, DeliveryStatus.SCHEDULED, "quiet_hours"))
+                continue
+            park = kill_switch_holds(candidate.mode, urgent=candidate.urgent)
             topic = scratch.topic(channel, None if park else lane)
             key = str(user_id)
             if channel == Channel.PUSH:
@@ -413,24 +370,20 @@ class Dispatcher:
             content["data"] = {"type": plan.key, "event_id": event_id, **scratch.push_data(data)}
         if channel == Channel.EMAIL and not plan.mandatory:
             content["list_unsubscribe"] = link
-        message: ChannelMessage = {
-            "v": 1,
-            "id": f"{event_id}:{user_id}:{channel}",  # idempotency_key()
-            "event_id": event_id,
-            "user_id": user_id,
-            "channel": channel,
-            "type": plan.key,
-            "category": plan.category,
-            "urgency": plan.urgency,
-            "priority": plan.priority,
-            "created_at": scratch.created_at,
-            "locale": locale,
-            "to": c.to,
-            "content": content,
-        }
-        if event.get("meta"):
-            message["meta"] = event["meta"]
-        return message
+        return channel_message(
+            event_id=event_id,
+            user_id=user_id,
+            channel=channel,
+            type=plan.key,
+            category=plan.category,
+            urgency=plan.urgency,
+            priority=plan.priority,
+            created_at=scratch.created_at,
+            locale=locale,
+            to=c.to,
+            content=content,
+            meta=event.get("meta") or None,
+        )
 
     # -- dead letters ----------------------------------------------------------------------------
     def _event_to_dlq(self, message: Message, exc: InvalidEvent) -> None:
@@ -452,20 +405,6 @@ def _store_decisions(logs: list[DispatchRow], deferred: list[Deferred]) -> None:
     if deferred:
         schedule_messages(deferred)
     record_dispatch_outcomes(logs)
-
-
-def split_by_platform(message: ChannelMessage) -> list[ChannelMessage]:
-    """A push message becomes one message per platform (FCM, APNs): each goes to its own provider,
-    with its own rate limit and outcome, so its dedup key carries the platform."""
-    if message["channel"] != Channel.PUSH:
-        return [message]
-    platforms: dict[str, list] = {}
-    for platform, token in message["to"]["devices"]:
-        platforms.setdefault(platform, []).append([platform, token])
-    return [
-        {**message, "id": f"{message['id']}:{platform}", "to": {"platform": platform, "devices": devices}}
-        for platform, devices in sorted(platforms.items())
-    ]
 
 
 def _stringly(data: dict[str, Any]) -> dict[str, str]:

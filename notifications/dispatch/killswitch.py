@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from notifications.models import KillSwitch, KillSwitchMode
 
-#: The issue asks for "within 5 s"; 2 s leaves room for a slow batch in between.
+#: A kill switch must apply within 5 s of the admin change; 2 s leaves room for a slow batch in between.
 REFRESH_SECONDS = 2.0
 
 

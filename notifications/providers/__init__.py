@@ -1,28 +1,5 @@
-"""Provider adapters: one per provider (SendGrid/anymail, SMTP, Twilio, FCM, APNs, webhooks, in-app) behind one
-async interface, ``await adapter.send(message) -> SendResult``; see ``base.py`` and ``registry.py``."""
+"""Provider adapters: one per provider behind one async interface, ``await adapter.send(message) -> SendResult``.
 
-from notifications.providers.base import (
-    ConfigurationError,
-    InvalidContactError,
-    InvalidMessageError,
-    PermanentError,
-    ProviderAdapter,
-    ProviderError,
-    RateLimitedError,
-    SendOutcome,
-    SendResult,
-    TransientError,
-)
-
-__all__ = [
-    "ConfigurationError",
-    "InvalidContactError",
-    "InvalidMessageError",
-    "PermanentError",
-    "ProviderAdapter",
-    "ProviderError",
-    "RateLimitedError",
-    "SendOutcome",
-    "SendResult",
-    "TransientError",
-]
+The interface is in ``base.py``, what a send returns in ``results.py`` and ``errors.py``; ``registry.py``
+builds the adapters of each channel from the ``Provider`` table and settings.
+"""

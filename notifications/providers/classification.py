@@ -1,6 +1,6 @@
 """Per-provider classification tables: (status, headers, body) -> SendResult, pure and clock-injectable.
 
-One function per provider, following /work/shared/PROVIDERS.md. Each takes the HTTP status, the
+One function per provider, after the provider's public documentation. Each takes the HTTP status, the
 response headers (any case-insensitive or plain mapping) and the body (bytes, text or parsed JSON),
 and returns a :class:`SendResult`; none does I/O, so each row of each table has a unit test.
 """
@@ -13,15 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from notifications.providers.base import (
-    SendOutcome,
-    SendResult,
-    body_text,
-    header_value,
-    json_body,
-    parse_retry_after,
-    truncate,
-)
+from notifications.providers.http import body_text, header_value, json_body, parse_retry_after
+from notifications.providers.results import SendOutcome, SendResult, truncate
 
 Headers = Mapping[str, str] | None
 Body = bytes | str | Mapping[str, Any] | None

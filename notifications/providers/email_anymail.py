@@ -24,18 +24,11 @@ from django.core.mail import get_connection
 from django.utils.module_loading import import_string
 
 from notifications.dispatch.messages import ChannelMessage
-from notifications.providers.base import (
-    ConfigurationError,
-    InvalidContactError,
-    PermanentError,
-    ProviderError,
-    SendOutcome,
-    SendResult,
-    ThreadedProviderAdapter,
-    truncate,
-)
+from notifications.providers.base import ThreadedProviderAdapter
 from notifications.providers.classification import classify_http_status, classify_sendgrid_response
 from notifications.providers.email_content import EmailParts, email_parts
+from notifications.providers.errors import ConfigurationError, InvalidContactError, PermanentError, ProviderError
+from notifications.providers.results import SendOutcome, SendResult, truncate
 
 SENDGRID_BACKEND = "anymail.backends.sendgrid.EmailBackend"
 #: One blocking send per thread: at 100 ms provider latency, 100 threads sustain ~1,000 sends/s.

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from notifications.dispatch.messages import ChannelMessage
-from notifications.providers.base import InvalidContactError, derived_uuid, require
+from notifications.providers.errors import InvalidContactError
+from notifications.providers.message_fields import derived_uuid, require
 
 NOTIFICATION_ID_HEADER = "X-Notification-Id"
 

@@ -15,16 +15,13 @@ import httpx
 import orjson
 
 from notifications.dispatch.messages import ChannelMessage
-from notifications.providers.base import (
-    ConfigurationError,
-    HttpProviderAdapter,
-    Secret,
-    SendResult,
-    build_http_client,
-    resolved_url,
-)
+from notifications.providers.base import HttpProviderAdapter
 from notifications.providers.classification import classify_sendgrid_response
+from notifications.providers.credentials import Secret
 from notifications.providers.email_content import email_parts
+from notifications.providers.errors import ConfigurationError
+from notifications.providers.http import build_http_client, resolved_url
+from notifications.providers.results import SendResult
 
 DEFAULT_API_URL = "https://api.sendgrid.com/v3/"
 #: One socket per send in flight: at 100 ms provider latency, 200 sockets sustain ~2,000 sends/s.

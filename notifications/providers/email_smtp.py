@@ -9,17 +9,12 @@ from django.core.mail import EmailMultiAlternatives
 from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
 
 from notifications.dispatch.messages import ChannelMessage
-from notifications.providers.base import (
-    PermanentError,
-    ProviderError,
-    Secret,
-    SendOutcome,
-    SendResult,
-    ThreadedProviderAdapter,
-    TransientError,
-)
+from notifications.providers.base import ThreadedProviderAdapter
 from notifications.providers.classification import classify_smtp_exception
+from notifications.providers.credentials import Secret
 from notifications.providers.email_content import EmailParts, email_parts, message_id_header
+from notifications.providers.errors import PermanentError, ProviderError, TransientError
+from notifications.providers.results import SendOutcome, SendResult
 
 #: Each thread holds one SMTP session; relays typically cap concurrent sessions per client (~20).
 DEFAULT_MAX_WORKERS = 16

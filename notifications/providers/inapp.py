@@ -20,13 +20,9 @@ from django.db import (
 )
 
 from notifications.dispatch.messages import ChannelMessage
-from notifications.providers.base import (
-    InvalidMessageError,
-    ProviderAdapter,
-    SendOutcome,
-    SendResult,
-    truncate,
-)
+from notifications.providers.base import ProviderAdapter
+from notifications.providers.errors import InvalidMessageError
+from notifications.providers.results import SendOutcome, SendResult, truncate
 
 #: Rows per INSERT: one round trip each; 500 keeps the statement small and the transaction short.
 DEFAULT_BATCH_SIZE = 500

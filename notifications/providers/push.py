@@ -6,13 +6,10 @@ import asyncio
 from collections.abc import Mapping
 
 from notifications.dispatch.messages import ChannelMessage
-from notifications.providers.base import (
-    InvalidMessageError,
-    ProviderAdapter,
-    SendResult,
-    combine_results,
-    devices_for,
-)
+from notifications.providers.base import ProviderAdapter
+from notifications.providers.errors import InvalidMessageError
+from notifications.providers.message_fields import devices_for
+from notifications.providers.results import SendResult, combine_results
 
 
 class PushRouter(ProviderAdapter):

@@ -12,21 +12,13 @@ import jwt
 import orjson
 
 from notifications.dispatch.messages import ChannelMessage
-from notifications.providers.base import (
-    ConfigurationError,
-    HttpProviderAdapter,
-    InvalidMessageError,
-    Secret,
-    SendResult,
-    aggregate_device_results,
-    build_http_client,
-    delivery_key,
-    derived_uuid,
-    devices_for,
-    require,
-    result_from_exception,
-)
+from notifications.providers.base import HttpProviderAdapter
 from notifications.providers.classification import APNS_PROVIDER_TOKEN_REASONS, apns_reason, classify_apns_response
+from notifications.providers.credentials import Secret
+from notifications.providers.errors import ConfigurationError, InvalidMessageError, result_from_exception
+from notifications.providers.http import build_http_client
+from notifications.providers.message_fields import delivery_key, derived_uuid, devices_for, require
+from notifications.providers.results import SendResult, aggregate_device_results
 
 DEFAULT_BASE_URL = "https://api.push.apple.com"
 SANDBOX_BASE_URL = "https://api.sandbox.push.apple.com"
@@ -46,8 +38,8 @@ DEFAULT_MAX_CONNECTIONS = 4
 #: stream -- within the send deadline, which then expires on pushes the server accepted meanwhile.
 STREAMS_PER_CONNECTION = 100
 #: Pushes a worker has in flight (`max_in_flight`): all of them share that one connection, and under
-#: CPU contention its requests slow down together (measured: 100 in flight on a loaded 2-core box,
-#: p99 9-13 s, past the 10 s send deadline; 32, p99 6-8 s at the same throughput).
+#: CPU contention its requests slow down together; at 100 their p99 passed the send deadline
+#: (docs/architecture.md, "Delivery", worker loop).
 DEFAULT_MAX_IN_FLIGHT = 32
 
 

@@ -14,24 +14,18 @@ import jwt
 import orjson
 
 from notifications.dispatch.messages import ChannelMessage
-from notifications.providers.base import (
+from notifications.providers.base import HttpProviderAdapter
+from notifications.providers.classification import classify_fcm_response, fcm_error_code
+from notifications.providers.credentials import Secret
+from notifications.providers.errors import (
     ConfigurationError,
-    HttpProviderAdapter,
     InvalidMessageError,
-    Secret,
-    SendResult,
     TransientError,
-    aggregate_device_results,
-    body_text,
-    build_http_client,
-    delivery_key,
-    devices_for,
-    json_body,
-    require,
-    resolved_url,
     result_from_exception,
 )
-from notifications.providers.classification import classify_fcm_response, fcm_error_code
+from notifications.providers.http import body_text, build_http_client, json_body, resolved_url
+from notifications.providers.message_fields import delivery_key, devices_for, require
+from notifications.providers.results import SendResult, aggregate_device_results
 
 DEFAULT_BASE_URL = "https://fcm.googleapis.com"
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"

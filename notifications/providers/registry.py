@@ -15,12 +15,13 @@ from typing import Any
 
 from django.conf import settings
 
-from notifications.providers.base import ProviderAdapter, Secret
+from notifications.providers.base import ProviderAdapter
+from notifications.providers.credentials import Secret
 from notifications.providers.push import PushRouter
 
 log = logging.getLogger("notifications.providers")
 
-#: Every setting this package reads, with its default (documented in the package README of the report).
+#: Every setting this package reads, with its default.
 SETTINGS_DEFAULTS: dict[str, Any] = {
     "PROVIDER_TIMEOUT": 10.0,  # seconds, per request; each provider may override it
     "PROVIDER_SEND_DEADLINE": None,  # seconds for a whole send(); None: the provider's own timeout

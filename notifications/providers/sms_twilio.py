@@ -8,16 +8,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 
 from notifications.dispatch.messages import ChannelMessage
-from notifications.providers.base import (
-    ConfigurationError,
-    HttpProviderAdapter,
-    Secret,
-    SendResult,
-    build_http_client,
-    require,
-    resolved_url,
-)
+from notifications.providers.base import HttpProviderAdapter
 from notifications.providers.classification import classify_twilio_response
+from notifications.providers.credentials import Secret
+from notifications.providers.errors import ConfigurationError
+from notifications.providers.http import build_http_client, resolved_url
+from notifications.providers.message_fields import require
+from notifications.providers.results import SendResult
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
 #: Twilio's API concurrency limit is per account; 200 sockets keep hundreds of sends in flight.

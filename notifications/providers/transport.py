@@ -1,17 +1,10 @@
 """A lean HTTP/1.1 keep-alive transport for ``httpx.AsyncClient`` on plain asyncio streams.
 
-Why it exists (measured on the 2-core dev box against the Twilio sandbox, see the providers report):
-httpx's client layer costs ~0.22 ms per request, but the stock transport (httpcore over anyio and
-h11) adds 1.1 ms at low concurrency and ~3 ms with a 200-connection pool, because httpcore's pool
-rescans every connection (and counts the idle ones for each idle one) on every request event, and
-retries a failing ``import sniffio`` on each lock. That capped one process at ~60 sends/s at 100 ms
-provider latency. This transport keeps httpx's API, request building, auth, timeouts and exception
-types, and replaces only the wire: an O(1) LIFO pool of idle connections per origin, a semaphore for
-the connection limit, and a small HTTP/1.1 response reader (Content-Length, chunked, read-to-close).
-
-Scope: HTTP/1.1 over TCP or TLS, requests with in-memory bodies (what the adapters send). Proxies
-configured from the environment are still handled by httpx's own mounts. HTTP/2 (APNs) uses httpx's
-stock transport.
+It keeps httpx's API, request building, auth, timeouts and exception types and replaces only the wire:
+an O(1) LIFO pool of idle connections per origin, a semaphore for the connection limit, and a small
+HTTP/1.1 response reader (Content-Length, chunked, read-to-close). HTTP/1.1 over TCP or TLS with
+in-memory bodies only; proxies from the environment stay with httpx's own mounts, and HTTP/2 (APNs) uses
+httpx's stock transport. Why: docs/architecture.md, "Delivery".
 """
 
 from __future__ import annotations

@@ -13,17 +13,13 @@ import orjson
 from standardwebhooks.webhooks import Webhook
 
 from notifications.dispatch.messages import ChannelMessage
-from notifications.providers.base import (
-    ConfigurationError,
-    HttpProviderAdapter,
-    InvalidContactError,
-    RateLimitedError,
-    Secret,
-    SendResult,
-    build_http_client,
-    require,
-)
+from notifications.providers.base import HttpProviderAdapter
 from notifications.providers.classification import classify_webhook_response
+from notifications.providers.credentials import Secret
+from notifications.providers.errors import ConfigurationError, InvalidContactError, RateLimitedError
+from notifications.providers.http import build_http_client
+from notifications.providers.message_fields import require
+from notifications.providers.results import SendResult
 
 DEFAULT_MAX_CONNECTIONS = 200
 #: In-flight requests per receiving host: a slow endpoint may hold this many sockets, never the whole

@@ -18,6 +18,7 @@ from campaigns.models import Campaign, CampaignLaunch, CampaignState
 from campaigns.progress import progress_snapshot
 from notifications.bus.config import producer_config
 from notifications.bus.topics import channel_topic
+from notifications.dispatch.messages import channel_message
 from notifications.models import Provider
 from preferences.models import InboxMessage
 from tests.campaigns.conftest import copy_users, make_campaign
@@ -335,22 +336,19 @@ def test_transactional_messages_are_not_held_behind_a_running_campaign(
     campaign = launch(campaign, marketer)
     client = sandbox.client("sendgrid")
     wait_for(lambda: client.stats()["accepted"] >= 1500, timeout=60, interval=0.1, what="campaign under way")
-    event_id = str(uuid.uuid4())
-    message = {
-        "v": 1,
-        "id": f"{event_id}:1:email",
-        "event_id": event_id,
-        "user_id": 1,
-        "channel": "email",
-        "type": "auth.password_reset",
-        "category": "security",
-        "urgency": "urgent",
-        "priority": "transactional",
-        "created_at": "2026-11-25T10:00:00+00:00",
-        "locale": "en",
-        "to": {"email": "reset@example.com"},
-        "content": {"subject": "Reset your password", "body": "https://example.com/reset"},
-    }
+    message = channel_message(
+        event_id=str(uuid.uuid4()),
+        user_id=1,
+        channel="email",
+        type="auth.password_reset",
+        category="security",
+        urgency="urgent",
+        priority="transactional",
+        created_at="2026-11-25T10:00:00+00:00",
+        locale="en",
+        to={"email": "reset@example.com"},
+        content={"subject": "Reset your password", "body": "https://example.com/reset"},
+    )
     producer = Producer(producer_config())
     sent_at = time.monotonic()
     producer.produce(

@@ -9,7 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from campaigns import services
-from campaigns.expansion import BatchExpander, ExpanderConfig
+from campaigns.expansion.expander import BatchExpander, ExpanderConfig
 from campaigns.models import CampaignState
 from campaigns.progress import read_counters
 from notifications.bus.config import producer_config

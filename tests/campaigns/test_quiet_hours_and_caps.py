@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import connections
 
 from campaigns import services
-from campaigns.expansion import BatchExpander, ExpanderConfig, expander_topics
+from campaigns.expansion.expander import BatchExpander, ExpanderConfig, expander_topics
 from campaigns.models import Campaign, CampaignState
 from campaigns.progress import pending_deferred_count, progress_snapshot, read_counters, read_details
 from notifications.bus.config import producer_config

@@ -54,23 +54,22 @@ class FakeMessage:
 
 
 def channel_message(channel: str = "sms", *, to: dict | None = None, user_id: int = 7) -> dict:
-    event_id = str(uuid.uuid4())
+    from notifications.dispatch.messages import channel_message as build_channel_message
+
     to = to or {"sms": {"phone": "+4915112345678"}, "email": {"email": "ada@example.com"}}.get(channel, {})
-    return {
-        "v": 1,
-        "id": f"{event_id}:{user_id}:{channel}",
-        "event_id": event_id,
-        "user_id": user_id,
-        "channel": channel,
-        "type": "order.shipped",
-        "category": "transactional",
-        "urgency": "normal",
-        "priority": "transactional",
-        "created_at": "2026-11-25T10:00:00+00:00",
-        "locale": "en",
-        "to": to,
-        "content": {"body": "Shipped"},
-    }
+    return build_channel_message(
+        event_id=str(uuid.uuid4()),
+        user_id=user_id,
+        channel=channel,
+        type="order.shipped",
+        category="transactional",
+        urgency="normal",
+        priority="transactional",
+        created_at="2026-11-25T10:00:00+00:00",
+        locale="en",
+        to=to,
+        content={"body": "Shipped"},
+    )
 
 
 def dlq_headers(

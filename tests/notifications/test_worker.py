@@ -19,6 +19,7 @@ from notifications.bus.topics import channel_topic, delivery_topic
 from notifications.delivery.circuit_breaker import CircuitBreaker
 from notifications.delivery.dedup import DedupStore
 from notifications.delivery.wiring import DEDUP_FAIL_OPEN, build_worker_runner
+from notifications.dispatch.messages import channel_message
 from notifications.models import DeliveryLog, Provider
 from notifications.priority import Lane
 from preferences.models import Device, InboxMessage
@@ -62,24 +63,20 @@ def message(channel: str, *, to: dict, user_id: int = 1, priority: str = "transa
         "inapp": {"title": "Shipped", "body": "On its way", "data": {}},
         "webhook": {"payload": {"type": "order.shipped"}},
     }[channel]
-    key = f"{event_id}:{user_id}:{channel}"
-    if channel == "push":
-        key += f":{to['platform']}"
-    return {
-        "v": 1,
-        "id": key,
-        "event_id": event_id,
-        "user_id": user_id,
-        "channel": channel,
-        "type": "order.shipped",
-        "category": "transactional",
-        "urgency": "normal",
-        "priority": priority,
-        "created_at": "2026-11-25T10:00:00+00:00",
-        "locale": "en",
-        "to": to,
-        "content": content or default_content,
-    }
+    return channel_message(
+        event_id=event_id,
+        user_id=user_id,
+        channel=channel,
+        type="order.shipped",
+        category="transactional",
+        urgency="normal",
+        priority=priority,
+        created_at="2026-11-25T10:00:00+00:00",
+        locale="en",
+        to=to,
+        content=content or default_content,
+        platform=to["platform"] if channel == "push" else None,
+    )
 
 
 def produce(channel: str, messages: list[dict], lane: Lane = Lane.PRIORITY, producer: Producer | None = None) -> None:

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from notifications.dispatch.messages import ChannelMessage
+from notifications.dispatch.messages import ChannelMessage, channel_message
 from provider_sandbox.process import SandboxProcess
 
 T = TypeVar("T")
@@ -37,22 +37,19 @@ def make_message(
     channel: str, to: dict[str, Any], content: dict[str, Any], *, urgency: str = "normal", **extra: Any
 ) -> ChannelMessage:
     n = next(_ids)
-    event_id = f"00000000-0000-4000-8000-{n:012d}"
-    message: dict[str, Any] = {
-        "v": 1,
-        "id": f"{event_id}:{n}:{channel}",
-        "event_id": event_id,
-        "user_id": n,
-        "channel": channel,
-        "type": "order.shipped",
-        "category": "transactional",
-        "urgency": urgency,
-        "priority": "transactional",
-        "created_at": "2025-01-01T12:00:00+00:00",
-        "locale": "en",
-        "to": to,
-        "content": content,
-    }
+    message: dict[str, Any] = channel_message(  # type: ignore[assignment]
+        event_id=f"00000000-0000-4000-8000-{n:012d}",
+        user_id=n,
+        channel=channel,
+        type="order.shipped",
+        category="transactional",
+        urgency=urgency,
+        priority="transactional",
+        created_at="2025-01-01T12:00:00+00:00",
+        locale="en",
+        to=to,
+        content=content,
+    )
     message.update(extra)
     return message  # type: ignore[return-value]
 

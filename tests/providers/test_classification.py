@@ -8,23 +8,6 @@ import smtplib
 import httpx
 import pytest
 
-from notifications.providers.base import (
-    ConfigurationError,
-    InvalidContactError,
-    ProviderError,
-    RateLimitedError,
-    Secret,
-    SendOutcome,
-    SendResult,
-    TransientError,
-    aggregate_device_results,
-    combine_results,
-    delivery_key,
-    derived_uuid,
-    devices_for,
-    parse_retry_after,
-    result_from_exception,
-)
 from notifications.providers.classification import (
     classify_apns_response,
     classify_fcm_response,
@@ -35,6 +18,18 @@ from notifications.providers.classification import (
     classify_twilio_response,
     classify_webhook_response,
 )
+from notifications.providers.credentials import Secret
+from notifications.providers.errors import (
+    ConfigurationError,
+    InvalidContactError,
+    ProviderError,
+    RateLimitedError,
+    TransientError,
+    result_from_exception,
+)
+from notifications.providers.http import parse_retry_after
+from notifications.providers.message_fields import delivery_key, derived_uuid, devices_for
+from notifications.providers.results import SendOutcome, SendResult, aggregate_device_results, combine_results
 
 S = SendOutcome
 NOW = 1_700_000_000.0

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from notifications.providers.base import SendOutcome
 from notifications.providers.email_sendgrid import SendGridEmailAdapter
+from notifications.providers.results import SendOutcome
 from provider_sandbox.client import SandboxClient
 from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import email_message, run, start_sandbox

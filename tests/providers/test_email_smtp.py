@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from notifications.providers.base import SendOutcome, derived_uuid
 from notifications.providers.email_smtp import SmtpEmailAdapter
+from notifications.providers.message_fields import derived_uuid
+from notifications.providers.results import SendOutcome
 from provider_sandbox.client import SandboxClient
 from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import email_message, run, start_sandbox

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from django.contrib.auth import get_user_model
 
-from notifications.providers.base import SendOutcome
 from notifications.providers.inapp import InAppAdapter
+from notifications.providers.results import SendOutcome
 from preferences.models import InboxMessage
 from tests.providers.conftest import make_message, run
 

@@ -9,8 +9,9 @@ import httpx
 import jwt
 import pytest
 
-from notifications.providers.base import SendOutcome, delivery_key, derived_uuid
+from notifications.providers.message_fields import delivery_key, derived_uuid
 from notifications.providers.push_apns import ApnsPushAdapter
+from notifications.providers.results import SendOutcome
 from provider_sandbox.client import SandboxClient
 from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import push_message, run, start_sandbox

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from notifications.providers.base import Secret, SendOutcome, delivery_key
+from notifications.providers.credentials import Secret
+from notifications.providers.message_fields import delivery_key
 from notifications.providers.push_fcm import FcmPushAdapter, ServiceAccount
+from notifications.providers.results import SendOutcome
 from provider_sandbox.client import SandboxClient
 from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import push_message, run, service_account_json, start_sandbox

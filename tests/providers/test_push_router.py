@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from notifications.providers.base import SendOutcome
 from notifications.providers.push import PushRouter
 from notifications.providers.push_apns import ApnsPushAdapter
 from notifications.providers.push_fcm import FcmPushAdapter, ServiceAccount
+from notifications.providers.results import SendOutcome
 from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import push_message, run, service_account_json, start_sandbox
 

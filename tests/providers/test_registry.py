@@ -10,7 +10,7 @@ import pytest
 from django.test import override_settings
 
 from notifications.providers import registry
-from notifications.providers.base import ProviderAdapter, SendOutcome
+from notifications.providers.base import ProviderAdapter
 from notifications.providers.email_anymail import AnymailEmailAdapter
 from notifications.providers.email_sendgrid import SendGridEmailAdapter
 from notifications.providers.email_smtp import SmtpEmailAdapter
@@ -18,6 +18,7 @@ from notifications.providers.inapp import InAppAdapter
 from notifications.providers.push import PushRouter
 from notifications.providers.push_apns import ApnsPushAdapter
 from notifications.providers.push_fcm import FcmPushAdapter
+from notifications.providers.results import SendOutcome
 from notifications.providers.sms_twilio import TwilioSmsAdapter
 from notifications.providers.transport import Http1Transport
 from notifications.providers.webhook import WebhookAdapter

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from notifications.providers.base import SendOutcome
+from notifications.providers.results import SendOutcome
 from notifications.providers.sms_twilio import TwilioSmsAdapter
 from provider_sandbox.client import SandboxClient
 from provider_sandbox.process import SandboxProcess

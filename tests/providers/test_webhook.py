@@ -12,7 +12,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from notifications.providers.base import SendOutcome
+from notifications.providers.results import SendOutcome
 from notifications.providers.webhook import WebhookAdapter
 from provider_sandbox.client import SandboxClient
 from provider_sandbox.process import SandboxProcess

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from campaigns.expansion import ExpanderConfig
+from campaigns.expansion.expander import ExpanderConfig
 from notifications.channels import ALL_CHANNELS
 from notifications.process import run_consumer
 

@@ -3,7 +3,6 @@ history; replay, replay-by-filter, discard, re-categorise, drain parked), triage
 
 Only users with the custom permissions (the "Support" group, and superusers) see and may use replay,
 discard and drain; every one of them goes through a service in `services.py` and is audited there.
-Registered from the end of `notifications/admin.py`.
 """
 
 import functools
@@ -133,7 +132,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         return request.user.has_perm(DISCARD_PERMISSION)
 
     def has_recategorise_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("notifications.change_triagerule")
+        return request.user.has_perm("dlq.change_triagerule")
 
     @property
     def change_list_template(self):
@@ -157,7 +156,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     @admin.display(description="fingerprint")
     def fingerprint_link(self, obj: DeadLetter):
-        url = reverse("admin:notifications_deadletter_changelist") + "?" + urlencode({"fingerprint": obj.fingerprint})
+        url = reverse("admin:dlq_deadletter_changelist") + "?" + urlencode({"fingerprint": obj.fingerprint})
         alike = DeadLetter.objects.filter(fingerprint=obj.fingerprint).count()
         return format_html('<a href="{}">{}</a> ({} alike)', url, obj.fingerprint, alike)
 
@@ -247,9 +246,9 @@ class DeadLetterAdmin(admin.ModelAdmin):
     def get_urls(self):
         wrap = self.admin_site.admin_view
         return [
-            path("groups/", wrap(self.groups_view), name="notifications_deadletter_groups"),
-            path("replay-filtered/", wrap(self.replay_filtered_view), name="notifications_deadletter_replay_filtered"),
-            path("drain/", wrap(self.drain_view), name="notifications_deadletter_drain"),
+            path("groups/", wrap(self.groups_view), name="dlq_deadletter_groups"),
+            path("replay-filtered/", wrap(self.replay_filtered_view), name="dlq_deadletter_replay_filtered"),
+            path("drain/", wrap(self.drain_view), name="dlq_deadletter_drain"),
             *super().get_urls(),
         ]
 
@@ -258,7 +257,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         return self.get_changelist_instance(request).get_queryset(request)
 
     def _changelist_url(self, request) -> str:
-        url = reverse("admin:notifications_deadletter_changelist")
+        url = reverse("admin:dlq_deadletter_changelist")
         query = request.GET.urlencode()
         return f"{url}?{query}" if query else url
 
@@ -268,7 +267,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         try:
             qs = self._filtered(request)
         except IncorrectLookupParameters:
-            return redirect("admin:notifications_deadletter_changelist")
+            return redirect("admin:dlq_deadletter_changelist")
         groups = list(
             qs.order_by()
             .values("fingerprint")
@@ -290,7 +289,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         base = request.GET.copy()
         for group in groups:
             base["fingerprint"] = group["fingerprint"]
-            group["url"] = reverse("admin:notifications_deadletter_changelist") + "?" + base.urlencode()
+            group["url"] = reverse("admin:dlq_deadletter_changelist") + "?" + base.urlencode()
             group["sample"] = (group["sample"] or "")[:200]
         context = {
             **self.admin_site.each_context(request),
@@ -310,7 +309,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         try:
             qs = self._filtered(request)
         except IncorrectLookupParameters:
-            return redirect("admin:notifications_deadletter_changelist")
+            return redirect("admin:dlq_deadletter_changelist")
         if request.method == "POST":
             try:
                 max_id = int(request.POST.get("max_id", ""))
@@ -355,7 +354,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
                 self.message_user(
                     request, f"{channel}: moved {result.count} parked message(s) back. Audit #{result.audit_id}."
                 )
-            return redirect("admin:notifications_deadletter_drain")
+            return redirect("admin:dlq_deadletter_drain")
         modes = {k.channel: k for k in KillSwitch.objects.filter(provider="")}
         channels = [(c, modes[c].mode if c in modes else "normal") for c in ALL_CHANNELS]
         context = {

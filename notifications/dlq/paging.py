@@ -54,7 +54,7 @@ class Page:
 
     def admin_url(self) -> str:
         base = getattr(settings, "PUBLIC_BASE_URL", "").rstrip("/")
-        return f"{base}/admin/notifications/deadletter/?fingerprint={self.fingerprint}"
+        return f"{base}/admin/dlq/deadletter/?fingerprint={self.fingerprint}"
 
     def summary(self) -> str:
         where = f"{self.channel}{'/' + self.provider if self.provider else ''}"

@@ -29,8 +29,8 @@ from notifications.priority import Lane, lane_for, message_priority, type_priori
 
 log = logging.getLogger(__name__)
 
-REPLAY_PERMISSION = "notifications.replay_deadletter"
-DISCARD_PERMISSION = "notifications.discard_deadletter"
+REPLAY_PERMISSION = "dlq.replay_deadletter"
+DISCARD_PERMISSION = "dlq.discard_deadletter"
 
 #: Rows per replay/discard/re-categorise transaction: big enough to be fast (one outbox insert and
 #: one UPDATE per chunk), small enough that a huge selection never holds one giant transaction.

@@ -93,9 +93,7 @@ def _user(django_user_model, name: str, *, group: str | None = None, perms: tupl
     if group:
         user.groups.add(Group.objects.get(name=group))
     if perms:
-        user.user_permissions.add(
-            *Permission.objects.filter(content_type__app_label="notifications", codename__in=perms)
-        )
+        user.user_permissions.add(*Permission.objects.filter(content_type__app_label="dlq", codename__in=perms))
     return django_user_model.objects.get(pk=user.pk)  # fresh: no permission cache
 
 
@@ -602,16 +600,23 @@ def test_a_replay_goes_to_the_lane_of_the_message_class(db, support_user):
 
 
 # --- permissions and the admin --------------------------------------------------------------------
-def test_support_group_has_sensible_permissions(db):
+def test_support_group_has_sensible_permissions(db, django_user_model):
     group = Group.objects.get(name=SUPPORT_GROUP)
-    assert set(group.permissions.values_list("codename", flat=True)) == set(SUPPORT_PERMISSIONS)
-    assert {"replay_deadletter", "discard_deadletter"} <= set(SUPPORT_PERMISSIONS)
-    assert "change_deadletter" not in SUPPORT_PERMISSIONS and "delete_dlqaudit" not in SUPPORT_PERMISSIONS
+    granted = {
+        f"{app_label}.{codename}"
+        for app_label, codename in group.permissions.values_list("content_type__app_label", "codename")
+    }
+    assert granted == set(SUPPORT_PERMISSIONS)
+    assert {"dlq.replay_deadletter", "dlq.discard_deadletter"} <= set(SUPPORT_PERMISSIONS)
+    assert "dlq.change_deadletter" not in SUPPORT_PERMISSIONS and "dlq.delete_dlqaudit" not in SUPPORT_PERMISSIONS
+    support = django_user_model.objects.create_user(username="s", is_staff=True)
+    support.groups.add(group)
+    assert support.has_perm("dlq.replay_deadletter") and support.has_perm("notifications.view_killswitch")
 
 
 def test_only_support_may_replay_or_discard(db, client, viewer_user, support_user, django_user_model):
     [stored] = store([entry(1)])
-    changelist = "/admin/notifications/deadletter/"
+    changelist = "/admin/dlq/deadletter/"
 
     nobody = _user(django_user_model, "nobody")
     client.force_login(nobody)
@@ -641,10 +646,19 @@ def test_only_support_may_replay_or_discard(db, client, viewer_user, support_use
     assert (audit.action, audit.actor, audit.actor_name, audit.count) == ("replay", support_user, "support", 1)
 
 
+def test_the_old_admin_addresses_redirect_to_the_dlq_app(db, support_client):
+    """Pages sent before the DLQ was its own app link to /admin/notifications/deadletter/…"""
+    old = support_client.get("/admin/notifications/deadletter/", {"fingerprint": "abc"})
+    assert old.status_code == 302 and old["Location"] == "/admin/dlq/deadletter/?fingerprint=abc"
+    rule = support_client.get("/admin/notifications/triagerule/1/change/")
+    assert rule["Location"] == "/admin/dlq/triagerule/1/change/"
+    assert support_client.get(old["Location"]).status_code == 200
+
+
 def test_discard_asks_for_a_reason_and_is_audited(db, support_client, support_user):
     stored = store([entry(i) for i in range(3)])
     ids = [s.id for s in stored[:2]]
-    changelist = "/admin/notifications/deadletter/"
+    changelist = "/admin/dlq/deadletter/"
     form = support_client.post(changelist, {"action": "discard_selected", "_selected_action": ids})
     assert form.status_code == 200 and b"Discard <strong>2</strong>" in form.content
     no_reason = support_client.post(
@@ -697,7 +711,7 @@ def test_admin_list_filters_search_groups_and_detail(db, support_client):
             )
         ]
     )
-    changelist = "/admin/notifications/deadletter/"
+    changelist = "/admin/dlq/deadletter/"
     target = DeadLetter.objects.get(pk=stored[1].id)
     for query in (
         "?channel__exact=sms",
@@ -739,7 +753,7 @@ def test_replay_of_ten_thousand_entries_by_filter_completes_and_is_audited(suppo
     store(entries)
     stored_s = time.perf_counter() - started
     store([entry(20_000 + i) for i in range(25)])  # another category, not in the filter
-    url = "/admin/notifications/deadletter/replay-filtered/?category__exact=provider_outage"
+    url = "/admin/dlq/deadletter/replay-filtered/?category__exact=provider_outage"
     confirm = support_client.get(url)
     assert confirm.status_code == 200 and confirm.context["count"] == 10_000
     assert b"<strong>10000</strong> dead letter(s) match" in confirm.content
@@ -779,12 +793,12 @@ def test_drain_of_parked_messages_from_the_dlq_admin(topics, support_client, sup
     KillSwitch.objects.create(channel="email", mode="delay")
     body = channel_message("email")
     produce_raw(channel_topic("email", "delayed"), [("7", orjson.dumps(body))])
-    page = support_client.get("/admin/notifications/deadletter/drain/")
+    page = support_client.get("/admin/dlq/deadletter/drain/")
     assert page.status_code == 200 and b"Drain email" in page.content
-    refused = support_client.post("/admin/notifications/deadletter/drain/", {"channel": "email"}, follow=True)
+    refused = support_client.post("/admin/dlq/deadletter/drain/", {"channel": "email"}, follow=True)
     assert b"set it to normal" in refused.content and not DlqAudit.objects.exists()
     KillSwitch.objects.filter(channel="email").update(mode="normal")
-    support_client.post("/admin/notifications/deadletter/drain/", {"channel": "email"})
+    support_client.post("/admin/dlq/deadletter/drain/", {"channel": "email"})
     audit = DlqAudit.objects.get()
     assert (audit.action, audit.actor, audit.count, audit.selection) == ("drain", support_user, 1, "email")
     [moved] = consume_matching(
@@ -801,7 +815,7 @@ def test_rules_added_later_are_reapplied_to_uncategorised_entries(db, support_cl
     assert {s.category for s in stored} == {"unknown"}
     rule = TriageRule.objects.create(name="flux", priority=5, error_classes="quantum_flux", category="provider_outage")
     response = support_client.post(
-        "/admin/notifications/triagerule/", {"action": "reapply_to_unknown", "_selected_action": [rule.pk]}
+        "/admin/dlq/triagerule/", {"action": "reapply_to_unknown", "_selected_action": [rule.pk]}
     )
     assert response.status_code == 302
     assert set(DeadLetter.objects.values_list("category", "rule_id")) == {("provider_outage", rule.pk)}

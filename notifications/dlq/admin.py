@@ -3,10 +3,9 @@ history; replay, replay-by-filter, discard, re-categorise, drain parked), triage
 
 Only users with the custom permissions (the "Support" group, and superusers) see and may use replay,
 discard and drain; every one of them goes through a service in `services.py` and is audited there.
+Templates: `templates/admin/dlq/deadletter/` (the admin finds `change_list.html` there by its name).
 """
 
-import functools
-from pathlib import Path
 from urllib.parse import urlencode
 
 import orjson
@@ -18,7 +17,6 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Max, Min, Q
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import redirect
-from django.template import engines
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -37,15 +35,8 @@ from notifications.dlq.services import (
 )
 from notifications.models import KillSwitch
 
-TEMPLATES = Path(__file__).resolve().parent / "templates" / "dlq"
 #: Groups shown on the grouped view (the largest first); more is a sign the filter is too wide.
 MAX_GROUPS = 200
-
-
-@functools.cache
-def dlq_template(name: str):
-    """A template of this package (kept beside the code; `notifications/dlq` is not an app)."""
-    return engines["django"].from_string((TEMPLATES / name).read_text())
 
 
 def _pretty_json(value) -> str:
@@ -133,10 +124,6 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     def has_recategorise_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("dlq.change_triagerule")
-
-    @property
-    def change_list_template(self):
-        return dlq_template("change_list.html")
 
     def get_search_results(self, request, queryset, search_term):
         """Exact matches on indexed columns only (no LIKE scans over a big table)."""
@@ -231,7 +218,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
             "select_across": request.POST.get("select_across", "0"),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
-        return TemplateResponse(request, dlq_template("discard.html"), context)
+        return TemplateResponse(request, "admin/dlq/deadletter/discard.html", context)
 
     @admin.action(description="Re-apply triage rules to selected entries", permissions=["recategorise"])
     def recategorise_selected(self, request, queryset):
@@ -299,7 +286,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
             "max_groups": MAX_GROUPS,
             "changelist_url": self._changelist_url(request),
         }
-        return TemplateResponse(request, dlq_template("groups.html"), context)
+        return TemplateResponse(request, "admin/dlq/deadletter/groups.html", context)
 
     def replay_filtered_view(self, request):
         """Replay everything the current filter shows, after a confirmation that shows the count.
@@ -336,7 +323,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
             "filters": [(k, v) for k, values in request.GET.lists() for v in values],
             "changelist_url": self._changelist_url(request),
         }
-        return TemplateResponse(request, dlq_template("replay_filtered.html"), context)
+        return TemplateResponse(request, "admin/dlq/deadletter/replay_filtered.html", context)
 
     def drain_view(self, request):
         """The existing kill-switch drain (`drain_parked`), offered here per channel, audited."""
@@ -364,7 +351,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
             "channels": channels,
             "killswitch_url": reverse("admin:notifications_killswitch_changelist"),
         }
-        return TemplateResponse(request, dlq_template("drain.html"), context)
+        return TemplateResponse(request, "admin/dlq/deadletter/drain.html", context)
 
     def changelist_view(self, request, extra_context=None):
         extra = {

@@ -2,7 +2,7 @@
 history; replay, replay-by-filter, discard, re-categorise, drain parked), triage rules, the audit.
 
 Only users with the custom permissions (the "Support" group, and superusers) see and may use replay,
-discard and drain; every one of them goes through a service in `services.py` and is audited there.
+discard and drain; every one of them goes through a service in `support.py` and is audited there.
 Templates: `templates/admin/dlq/deadletter/` (the admin finds `change_list.html` there by its name).
 """
 
@@ -24,7 +24,7 @@ from django.utils.html import format_html, format_html_join
 from notifications.channels import ALL_CHANNELS
 from notifications.dispatch.drain import DrainRefused
 from notifications.dlq.models import DeadLetter, DeadLetterStatus, DlqAudit, TriageRule
-from notifications.dlq.services import (
+from notifications.dlq.support import (
     DISCARD_PERMISSION,
     REPLAY_PERMISSION,
     REPLAYABLE_STATUSES,

@@ -25,13 +25,9 @@ from notifications.bus.topics import channel_topic, topic_name
 from notifications.channels import ALL_CHANNELS
 from notifications.dispatch.messages import Header
 from notifications.dlq.models import DeadLetter, DeadLetterCategory, DeadLetterSource, DeadLetterStatus
-from notifications.dlq.services import (
-    DeadLetterEntry,
-    RuleBook,
-    categorise_entries,
-    page_unknown_dead_letters,
-    store_dead_letters,
-)
+from notifications.dlq.paging import page_unknown_dead_letters
+from notifications.dlq.rules import RuleBook
+from notifications.dlq.storing import DeadLetterEntry, categorise_entries, store_dead_letters
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from notifications.bus.topics import channel_topic, delivery_topic, events_topic
 from notifications.delivery.worker import SKIPPED
 from notifications.dlq import paging
 from notifications.dlq.models import DeadLetter, DlqAudit, TriageRule
-from notifications.dlq.paging import Pager
+from notifications.dlq.paging import Pager, page_unknown_dead_letters
 from notifications.dlq.rules import (
     DEFAULT_RULES,
     CompiledRule,
@@ -29,16 +29,9 @@ from notifications.dlq.rules import (
     fingerprint,
     normalise_message,
 )
-from notifications.dlq.services import (
-    DeadLetterEntry,
-    categorise_entries,
-    discard_dead_letters,
-    page_unknown_dead_letters,
-    recategorise_dead_letters,
-    replay_dead_letters,
-    store_dead_letters,
-)
 from notifications.dlq.signals import SUPPORT_GROUP, SUPPORT_PERMISSIONS
+from notifications.dlq.storing import DeadLetterEntry, categorise_entries, store_dead_letters
+from notifications.dlq.support import discard_dead_letters, recategorise_dead_letters, replay_dead_letters
 from notifications.dlq.triage import DlqTriageHandler, parse_dead_letter
 from notifications.models import KillSwitch, OutboxEvent, Provider
 from notifications.priority import Lane
@@ -161,7 +154,7 @@ def _now():
 
 
 def store(entries: list[DeadLetterEntry]):
-    from notifications.dlq.services import RuleBook
+    from notifications.dlq.rules import RuleBook
 
     categorise_entries(entries, RuleBook().rules())
     return store_dead_letters(entries=entries)

@@ -1,5 +1,4 @@
-"""The rule book: triage rules matched against a dead letter's facts, fingerprints of alike failures,
-the default rules. Everything but `RuleBook`'s loader is a pure function of its arguments."""
+"""The rule book: triage rules matched against a dead letter's facts, fingerprints, the default rules."""
 
 import hashlib
 import logging

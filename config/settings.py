@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "notifications",
+    "notifications.dlq",
     "preferences",
     "campaigns",
 ]

@@ -1,13 +1,19 @@
 """URL routes: admin, the versioned REST API, the OpenAPI schema and the health probes."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from notifications import health
 from notifications.metrics_view import metrics_view
 
 urlpatterns = [
+    # The DLQ admin's addresses from before it was the `dlq` app (links in pages already sent).
+    re_path(
+        r"^admin/notifications/(?P<model>deadletter|triagerule|dlqaudit)/(?P<rest>.*)$",
+        RedirectView.as_view(url="/admin/dlq/%(model)s/%(rest)s", query_string=True),
+    ),
     path("admin/", admin.site.urls),
     path("api/v1/", include("notifications.urls")),
     path("api/v1/", include("preferences.urls")),

@@ -208,6 +208,3 @@ class OutboxFailureAdmin(admin.ModelAdmin):
     def requeue(self, request, queryset):
         count = requeue_outbox_failures(queryset)
         self.message_user(request, f"Requeued {count} row(s); the relay picks them up now.")
-
-
-import notifications.dlq.admin  # noqa: E402,F401

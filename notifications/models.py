@@ -372,6 +372,3 @@ class OutboxFailure(models.Model):
 
     def __str__(self) -> str:
         return f"{self.topic} key={self.key}: {self.error}"
-
-
-from notifications.dlq.models import *  # noqa: E402,F403  (DLQ models live in notifications/dlq/)

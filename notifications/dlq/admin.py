@@ -2,12 +2,10 @@
 history; replay, replay-by-filter, discard, re-categorise, drain parked), triage rules, the audit.
 
 Only users with the custom permissions (the "Support" group, and superusers) see and may use replay,
-discard and drain; every one of them goes through a service in `services.py` and is audited there.
-Registered from the end of `notifications/admin.py`.
+discard and drain; every one of them goes through a service in `support.py` and is audited there.
+Templates: `templates/admin/dlq/deadletter/` (the admin finds `change_list.html` there by its name).
 """
 
-import functools
-from pathlib import Path
 from urllib.parse import urlencode
 
 import orjson
@@ -19,7 +17,6 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Max, Min, Q
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import redirect
-from django.template import engines
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -27,7 +24,7 @@ from django.utils.html import format_html, format_html_join
 from notifications.channels import ALL_CHANNELS
 from notifications.dispatch.drain import DrainRefused
 from notifications.dlq.models import DeadLetter, DeadLetterStatus, DlqAudit, TriageRule
-from notifications.dlq.services import (
+from notifications.dlq.support import (
     DISCARD_PERMISSION,
     REPLAY_PERMISSION,
     REPLAYABLE_STATUSES,
@@ -38,15 +35,8 @@ from notifications.dlq.services import (
 )
 from notifications.models import KillSwitch
 
-TEMPLATES = Path(__file__).resolve().parent / "templates" / "dlq"
 #: Groups shown on the grouped view (the largest first); more is a sign the filter is too wide.
 MAX_GROUPS = 200
-
-
-@functools.cache
-def dlq_template(name: str):
-    """A template of this package (kept beside the code; `notifications/dlq` is not an app)."""
-    return engines["django"].from_string((TEMPLATES / name).read_text())
 
 
 def _pretty_json(value) -> str:
@@ -133,11 +123,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         return request.user.has_perm(DISCARD_PERMISSION)
 
     def has_recategorise_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("notifications.change_triagerule")
-
-    @property
-    def change_list_template(self):
-        return dlq_template("change_list.html")
+        return request.user.has_perm("dlq.change_triagerule")
 
     def get_search_results(self, request, queryset, search_term):
         """Exact matches on indexed columns only (no LIKE scans over a big table)."""
@@ -157,7 +143,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     @admin.display(description="fingerprint")
     def fingerprint_link(self, obj: DeadLetter):
-        url = reverse("admin:notifications_deadletter_changelist") + "?" + urlencode({"fingerprint": obj.fingerprint})
+        url = reverse("admin:dlq_deadletter_changelist") + "?" + urlencode({"fingerprint": obj.fingerprint})
         alike = DeadLetter.objects.filter(fingerprint=obj.fingerprint).count()
         return format_html('<a href="{}">{}</a> ({} alike)', url, obj.fingerprint, alike)
 
@@ -232,7 +218,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
             "select_across": request.POST.get("select_across", "0"),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
-        return TemplateResponse(request, dlq_template("discard.html"), context)
+        return TemplateResponse(request, "admin/dlq/deadletter/discard.html", context)
 
     @admin.action(description="Re-apply triage rules to selected entries", permissions=["recategorise"])
     def recategorise_selected(self, request, queryset):
@@ -247,9 +233,9 @@ class DeadLetterAdmin(admin.ModelAdmin):
     def get_urls(self):
         wrap = self.admin_site.admin_view
         return [
-            path("groups/", wrap(self.groups_view), name="notifications_deadletter_groups"),
-            path("replay-filtered/", wrap(self.replay_filtered_view), name="notifications_deadletter_replay_filtered"),
-            path("drain/", wrap(self.drain_view), name="notifications_deadletter_drain"),
+            path("groups/", wrap(self.groups_view), name="dlq_deadletter_groups"),
+            path("replay-filtered/", wrap(self.replay_filtered_view), name="dlq_deadletter_replay_filtered"),
+            path("drain/", wrap(self.drain_view), name="dlq_deadletter_drain"),
             *super().get_urls(),
         ]
 
@@ -258,7 +244,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         return self.get_changelist_instance(request).get_queryset(request)
 
     def _changelist_url(self, request) -> str:
-        url = reverse("admin:notifications_deadletter_changelist")
+        url = reverse("admin:dlq_deadletter_changelist")
         query = request.GET.urlencode()
         return f"{url}?{query}" if query else url
 
@@ -268,7 +254,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         try:
             qs = self._filtered(request)
         except IncorrectLookupParameters:
-            return redirect("admin:notifications_deadletter_changelist")
+            return redirect("admin:dlq_deadletter_changelist")
         groups = list(
             qs.order_by()
             .values("fingerprint")
@@ -290,7 +276,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         base = request.GET.copy()
         for group in groups:
             base["fingerprint"] = group["fingerprint"]
-            group["url"] = reverse("admin:notifications_deadletter_changelist") + "?" + base.urlencode()
+            group["url"] = reverse("admin:dlq_deadletter_changelist") + "?" + base.urlencode()
             group["sample"] = (group["sample"] or "")[:200]
         context = {
             **self.admin_site.each_context(request),
@@ -300,7 +286,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
             "max_groups": MAX_GROUPS,
             "changelist_url": self._changelist_url(request),
         }
-        return TemplateResponse(request, dlq_template("groups.html"), context)
+        return TemplateResponse(request, "admin/dlq/deadletter/groups.html", context)
 
     def replay_filtered_view(self, request):
         """Replay everything the current filter shows, after a confirmation that shows the count.
@@ -310,7 +296,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         try:
             qs = self._filtered(request)
         except IncorrectLookupParameters:
-            return redirect("admin:notifications_deadletter_changelist")
+            return redirect("admin:dlq_deadletter_changelist")
         if request.method == "POST":
             try:
                 max_id = int(request.POST.get("max_id", ""))
@@ -337,7 +323,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
             "filters": [(k, v) for k, values in request.GET.lists() for v in values],
             "changelist_url": self._changelist_url(request),
         }
-        return TemplateResponse(request, dlq_template("replay_filtered.html"), context)
+        return TemplateResponse(request, "admin/dlq/deadletter/replay_filtered.html", context)
 
     def drain_view(self, request):
         """The existing kill-switch drain (`drain_parked`), offered here per channel, audited."""
@@ -355,7 +341,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
                 self.message_user(
                     request, f"{channel}: moved {result.count} parked message(s) back. Audit #{result.audit_id}."
                 )
-            return redirect("admin:notifications_deadletter_drain")
+            return redirect("admin:dlq_deadletter_drain")
         modes = {k.channel: k for k in KillSwitch.objects.filter(provider="")}
         channels = [(c, modes[c].mode if c in modes else "normal") for c in ALL_CHANNELS]
         context = {
@@ -365,7 +351,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
             "channels": channels,
             "killswitch_url": reverse("admin:notifications_killswitch_changelist"),
         }
-        return TemplateResponse(request, dlq_template("drain.html"), context)
+        return TemplateResponse(request, "admin/dlq/deadletter/drain.html", context)
 
     def changelist_view(self, request, extra_context=None):
         extra = {

@@ -1,15 +1,11 @@
 """Models of DLQ triage: one row per dead letter, the triage rules, and the audit of replays/discards.
 
-They belong to the `notifications` app (re-exported from `notifications/models.py`). The paging
-window is not a model: it is a Redis key per fingerprint (`SET NX EX`, see `paging.py`); the row
-that triggered a page records it in `paged_at`.
+The tables keep the names they had while these models belonged to the `notifications` app.
 """
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
-
-__all__ = ["DeadLetter", "DeadLetterCategory", "DeadLetterSource", "DeadLetterStatus", "DlqAudit", "TriageRule"]
 
 
 class DeadLetterCategory(models.TextChoices):
@@ -87,6 +83,7 @@ class DeadLetter(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        db_table = "notifications_deadletter"
         verbose_name = "dead letter"
         permissions = [
             ("replay_deadletter", "Can replay dead letters"),
@@ -136,6 +133,7 @@ class TriageRule(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        db_table = "notifications_triagerule"
         ordering = ["priority", "id"]
         verbose_name = "DLQ triage rule"
 
@@ -174,6 +172,7 @@ class DlqAudit(models.Model):
     selection = models.TextField(blank=True, help_text="The filter or selection the action ran on.")
 
     class Meta:
+        db_table = "notifications_dlqaudit"
         ordering = ["-at"]
         verbose_name = "DLQ audit entry"
         verbose_name_plural = "DLQ audit"
@@ -181,6 +180,3 @@ class DlqAudit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor_name}: {self.count} at {self.at:%Y-%m-%d %H:%M}"
-
-
-import notifications.dlq.signals  # noqa: E402,F401  (post_migrate: the Support group, default rules)

@@ -1,22 +1,8 @@
-"""Paging a human for unknown dead letters: at most once per fingerprint per window.
-
-The window is a Redis key per fingerprint, taken with `SET NX EX` (`{prefix}dlq:page:{fingerprint}`),
-so every triage process shares it and a flood of one new failure is one page. A page always writes
-an ERROR log line and counts in `dlq_pages_total`; it also goes to a webhook (JSON, Slack-style
-`text` included) and/or an e-mail to on-call, when configured:
-
-    DLQ_PAGE_WEBHOOK_URL     = "https://hooks.example.com/…"   ("" = no webhook)
-    DLQ_PAGE_EMAILS          = ["oncall@example.com"]          (list or comma-separated string)
-    DLQ_PAGE_WINDOW_SECONDS  = 3600
-
-Redis policy: if the window cannot be read (Redis down), fail OPEN — page anyway and count it in
-`dlq_page_window_fail_open_total`: a duplicate page is better than a missed new failure.
-A webhook or e-mail that fails is logged and counted, never retried in a loop and never allowed to
-stop the consumer (the ERROR log line and the metric are the page of last resort).
-"""
+"""Paging on-call for unknown dead letters: at most once per fingerprint and window, by log, webhook, e-mail."""
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -24,7 +10,11 @@ import httpx
 import redis
 from django.conf import settings
 from django.core.mail import send_mail
+from django.db import transaction
+from django.utils import timezone
 from prometheus_client import Counter
+
+from notifications.dlq.models import DeadLetter, DeadLetterCategory
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +44,7 @@ class Page:
 
     def admin_url(self) -> str:
         base = getattr(settings, "PUBLIC_BASE_URL", "").rstrip("/")
-        return f"{base}/admin/notifications/deadletter/?fingerprint={self.fingerprint}"
+        return f"{base}/admin/dlq/deadletter/?fingerprint={self.fingerprint}"
 
     def summary(self) -> str:
         where = f"{self.channel}{'/' + self.provider if self.provider else ''}"
@@ -76,6 +66,12 @@ def page_settings() -> tuple[str, list[str], int]:
 
 
 class Pager:
+    """Takes a fingerprint's page window in Redis (`{prefix}dlq:page:<fingerprint>`, `SET NX EX`, shared
+    by every triage process) and sends the page: always an ERROR log line and `dlq_pages_total`, plus
+    the webhook and/or e-mail when configured. Redis down: fail open (page anyway, counted), since a
+    duplicate page is better than a missed new failure. A failing route is logged and counted, never
+    retried and never allowed to stop the consumer."""
+
     def __init__(
         self,
         *,
@@ -186,3 +182,62 @@ def pager_from_settings(redis_client: redis.Redis | None = None) -> Pager:
         webhook_url=url,
         emails=emails,
     )
+
+
+# --- the stored entries waiting for a page -----------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PageReport:
+    paged: int = 0  # fingerprints a human was paged for
+    suppressed: int = 0  # fingerprints already paged inside their window
+    entries: int = 0  # pending entries looked at
+
+
+def page_unknown_dead_letters(*, pager, limit: int = 5000) -> PageReport:
+    """Page on-call for unknown entries waiting for it: once per fingerprint per window.
+
+    Pending rows are locked (SKIP LOCKED: several triage processes never page the same rows), the
+    window is taken (Redis `SET NX EX`), the page goes out, and only then is `page_pending`
+    cleared, in the same transaction. A crash before the commit leaves the rows pending; the retry
+    finds the window taken, so a human is never paged twice for one fingerprint and window.
+    """
+    paged = suppressed = 0
+    with transaction.atomic():
+        pending = list(
+            DeadLetter.objects.filter(page_pending=True)
+            .order_by("id")
+            .select_for_update(skip_locked=True)
+            .only("id", "fingerprint", "category", "channel", "provider", "error_class", "cause_class",
+                  "error_code", "error_message", "recipient", "event_id")[:limit]
+        )  # fmt: skip
+        if not pending:
+            return PageReport()
+        groups: dict[str, list[DeadLetter]] = defaultdict(list)
+        for row in pending:
+            if row.category == DeadLetterCategory.UNKNOWN:  # a rule may have categorised it meanwhile
+                groups[row.fingerprint].append(row)
+        now = timezone.now()
+        windows = pager.acquire_windows(list(groups))
+        for fp, rows in groups.items():
+            if not windows[fp]:
+                suppressed += 1
+                continue
+            first = rows[0]
+            pager.page(
+                Page(
+                    fingerprint=fp,
+                    count=len(rows),
+                    entry_id=first.id,
+                    channel=first.channel,
+                    provider=first.provider,
+                    error_class=first.error_class,
+                    cause_class=first.cause_class,
+                    error_code=first.error_code,
+                    error_message=first.error_message,
+                    recipient=first.recipient,
+                    event_id=first.event_id,
+                )
+            )
+            DeadLetter.objects.filter(pk=first.pk).update(paged_at=now)
+            paged += 1
+        DeadLetter.objects.filter(pk__in=[r.pk for r in pending]).update(page_pending=False)
+    return PageReport(paged=paged, suppressed=suppressed, entries=len(pending))

@@ -1,14 +1,14 @@
-"""Pure triage logic: match a dead letter's facts against rules, and fingerprint alike failures.
-
-No database, no Django: `TriageRule` rows are compiled into `CompiledRule`s once per refresh, and
-everything here is a function of its arguments (unit-tested in tests/notifications/test_dlq.py).
-"""
+"""The rule book: triage rules matched against a dead letter's facts, fingerprints, the default rules."""
 
 import hashlib
+import logging
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 
@@ -115,6 +115,53 @@ def categorise(facts: TriageFacts, rules: Sequence[CompiledRule]) -> tuple[str, 
         if rule.matches(facts):
             return rule.category, rule
     return UNKNOWN, None
+
+
+#: How often the triage consumer re-reads the rules (admin edits apply without a restart).
+RULES_REFRESH_SECONDS = 5.0
+
+
+class RuleBook:
+    """The enabled triage rules, compiled, re-read every `refresh_seconds` (clock injectable).
+
+    A rule that does not compile (a bad regex saved around the admin's validation) is skipped and
+    logged, never allowed to stop the consumer."""
+
+    def __init__(
+        self,
+        *,
+        refresh_seconds: float = RULES_REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        loader: Callable[[], Iterable[Any]] | None = None,
+    ) -> None:
+        self.refresh_seconds = refresh_seconds
+        self.clock = clock
+        self.loader = loader or _load_rule_rows
+        self._rules: list[CompiledRule] = []
+        self._loaded_at = float("-inf")
+
+    def rules(self) -> list[CompiledRule]:
+        if self.clock() - self._loaded_at >= self.refresh_seconds:
+            self.refresh()
+        return self._rules
+
+    def refresh(self) -> None:
+        compiled = []
+        for row in self.loader():
+            if not row.enabled:
+                continue
+            try:
+                compiled.append(compile_rule(row))
+            except InvalidRule as exc:
+                log.error("triage rule skipped", extra={"rule": row.name, "error": str(exc)})
+        self._rules = sorted(compiled, key=lambda r: (r.priority, r.id or 0))
+        self._loaded_at = self.clock()
+
+
+def _load_rule_rows() -> list[Any]:
+    from notifications.dlq.models import TriageRule
+
+    return list(TriageRule.objects.filter(enabled=True))
 
 
 # --- fingerprints ------------------------------------------------------------------------------

@@ -1,24 +1,25 @@
 """After `migrate` (and after a test database flush): the "Support" group and the default rules.
 
-A `post_migrate` receiver rather than a data migration, because a flush (transactional tests, a
-`flush` command) empties the tables again and emits `post_migrate`, not the migrations.
+A `post_migrate` receiver (connected in `DlqConfig.ready`) rather than a data migration, because a
+flush (transactional tests, a `flush` command) empties the tables again and emits `post_migrate`,
+not the migrations.
 """
 
-from django.db.models.signals import post_migrate
+from django.db.models import Q
 
 SUPPORT_GROUP = "Support"
 #: What support staff may do: see dead letters and their audit, replay and discard them (the
 #: custom permissions), maintain triage rules (but not delete them), and see the kill switches
 #: whose parked messages they may drain from the DLQ admin. Not: edit or delete dead letters.
 SUPPORT_PERMISSIONS = (
-    "view_deadletter",
-    "replay_deadletter",
-    "discard_deadletter",
-    "view_dlqaudit",
-    "view_triagerule",
-    "add_triagerule",
-    "change_triagerule",
-    "view_killswitch",
+    "dlq.view_deadletter",
+    "dlq.replay_deadletter",
+    "dlq.discard_deadletter",
+    "dlq.view_dlqaudit",
+    "dlq.view_triagerule",
+    "dlq.add_triagerule",
+    "dlq.change_triagerule",
+    "notifications.view_killswitch",
 )
 
 
@@ -28,13 +29,15 @@ def ensure_support_group(*, using: str = "default"):
     from django.contrib.auth.management import create_permissions
     from django.contrib.auth.models import Group, Permission
 
-    # Our receiver may run before auth's: make sure the app's permissions exist first.
-    create_permissions(apps.get_app_config("notifications"), verbosity=0, using=using)
+    # Our receiver may run before auth's: make sure the permissions it grants exist first.
+    for app_label in dict.fromkeys(name.split(".")[0] for name in SUPPORT_PERMISSIONS):
+        create_permissions(apps.get_app_config(app_label), verbosity=0, using=using)
     group, _ = Group.objects.using(using).get_or_create(name=SUPPORT_GROUP)
-    permissions = Permission.objects.using(using).filter(
-        content_type__app_label="notifications", codename__in=SUPPORT_PERMISSIONS
-    )
-    group.permissions.add(*permissions)
+    wanted = Q()
+    for name in SUPPORT_PERMISSIONS:
+        app_label, codename = name.split(".")
+        wanted |= Q(content_type__app_label=app_label, codename=codename)
+    group.permissions.add(*Permission.objects.using(using).filter(wanted))
     return group
 
 
@@ -49,16 +52,14 @@ def ensure_default_rules(*, using: str = "default") -> int:
     return len(DEFAULT_RULES)
 
 
-def _after_migrate(sender, using="default", plan=None, **kwargs) -> None:
-    if getattr(sender, "label", None) != "notifications":
-        return
+def seed_after_migrate(sender, using="default", **kwargs) -> None:
+    """`post_migrate` of the `dlq` app: the Support group and the default rules, once the tables exist."""
     from django.db import connections
 
+    from notifications.dlq.models import DeadLetter, TriageRule
+
     tables = connections[using].introspection.table_names()
-    if "notifications_deadletter" not in tables or "notifications_triagerule" not in tables:
+    if DeadLetter._meta.db_table not in tables or TriageRule._meta.db_table not in tables:
         return  # migrating backwards, or not yet forwards: nothing to seed
     ensure_support_group(using=using)
     ensure_default_rules(using=using)
-
-
-post_migrate.connect(_after_migrate, dispatch_uid="notifications.dlq.after_migrate")

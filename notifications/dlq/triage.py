@@ -1,11 +1,4 @@
-"""The DLQ triage consumer: every `notif.<channel>.dlq` and `notif.events.dlq` into `DeadLetter` rows.
-
-`DlqTriageHandler` is a `BatchHandler` for the `ConsumerRunner`. Per polled batch it parses every
-message (never failing on one: whatever cannot be read is stored raw), categorises it with the
-triage rules, stores the batch with one `INSERT … ON CONFLICT` (idempotent by message id), pages
-on-call for new unknown fingerprints, and returns; the runner commits the offsets only then. A crash
-anywhere before that commit redelivers the batch, which stores nothing twice.
-"""
+"""The DLQ triage consumer: every `notif.<channel>.dlq` and `notif.events.dlq` into `DeadLetter` rows."""
 
 import hashlib
 import logging
@@ -25,13 +18,9 @@ from notifications.bus.topics import channel_topic, topic_name
 from notifications.channels import ALL_CHANNELS
 from notifications.dispatch.messages import Header
 from notifications.dlq.models import DeadLetter, DeadLetterCategory, DeadLetterSource, DeadLetterStatus
-from notifications.dlq.services import (
-    DeadLetterEntry,
-    RuleBook,
-    categorise_entries,
-    page_unknown_dead_letters,
-    store_dead_letters,
-)
+from notifications.dlq.paging import page_unknown_dead_letters
+from notifications.dlq.rules import RuleBook
+from notifications.dlq.storing import DeadLetterEntry, categorise_entries, store_dead_letters
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +185,11 @@ def parse_dead_letter(message: Message, channel: str, *, now: Callable[[], datet
 
 # --- the handler --------------------------------------------------------------------------------
 class DlqTriageHandler:
-    """Stores, categorises and pages; see the module docstring. `pager` is a `paging.Pager`."""
+    """The triage consumer's `BatchHandler`. Per polled batch: parse every message (never failing on one:
+    what cannot be read is stored raw), categorise, store the batch in one statement (idempotent by
+    message id), page on-call for new unknown fingerprints (`pager`, a `paging.Pager`), and return;
+    the runner commits the offsets only then, so a crash before redelivers a batch that stores
+    nothing twice."""
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, batch_size: int | None, metrics_port: int | None, recategorise: bool, **options):
         if recategorise:
-            from notifications.dlq.services import recategorise_dead_letters
+            from notifications.dlq.support import recategorise_dead_letters
 
             changed = recategorise_dead_letters()
             self.stdout.write(self.style.SUCCESS(f"re-categorised {sum(changed.values())} entries: {changed}"))

@@ -101,7 +101,11 @@ KAFKA_BOOTSTRAP_SERVERS = env("KAFKA_BOOTSTRAP_SERVERS", default="127.0.0.1:5909
 KAFKA_TOPIC_PREFIX = env("KAFKA_TOPIC_PREFIX", default="")
 # Partitions per topic; production raises this to the consumer parallelism it plans for.
 KAFKA_DEFAULT_PARTITIONS = env.int("KAFKA_DEFAULT_PARTITIONS", default=6)
+# Copies of every topic: 1 on the local single broker, 3 on a cluster (`platform/services --cluster`).
 KAFKA_REPLICATION_FACTOR = env.int("KAFKA_REPLICATION_FACTOR", default=1)
+# Replicas that must have a write before an acks=all producer gets its acknowledgement (a topic
+# setting, so it holds whatever the brokers' default). Unset: 2 from 3 replicas up, else 1.
+KAFKA_MIN_INSYNC_REPLICAS = env.int("KAFKA_MIN_INSYNC_REPLICAS", default=None)
 KAFKA_CONSUMER_GROUP_PREFIX = env("KAFKA_CONSUMER_GROUP_PREFIX", default="notif")
 
 # --- Outbox relay -----------------------------------------------------------------------------

@@ -84,6 +84,7 @@ from notifications.dispatch.templating import RenderError
 from notifications.models import MANDATORY_CATEGORIES, DeliveryLog, DeliveryStatus, KillSwitchMode, Provider
 from notifications.priority import PriorityClass, classify, lane_for
 from notifications.providers.capacity import channel_capacity
+from notifications.redis_connect import REDIS_ERRORS
 from preferences.cache import preferences_get_many
 from preferences.frequency import ALLOWED as ALLOWED_CAP
 from preferences.frequency import CapRequest, frequency_cap_take_many
@@ -564,7 +565,7 @@ class BatchExpander:
                 continue
             try:
                 due = self._expand(batch, deadline)
-            except (redis.RedisError, RateLimiterUnavailable, KafkaException):
+            except (*REDIS_ERRORS, RateLimiterUnavailable, KafkaException):
                 # Cursors and the throttle live in Redis, the backlog in Kafka: without them, wait
                 # (never release unpaced).
                 log.warning("batch expansion waits for Redis/Kafka", exc_info=True)

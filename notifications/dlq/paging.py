@@ -26,6 +26,8 @@ from django.conf import settings
 from django.core.mail import send_mail
 from prometheus_client import Counter
 
+from notifications.redis_connect import REDIS_ERRORS
+
 log = logging.getLogger(__name__)
 
 PAGES = Counter("dlq_pages_total", "Pages sent for unknown dead letters (one per fingerprint and window)")
@@ -122,7 +124,7 @@ class Pager:
                     pipe.set(self.window_key(fp), "1", nx=True, ex=self.window_seconds)
                     pipe.pttl(self.window_key(fp))
                 replies = pipe.execute()
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 WINDOW_FAIL_OPEN.inc(len(ask))
                 log.warning("page window unavailable, paging anyway", extra={"count": len(ask), "error": repr(exc)})
                 return {**result, **dict.fromkeys(ask, True)}

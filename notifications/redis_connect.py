@@ -11,7 +11,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-__all__ = ["CLUSTER_SCHEMES", "REDIS_ERRORS", "is_cluster", "is_cluster_url", "redis_from_url"]
+__all__ = ["CLUSTER_SCHEMES", "REDIS_ERRORS", "is_cluster", "is_cluster_url", "parse_cluster_url", "redis_from_url"]
 
 #: ``redis+cluster://`` plain, ``rediss+cluster://`` TLS. The host list names startup nodes (any
 #: node of the cluster will do: the client discovers the others and follows failovers).
@@ -62,31 +62,35 @@ def redis_from_url(
 
 
 def _cluster_from_url(url: str, **options: Any) -> RedisCluster:
-    """``redis+cluster://[user:password@]host:port[,host:port…][/0]`` → ``RedisCluster``."""
+    nodes, url_options = parse_cluster_url(url)
+    return RedisCluster(
+        startup_nodes=nodes,
+        # Serve the slots of the live masters while another master is being failed over.
+        require_full_coverage=False,
+        **url_options,
+        **options,
+    )
+
+
+def parse_cluster_url(url: str) -> tuple[list[ClusterNode], dict[str, Any]]:
+    """``redis+cluster://[user:password@]host:port[,host:port…][/0]`` → (startup nodes, options)."""
     scheme, _, rest = url.partition("://")
+    if scheme.lower() not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a Redis Cluster URL: {url!r}")
     netloc, _, path = rest.partition("/")
     if path.partition("?")[0] not in ("", "0"):
         raise ValueError("a Redis Cluster has only database 0")
     credentials, _, hosts = netloc.partition("?")[0].rpartition("@")
     username, _, password = credentials.partition(":")
+    options: dict[str, Any] = {"ssl": CLUSTER_SCHEMES[scheme.lower()]}
     if username:
         options["username"] = unquote(username)
     if password:
         options["password"] = unquote(password)
-    return RedisCluster(
-        startup_nodes=_startup_nodes(hosts),
-        ssl=CLUSTER_SCHEMES[scheme.lower()],
-        # Serve the slots of the live masters while another master is being failed over.
-        require_full_coverage=False,
-        **options,
-    )
-
-
-def _startup_nodes(hosts: str) -> list[ClusterNode]:
     nodes = []
     for entry in hosts.split(","):
         host, _, port = entry.strip().rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"a cluster node must be host:port, not {entry!r}")
         nodes.append(ClusterNode(host.strip("[]"), int(port)))
-    return nodes
+    return nodes, options

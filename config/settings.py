@@ -129,6 +129,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=16 
 # Each long-running command serves /metrics on its own port: --metrics-port, else METRICS_PORT, else
 # the role's port in the consumer registry (notifications/bus/consumers.py); 0 disables it (tests).
 METRICS_PORT = env.int("METRICS_PORT", default=None)
+# Address the /metrics servers listen on: loopback by default (nothing leaves the machine); 0.0.0.0
+# (or the pod's address) where Prometheus scrapes from elsewhere. /metrics has no authentication, so
+# expose it only on a network that only the scraper reaches.
+METRICS_BIND = env("METRICS_BIND", default="127.0.0.1")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -34,20 +34,26 @@ def evalsha_pipelined(
     master, each call sent to the master of its keys' slot).
 
     The script is loaded only when a server answers NOSCRIPT (after a restart or a failover emptied
-    its script cache): it is loaded on every master and the whole pipeline is sent again, since a
-    NOSCRIPT reply means that call did not run. redis-py's pipelined ``Script`` sends SCRIPT EXISTS
-    before every pipeline instead (a second round trip), and its cluster pipeline refuses EVALSHA by
-    name, hence the plain ``execute_command``. With ``raise_on_error`` the first failed call raises;
+    its script cache): it is then loaded on every master, and the calls that were answered NOSCRIPT
+    (they did not run) are sent again; on a cluster the others may have run on masters that had the
+    script, so only those are repeated. redis-py's pipelined ``Script`` sends SCRIPT EXISTS before
+    every pipeline instead (a second round trip), and its cluster pipeline refuses EVALSHA by name,
+    hence the plain ``execute_command``. With ``raise_on_error`` the first failed call raises;
     without it, a failed call's reply is its exception.
     """
     if not calls:
         return []
+    replies: list = [None] * len(calls)
+    pending = list(range(len(calls)))
     for attempt in (1, 2):
         pipe = client.pipeline(transaction=False)
-        for keys, args in calls:
+        for index in pending:
+            keys, args = calls[index]
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        replies = pipe.execute(raise_on_error=False)
-        if attempt == 2 or not any(isinstance(r, NoScriptError) for r in replies):
+        for index, reply in zip(pending, pipe.execute(raise_on_error=False), strict=True):
+            replies[index] = reply
+        pending = [index for index in pending if isinstance(replies[index], NoScriptError)]
+        if not pending or attempt == 2:
             break
         client.script_load(script.script)
     if raise_on_error:

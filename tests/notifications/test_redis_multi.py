@@ -64,6 +64,19 @@ def test_pipelined_script_calls_run_where_their_keys_live_and_load_the_script_wh
     assert evalsha_pipelined(client, script, tagged) == [1, 2]
 
 
+def test_only_the_calls_answered_noscript_run_again(client):
+    """On a cluster one master may have the script while another lost it in a failover: the calls that
+    ran there must not run twice."""
+    client, prefix = client
+    if not is_cluster(client):
+        pytest.skip("one server has one script cache: all calls or none answer NOSCRIPT")
+    script = Script(None, INCR_BY + f"\n-- {uuid.uuid4().hex}".encode())
+    client.execute_command("SCRIPT LOAD", script.script, target_nodes=client.get_primaries()[:1])
+    calls = [([f"{prefix}once{i}"], [1]) for i in range(60)]
+    assert evalsha_pipelined(client, script, calls) == [1] * 60
+    assert get_many(client, [keys[0] for keys, _ in calls]) == [b"1"] * 60
+
+
 def test_a_failed_call_raises_or_is_returned_in_its_place(client):
     client, prefix = client
     client.rpush(f"{prefix}list", "x")

@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Django command runs with the environment `platform/services env` prints.
 WITH_SERVICES := eval "$$(platform/services env)" &&
 
-.PHONY: install services migrate topics dev test lint format bench spike down
+.PHONY: install services migrate topics dev test test-cluster lint format bench spike down
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ dev: migrate topics
 
 test: install services
 	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
+
+# The cluster topology's tests (three Kafka brokers, a Redis Cluster; platform/ci-cluster), a few minutes.
+test-cluster: install
+	platform/ci-cluster $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -77,6 +77,21 @@ def test_only_the_calls_answered_noscript_run_again(client):
     assert get_many(client, [keys[0] for keys, _ in calls]) == [b"1"] * 60
 
 
+def test_cluster_pipelines_route_script_calls_without_asking_the_server_for_their_keys(client):
+    """redis-py's cluster pipeline sends COMMAND GETKEYS for every EVALSHA it has no policy for."""
+    client, prefix = client
+    if not is_cluster(client):
+        pytest.skip("a single server needs no routing")
+
+    def getkeys_calls() -> int:
+        stats = client.info("commandstats", target_nodes=client.get_primaries()).values()
+        return sum(int((s.get("cmdstat_command|getkeys") or {}).get("calls", 0)) for s in stats)
+
+    before = getkeys_calls()
+    evalsha_pipelined(client, Script(None, INCR_BY), [([f"{prefix}r{i}"], [1]) for i in range(50)])
+    assert getkeys_calls() == before
+
+
 def test_a_failed_call_raises_or_is_returned_in_its_place(client):
     client, prefix = client
     client.rpush(f"{prefix}list", "x")

@@ -10,7 +10,7 @@ WITH_SERVICES := eval "$$(platform/services env)" &&
 # Procfile's `sandbox` process): exported to every process `make dev` starts.
 WITH_SANDBOX := set -a && . platform/sandbox.env && set +a &&
 
-.PHONY: install services migrate topics dev test lint format bench spike down
+.PHONY: install services migrate topics dev test test-cluster lint format bench spike down
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,6 +40,10 @@ dev: migrate topics
 
 test: install services
 	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
+
+# The cluster topology's tests (three Kafka brokers, a Redis Cluster; platform/ci-cluster), a few minutes.
+test-cluster: install
+	platform/ci-cluster $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

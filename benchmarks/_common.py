@@ -106,7 +106,40 @@ class CpuMeter:
 
 
 # --- shared by the benchmark scripts -----------------------------------------------------------------
+def redis_server_pids(ports: list[int]) -> list[int]:
+    """redis-server processes listening on `ports` (their process title is `redis-server 127.0.0.1:<port>`)."""
+    wanted = {f"127.0.0.1:{port}" for port in ports}
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().split()
+                if len(title) >= 2 and title[0].endswith("redis-server") and title[1] in wanted:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def redis_ports(url: str) -> list[int]:
+    """The ports of every Redis server behind `url`: one, or every node of a cluster (replicas too)."""
+    from notifications.redis_connect import is_cluster_url, redis_from_url
+
+    if not is_cluster_url(url):
+        return [urlsplit(url).port or 6379]
+    client = redis_from_url(url, socket_timeout=2.0, socket_connect_timeout=1.0, retries=1, health_check_interval=0)
+    try:
+        return sorted(node.port for node in client.get_nodes())
+    finally:
+        client.close()
+
+
 def redis_pids() -> list[int]:
+    """The Redis servers of REDIS_URL (a cluster's nodes too), else the pid file of `platform/services`."""
+    from django.conf import settings
+
+    with contextlib.suppress(Exception):
+        pids = redis_server_pids(redis_ports(settings.REDIS_URL))
+        if pids:
+            return pids
     with contextlib.suppress(OSError, ValueError, IndexError):
         return [int((REPO / ".platform" / "run" / "redis.pid").read_text().split()[0])]
     return []
@@ -146,9 +179,16 @@ def require_loopback() -> None:
     """Every service this benchmark talks to must be on this machine (it sends real traffic)."""
     from django.conf import settings
 
+    from notifications.redis_connect import is_cluster_url, parse_cluster_url
+
+    redis_hosts = (
+        [node.host for node in parse_cluster_url(settings.REDIS_URL)[0]]
+        if is_cluster_url(settings.REDIS_URL)
+        else [urlsplit(settings.REDIS_URL).hostname or "127.0.0.1"]
+    )
     hosts = {
         "database": settings.DATABASES["default"].get("HOST") or "127.0.0.1",
-        "redis": urlsplit(settings.REDIS_URL).hostname or "127.0.0.1",
+        **{f"redis {i}": host for i, host in enumerate(redis_hosts)},
         **{f"kafka {i}": server.rsplit(":", 1)[0].strip("[]") for i, server in
            enumerate(settings.KAFKA_BOOTSTRAP_SERVERS.split(","))},
     }  # fmt: skip

@@ -49,8 +49,8 @@ class CampaignHooks:
         rate = float(meta["throttle"])
         return throttle_bucket_name(meta["campaign_id"]), rate, throttle_burst(rate)
 
-    def sent_tally(self, message: ChannelMessage) -> tuple[str, str] | None:
-        """Where the dedup confirm counts this send (a launched campaign's progress; not a test send)."""
+    def sent_tally(self, message: ChannelMessage) -> str | None:
+        """The counter the dedup confirm counts this send in (a launched campaign's `sent`; not a test send)."""
         meta = _campaign(message)
         if meta is None or not meta.get("launch_id"):
             return None

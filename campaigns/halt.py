@@ -11,7 +11,10 @@ the committed state change (the expander stops releasing anyway); workers readin
 import logging
 
 import redis
-from django.conf import settings
+
+from campaigns.progress import campaign_key
+from notifications.redis_connect import REDIS_ERRORS
+from notifications.redis_multi import get_many
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +22,7 @@ HALT_TTL_SECONDS = 7 * 24 * 3600
 
 
 def halt_key(campaign_id: int | str) -> str:
-    return f"{settings.REDIS_KEY_PREFIX}campaign:{campaign_id}:halt"
+    return campaign_key(campaign_id, "halt")
 
 
 def set_halt(client: redis.Redis, campaign_id: int, state: str | None) -> None:
@@ -29,17 +32,18 @@ def set_halt(client: redis.Redis, campaign_id: int, state: str | None) -> None:
             client.delete(halt_key(campaign_id))
         else:
             client.set(halt_key(campaign_id), state, ex=HALT_TTL_SECONDS)
-    except redis.RedisError:
+    except REDIS_ERRORS:
         log.exception("could not write the campaign halt flag", extra={"campaign_id": campaign_id})
 
 
 def read_halts(client: redis.Redis, campaign_ids: list[int | str]) -> dict[str, str]:
-    """{campaign id: 'cancelled'|'paused'} for the halted ones among `campaign_ids` (one MGET)."""
+    """{campaign id: 'cancelled'|'paused'} for the halted ones among `campaign_ids` (one MGET; on a
+    cluster one per campaign slot, in one pipeline)."""
     if not campaign_ids:
         return {}
     try:
-        values = client.mget([halt_key(c) for c in campaign_ids])
-    except redis.RedisError:
+        values = get_many(client, [halt_key(c) for c in campaign_ids])
+    except REDIS_ERRORS:
         log.warning("campaign halt flags unavailable; sending", exc_info=True)
         return {}
     return {str(c): v.decode() for c, v in zip(campaign_ids, values, strict=True) if v}

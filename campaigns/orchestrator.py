@@ -34,6 +34,7 @@ from notifications.bus.producing import AckedProducer
 from notifications.bus.runner import ConsumerRunner
 from notifications.bus.topics import channel_topic
 from notifications.dispatch.messages import Header
+from notifications.redis_connect import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ class CampaignOrchestrator:
         try:
             flush_progress(redis_client=self.redis)
             self.complete_finished()
-        except redis.RedisError:
+        except REDIS_ERRORS:
             log.warning("progress flush skipped (Redis unavailable)", exc_info=True)
 
     def complete_finished(self) -> int:

@@ -1,25 +1,30 @@
 """Live campaign progress: Redis counters written by the expanders and workers, flushed to PostgreSQL.
 
-Keys (all under ``settings.REDIS_KEY_PREFIX``):
+Keys (all under ``settings.REDIS_KEY_PREFIX``; ``{c<id>}`` is the campaign's hash tag, so every key
+below shares one Redis Cluster slot and one MULTI or script may touch them together):
 
-* ``campaign:{id}:progress`` — hash of counters: ``queued`` (per-recipient messages handed to the
+* ``campaign:{c<id>}:progress`` — hash of counters: ``queued`` (per-recipient messages handed to the
   workers), ``suppressed`` (dropped at expansion: no contact point, opted out since the batch was
-  emitted, kill switch), ``extra`` (push messages beyond one per user), ``sent`` (moved by the
-  dedup confirm itself, once per message), ``failed``, ``deduplicated`` (messages redelivered after
-  they were sent), ``halted`` (queued messages a worker dropped: the campaign was cancelled; also
-  counted in ``suppressed``). Every queued message ends as one of ``sent``, ``failed`` or ``halted``:
-  the campaign is complete when their sum reaches ``queued`` (``outstanding``).
-* ``campaign:{id}:counted`` — the "<counter>:<message id>" already counted by ``record_outcomes``.
-  The same hash holds ``suppressed:<reason>`` (the expansion's suppressions by reason, e.g.
-  ``suppressed:frequency_cap``) and ``deferred`` (recipients waiting for the end of their quiet
-  hours in a deferred batch; back to 0 once those batches are expanded).
-* ``campaign:{id}:rate:sent`` / ``campaign:{id}:rate:queued`` — hash of epoch second → count, for the
-  current rates (expire after two minutes of silence).
-* ``campaign:{id}:expanded:{launch}`` — set of "<channel>:<batch>" fully expanded (completion).
-* ``campaign:{id}:deferred:{launch}`` — set of "<channel>:<batch>" of quiet-hours batches scheduled
-  but not yet expanded (completion waits for them).
-* ``campaign:{id}:cursor:{launch}:{channel}:{batch}`` — how far a batch has been expanded (a
+  emitted, kill switch), ``extra`` (push messages beyond one per user), ``failed``, ``deduplicated``
+  (messages redelivered after they were sent), ``halted`` (queued messages a worker dropped: the
+  campaign was cancelled; also counted in ``suppressed``). Every queued message ends as one of
+  ``sent``, ``failed`` or ``halted``: the campaign is complete when their sum reaches ``queued``
+  (``outstanding``). The same hash holds ``suppressed:<reason>`` (the
+  expansion's suppressions by reason, e.g. ``suppressed:frequency_cap``) and ``deferred``
+  (recipients waiting for the end of their quiet hours in a deferred batch; back to 0 once those
+  batches are expanded).
+* ``campaign:{c<id>}:counted`` — the "<counter>:<message id>" already counted by ``record_outcomes``.
+* ``campaign:{c<id>}:rate:sent`` / ``campaign:{c<id>}:rate:queued`` — hash of epoch second → count,
+  for the current rates (expire after two minutes of silence).
+* ``campaign:{c<id>}:expanded:<launch>`` — set of "<channel>:<batch>" fully expanded (completion).
+* ``campaign:{c<id>}:deferred:<launch>`` — set of "<channel>:<batch>" of quiet-hours batches
+  scheduled but not yet expanded (completion waits for them).
+* ``campaign:{c<id>}:cursor:<launch>:<channel>:<batch>`` — how far a batch has been expanded (a
   deferred batch's ``batch`` is its string id, e.g. ``3.q1000@29412360``).
+
+``sent`` is not in the progress hash: the dedup confirm that records a send counts it, in the same
+script, in a counter of the dedup key's own slot (``campaign:<id>:sent:{<dedup shard>}``, see
+``DedupStore.confirm_many``); the campaign's ``sent`` is the sum of those shards.
 
 The orchestrator's own numbers (audience size, batches emitted, suppressed in SQL) are written to
 PostgreSQL at each checkpoint, exactly. The counters here are written after the fact they count is
@@ -38,6 +43,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -46,8 +52,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 from prometheus_client import Counter as PromCounter
+from redis.commands.core import Script
 
 from campaigns.models import ACTIVE_STATES, Campaign, CampaignState
+from notifications.redis_connect import REDIS_ERRORS
+from notifications.redis_keys import hash_tag, sharded_counter_keys
+from notifications.redis_multi import evalsha_pipelined, get_many
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +77,29 @@ def _prefix() -> str:
     return settings.REDIS_KEY_PREFIX
 
 
+def campaign_key(campaign_id: int | str, name: str) -> str:
+    """``{prefix}campaign:{c<id>}:<name>``: a key of the campaign's own cluster slot."""
+    return f"{_prefix()}campaign:{hash_tag(f'c{int(campaign_id)}')}:{name}"
+
+
 def progress_key(campaign_id: int) -> str:
-    return f"{_prefix()}campaign:{campaign_id}:progress"
+    return campaign_key(campaign_id, "progress")
 
 
 def rate_key(campaign_id: int, what: str) -> str:
-    return f"{_prefix()}campaign:{campaign_id}:rate:{what}"
+    return campaign_key(campaign_id, f"rate:{what}")
 
 
 def expanded_key(campaign_id: int, launch_id: str) -> str:
-    return f"{_prefix()}campaign:{campaign_id}:expanded:{launch_id}"
+    return campaign_key(campaign_id, f"expanded:{launch_id}")
 
 
 def deferred_key(campaign_id: int, launch_id: str) -> str:
-    return f"{_prefix()}campaign:{campaign_id}:deferred:{launch_id}"
+    return campaign_key(campaign_id, f"deferred:{launch_id}")
 
 
 def cursor_key(campaign_id: int, launch_id: str, channel: str, batch: int | str) -> str:
-    return f"{_prefix()}campaign:{campaign_id}:cursor:{launch_id}:{channel}:{batch}"
+    return campaign_key(campaign_id, f"cursor:{launch_id}:{channel}:{batch}")
 
 
 def _client(redis_client: redis.Redis | None) -> redis.Redis:
@@ -106,32 +121,31 @@ STATUS_TO_COUNTER = {
     "suppressed": "suppressed",  # dropped by a worker because the campaign was cancelled (halt flag)
 }
 
-#: Counts each (counter, message) once: a message whose outcome is settled again after a worker
-#: crash (redelivered before its offset was committed) is not counted twice.
-#: KEYS[1] the progress hash, KEYS[2] the set of what was counted; ARGV[1] the counter,
-#: ARGV[2] the set's TTL in seconds, ARGV[3..] message ids. Returns how many were new.
-COUNT_ONCE_LUA = """
-local new = 0
-for i = 3, #ARGV do
-  new = new + redis.call('SADD', KEYS[2], ARGV[1] .. ':' .. ARGV[i])
-end
-if new > 0 then
-  redis.call('HINCRBY', KEYS[1], ARGV[1], new)
-end
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return new
-"""
+#: Counts each (counter, message) once (``lua/count_once.lua``).
+COUNT_ONCE = Script(None, (Path(__file__).resolve().parent / "lua" / "count_once.lua").read_bytes())  # type: ignore[arg-type]
 
 
 def counted_key(campaign_id: int) -> str:
-    return f"{_prefix()}campaign:{campaign_id}:counted"
+    return campaign_key(campaign_id, "counted")
 
 
-def sent_tally(campaign_id: int) -> tuple[str, str]:
-    """Where the dedup store counts a campaign message's send, in the script that confirms it
-    (``DedupStore.confirm_many(tallies=…)``): so ``sent`` counts every message the provider
-    accepted exactly once, also when a worker dies between the send and settling its outcome."""
-    return progress_key(campaign_id), "sent"
+def sent_tally(campaign_id: int) -> str:
+    """The counter in which the dedup store counts a campaign message's send, in the script that
+    confirms it (``DedupStore.confirm_many(tallies=…)``): so ``sent`` counts every message the
+    provider accepted exactly once, also when a worker dies between the send and settling its
+    outcome. Sharded like the dedup keys (``read_sent``)."""
+    return f"campaign:{int(campaign_id)}:sent"
+
+
+def read_sent(client: redis.Redis, campaign_ids: Sequence[int]) -> dict[int, int]:
+    """The campaigns' ``sent``: the sum of their counters' shards (one MGET, one per slot on a cluster)."""
+    keys = {campaign_id: sharded_counter_keys(_prefix(), sent_tally(campaign_id)) for campaign_id in campaign_ids}
+    values = get_many(client, [key for per in keys.values() for key in per])
+    out, at = {}, 0
+    for campaign_id, per in keys.items():
+        out[campaign_id] = sum(int(v) for v in values[at : at + len(per)] if v)
+        at += len(per)
+    return out
 
 
 def record_outcomes(
@@ -143,8 +157,7 @@ def record_outcomes(
     """Count the settled outcomes of campaign messages: (message id, worker status, the message's
     ``meta``); messages that are not part of a campaign are ignored. Each (counter, message) is
     counted once. Sends only feed the send rate here (their count moves with the dedup confirm, see
-    ``sent_tally``). One round trip per call. Raises RedisError only when ``strict``. Returns how
-    many outcomes were new."""
+    ``sent_tally``). Raises a Redis error only when ``strict``. Returns how many outcomes were new."""
     per_campaign: dict[tuple[int, str], list[str]] = defaultdict(list)
     sends: Counter = Counter()
     for message_id, status, meta in outcomes:
@@ -165,21 +178,28 @@ def record_outcomes(
     ttl = int(getattr(settings, "CAMPAIGN_STATE_TTL_SECONDS", 14 * 24 * 3600))
     client = _client(redis_client)
     try:
-        pipe = client.pipeline(transaction=False)
-        for (campaign_id, counter), ids in per_campaign.items():
-            pipe.eval(COUNT_ONCE_LUA, 2, progress_key(campaign_id), counted_key(campaign_id), counter, ttl, *ids)
-        for campaign_id, n in sends.items():
-            pipe.hincrby(rate_key(campaign_id, "sent"), second, n)
-            pipe.expire(rate_key(campaign_id, "sent"), RATE_KEY_TTL)
-        replies = pipe.execute()
-    except redis.RedisError:
+        replies = evalsha_pipelined(
+            client,
+            COUNT_ONCE,
+            [
+                ([progress_key(campaign_id), counted_key(campaign_id)], [counter, ttl, *ids])
+                for (campaign_id, counter), ids in per_campaign.items()
+            ],
+        )
+        if sends:
+            pipe = client.pipeline(transaction=False)
+            for campaign_id, n in sends.items():
+                pipe.hincrby(rate_key(campaign_id, "sent"), second, n)
+                pipe.expire(rate_key(campaign_id, "sent"), RATE_KEY_TTL)
+            pipe.execute()
+    except REDIS_ERRORS:
         if strict:
             raise
         PROGRESS_DROPPED.inc(sum(len(ids) for ids in per_campaign.values()))
         log.warning("campaign progress not recorded (Redis unavailable)", exc_info=True)
         return 0
     counted = 0
-    for ((_campaign, counter), _ids), new in zip(per_campaign.items(), replies, strict=False):
+    for ((_campaign, counter), _ids), new in zip(per_campaign.items(), replies, strict=True):
         OUTCOMES.labels(counter).inc(int(new))
         counted += int(new)
     return counted
@@ -266,9 +286,11 @@ def read_counters(client: redis.Redis, campaign_ids: Iterable[int]) -> dict[int,
     pipe = client.pipeline(transaction=False)
     for campaign_id in ids:
         pipe.hgetall(progress_key(campaign_id))
+    sent = read_sent(client, ids)
     out = {}
     for campaign_id, raw in zip(ids, pipe.execute(), strict=True):
         values = {k.decode(): int(v) for k, v in raw.items()}
+        values["sent"] = sent[campaign_id]
         out[campaign_id] = {name: values.get(name, 0) for name in COUNTER_FIELDS}
     return out
 
@@ -311,7 +333,7 @@ def flush_progress(*, redis_client: redis.Redis | None = None, now=None) -> int:
         return 0
     try:
         counters = read_counters(_client(redis_client), campaigns)
-    except redis.RedisError:
+    except REDIS_ERRORS:
         log.warning("campaign progress flush skipped (Redis unavailable)", exc_info=True)
         return 0
     with transaction.atomic():
@@ -348,7 +370,7 @@ def progress_snapshot(campaign: Campaign, *, redis_client: redis.Redis | None = 
             rates = read_rates(client, campaign.pk)
             details = read_details(client, campaign.pk)
             live = True
-        except redis.RedisError:
+        except REDIS_ERRORS:
             log.warning("campaign progress read from PostgreSQL (Redis unavailable)")
     channels = len(campaign.channels or [])
     audience = campaign.audience_size

@@ -103,7 +103,11 @@ KAFKA_BOOTSTRAP_SERVERS = env("KAFKA_BOOTSTRAP_SERVERS", default="127.0.0.1:5909
 KAFKA_TOPIC_PREFIX = env("KAFKA_TOPIC_PREFIX", default="")
 # Partitions per topic; production raises this to the consumer parallelism it plans for.
 KAFKA_DEFAULT_PARTITIONS = env.int("KAFKA_DEFAULT_PARTITIONS", default=6)
+# Copies of every topic: 1 on the local single broker, 3 on a cluster (`platform/services --cluster`).
 KAFKA_REPLICATION_FACTOR = env.int("KAFKA_REPLICATION_FACTOR", default=1)
+# Replicas that must have a write before an acks=all producer gets its acknowledgement (a topic
+# setting, so it holds whatever the brokers' default). Unset: 2 from 3 replicas up, else 1.
+KAFKA_MIN_INSYNC_REPLICAS = env.int("KAFKA_MIN_INSYNC_REPLICAS", default=None)
 KAFKA_CONSUMER_GROUP_PREFIX = env("KAFKA_CONSUMER_GROUP_PREFIX", default="notif")
 # A consumer that stops heartbeating loses its partitions after this long (the broker accepts 6 s
 # and up): a dead worker's partitions move within seconds.
@@ -141,6 +145,10 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=16 
 # Each long-running command serves /metrics on its own port: --metrics-port, else METRICS_PORT, else
 # the role's port in the consumer registry (notifications/bus/consumers.py); 0 disables it (tests).
 METRICS_PORT = env.int("METRICS_PORT", default=None)
+# Address the /metrics servers listen on: loopback by default (nothing leaves the machine); 0.0.0.0
+# (or the pod's address) where Prometheus scrapes from elsewhere. /metrics has no authentication, so
+# expose it only on a network that only the scraper reaches.
+METRICS_BIND = env("METRICS_BIND", default="127.0.0.1")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

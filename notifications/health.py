@@ -4,12 +4,14 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 
-import redis
 from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
+from redis.cluster import RedisCluster
+
+from notifications.redis_connect import is_cluster, redis_from_url
 
 PROBE_TIMEOUT = 2.0
 
@@ -25,11 +27,19 @@ def check_postgres() -> None:
 
 
 def check_redis() -> None:
-    client = redis.Redis.from_url(
-        settings.REDIS_URL, socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT
+    """PING the server, or on a cluster every master (each holds a share of the dedup keys)."""
+    client = redis_from_url(
+        settings.REDIS_URL,
+        socket_timeout=PROBE_TIMEOUT,
+        socket_connect_timeout=PROBE_TIMEOUT,
+        retries=0,
+        health_check_interval=0,
     )
     try:
-        client.ping()
+        if is_cluster(client):
+            client.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            client.ping()
     finally:
         client.close()
 

@@ -24,12 +24,13 @@ def install_stop_handlers(stop_event: threading.Event) -> None:
 
 
 def start_metrics_server(port: int | None, *, default: int = 0) -> None:
-    """Serve /metrics on `port`, else METRICS_PORT, else the role's `default`; 0 serves nothing."""
+    """Serve /metrics on `port`, else METRICS_PORT, else the role's `default`; 0 serves nothing. It
+    listens on METRICS_BIND (loopback unless set)."""
     if port is None:
         port = settings.METRICS_PORT if settings.METRICS_PORT is not None else default
     if port:
-        start_http_server(port, addr="127.0.0.1")
-        log.info("metrics listening", extra={"port": port})
+        start_http_server(port, addr=settings.METRICS_BIND)
+        log.info("metrics listening", extra={"port": port, "bind": settings.METRICS_BIND})
 
 
 def run_consumer(name: str, *, metrics_port: int | None = None, instance: str | None = None, **options: Any) -> None:

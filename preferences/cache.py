@@ -4,9 +4,10 @@ Layout: ``{REDIS_KEY_PREFIX}prefs:{user_id}`` holds orjson of ``{"v": version, "
 with a TTL (``PREFERENCES_CACHE_TTL``, default 1 h). Users without a document are cached too
 (``v`` 0, empty document), so the dispatcher's hot path does not hit PostgreSQL for them.
 
-Reads (:func:`preferences_get_many`): one MGET for the whole batch, ONE database query for the
+Reads (:func:`preferences_get_many`): one MGET for the whole batch (on a Redis Cluster one MGET per
+slot, in one pipeline: a cache read needs no atomicity across users), ONE database query for the
 misses, then the misses are written back with a pipeline of fenced writes
-(``lua/prefs_cache_set.lua``: SET only if the cache holds no version or an older one).
+(``lua/prefs_cache_set.lua``: SET only if the cache holds no version or an older one; one key each).
 
 Writes (:func:`publish_state`, called by ``transaction.on_commit`` after every committed change):
 the key is replaced by the new version through the same fenced script. This is the "delete on
@@ -34,10 +35,11 @@ from collections.abc import Iterable
 import orjson
 import redis
 from django.conf import settings
-from redis.exceptions import RedisError
 
 from notifications.delivery.circuit_breaker import CircuitBreaker
 from notifications.redis_client import get_redis
+from notifications.redis_connect import REDIS_ERRORS
+from notifications.redis_multi import evalsha_pipelined, get_many
 
 from .metrics import CACHE_ERRORS, CACHE_LOOKUPS
 from .scripts import lua_script
@@ -93,11 +95,9 @@ def _load_from_db(user_ids: list[int]) -> dict[int, PreferenceState]:
 
 
 def _fenced_set_many(client: redis.Redis, states: Iterable[PreferenceState]) -> None:
-    script, ttl = lua_script("prefs_cache_set"), cache_ttl()
-    pipe = client.pipeline(transaction=False)
-    for state in states:
-        script(keys=[cache_key(state.user_id)], args=[state.version, _encode(state), ttl], client=pipe)
-    pipe.execute()
+    ttl = cache_ttl()
+    calls = [([cache_key(state.user_id)], [state.version, _encode(state), ttl]) for state in states]
+    evalsha_pipelined(client, lua_script("prefs_cache_set"), calls)
 
 
 def preferences_get_many(
@@ -116,8 +116,8 @@ def preferences_get_many(
     use_cache = BREAKER.allow_request()
     if use_cache:
         try:
-            raw_values = client.mget([cache_key(user_id) for user_id in ids])
-        except RedisError as exc:
+            raw_values = get_many(client, [cache_key(user_id) for user_id in ids])
+        except REDIS_ERRORS as exc:
             BREAKER.record_failure()
             CACHE_ERRORS.labels("read").inc()
             logger.warning("preference cache read failed, reading the database", extra={"error": str(exc)})
@@ -139,7 +139,7 @@ def preferences_get_many(
         if use_cache:
             try:
                 _fenced_set_many(client, loaded.values())
-            except RedisError as exc:
+            except REDIS_ERRORS as exc:
                 BREAKER.record_failure()
                 CACHE_ERRORS.labels("warm").inc()
                 logger.warning("preference cache warm failed", extra={"error": str(exc)})
@@ -155,7 +155,7 @@ def _with_one_retry(op: str, user_id: int, action) -> bool:
     for attempt in (1, 2):
         try:
             action()
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             if attempt == 2:
                 CACHE_ERRORS.labels(op).inc()
                 logger.error(

@@ -29,7 +29,9 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from redis.exceptions import RedisError
+
+from notifications.redis_connect import REDIS_ERRORS
+from notifications.redis_multi import ScriptCall, evalsha_pipelined
 
 from .metrics import FREQUENCY_CAP_FAIL_OPEN
 from .scripts import lua_script
@@ -116,8 +118,7 @@ def frequency_cap_take_many(
     """
     decisions: list[CapDecision | None] = [None] * len(requests)
     calls: list[tuple[int, list[tuple[str, int, str]], list[int]]] = []
-    script = lua_script("frequency_cap")
-    pipe = client.pipeline(transaction=False)
+    script_calls: list[ScriptCall] = []
     for index, request in enumerate(requests):
         caps = _applicable(request)
         if not caps:
@@ -130,12 +131,12 @@ def frequency_cap_take_many(
             ttl = max(1, end - int(now.timestamp())) + EXPIRY_GRACE_SECONDS
             args += [maximum, ttl]
             ends.append(end)
-        script(keys=keys, args=args, client=pipe)
+        script_calls.append((keys, args))
         calls.append((index, caps, ends))
     if calls:
         try:
-            results = pipe.execute()
-        except RedisError as exc:
+            results = evalsha_pipelined(client, lua_script("frequency_cap"), script_calls)
+        except REDIS_ERRORS as exc:
             if not fail_open:
                 raise
             FREQUENCY_CAP_FAIL_OPEN.inc(len(calls))

@@ -14,9 +14,9 @@ LUA_DIR = Path(__file__).resolve().parent / "lua"
 
 @cache
 def lua_script(name: str) -> Script:
-    """``Script`` for ``lua/<name>.lua``; call it with ``client=`` (a client or a pipeline).
+    """``Script`` for ``lua/<name>.lua``: call it with ``client=`` for one call, or run many with
+    ``notifications.redis_multi.evalsha_pipelined`` (one server or a cluster).
 
-    Built from bytes, so it is bound to no client: EVALSHA, with SCRIPT LOAD on NOSCRIPT (or, in a
-    pipeline, SCRIPT EXISTS/LOAD before the pipeline runs).
+    Built from bytes, so it is bound to no client: EVALSHA, with SCRIPT LOAD on NOSCRIPT.
     """
     return Script(None, (LUA_DIR / f"{name}.lua").read_bytes())  # type: ignore[arg-type]

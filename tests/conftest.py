@@ -116,7 +116,9 @@ def fresh_topic(kafka_topics):
 
     name = f"{kafka_topics}scratch.{uuid.uuid4().hex[:10]}"
     admin = AdminClient(admin_config())  # keep the client alive until the future resolves
-    futures = admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=3, replication_factor=settings.KAFKA_REPLICATION_FACTOR)]
+    )
     futures[name].result(30)
     return name
 

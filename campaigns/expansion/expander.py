@@ -64,6 +64,7 @@ from notifications.dispatch.screening import (
 from notifications.dispatch.templating import RenderError
 from notifications.models import DeliveryStatus
 from notifications.priority import lane_for
+from notifications.redis_connect import REDIS_ERRORS
 from preferences.cache import preferences_get_many
 from preferences.state import PreferenceState
 
@@ -187,7 +188,7 @@ class BatchExpander:
                 continue
             try:
                 due = self._expand(batch, deadline)
-            except (redis.RedisError, RateLimiterUnavailable, KafkaException):
+            except (*REDIS_ERRORS, RateLimiterUnavailable, KafkaException):
                 # Cursors and the throttle live in Redis, the backlog in Kafka: without them, wait
                 # (never release unpaced).
                 log.warning("batch expansion waits for Redis/Kafka", exc_info=True)

@@ -36,8 +36,24 @@ class TopicSpec:
     def partition_count(self) -> int:
         return self.partitions or settings.KAFKA_DEFAULT_PARTITIONS
 
+    @property
+    def replication_factor(self) -> int:
+        return settings.KAFKA_REPLICATION_FACTOR
+
     def config(self) -> dict[str, str]:
-        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+        return {
+            "retention.ms": str(self.retention_ms),
+            "cleanup.policy": self.cleanup_policy,
+            "min.insync.replicas": str(min_insync_replicas()),
+        }
+
+
+def min_insync_replicas() -> int:
+    """KAFKA_MIN_INSYNC_REPLICAS, else 2 with three replicas or more (an acknowledged write survives
+    the loss of any one broker, and one broker may be down without stopping writes), else 1."""
+    if settings.KAFKA_MIN_INSYNC_REPLICAS is not None:
+        return settings.KAFKA_MIN_INSYNC_REPLICAS
+    return max(1, min(2, settings.KAFKA_REPLICATION_FACTOR - 1))
 
 
 def topic_name(logical: str) -> str:

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 import redis
 from redis.commands.core import Script
 
+from notifications.redis_connect import REDIS_ERRORS
+from notifications.redis_keys import dedup_shard_tag, hash_tag, require_untagged, sharded_counter_key
+from notifications.redis_multi import ScriptCall, evalsha_pipelined
+
 from .circuit_breaker import CircuitBreaker
 from .redis_client import register_lua
 
@@ -32,6 +36,8 @@ logger = logging.getLogger(__name__)
 SENT_MARKER = "sent"
 DEFAULT_LEASE_MS = 30_000
 DEFAULT_SENT_TTL_MS = 24 * 3600 * 1000
+#: A tally (see ``confirm_many``) outlives a campaign's state in Redis.
+DEFAULT_TALLY_TTL_MS = 14 * 24 * 3600 * 1000
 
 
 class ClaimStatus(enum.StrEnum):
@@ -95,7 +101,11 @@ def _text(value: bytes | str | None) -> str | None:
 
 
 class DedupStore:
-    """Idempotency-key leases in Redis, one key per message: ``{prefix}dedup:{idempotency_key}``.
+    """Idempotency-key leases in Redis, one key per message: ``{prefix}dedup:{<shard>}:<idempotency key>``.
+
+    ``<shard>`` is one of ``DEDUP_SHARDS`` hash tags, chosen from the idempotency key
+    (``redis_keys.dedup_shard_tag``): on a Redis Cluster the keys spread evenly over the masters, and
+    a confirm can count the send in a counter of its own slot (``tallies``).
 
     Protocol for one message::
 
@@ -113,7 +123,7 @@ class DedupStore:
 
     RedisError policy (every Redis call goes through ``breaker``):
 
-    * claim / claim_many: any ``redis.RedisError`` (connection refused, timeout, OOM, READONLY,
+    * claim / claim_many: any Redis error (``REDIS_ERRORS``: connection refused, timeout, READONLY,
       ...) or an open breaker -> FAIL OPEN: ``ClaimResult(CLAIMED, fail_open=True)`` for every key
       and ``on_fail_open(number_of_keys)``. Rationale: a duplicate notification is better than a
       dropped one; the worker exports the counter so fail-open sends are visible.
@@ -134,6 +144,7 @@ class DedupStore:
         *,
         lease_ms: int = DEFAULT_LEASE_MS,
         sent_ttl_ms: int = DEFAULT_SENT_TTL_MS,
+        tally_ttl_ms: int = DEFAULT_TALLY_TTL_MS,
         token: str | None = None,
         breaker: CircuitBreaker | None = None,
         on_fail_open: Callable[[int], None] | None = None,
@@ -149,9 +160,10 @@ class DedupStore:
                     f"lease_ms={lease_ms} must exceed provider_timeout x in_process_attempts = {minimum} ms"
                 )
         self.client = client
-        self.prefix = prefix
+        self.prefix = require_untagged(prefix, "the key prefix")
         self.lease_ms = lease_ms
         self.sent_ttl_ms = sent_ttl_ms
+        self.tally_ttl_ms = tally_ttl_ms
         self.token = token or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         if self.token == SENT_MARKER:
             raise ValueError(f"token must not equal the sent marker {SENT_MARKER!r}")
@@ -164,7 +176,11 @@ class DedupStore:
         """Redis key for an idempotency key."""
         if not idempotency_key:
             raise ValueError("idempotency_key must be a non-empty string")
-        return f"{self.prefix}dedup:{idempotency_key}"
+        return f"{self.prefix}dedup:{hash_tag(dedup_shard_tag(idempotency_key))}:{idempotency_key}"
+
+    def tally_key(self, idempotency_key: str, tally: str) -> str:
+        """The part of counter ``tally`` that lives in the slot of an idempotency key's dedup key."""
+        return sharded_counter_key(self.prefix, tally, dedup_shard_tag(idempotency_key))
 
     # -- claim ---------------------------------------------------------------------------------
 
@@ -189,7 +205,7 @@ class DedupStore:
                 # NX + GET: returns nil if we set it, else the current value (Redis >= 7.0).
                 pipe.set(rk, self.token, nx=True, px=self.lease_ms, get=True)
             replies = pipe.execute(raise_on_error=False)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self.breaker.record_failure()
             return self._fail_open(keys, repr(exc))
         self.breaker.record_success()
@@ -227,13 +243,15 @@ class DedupStore:
         return self.confirm_many([idempotency_key])[idempotency_key]
 
     def confirm_many(
-        self, idempotency_keys: Iterable[str], *, tallies: Mapping[str, tuple[str, str]] | None = None
+        self, idempotency_keys: Iterable[str], *, tallies: Mapping[str, str] | None = None
     ) -> dict[str, ConfirmResult]:
         """Pipelined compare-and-set of our leases to the sent marker.
 
-        ``tallies`` maps an idempotency key to a (Redis hash, field) incremented in the same script
+        ``tallies`` maps an idempotency key to the name of a counter incremented in the same script
         when that confirm records the send (CONFIRMED or RECORDED_AFTER_EXPIRY): exactly once per
-        message, however often it is redelivered (a campaign's ``sent`` counter).
+        message, however often it is redelivered (a campaign's ``sent``). The counter is sharded
+        like the dedup keys: the script increments ``tally_key(key, name)``, in the dedup key's own
+        slot, and the total is the sum over ``redis_keys.sharded_counter_keys(prefix, name)``.
 
         RedisError policy: log and return UNAVAILABLE (the lease expires on its own; a redelivery
         after that may duplicate -- accepted under at-least-once).
@@ -241,7 +259,12 @@ class DedupStore:
         keys = list(dict.fromkeys(idempotency_keys))
         tallies = tallies or {}
         args = [self.token, SENT_MARKER, self.sent_ttl_ms]
-        calls = [([k, tallies[k][0]], [*args, tallies[k][1]]) if k in tallies else ([k], args) for k in keys]
+        calls: list[ScriptCall] = [
+            ([self.key(k), self.tally_key(k, tallies[k])], [*args, self.tally_ttl_ms])
+            if k in tallies
+            else ([self.key(k)], args)
+            for k in keys
+        ]
         replies = self._run_script_many(keys, self._confirm_script, calls, "confirm")
         return {
             k: ConfirmResult.UNAVAILABLE if r is None else _CONFIRM_CODES[int(r)]
@@ -258,7 +281,8 @@ class DedupStore:
         RedisError policy: log and return UNAVAILABLE (the retry just waits for lease expiry).
         """
         keys = list(dict.fromkeys(idempotency_keys))
-        replies = self._run_script_many(keys, self._release_script, [([k], [self.token]) for k in keys], "release")
+        calls: list[ScriptCall] = [([self.key(k)], [self.token]) for k in keys]
+        replies = self._run_script_many(keys, self._release_script, calls, "release")
         return {
             k: ReleaseResult.UNAVAILABLE
             if r is None
@@ -266,39 +290,17 @@ class DedupStore:
             for k, r in zip(keys, replies, strict=True)
         }
 
-    def _evalsha_many(self, script: Script, calls: list[tuple[list[str], list[str | int]]]) -> list:
-        """One EVALSHA per (keys, args) call in one pipelined round trip.
-
-        redis-py's pipelined ``Script`` objects send ``SCRIPT EXISTS`` before every pipeline (a second
-        round trip per call); here the script is loaded only when the server answers NOSCRIPT (a
-        restart or failover emptied its script cache), and then the whole pipeline is sent again:
-        a NOSCRIPT reply means that call did not run.
-        """
-        for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            for call_keys, args in calls:
-                pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-            if attempt == 2 or not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                return replies
-            self.client.script_load(script.script)
-        return replies  # pragma: no cover - the loop always returns
-
-    def _run_script_many(
-        self, keys: list[str], script: Script, calls: list[tuple[list[str], list[str | int]]], what: str
-    ) -> list[int | None]:
-        """Run ``script`` once per key in one pipeline; None marks a key whose call failed. Each
-        call's first key is an idempotency key (turned into its Redis key here), then the script's
-        other keys and its arguments."""
+    def _run_script_many(self, keys: list[str], script: Script, calls: list[ScriptCall], what: str) -> list[int | None]:
+        """Run ``script`` once per key (its call: the key's Redis keys, all of one slot, and the
+        arguments) in one pipeline; None marks a key whose call failed."""
         if not keys:
             return []
-        calls = [([self.key(first), *rest], args) for (first, *rest), args in calls]
         if not self.breaker.allow_request():
             logger.warning("dedup %s skipped for %d key(s): circuit open", what, len(keys))
             return [None] * len(keys)
         try:
-            replies = self._evalsha_many(script, calls)
-        except redis.RedisError as exc:
+            replies = evalsha_pipelined(self.client, script, calls, raise_on_error=False)
+        except REDIS_ERRORS as exc:
             self.breaker.record_failure()
             logger.warning("dedup %s failed for %d key(s): %r", what, len(keys), exc)
             return [None] * len(keys)

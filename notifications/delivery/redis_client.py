@@ -6,9 +6,9 @@ from functools import cache
 from pathlib import Path
 
 import redis
-from redis.backoff import NoBackoff
 from redis.commands.core import Script
-from redis.retry import Retry
+
+from notifications.redis_connect import redis_from_url
 
 __all__ = ["LUA_DIR", "lua_source", "make_redis_client", "register_lua"]
 
@@ -24,18 +24,18 @@ def make_redis_client(
     health_check_interval: int = 15,
     max_connections: int | None = None,
 ) -> redis.Redis:
-    """Build a client suited to the delivery hot path.
+    """Build a client suited to the delivery hot path (one server or a ``redis+cluster://`` cluster).
 
     redis-py 8's default is ``Retry(ExponentialWithJitterBackoff, 10)`` with 5 s socket timeouts: a
     refused connection takes ~4 s to surface, an unresponsive host far longer. The dedup store fails
     open and the circuit breakers trip on errors, so they need errors *fast*: short timeouts and at
     most one immediate retry (which covers a connection dropped by an idle timeout or failover).
     """
-    return redis.Redis.from_url(
+    return redis_from_url(
         url,
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_connect_timeout,
-        retry=Retry(NoBackoff(), retries),
+        retries=retries,
         health_check_interval=health_check_interval,
         max_connections=max_connections,
     )

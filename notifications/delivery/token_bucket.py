@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import redis
 
+from notifications.redis_connect import REDIS_ERRORS
+
 from .circuit_breaker import CircuitBreaker
 from .redis_client import register_lua
 
@@ -153,7 +155,7 @@ class TokenBucket:
 
     RedisError policy (all Redis calls go through ``breaker``):
 
-    * take / take_many / acquire: on any ``redis.RedisError`` or an open breaker, if
+    * take / take_many / acquire: on any Redis error (``REDIS_ERRORS``) or an open breaker, if
       ``fallback_share`` is set (e.g. ``1 / number_of_workers``) the call is answered by a
       process-local bucket at ``rate x fallback_share`` (burst scaled likewise, min 1) and
       ``on_fallback(1)`` is called -- degraded but still bounded; with ``fallback_share=None``
@@ -271,7 +273,7 @@ class TokenBucket:
             return self._fallback_take(bucket, rate, burst, n, effective_reserve, partial, None)
         try:
             granted, wait_us, _tokens_left = self._take_script(keys=keys, args=args)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self.breaker.record_failure()
             return self._fallback_take(bucket, rate, burst, n, effective_reserve, partial, exc)
         self.breaker.record_success()
@@ -285,7 +287,7 @@ class TokenBucket:
         n: int,
         reserve: float,
         partial: bool,
-        exc: redis.RedisError | None,
+        exc: Exception | None,
     ) -> TakeResult:
         why = "circuit open" if exc is None else repr(exc)
         if self.fallback_share is None:
@@ -363,7 +365,7 @@ class TokenBucket:
             return self._fallback_booking(bucket, rate, burst, n, effective_reserve, None)
         try:
             reply = self._book_script(keys=[self.key(bucket)], args=args)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             self.breaker.record_failure()
             return self._fallback_booking(bucket, rate, burst, n, effective_reserve, exc)
         self.breaker.record_success()
@@ -372,7 +374,7 @@ class TokenBucket:
         return Booking(offsets, wait_us / 1_000_000, now_us / 1_000_000)
 
     def _fallback_booking(
-        self, bucket: str, rate: float, burst: float, n: int, reserve: float, exc: redis.RedisError | None
+        self, bucket: str, rate: float, burst: float, n: int, reserve: float, exc: Exception | None
     ) -> Booking:
         granted, wait = self._fallback_take(bucket, rate, burst, n, reserve, True, exc)
         return Booking((0.0,) * granted, wait)
@@ -406,7 +408,7 @@ class TokenBucket:
         if self.breaker.allow_request():
             try:
                 until_us = self._hold_script(keys=[key], args=[mode, repr(float(seconds)), idle_ttl])
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 self.breaker.record_failure()
                 logger.warning("rate limiter hold for %r not stored in Redis: %r", bucket, exc)
             else:

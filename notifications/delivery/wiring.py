@@ -56,6 +56,7 @@ def build_worker(channel: str, *, producer: Producer | None = None, dedup: Dedup
             channel_send_bound(channel) * (4 if channel == "email" else 1), settings.WORKER_IN_PROCESS_RETRIES + 1
         ),
         sent_ttl_ms=int(settings.DEDUP_SENT_TTL * 1000),
+        tally_ttl_ms=settings.CAMPAIGN_STATE_TTL_SECONDS * 1000,
         on_fail_open=lambda n: DEDUP_FAIL_OPEN.labels(channel).inc(n),
     )
     from campaigns.delivery_hooks import CampaignHooks

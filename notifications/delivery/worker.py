@@ -58,7 +58,7 @@ class MessageHooks(Protocol):
 
     def throttle(self, message: ChannelMessage) -> tuple[str, float, int] | None: ...
 
-    def sent_tally(self, message: ChannelMessage) -> tuple[str, str] | None: ...
+    def sent_tally(self, message: ChannelMessage) -> str | None: ...
 
     def record(self, outcomes: list[tuple[str, str, dict]]) -> None: ...
 
@@ -70,7 +70,7 @@ class NoHooks:
     def throttle(self, message: ChannelMessage) -> tuple[str, float, int] | None:
         return None
 
-    def sent_tally(self, message: ChannelMessage) -> tuple[str, str] | None:
+    def sent_tally(self, message: ChannelMessage) -> str | None:
         return None
 
     def record(self, outcomes: list[tuple[str, str, dict]]) -> None:
@@ -248,7 +248,7 @@ class ChannelWorker:
 
     def _confirm(self, jobs: list[Job]) -> None:
         """Mark the jobs' sends in the dedup store (never raises: Redis errors are logged), counting
-        each campaign message's send in the same script (`sent_tally`)."""
+        each campaign message's send in the same script (`sent_tally`: the name of its counter)."""
         tallies = {job.key: tally for job in jobs if (tally := self.hooks.sent_tally(job.body)) is not None}
         self.dedup.confirm_many([job.key for job in jobs], tallies=tallies)
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 from prometheus_client import Counter
 
 from notifications.dlq.models import DeadLetter, DeadLetterCategory
+from notifications.redis_connect import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class Pager:
                     pipe.set(self.window_key(fp), "1", nx=True, ex=self.window_seconds)
                     pipe.pttl(self.window_key(fp))
                 replies = pipe.execute()
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 WINDOW_FAIL_OPEN.inc(len(ask))
                 log.warning("page window unavailable, paging anyway", extra={"count": len(ask), "error": repr(exc)})
                 return {**result, **dict.fromkeys(ask, True)}

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from notifications.delivery.redis_client import make_redis_client
+from notifications.redis_connect import is_cluster
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:56379/15"
 
@@ -57,6 +58,14 @@ def dead_redis() -> Iterator[redis.Redis]:
     client = make_redis_client(f"redis://127.0.0.1:{port}/0", socket_timeout=0.1, socket_connect_timeout=0.1, retries=0)
     yield client
     client.close()
+
+
+def thread_client(client: redis.Redis) -> redis.Redis:
+    """A client for another thread: one server's client on the same pool; a cluster client as is
+    (it is thread-safe, and has a pool per node)."""
+    if is_cluster(client):
+        return client
+    return redis.Redis(connection_pool=client.connection_pool)
 
 
 def redis_time(client: redis.Redis) -> float:

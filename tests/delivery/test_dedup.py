@@ -19,6 +19,8 @@ from notifications.delivery.dedup import (
     required_lease_ms,
 )
 from notifications.delivery.redis_client import lua_source
+from notifications.redis_keys import key_slot, sharded_counter_keys
+from notifications.redis_multi import get_many
 
 CLAIMED = ClaimResult(ClaimStatus.CLAIMED)
 
@@ -33,8 +35,8 @@ def test_second_claim_is_in_flight(redis_client: redis.Redis, prefix: str) -> No
     assert a.claim("msg-1") == CLAIMED
     assert b.claim("msg-1").status is ClaimStatus.IN_FLIGHT
     assert a.claim("msg-1").status is ClaimStatus.IN_FLIGHT  # also for the owner: it is being sent
-    assert redis_client.get(f"{prefix}dedup:msg-1") == b"worker-a"
-    assert 0 < redis_client.pttl(f"{prefix}dedup:msg-1") <= a.lease_ms
+    assert redis_client.get(a.key("msg-1")) == b"worker-a"
+    assert 0 < redis_client.pttl(a.key("msg-1")) <= a.lease_ms
 
 
 def test_confirm_then_claim_is_already_sent(redis_client: redis.Redis, prefix: str) -> None:
@@ -42,13 +44,13 @@ def test_confirm_then_claim_is_already_sent(redis_client: redis.Redis, prefix: s
     b = store(redis_client, prefix, "worker-b")
     assert a.claim("msg-1").should_send
     assert a.confirm("msg-1") is ConfirmResult.CONFIRMED
-    assert redis_client.get(f"{prefix}dedup:msg-1") == SENT_MARKER.encode()
-    assert 3_590_000 < redis_client.pttl(f"{prefix}dedup:msg-1") <= 3_600_000
+    assert redis_client.get(a.key("msg-1")) == SENT_MARKER.encode()
+    assert 3_590_000 < redis_client.pttl(a.key("msg-1")) <= 3_600_000
     assert b.claim("msg-1").status is ClaimStatus.ALREADY_SENT
     assert not b.claim("msg-1").should_send
     assert b.confirm("msg-1") is ConfirmResult.ALREADY_SENT
     assert b.release("msg-1") is ReleaseResult.NOT_OWNER  # a 'sent' marker is never released
-    assert redis_client.get(f"{prefix}dedup:msg-1") == SENT_MARKER.encode()
+    assert redis_client.get(a.key("msg-1")) == SENT_MARKER.encode()
 
 
 def test_release_only_by_owner(redis_client: redis.Redis, prefix: str) -> None:
@@ -57,9 +59,9 @@ def test_release_only_by_owner(redis_client: redis.Redis, prefix: str) -> None:
     assert a.claim("msg-1").should_send
     assert b.release("msg-1") is ReleaseResult.NOT_OWNER
     assert b.confirm("msg-1") is ConfirmResult.LEASE_LOST  # b must not overwrite a's lease
-    assert redis_client.get(f"{prefix}dedup:msg-1") == b"worker-a"
+    assert redis_client.get(a.key("msg-1")) == b"worker-a"
     assert a.release("msg-1") is ReleaseResult.RELEASED
-    assert redis_client.exists(f"{prefix}dedup:msg-1") == 0
+    assert redis_client.exists(a.key("msg-1")) == 0
     assert a.release("msg-1") is ReleaseResult.NOT_OWNER
     assert b.claim("msg-1").should_send  # released: immediately claimable again
 
@@ -110,6 +112,27 @@ def test_batch_apis_use_one_pipeline_each(redis_client: redis.Redis, prefix: str
     assert b.confirm_many([]) == {}
 
 
+def test_a_tally_counts_each_recorded_send_once_in_the_slot_of_its_dedup_key(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    a = store(redis_client, prefix, "worker-a", lease_ms=50)
+    b = store(redis_client, prefix, "worker-b")
+    keys = [f"campaign-msg-{i}" for i in range(40)]
+    tallies = dict.fromkeys(keys, "campaign:7:sent")
+    assert all(r.should_send for r in a.claim_many(keys).values())
+    time.sleep(0.1)  # the first ten confirms come after the lease expired: recorded, and counted too
+    assert set(a.confirm_many(keys[:10], tallies=tallies).values()) == {ConfirmResult.RECORDED_AFTER_EXPIRY}
+    assert all(r.should_send for r in b.claim_many(keys[10:]).values())
+    assert set(b.confirm_many(keys[10:], tallies=tallies).values()) == {ConfirmResult.CONFIRMED}
+    assert set(b.confirm_many(keys, tallies=tallies).values()) == {ConfirmResult.ALREADY_SENT}  # redelivered
+    for key in keys:
+        assert key_slot(a.tally_key(key, "campaign:7:sent")) == key_slot(a.key(key))
+    shards = get_many(redis_client, sharded_counter_keys(prefix, "campaign:7:sent"))
+    assert sum(int(v) for v in shards if v) == 40
+    assert sum(1 for v in shards if v) > 20  # spread over the dedup shards, not one hot key
+    assert 0 < redis_client.pttl(a.tally_key(keys[0], "campaign:7:sent")) <= a.tally_ttl_ms
+
+
 def test_scripts_are_loaded_when_missing_on_the_server(redis_client: redis.Redis, prefix: str) -> None:
     # A script text the server has never seen (unique comment -> unique SHA) stands in for a failover
     # to a server with an empty script cache; SCRIPT FLUSH is not used because Redis may be shared.
@@ -127,7 +150,7 @@ def test_scripts_are_loaded_when_missing_on_the_server(redis_client: redis.Redis
 def test_per_key_server_error_fails_open_for_that_key_only(redis_client: redis.Redis, prefix: str) -> None:
     counted: list[int] = []
     a = store(redis_client, prefix, "worker-a", on_fail_open=counted.append)
-    redis_client.rpush(f"{prefix}dedup:bad", "x")  # WRONGTYPE for SET ... GET
+    redis_client.rpush(a.key("bad"), "x")  # WRONGTYPE for SET ... GET
     results = a.claim_many(["good", "bad"])
     assert results["good"] == CLAIMED
     assert results["bad"] == ClaimResult(ClaimStatus.CLAIMED, fail_open=True)

@@ -16,7 +16,7 @@ from notifications.delivery.token_bucket import (
     TokenBucket,
 )
 
-from .conftest import redis_time
+from .conftest import redis_time, thread_client
 
 
 def test_burst_then_refill_at_rate_under_contention(redis_client: redis.Redis, prefix: str) -> None:
@@ -27,7 +27,7 @@ def test_burst_then_refill_at_rate_under_contention(redis_client: redis.Redis, p
     start_gate = threading.Barrier(threads + 1)
 
     def hammer(i: int) -> None:
-        client = redis.Redis(connection_pool=redis_client.connection_pool)
+        client = thread_client(redis_client)
         mine = TokenBucket(client, prefix, breaker=bucket.breaker)
         start_gate.wait()
         stop_at = time.monotonic() + duration

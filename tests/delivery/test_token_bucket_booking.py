@@ -16,7 +16,7 @@ import redis
 from notifications.delivery.dispenser import TokenDispenser
 from notifications.delivery.token_bucket import CONTRACT_RAMP_SECONDS, Booking, TokenBucket
 
-from .conftest import redis_time
+from .conftest import redis_time, thread_client
 
 
 def _absolute(booking: Booking) -> list[float]:
@@ -115,7 +115,7 @@ def test_concurrent_bookings_never_exceed_the_rate_in_any_window(redis_client: r
     gate = threading.Barrier(threads)
 
     def hammer(i: int) -> None:
-        mine = TokenBucket(redis.Redis(connection_pool=redis_client.connection_pool), prefix)
+        mine = TokenBucket(thread_client(redis_client), prefix)
         gate.wait()
         stop_at = redis_time(redis_client) + 1.5
         while redis_time(redis_client) < stop_at:

@@ -1,12 +1,13 @@
 -- dedup_confirm.lua: compare-and-set a dedup claim to 'sent' once the provider accepted the message.
 --
--- KEYS[1]  {prefix}dedup:{idempotency_key}
--- KEYS[2]  optional: a hash in which this message's send is counted (a campaign's progress), once:
---          only by the confirm that records it sent (1 or 3), so a redelivery never counts it again
+-- KEYS[1]  {prefix}dedup:{<shard>}:<idempotency key>
+-- KEYS[2]  optional: a counter in which this message's send is counted (its shard of a campaign's
+--          `sent`), once: only by the confirm that records it sent (1 or 3), so a redelivery never
+--          counts it again. It carries the same {<shard>} hash tag as KEYS[1]: one cluster slot.
 -- ARGV[1]  worker token that claimed the key
 -- ARGV[2]  sent marker value ('sent')
 -- ARGV[3]  TTL of the sent marker in milliseconds
--- ARGV[4]  with KEYS[2]: the field to increment
+-- ARGV[4]  with KEYS[2]: the counter's TTL in milliseconds (renewed by every count)
 --
 -- Returns 1 = confirmed (our claim became 'sent')
 --         2 = already sent (another worker confirmed first; nothing written)
@@ -20,7 +21,8 @@ local ttl_ms = tonumber(ARGV[3])
 
 local function tally()
   if KEYS[2] then
-    redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
+    redis.call('INCR', KEYS[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
   end
 end
 

@@ -187,6 +187,8 @@ LOGGING = {
         # One INFO line per request, with full URLs (webhook URLs may carry tokens): keep it quiet.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # HTTP/2 (APNs) header coding at DEBUG prints every header block, the authorization header in it.
+        "hpack": {"level": "WARNING"},
     },
 }
 

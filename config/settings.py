@@ -7,6 +7,7 @@ variable (see `.env.example`); the defaults point at the services `platform/serv
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -278,6 +279,10 @@ SMTP_PASSWORD = env("SMTP_PASSWORD", default="")
 # STARTTLS on a plain connection (port 587), or TLS from the first byte (port 465): at most one.
 SMTP_USE_TLS = env.bool("SMTP_USE_TLS", default=False)
 SMTP_USE_SSL = env.bool("SMTP_USE_SSL", default=False)
+if SMTP_USE_TLS and SMTP_USE_SSL:
+    raise ImproperlyConfigured(
+        "SMTP_USE_TLS and SMTP_USE_SSL are exclusive: STARTTLS (587) or TLS from the start (465)"
+    )
 TWILIO_BASE_URL = env("TWILIO_BASE_URL", default="https://api.twilio.com")
 TWILIO_ACCOUNT_SID = env("TWILIO_ACCOUNT_SID", default="")
 TWILIO_AUTH_TOKEN = env("TWILIO_AUTH_TOKEN", default="")

@@ -8,7 +8,10 @@ setting named by their argument (`setting("NAME")` in notifications/providers/re
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,3 +201,13 @@ def test_the_scanner_reads_the_real_settings_module() -> None:
     assert {"SECRET_KEY", "REDIS_URL", "ANYMAIL"} <= settings_defined()
     assert {"DJANGO_SECRET_KEY", "REDIS_URL", "SENDGRID_API_KEY"} <= set(environment_variables_read())
     assert "REDIS_KEY_PREFIX" in settings_read()
+
+
+def test_smtp_tls_and_ssl_together_stop_the_process_with_one_readable_line() -> None:
+    """Django's SMTP backend refuses both at the first send, inside a worker; settings refuse them at start."""
+    env = {**os.environ, "SMTP_USE_TLS": "1", "SMTP_USE_SSL": "1", "DJANGO_SETTINGS_MODULE": "config.settings"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    assert "ImproperlyConfigured: SMTP_USE_TLS and SMTP_USE_SSL are exclusive" in proc.stderr.splitlines()[-1]

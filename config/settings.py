@@ -173,6 +173,9 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# Settings that hold credentials are hidden from DEBUG error pages and error e-mails (config/error_reports.py).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "config.error_reports.CredentialFilter"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

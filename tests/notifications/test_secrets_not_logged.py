@@ -238,6 +238,8 @@ async def send_through_every_adapter(recipients: tuple[str, ...], webhook_base: 
     finally:
         await asyncio.gather(*(adapter.aclose() for adapter in adapters.values()))
     outcomes["_issued"] = [issued_fcm.reveal() if issued_fcm else "", issued_apns or ""]
+    # What a log line or a traceback's locals would show of them (and of the FCM service account).
+    outcomes["_reprs"] = [repr(adapter) for adapter in adapters.values()] + [repr(adapters["fcm"].service_account)]
     return outcomes
 
 
@@ -249,11 +251,12 @@ def test_sends_refusals_rejected_credentials_and_dead_connections_log_no_secret(
     fcm_token, apns_token = accepted.pop("_issued")
     credentials.issued.update({"FCM access token": fcm_token, "APNs provider token": apns_token})
     assert fcm_token and apns_token, "both push adapters authenticated"
+    assert_no_secret("\n".join(accepted.pop("_reprs")), credentials, "the adapters' repr")
     assert all(outcomes[0] == "sent" for outcomes in accepted.values()), accepted
 
     reject(sandbox)
     rejected = asyncio.run(send_through_every_adapter(("ok",), webhook))
-    rejected.pop("_issued")
+    rejected.pop("_issued"), rejected.pop("_reprs")
     assert all(outcomes != ["sent"] for outcomes in rejected.values()), rejected
 
     accept(sandbox, credentials)  # the FCM token exchange succeeds; every send then finds nobody listening
@@ -261,7 +264,7 @@ def test_sends_refusals_rejected_credentials_and_dead_connections_log_no_secret(
     settings.TWILIO_BASE_URL = settings.FCM_BASE_URL = settings.APNS_BASE_URL = f"http://{CLOSED}"
     settings.SMTP_PORT = 9
     unreachable = asyncio.run(send_through_every_adapter(("ok",), f"http://{CLOSED}"))
-    unreachable.pop("_issued")
+    unreachable.pop("_issued"), unreachable.pop("_reprs")
     assert all(outcomes == ["transient"] for outcomes in unreachable.values()), unreachable
 
     output = logs()

@@ -161,7 +161,7 @@ def compile_predicate(predicate: Any, *, now: dt.datetime | None = None) -> Q:
     q = _node(predicate, "", 0, errors, now or timezone.now())
     if errors.messages:
         raise ValidationError(errors.messages, code="invalid_predicate")
-    assert q is not None
+    assert q is not None  # noqa: S101 - narrows the type: _node returns None only with errors
     return q
 
 

@@ -7,6 +7,7 @@ variable (see `.env.example`); the defaults point at the services `platform/serv
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -172,6 +173,9 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# Settings that hold credentials are hidden from DEBUG error pages and error e-mails (config/error_reports.py).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "config.error_reports.CredentialFilter"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -187,6 +191,8 @@ LOGGING = {
         # One INFO line per request, with full URLs (webhook URLs may carry tokens): keep it quiet.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # HTTP/2 (APNs) header coding at DEBUG prints every header block, the authorization header in it.
+        "hpack": {"level": "WARNING"},
     },
 }
 
@@ -229,35 +235,90 @@ APNS_MAX_IN_FLIGHT = env.int("APNS_MAX_IN_FLIGHT", default=32)
 # retried (APNs has no idempotency key), and the push worker's dedup lease is sized on it.
 APNS_TIMEOUT = env.float("APNS_TIMEOUT", default=30.0)
 SMTP_MAX_CONNECTIONS = env.int("SMTP_MAX_CONNECTIONS", default=16)
+SENDGRID_MAX_CONNECTIONS = env.int("SENDGRID_MAX_CONNECTIONS", default=200)
+# Threads of the anymail adapter (django-anymail's backends block).
+EMAIL_SEND_THREADS = env.int("EMAIL_SEND_THREADS", default=100)
+WEBHOOK_MAX_PER_HOST = env.int("WEBHOOK_MAX_PER_HOST", default=100)
+# Per-provider request timeouts (s); unset: PROVIDER_TIMEOUT. Dedup leases follow the longest per channel.
+EMAIL_SEND_TIMEOUT = env.float("EMAIL_SEND_TIMEOUT", default=None)
+SMTP_TIMEOUT = env.float("SMTP_TIMEOUT", default=None)
+TWILIO_TIMEOUT = env.float("TWILIO_TIMEOUT", default=None)
+FCM_TIMEOUT = env.float("FCM_TIMEOUT", default=None)
+WEBHOOK_TIMEOUT = env.float("WEBHOOK_TIMEOUT", default=None)
+# Bound on one whole send (token exchange and retries included); unset: the provider's own timeout.
+PROVIDER_SEND_DEADLINE = env.float("PROVIDER_SEND_DEADLINE", default=None)
+# In-app: rows per insert, how long a partial batch waits (ms), writer threads per worker.
+INAPP_BATCH_SIZE = env.int("INAPP_BATCH_SIZE", default=500)
+INAPP_BATCH_WINDOW_MS = env.float("INAPP_BATCH_WINDOW_MS", default=5.0)
+INAPP_WRITER_THREADS = env.int("INAPP_WRITER_THREADS", default=2)
 PROVIDER_BREAKER_FAILURES = env.int("PROVIDER_BREAKER_FAILURES", default=5)
 PROVIDER_BREAKER_COOL_DOWN = env.float("PROVIDER_BREAKER_COOL_DOWN", default=30.0)
 
 # --- Providers ----------------------------------------------------------------------------------
 # The real providers unless the environment says otherwise. Development points every adapter at the
 # local provider sandboxes with `platform/sandbox.env` (make dev exports it; the tests read it).
+# The adapter kind per channel: email is sendgrid, smtp or anymail (any ESP django-anymail supports).
+# From the environment as `email=smtp,sms=twilio`; channels not named keep these.
+NOTIFICATION_PROVIDERS = env.dict(
+    "NOTIFICATION_PROVIDERS",
+    default={"email": "sendgrid", "sms": "twilio", "push": "push", "inapp": "inapp", "webhook": "webhook"},
+)
 NOTIFICATIONS_FROM_EMAIL = env("NOTIFICATIONS_FROM_EMAIL", default="Notifications <notifications@example.com>")
 DEFAULT_FROM_EMAIL = NOTIFICATIONS_FROM_EMAIL
+# Django's mail backend (DLQ paging e-mails); an `anymail.` backend is also the ESP of the anymail kind
+# unless ANYMAIL_EMAIL_BACKEND names another.
+EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
+ANYMAIL_EMAIL_BACKEND = env("ANYMAIL_EMAIL_BACKEND", default="")
+# django-anymail's settings: SendGrid's, plus any other ESP's as `MAILGUN_API_KEY=…,MAILGUN_SENDER_DOMAIN=…`.
 ANYMAIL = {
+    **env.dict("ANYMAIL_ESP_SETTINGS", default={}),
     "SENDGRID_API_KEY": env("SENDGRID_API_KEY", default=""),
     "SENDGRID_API_URL": env("SENDGRID_API_URL", default="https://api.sendgrid.com/v3/"),
 }
 SMTP_HOST = env("SMTP_HOST", default="127.0.0.1")
 SMTP_PORT = env.int("SMTP_PORT", default=25)
+SMTP_USERNAME = env("SMTP_USERNAME", default="")
+SMTP_PASSWORD = env("SMTP_PASSWORD", default="")
+# STARTTLS on a plain connection (port 587), or TLS from the first byte (port 465): at most one.
+SMTP_USE_TLS = env.bool("SMTP_USE_TLS", default=False)
+SMTP_USE_SSL = env.bool("SMTP_USE_SSL", default=False)
+if SMTP_USE_TLS and SMTP_USE_SSL:
+    raise ImproperlyConfigured(
+        "SMTP_USE_TLS and SMTP_USE_SSL are exclusive: STARTTLS (587) or TLS from the start (465)"
+    )
 TWILIO_BASE_URL = env("TWILIO_BASE_URL", default="https://api.twilio.com")
 TWILIO_ACCOUNT_SID = env("TWILIO_ACCOUNT_SID", default="")
 TWILIO_AUTH_TOKEN = env("TWILIO_AUTH_TOKEN", default="")
+# An API key (SID + secret) instead of the account's auth token, when set.
+TWILIO_API_KEY_SID = env("TWILIO_API_KEY_SID", default="")
+TWILIO_API_KEY_SECRET = env("TWILIO_API_KEY_SECRET", default="")
 TWILIO_FROM_NUMBER = env("TWILIO_FROM_NUMBER", default="")
 TWILIO_MESSAGING_SERVICE_SID = env("TWILIO_MESSAGING_SERVICE_SID", default="")
+TWILIO_STATUS_CALLBACK_URL = env("TWILIO_STATUS_CALLBACK_URL", default="")
 FCM_BASE_URL = env("FCM_BASE_URL", default="https://fcm.googleapis.com")
 FCM_PROJECT_ID = env("FCM_PROJECT_ID", default="")
+# The service account as a file path, or its JSON itself (wins when both are set).
 FCM_SERVICE_ACCOUNT_FILE = env("FCM_SERVICE_ACCOUNT_FILE", default="")
+FCM_SERVICE_ACCOUNT_JSON = env("FCM_SERVICE_ACCOUNT_JSON", default="")
 APNS_BASE_URL = env("APNS_BASE_URL", default="https://api.push.apple.com")
+# The .p8 signing key as a file path, or its PEM text itself.
 APNS_KEY_FILE = env("APNS_KEY_FILE", default="")
+APNS_KEY = env("APNS_KEY", default="")
 APNS_KEY_ID = env("APNS_KEY_ID", default="")
 APNS_TEAM_ID = env("APNS_TEAM_ID", default="")
 APNS_TOPIC = env("APNS_TOPIC", default="")
+# Age at which the APNs provider token is re-signed (clamped to 20-50 min: Apple refuses faster or older).
+APNS_TOKEN_REFRESH_SECONDS = env.float("APNS_TOKEN_REFRESH_SECONDS", default=2400.0)
 WEBHOOK_SIGNING_SECRET = env("WEBHOOK_SIGNING_SECRET", default="")
 PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
+
+# --- Preferences ------------------------------------------------------------------------------
+# Cached preference documents live this long in Redis (s): the staleness bound should an invalidation be lost.
+PREFERENCES_CACHE_TTL = env.int("PREFERENCES_CACHE_TTL", default=3600)
+# Active devices per user; registering one more retires the least recently seen.
+PREFERENCES_MAX_DEVICES_PER_USER = env.int("PREFERENCES_MAX_DEVICES_PER_USER", default=20)
+# One-click unsubscribe links in e-mails stay valid this long (s; 30 days).
+UNSUBSCRIBE_MAX_AGE = env.int("UNSUBSCRIBE_MAX_AGE", default=30 * 24 * 3600)
 
 # --- DLQ triage ---------------------------------------------------------------------------------
 # Pages (only for entries no rule recognises) go to a webhook and/or on-call email addresses, at

@@ -6,7 +6,7 @@ from django.db import transaction
 from notifications.models import ApiKey, Category, NotificationTemplate, NotificationType, Provider, Urgency
 
 DEV_USERNAME = "admin"
-DEV_PASSWORD = "admin-dev-only"
+DEV_PASSWORD = "admin-dev-only"  # noqa: S105 - public dev credential; bootstrap_dev refuses without DEBUG
 DEV_API_KEY = "np_devkey00_development-only-key-do-not-use-in-production"
 
 DEMO_TYPES = [

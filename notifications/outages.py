@@ -91,7 +91,7 @@ class Outage:
         self.role = role
         self.first_wait = first_wait
         self.max_wait = max_wait
-        self._rng = rng or random.Random()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._clock = clock
         self.failures = 0
         self.since: float | None = None

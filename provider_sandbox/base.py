@@ -64,7 +64,7 @@ class ProviderSandbox:
         self.config = config
         self.initial_config = config.copy()
         self.seed = seed
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # noqa: S311 - simulated faults, not secrets
         self.limiter = SlidingWindowLimiter(config.rate, config.burst)
         self.recorder = Recorder(self.name, max_records)
         self.faults = FaultInjector(self.rng)

@@ -19,10 +19,10 @@ APNS_KEY_ID = "SANDBOXKEY"
 APNS_TEAM_ID = "SANDBOXTEAM"
 APNS_TOPIC = "com.example.notifications"
 TWILIO_ACCOUNT_SID = "AC" + "5a" * 16
-TWILIO_AUTH_TOKEN = "sandbox-twilio-token"
+TWILIO_AUTH_TOKEN = "sandbox-twilio-token"  # noqa: S105 - the sandbox's throwaway credential
 SENDGRID_API_KEY = "SG.sandbox-key"
 #: Standard Webhooks secret (base64 of 24 fixed bytes), sandbox only.
-WEBHOOK_SECRET = "whsec_c2FuZGJveC13ZWJob29rLXNlY3JldC0xMjM0"
+WEBHOOK_SECRET = "whsec_c2FuZGJveC13ZWJob29rLXNlY3JldC0xMjM0"  # noqa: S105 - the sandbox's throwaway credential
 FCM_SERVICE_ACCOUNT_FILENAME = "fcm-service-account.json"
 APNS_KEY_FILENAME = f"AuthKey_{APNS_KEY_ID}.p8"
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from provider_sandbox.config import ErrorRates
 
 BAD_REQUEST = "bad_request"
-INVALID_TOKEN = "invalid_token"
+INVALID_TOKEN = "invalid_token"  # noqa: S105 - a fault kind's name
 TRANSIENT = "transient"
 THROTTLED = "throttled"  # forced rate-limit answer from a fail429-N trigger
 

@@ -52,7 +52,7 @@ class SandboxProcess:
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: S603 - runs this interpreter on the sandbox module, no outside input
             [self.python, "-m", "provider_sandbox", *self.args],
             cwd=self.cwd,
             env=env,

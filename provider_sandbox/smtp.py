@@ -167,7 +167,7 @@ class SmtpSandbox(ProviderSandbox):
             return f"553 5.1.3 <{address}>: Recipient address rejected: Bad recipient address syntax"
         if fault.kind == THROTTLED:
             return RATE_LIMIT_REPLY
-        assert fault.kind == TRANSIENT
+        assert fault.kind == TRANSIENT  # noqa: S101 - the fault kinds are a closed set
         return f"451 4.3.0 <{address}>: Temporary failure, try again later"
 
     @staticmethod

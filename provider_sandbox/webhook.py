@@ -21,7 +21,7 @@ from provider_sandbox.base import Call, ProviderSandbox, Reject, retry_after_sec
 from provider_sandbox.faults import BAD_REQUEST, INVALID_TOKEN, Fault
 from provider_sandbox.messages import Request, Response
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the secret's prefix, not a secret
 
 
 def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:

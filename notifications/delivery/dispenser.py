@@ -89,7 +89,7 @@ class TokenDispenser:
         self._held_until = 0.0  # event-loop time until which the provider asked us to wait
         # (round trip, Redis clock - event-loop clock) of the last calls; see _local_time_of.
         self._clock_samples: deque[tuple[float, float]] = deque(maxlen=CLOCK_SAMPLES)
-        self._rng = rng or random.Random()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._waiters: dict[str, deque[asyncio.Future[float]]] = {p: deque() for p in PRIORITIES}
         self._poller: asyncio.Task[None] | None = None
         self._sleep: asyncio.Future[None] | None = None  # the poller's sleep; ended early for a higher class

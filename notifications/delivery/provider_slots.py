@@ -43,7 +43,7 @@ class ProviderSlot:
     def adapter(self) -> ProviderAdapter:
         """Built on first use inside the worker's event loop (adapters own loop-bound HTTP pools)."""
         if self._adapter is None:
-            assert self.adapter_factory is not None
+            assert self.adapter_factory is not None  # noqa: S101 - narrows the type; the worker always sets it
             self._adapter = self.adapter_factory(self.kind)
         return self._adapter
 

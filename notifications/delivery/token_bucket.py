@@ -199,7 +199,7 @@ class TokenBucket:
         self._clock = clock
         self.max_sleep_slice = max_sleep_slice
         self.local = local_bucket or LocalTokenBucket()
-        self._rng = rng or random.Random()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self.herd_spread = herd_spread
         self._take_script = register_lua(client, "token_bucket_take")
         self._book_script = register_lua(client, "token_bucket_book")

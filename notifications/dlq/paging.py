@@ -153,7 +153,12 @@ class Pager:
             response.raise_for_status()
         except httpx.HTTPError as exc:
             PAGE_DELIVERIES.labels("webhook", "failed").inc()
-            log.error("page webhook failed", extra={"fingerprint": page.fingerprint, "error": repr(exc)})
+            # Never the message: httpx quotes the URL, and a chat webhook's URL is its credential.
+            status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
+            log.error(
+                "page webhook failed",
+                extra={"fingerprint": page.fingerprint, "error": type(exc).__name__, "status_code": status},
+            )
             return
         PAGE_DELIVERIES.labels("webhook", "sent").inc()
 

@@ -103,7 +103,7 @@ class ApnsPushAdapter(HttpProviderAdapter):
         """The cached provider token, re-signed only when it reaches ``token_refresh`` seconds of age."""
         if self._token is None or self.clock() - self._token_iat >= self.token_refresh:
             self._mint()
-        assert self._token is not None
+        assert self._token is not None  # noqa: S101 - narrows the type: _mint() sets it or raises
         return self._token
 
     def _mint(self) -> None:

@@ -28,7 +28,7 @@ from notifications.providers.message_fields import delivery_key, devices_for, re
 from notifications.providers.results import SendResult, aggregate_device_results
 
 DEFAULT_BASE_URL = "https://fcm.googleapis.com"
-DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
+DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"  # noqa: S105 - Google's token endpoint URL, not a password
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 #: Google's maximum assertion lifetime is one hour.
@@ -121,7 +121,7 @@ class FcmPushAdapter(HttpProviderAdapter):
     # ------------------------------------------------------------------------------------- OAuth2
     def _assertion(self, now: float) -> str:
         account = self.service_account
-        assert account is not None
+        assert account is not None  # noqa: S101 - narrows the type: the caller checked it
         claims = {
             "iss": account.client_email,
             "scope": SCOPE,

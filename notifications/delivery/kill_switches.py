@@ -20,9 +20,8 @@ from notifications.delivery.outcomes import RETRY_ERRORS_KEPT, Outcomes
 from notifications.delivery.provider_slots import ProviderSlot
 from notifications.dispatch.killswitch import REFRESH_SECONDS, KillSwitchBoard
 from notifications.dispatch.messages import Header
-from notifications.dispatch.screening import KILL_SWITCH, kill_switch_drops, kill_switch_holds
+from notifications.dispatch.screening import KILL_SWITCH, kill_switch_drops, kill_switch_holds, kill_switch_urgent
 from notifications.outages import dependency_of
-from notifications.priority import PriorityClass, message_priority
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +40,6 @@ def switch_action(mode: str | None, *, urgent: bool) -> SwitchAction:
     if kill_switch_drops(mode, urgent=urgent):
         return SwitchAction.DROP
     return SwitchAction.SEND
-
-
-def switch_urgent(message: Mapping[str, Any]) -> bool:
-    """Urgent for a kill switch: the message's class is urgent (an urgent type or the security category)."""
-    return message_priority(message) == PriorityClass.URGENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +70,7 @@ def choose_provider(
     message is skipped; the first enabled one whose circuit admits a request is chosen. When no
     provider can take it and a switch skipped one, the first skipped provider's switch decides.
     """
-    urgent = switch_urgent(message)
+    urgent = kill_switch_urgent(message)
     action = switch_action(channel_mode, urgent=urgent)
     if action != SwitchAction.SEND:
         return SwitchStop(action, channel_mode)
@@ -96,7 +90,7 @@ def choose_provider(
 
 def stopped_on(message: Mapping[str, Any], slot: ProviderSlot, *, channel_mode: str, provider_mode: str) -> bool:
     """Whether the channel's or `slot`'s switch now stops `message` (checked again right before booking)."""
-    urgent = switch_urgent(message)
+    urgent = kill_switch_urgent(message)
     return any(switch_action(mode, urgent=urgent) != SwitchAction.SEND for mode in (channel_mode, provider_mode))
 
 

@@ -40,6 +40,7 @@ from notifications.dispatch.messages import (
     idempotency_key,
     split_by_platform,
 )
+from notifications.dispatch.release import ReleaseScreen
 from notifications.dispatch.scheduling import Deferred, release_due_messages, schedule_messages
 from notifications.dispatch.screening import (
     FREQUENCY_CAP,
@@ -202,6 +203,7 @@ class Dispatcher:
         self.clock = clock
         self._acked = AckedProducer(producer, "dispatcher")
         self._last_release = float("-inf")
+        self._release_screen = ReleaseScreen(redis_client=redis_client, catalog=self.catalog, switches=self.switches)
         self.writer = DatabaseThread("dispatcher-writer")
         self.reader = DatabaseThread("dispatcher-reader")
 
@@ -340,7 +342,7 @@ class Dispatcher:
         now = time.monotonic()
         if now - self._last_release >= RELEASE_INTERVAL:
             self._last_release = now
-            release_due_messages()
+            release_due_messages(screen=self._release_screen)
 
     # -- building ------------------------------------------------------------------------------
     def _build_message(self, c: _Candidate, scratch: _BatchScratch) -> ChannelMessage:

@@ -9,9 +9,9 @@ from notifications.delivery.kill_switches import (
     choose_provider,
     stopped_on,
     switch_action,
-    switch_urgent,
 )
 from notifications.delivery.provider_slots import ProviderSlot
+from notifications.dispatch.screening import kill_switch_urgent
 
 
 def slot(name: str, *, kind: str | None = None, enabled: bool = True, broken: bool = False) -> ProviderSlot:
@@ -42,9 +42,9 @@ def test_the_decision_table(mode, not_urgent, urgent):
 
 
 def test_urgent_means_the_urgent_class_an_urgent_type_or_the_security_category():
-    assert switch_urgent(URGENT)
-    assert switch_urgent({"category": "security", "urgency": "normal"}), "no priority field: classified"
-    assert not switch_urgent(NORMAL) and not switch_urgent(BULK)
+    assert kill_switch_urgent(URGENT)
+    assert kill_switch_urgent({"category": "security", "urgency": "normal"}), "no priority field: classified"
+    assert not kill_switch_urgent(NORMAL) and not kill_switch_urgent(BULK)
 
 
 def choose(message, slots, *, channel="normal", providers=None, kind=None):

@@ -214,6 +214,46 @@ def test_quiet_hours_defer_non_urgent_until_the_window_ends(types, django_user_m
     assert ScheduledMessage.objects.count() == 0
 
 
+def test_a_quiet_hours_message_is_not_sent_to_a_user_who_opted_out_meanwhile(types, django_user_model, fresh_topic):
+    from preferences.services import preferences_opt_out_category
+
+    now = datetime(2026, 11, 25, 23, 30, tzinfo=UTC)  # 00:30 in Berlin
+    quiet = {"quiet_hours": {"enabled": True, "start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}}
+    user = make_user(django_user_model, document=quiet)
+    event = envelope("order.shipped", user.id)
+    dispatch(fresh_topic, [event], clock=lambda: now)
+    assert statuses(event["id"])["email"] == ("scheduled", "quiet_hours")
+    preferences_opt_out_category(user=user, category="transactional")
+
+    ScheduledMessage.objects.update(due_at=datetime(2020, 1, 1, tzinfo=UTC))
+    assert release_due_messages() == 4, "every held message is taken off the schedule"
+    assert not OutboxEvent.objects.filter(payload__contains=event["id"]).exists(), "none goes out"
+    assert set(statuses(event["id"]).values()) == {("suppressed", "opted_out")}
+
+
+@pytest.mark.parametrize(
+    ("mode", "outcome"),
+    [("pause", ("parked", "kill_switch_pause")), ("drop_non_urgent", ("suppressed", "kill_switch"))],
+)
+def test_a_kill_switch_pulled_during_quiet_hours_applies_at_release(
+    types, django_user_model, fresh_topic, mode, outcome
+):
+    now = datetime(2026, 11, 25, 23, 30, tzinfo=UTC)
+    quiet = {"quiet_hours": {"enabled": True, "start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}}
+    user = make_user(django_user_model, document=quiet)
+    event = envelope("order.shipped", user.id)
+    dispatch(fresh_topic, [event], clock=lambda: now)
+    KillSwitch.objects.create(channel="email", mode=mode)
+
+    ScheduledMessage.objects.update(due_at=datetime(2020, 1, 1, tzinfo=UTC))
+    assert release_due_messages() == 4
+    log = statuses(event["id"])
+    assert log["email"] == outcome and log["sms"] == ("scheduled", "quiet_hours"), "the switch is on e-mail only"
+    topics = set(OutboxEvent.objects.filter(payload__contains=event["id"]).values_list("topic", flat=True))
+    expected = {delivery_topic(channel) for channel in ("push", "sms", "inapp")}
+    assert topics == (expected | {channel_topic("email", "delayed")} if mode == "pause" else expected)
+
+
 def test_frequency_cap(types, django_user_model, fresh_topic):
     caps = {"frequency_caps": {"marketing": {"push": {"max": 2, "per": "day"}}}}
     user = make_user(django_user_model, document=caps)

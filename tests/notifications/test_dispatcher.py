@@ -287,6 +287,21 @@ def test_kill_switch_modes(types, django_user_model, fresh_topic, mode, normal_o
     assert statuses(normal["id"])["push"] == ("queued", ""), "a switch on email leaves push alone"
 
 
+@pytest.mark.parametrize("mode", ["delay", "drop_non_urgent"])
+def test_a_security_message_passes_delay_and_drop_as_the_workers_decide(types, django_user_model, fresh_topic, mode):
+    """Urgent for a kill switch is the urgent class (`kill_switch_urgent`), as in the workers: a
+    security type of normal urgency is not parked at dispatch only to be sent by a worker later."""
+    alert = NotificationType.objects.create(
+        key="auth.new_login", name="New login", category=Category.SECURITY, default_channels=["email"]
+    )
+    NotificationTemplate.objects.create(notification_type=alert, channel="email", subject="New login", body="Hi")
+    KillSwitch.objects.create(channel="email", mode=mode)
+    event = envelope("auth.new_login", make_user(django_user_model).id)
+    dispatch(fresh_topic, [event])
+    assert statuses(event["id"])["email"] == ("queued", "")
+    assert len(out("email", event["id"])) == 1
+
+
 def test_kill_switch_change_is_seen_without_restart():
     now = [0.0]
     board = KillSwitchBoard(clock=lambda: now[0])

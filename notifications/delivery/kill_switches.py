@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from prometheus_client import Counter
 
 from notifications.bus.topics import channel_topic
 from notifications.delivery.jobs import Job
@@ -24,6 +25,12 @@ from notifications.dispatch.screening import KILL_SWITCH, kill_switch_drops, kil
 from notifications.outages import dependency_of
 
 log = logging.getLogger(__name__)
+
+STOPPED = Counter(
+    "worker_kill_switch_stops_total",
+    "Messages a kill switch parked or dropped in a worker",
+    ["channel", "provider", "action"],
+)
 
 
 class SwitchAction(enum.StrEnum):
@@ -143,6 +150,7 @@ def apply_switch_stop(outcomes: Outcomes, job: Job, stop: SwitchStop) -> None:
     """Park the job in `notif.<channel>.delayed` (the drain puts it back in its lane) or drop it,
     recorded in the delivery log and the message's producer's outcomes (a campaign counts a drop as
     suppressed). The caller has released the job's dedup claim."""
+    STOPPED.labels(outcomes.channel, stop.provider, stop.action).inc()
     if stop.action == SwitchAction.PARK:
         headers = {
             Header.IDEMPOTENCY_KEY: job.key,

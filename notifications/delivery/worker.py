@@ -147,8 +147,10 @@ class ChannelWorker:
 
     def settle(self, jobs: list[Job]) -> None:
         """Make the outcomes of finished jobs durable (see `Outcomes.settle`); only then may their
-        offsets be committed."""
+        offsets be committed. Also re-reads the kill switches when due: settling runs on the consumer
+        thread every few hundred ms, even while every send slot is taken and no batch is started."""
         self.outcomes.settle(jobs)
+        self.switches.refresh_if_due()
 
     def stop_sending(self) -> None:
         """Graceful stop (call in the event loop): sends in progress finish; jobs still waiting for a
@@ -277,14 +279,14 @@ class ChannelWorker:
             admitted = await limit.acquire(slot.adapter.requests_for(job.body)) if limit is not None else 0
             try:
                 async with self._sem:  # type: ignore[union-attr]
-                    if self.switches.stops(job.body, slot):  # pulled while this job waited: choose again
-                        continue
                     try:
                         await self._take_throttle_token(job)
                         await self._take_token(slot, job)
                     except RateLimiterUnavailable:
                         self._release_and_park(job, delay=None, error={"error_class": "rate_limiter_unavailable"})
                         return False
+                    if self.switches.stops(job.body, slot):  # pulled while this job waited: choose again
+                        continue
                     job.sending = True
                     try:
                         result = await slot.adapter.send(job.body)

@@ -103,6 +103,26 @@ def test_a_pause_parks_what_is_already_queued_or_retrying_and_the_drain_sends_it
     assert accepted(sandbox, "sendgrid") == 3, "each sent exactly once"
 
 
+def test_a_pause_stops_sends_already_waiting_for_their_send_slot(running, topics, providers, sandbox):
+    """At 1 send/s the worker holds every message in flight, waiting for its slot, and starts no new
+    batch: the switch is still seen (re-read while settling) and checked right before each send."""
+    Provider.objects.filter(name="smtp").update(enabled=False)
+    Provider.objects.filter(name="sendgrid").update(rate=1, burst=1)
+    batch = [message("email") for _ in range(8)]
+    produce(delivery_topic("email"), batch)
+    with running(worker("email")):
+        wait_for(lambda: accepted(sandbox, "sendgrid") >= 1, what="the first send")
+        switch = KillSwitch.objects.create(channel="email", mode="pause")
+        wait_for(lambda: all((log_row(m) or ("",))[0] in ("sent", "parked") for m in batch), what="all settled")
+        sent = accepted(sandbox, "sendgrid")
+        assert 1 <= sent <= 5, f"the sends after the switch was seen are parked ({sent} of 8 sent)"
+        switch.mode = "normal"
+        switch.save()
+        assert drain_parked(channel="email").moved == 8 - sent
+        wait_for(lambda: all((log_row(m) or ("",))[0] == "sent" for m in batch), timeout=30, what="sent")
+    assert accepted(sandbox, "sendgrid") == 8
+
+
 def test_drop_non_urgent_drops_queued_messages_counts_them_for_their_campaign_and_lets_urgent_ones_through(
     running, topics, providers, sandbox
 ):

@@ -60,13 +60,15 @@ def _dispatch_row(e: LogEntry) -> DispatchRow:
     return (e.event_id, e.user_id, e.channel, e.type, e.status, e.reason)
 
 
-#: A later status may replace an earlier one only in this order (sent is final).
+#: A later status may replace an earlier one only in this order (sent is final). A worker's or a
+#: quiet-hours release's `suppressed` (a kill switch, an opt-out meanwhile) and `parked` follow a
+#: `scheduled`, `queued` or `retrying`; parking and retrying may alternate.
 _RANK = {
-    DeliveryStatus.SUPPRESSED: 0,
     DeliveryStatus.SCHEDULED: 1,
-    DeliveryStatus.PARKED: 1,
     DeliveryStatus.QUEUED: 2,
+    DeliveryStatus.PARKED: 3,
     DeliveryStatus.RETRYING: 3,
+    DeliveryStatus.SUPPRESSED: 4,
     DeliveryStatus.FAILED: 4,
     DeliveryStatus.DLQ: 5,
     DeliveryStatus.SENT: 6,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from notifications.delivery.circuit_breaker import CircuitBreaker
-from notifications.models import KillSwitch, KillSwitchMode, Provider
+from notifications.models import Provider
 from notifications.outages import dependency_of
 from notifications.providers.base import ProviderAdapter
 from notifications.providers.capacity import channel_capacity
@@ -133,11 +133,6 @@ class ProviderTable:
             log.warning("provider table not refreshed", extra={"channel": self.channel, "error": str(exc)[:200]})
 
     def refresh(self) -> None:
-        paused = {
-            k.provider
-            for k in KillSwitch.objects.filter(channel=self.channel).exclude(provider="")
-            if k.mode == KillSwitchMode.PAUSE
-        }
         order = []
         for row in Provider.objects.filter(channel=self.channel).order_by("priority", "name"):
             slot = self._slots.get(row.name)
@@ -157,7 +152,7 @@ class ProviderTable:
                 )
                 self._slots[row.name] = slot
             slot.rate, slot.burst, slot.reserve = row.rate, row.burst, row.transactional_reserve
-            slot.enabled = row.enabled and row.name not in paused
+            slot.enabled = row.enabled  # kill switches are the worker's own check (kill_switches.py)
             order.append(slot)
         self._order = order
         self._loaded_at = self._clock()

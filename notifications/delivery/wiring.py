@@ -11,6 +11,7 @@ from notifications.bus.consumers import consumer
 from notifications.bus.producing import AckedProducer
 from notifications.delivery.backoff import RetryPolicy
 from notifications.delivery.dedup import DedupStore, required_lease_ms
+from notifications.delivery.kill_switches import WorkerSwitches
 from notifications.delivery.outcomes import Outcomes
 from notifications.delivery.pipeline import PipelinedWorkerRunner
 from notifications.delivery.provider_slots import ProviderTable
@@ -63,6 +64,12 @@ def build_worker(channel: str, *, producer: Producer | None = None, dedup: Dedup
 
     hooks = CampaignHooks(redis_client)
     table = ProviderTable(channel)
+    switches = WorkerSwitches(channel)
+
+    def refresh() -> None:  # on the consumer thread, before each batch: no query in the event loop
+        table.refresh_if_due()
+        switches.refresh_if_due()
+
     return ChannelWorker(
         config=WorkerConfig(
             channel=channel,
@@ -71,7 +78,7 @@ def build_worker(channel: str, *, producer: Producer | None = None, dedup: Dedup
             rate_window_margin=settings.RATE_LIMIT_WINDOW_MARGIN,
         ),
         providers=table,
-        refresh_providers=table.refresh_if_due,
+        refresh_providers=refresh,
         dedup=dedup,
         bucket=TokenBucket(redis_client, settings.REDIS_KEY_PREFIX),
         policy=RetryPolicy(
@@ -89,6 +96,7 @@ def build_worker(channel: str, *, producer: Producer | None = None, dedup: Dedup
             on_meta_outcomes=hooks.record,
         ),
         hooks=hooks,
+        switches=switches,
     )
 
 

@@ -23,6 +23,7 @@ from notifications.delivery.backoff import RetryAction, RetryPolicy
 from notifications.delivery.dedup import ClaimStatus, DedupStore
 from notifications.delivery.dispenser import TokenDispenser
 from notifications.delivery.jobs import Job, read_batch
+from notifications.delivery.kill_switches import SwitchStop, WorkerSwitches, apply_switch_stop
 from notifications.delivery.outcomes import Outcomes, error_entry
 from notifications.delivery.provider_slots import ProviderSlot
 from notifications.delivery.token_bucket import RateLimiterUnavailable, TokenBucket
@@ -101,6 +102,7 @@ class ChannelWorker:
         policy: RetryPolicy,
         outcomes: Outcomes,
         hooks: MessageHooks | None = None,
+        switches: WorkerSwitches | None = None,
         wall_clock: Callable[[], float] = time.time,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
@@ -113,6 +115,7 @@ class ChannelWorker:
         self.policy = policy
         self.outcomes = outcomes
         self.hooks = hooks or NoHooks()
+        self.switches = switches or WorkerSwitches(config.channel)  # all normal until refreshed
         self.now = wall_clock
         self.loop = loop or asyncio.new_event_loop()
         self._sem: asyncio.Semaphore | None = None
@@ -144,8 +147,10 @@ class ChannelWorker:
 
     def settle(self, jobs: list[Job]) -> None:
         """Make the outcomes of finished jobs durable (see `Outcomes.settle`); only then may their
-        offsets be committed."""
+        offsets be committed. Also re-reads the kill switches when due: settling runs on the consumer
+        thread every few hundred ms, even while every send slot is taken and no batch is started."""
         self.outcomes.settle(jobs)
+        self.switches.refresh_if_due()
 
     def stop_sending(self) -> None:
         """Graceful stop (call in the event loop): sends in progress finish; jobs still waiting for a
@@ -256,7 +261,10 @@ class ChannelWorker:
         """Send one job: pick a provider, take a token, send, and settle the outcome. Returns True
         when the job was sent and its confirm is queued (it is reported done by the confirm flush)."""
         for in_process_retry in range(self.config.max_in_process_retries + 1):
-            slot = self._pick_provider(job.body.get("to", {}).get("platform"))
+            slot = self.switches.choose(job.body, self.providers(), job.body.get("to", {}).get("platform"))
+            if isinstance(slot, SwitchStop):
+                self._release_and_stop(job, slot)
+                return False
             if slot is None:
                 self._release_and_park(
                     job,
@@ -277,6 +285,8 @@ class ChannelWorker:
                     except RateLimiterUnavailable:
                         self._release_and_park(job, delay=None, error={"error_class": "rate_limiter_unavailable"})
                         return False
+                    if self.switches.stops(job.body, slot):  # pulled while this job waited: choose again
+                        continue
                     job.sending = True
                     try:
                         result = await slot.adapter.send(job.body)
@@ -345,16 +355,6 @@ class ChannelWorker:
         job.meta_outcomes.clear()
 
     # -- providers and tokens ---------------------------------------------------------------------
-    def _pick_provider(self, kind: str | None = None) -> ProviderSlot | None:
-        """The first enabled provider whose circuit admits a request (failover in priority order).
-        `kind` narrows the choice (a push message for APNs devices needs an APNs provider)."""
-        for slot in self.providers():
-            if kind and slot.kind != kind:
-                continue
-            if slot.enabled and slot.breaker.allow_request():
-                return slot
-        return None
-
     def _apply_halts(self, jobs: list[Job]) -> list[Job]:
         """Drop the messages their producer stopped (a cancelled campaign); hold back the paused."""
         halts = self.hooks.halts([job.body for job in jobs])
@@ -416,6 +416,11 @@ class ChannelWorker:
         if job.claimed:
             self.dedup.release(job.key)
         self.outcomes.park(job, delay=delay if delay is not None else self.config.tiers[0][1], error=error)
+
+    def _release_and_stop(self, job: Job, stop: SwitchStop) -> None:
+        if job.claimed:
+            self.dedup.release(job.key)
+        apply_switch_stop(self.outcomes, job, stop)
 
     def _release_and_dead_letter(self, job: Job, error_class: str, message: str, provider: str) -> None:
         if job.claimed:

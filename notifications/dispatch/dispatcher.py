@@ -40,6 +40,7 @@ from notifications.dispatch.messages import (
     idempotency_key,
     split_by_platform,
 )
+from notifications.dispatch.release import ReleaseScreen
 from notifications.dispatch.scheduling import Deferred, release_due_messages, schedule_messages
 from notifications.dispatch.screening import (
     FREQUENCY_CAP,
@@ -52,7 +53,7 @@ from notifications.dispatch.screening import (
 )
 from notifications.dispatch.templating import FieldsRenderer, RenderError, mentions
 from notifications.models import MANDATORY_CATEGORIES, DeliveryStatus, Urgency
-from notifications.priority import Lane, classify, lane_for
+from notifications.priority import Lane, PriorityClass, classify, lane_for
 from preferences.cache import preferences_get_many
 from preferences.selectors import ContactPoints, contact_points_for_users
 from preferences.state import PreferenceState
@@ -109,7 +110,8 @@ class _Candidate(Screened):
     entry: TypeEntry
     contact: ContactPoints
     mode: str
-    urgent: bool
+    urgent: bool  # for quiet hours: the type's urgency
+    switch_urgent: bool  # for kill switches: the urgent class (`screening.kill_switch_urgent`)
 
 
 def dispatcher_producer() -> Producer:
@@ -202,6 +204,7 @@ class Dispatcher:
         self.clock = clock
         self._acked = AckedProducer(producer, "dispatcher")
         self._last_release = float("-inf")
+        self._release_screen = ReleaseScreen(redis_client=redis_client, catalog=self.catalog, switches=self.switches)
         self.writer = DatabaseThread("dispatcher-writer")
         self.reader = DatabaseThread("dispatcher-reader")
 
@@ -246,6 +249,7 @@ class Dispatcher:
             # Most users have no preference document: the type's default channels.
             channels = candidate_channels(entry, state) if state.document else entry.default_channels
             category, urgent = entry.category, entry.urgency == Urgency.URGENT
+            switch_urgent = classify(category=category, urgency=entry.urgency) is PriorityClass.URGENT
             for channel in channels:
                 mode = modes.get(channel)
                 if mode is None:
@@ -257,13 +261,15 @@ class Dispatcher:
                     channel=channel,
                     default_channels=entry.default_channels,
                     mode=mode,
-                    urgent=urgent,
+                    urgent=switch_urgent,
                 )
                 if to is None:
                     logs.append((event_id, user_id, channel, type_key, suppressed, reason))
                     continue
                 candidates.append(
-                    _Candidate(user_id, channel, category, state, to, event, entry, contact, mode, urgent)
+                    _Candidate(
+                        user_id, channel, category, state, to, event, entry, contact, mode, urgent, switch_urgent
+                    )
                 )
 
         refused = frequency_cap_refusals(self.redis, candidates, now=now)
@@ -297,7 +303,7 @@ class Dispatcher:
                 ]
                 logs.append((event_id, user_id, channel, type_key, DeliveryStatus.SCHEDULED, "quiet_hours"))
                 continue
-            park = kill_switch_holds(candidate.mode, urgent=candidate.urgent)
+            park = kill_switch_holds(candidate.mode, urgent=candidate.switch_urgent)
             topic = scratch.topic(channel, None if park else lane)
             key = str(user_id)
             if channel == Channel.PUSH:
@@ -340,7 +346,7 @@ class Dispatcher:
         now = time.monotonic()
         if now - self._last_release >= RELEASE_INTERVAL:
             self._last_release = now
-            release_due_messages()
+            release_due_messages(screen=self._release_screen)
 
     # -- building ------------------------------------------------------------------------------
     def _build_message(self, c: _Candidate, scratch: _BatchScratch) -> ChannelMessage:

@@ -2,7 +2,8 @@
 
 Runs as a bounded pass: it reads what is parked now, re-produces it, commits, and stops when it
 reaches the end of every partition (or `limit`). It refuses while the channel's switch still says
-delay or pause, since the messages would only be parked again.
+delay or pause, or every enabled provider's does, since the messages would only be parked again; and
+it starts only once every worker and dispatcher has seen the last switch change.
 """
 
 import time
@@ -14,12 +15,18 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from notifications.bus.config import consumer_config, producer_config
 from notifications.bus.producing import AckedProducer
 from notifications.bus.topics import channel_topic, delivery_topic
-from notifications.models import KillSwitch, KillSwitchMode
+from notifications.dispatch.killswitch import REFRESH_SECONDS
+from notifications.models import KillSwitch, KillSwitchMode, Provider
 from notifications.priority import PriorityClass, lane_for, message_priority
 
 
 class DrainRefused(Exception):
-    """The channel is still switched to delay or pause."""
+    """The channel (or every provider of it) is still switched to delay or pause."""
+
+
+#: Every reader re-reads the switches within REFRESH_SECONDS; the margin covers a batch in hand.
+SWITCH_SEEN_SECONDS = REFRESH_SECONDS + 0.5
+_HOLDING = (KillSwitchMode.DELAY, KillSwitchMode.PAUSE)
 
 
 @dataclass(frozen=True)
@@ -29,9 +36,7 @@ class DrainResult:
 
 
 def drain_parked(*, channel: str, limit: int | None = None, idle_timeout: float = 3.0) -> DrainResult:
-    switch = KillSwitch.objects.filter(channel=channel, provider="").first()
-    if switch is not None and switch.mode in (KillSwitchMode.DELAY, KillSwitchMode.PAUSE):
-        raise DrainRefused(f"the {channel} kill switch is '{switch.mode}'; set it to normal before draining")
+    _wait_until_switches_seen(channel)
     source = channel_topic(channel, "delayed")
     consumer = Consumer(consumer_config(f"drain.{channel}", **{"enable.partition.eof": True}))
     producer = AckedProducer(Producer(producer_config()), f"drain-{channel}")
@@ -66,6 +71,25 @@ def drain_parked(*, channel: str, limit: int | None = None, idle_timeout: float 
     finally:
         consumer.close()
     return DrainResult(channel=channel, moved=moved)
+
+
+def _wait_until_switches_seen(channel: str) -> None:
+    """Refuse while the switches would park the messages again; else wait until a change made a
+    moment ago is seen by every worker (a drained message must not meet a stale `pause`)."""
+    switches = list(KillSwitch.objects.filter(channel=channel))
+    for switch in switches:
+        if switch.provider == "" and switch.mode in _HOLDING:
+            raise DrainRefused(f"the {channel} kill switch is '{switch.mode}'; set it to normal before draining")
+    held = {s.provider for s in switches if s.provider and s.mode in _HOLDING}
+    enabled = set(Provider.objects.filter(channel=channel, enabled=True).values_list("name", flat=True))
+    if held and enabled and enabled <= held:
+        raise DrainRefused(
+            f"every {channel} provider ({', '.join(sorted(enabled))}) is switched to delay or pause; "
+            "set one to normal before draining"
+        )
+    if switches:
+        changed = max(s.updated_at.timestamp() for s in switches)
+        time.sleep(max(0.0, changed + SWITCH_SEEN_SECONDS - time.time()))
 
 
 def _priority_of(value: bytes | None) -> PriorityClass:

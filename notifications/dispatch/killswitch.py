@@ -29,3 +29,8 @@ class KillSwitchBoard:
     def provider_mode(self, channel: str, provider: str) -> str:
         self.refresh()
         return self._modes.get((channel, provider), KillSwitchMode.NORMAL)
+
+    def cached_mode(self, channel: str, provider: str = "") -> str:
+        """The mode as last read, without a query (for callers that must not touch the database,
+        such as a worker's event loop; they call `refresh` elsewhere)."""
+        return self._modes.get((channel, provider), KillSwitchMode.NORMAL)

@@ -1,8 +1,8 @@
-"""Messages held for later (quiet hours): stored in PostgreSQL, moved to the outbox when due.
+"""Messages held for later (quiet hours): stored in PostgreSQL, screened again and moved to the outbox when due.
 
 Holding them in a table rather than a Kafka topic means a message deferred for eight hours
 never blocks a partition or bounces through retry tiers; moving due rows into the outbox in one
-statement keeps the at-least-once chain intact (the relay takes it from there).
+transaction keeps the at-least-once chain intact (the relay takes it from there).
 """
 
 from collections.abc import Iterable
@@ -11,6 +11,8 @@ from datetime import datetime
 
 from django.db import connection, transaction
 
+from notifications.delivery_log import record_delivery_outcomes
+from notifications.dispatch.release import ReleaseScreen
 from notifications.models import ScheduledMessage
 
 
@@ -31,8 +33,10 @@ def schedule_messages(items: Iterable[Deferred]) -> int:
     return len(rows)
 
 
-def release_due_messages(*, limit: int = 5000) -> int:
-    """Move up to `limit` due messages into the outbox atomically; returns how many moved."""
+def release_due_messages(*, limit: int = 5000, screen: ReleaseScreen | None = None) -> int:
+    """Take up to `limit` due messages off the schedule, screen them again (`ReleaseScreen`: an
+    opt-out meanwhile suppresses, a kill switch parks or drops) and put the rest into the outbox,
+    in one transaction with their delivery-log rows; returns how many were taken off."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             """
@@ -48,5 +52,7 @@ def release_due_messages(*, limit: int = 5000) -> int:
             return 0
         from notifications.outbox.services import insert_outbox_rows
 
-        insert_outbox_rows(rows)
+        released, entries = (screen or ReleaseScreen()).screen(rows)
+        insert_outbox_rows(released)
+        record_delivery_outcomes(entries)
     return len(rows)

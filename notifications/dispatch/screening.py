@@ -6,7 +6,7 @@ The dispatcher and the campaign expander both decide with these, each batching i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +16,7 @@ import redis
 from notifications.channels import ALL_CHANNELS, Channel
 from notifications.dispatch.catalog import TypeEntry
 from notifications.models import KillSwitchMode
+from notifications.priority import PriorityClass, message_priority
 from preferences.frequency import CapRequest, frequency_cap_take_many
 from preferences.rules import is_allowed, quiet_hours_end
 from preferences.selectors import ContactPoints
@@ -60,6 +61,12 @@ def kill_switch_drops(mode: str | None, *, urgent: bool) -> bool:
 def kill_switch_holds(mode: str | None, *, urgent: bool) -> bool:
     """``pause`` holds everything back, ``delay`` what is not urgent."""
     return mode == KillSwitchMode.PAUSE or (mode == KillSwitchMode.DELAY and not urgent)
+
+
+def kill_switch_urgent(message: Mapping[str, Any]) -> bool:
+    """Whether a built message passes ``delay`` and ``drop_non_urgent``: its class is urgent (an
+    urgent type or the security category). Workers and the quiet-hours release decide with it."""
+    return message_priority(message) == PriorityClass.URGENT
 
 
 def screen_channel(

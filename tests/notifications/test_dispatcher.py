@@ -214,6 +214,46 @@ def test_quiet_hours_defer_non_urgent_until_the_window_ends(types, django_user_m
     assert ScheduledMessage.objects.count() == 0
 
 
+def test_a_quiet_hours_message_is_not_sent_to_a_user_who_opted_out_meanwhile(types, django_user_model, fresh_topic):
+    from preferences.services import preferences_opt_out_category
+
+    now = datetime(2026, 11, 25, 23, 30, tzinfo=UTC)  # 00:30 in Berlin
+    quiet = {"quiet_hours": {"enabled": True, "start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}}
+    user = make_user(django_user_model, document=quiet)
+    event = envelope("order.shipped", user.id)
+    dispatch(fresh_topic, [event], clock=lambda: now)
+    assert statuses(event["id"])["email"] == ("scheduled", "quiet_hours")
+    preferences_opt_out_category(user=user, category="transactional")
+
+    ScheduledMessage.objects.update(due_at=datetime(2020, 1, 1, tzinfo=UTC))
+    assert release_due_messages() == 4, "every held message is taken off the schedule"
+    assert not OutboxEvent.objects.filter(payload__contains=event["id"]).exists(), "none goes out"
+    assert set(statuses(event["id"]).values()) == {("suppressed", "opted_out")}
+
+
+@pytest.mark.parametrize(
+    ("mode", "outcome"),
+    [("pause", ("parked", "kill_switch_pause")), ("drop_non_urgent", ("suppressed", "kill_switch"))],
+)
+def test_a_kill_switch_pulled_during_quiet_hours_applies_at_release(
+    types, django_user_model, fresh_topic, mode, outcome
+):
+    now = datetime(2026, 11, 25, 23, 30, tzinfo=UTC)
+    quiet = {"quiet_hours": {"enabled": True, "start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}}
+    user = make_user(django_user_model, document=quiet)
+    event = envelope("order.shipped", user.id)
+    dispatch(fresh_topic, [event], clock=lambda: now)
+    KillSwitch.objects.create(channel="email", mode=mode)
+
+    ScheduledMessage.objects.update(due_at=datetime(2020, 1, 1, tzinfo=UTC))
+    assert release_due_messages() == 4
+    log = statuses(event["id"])
+    assert log["email"] == outcome and log["sms"] == ("scheduled", "quiet_hours"), "the switch is on e-mail only"
+    topics = set(OutboxEvent.objects.filter(payload__contains=event["id"]).values_list("topic", flat=True))
+    expected = {delivery_topic(channel) for channel in ("push", "sms", "inapp")}
+    assert topics == (expected | {channel_topic("email", "delayed")} if mode == "pause" else expected)
+
+
 def test_frequency_cap(types, django_user_model, fresh_topic):
     caps = {"frequency_caps": {"marketing": {"push": {"max": 2, "per": "day"}}}}
     user = make_user(django_user_model, document=caps)
@@ -245,6 +285,21 @@ def test_kill_switch_modes(types, django_user_model, fresh_topic, mode, normal_o
         assert len(out("email", normal["id"], suffix="delayed")) == 1
         assert out("email", normal["id"], expected=0) == []
     assert statuses(normal["id"])["push"] == ("queued", ""), "a switch on email leaves push alone"
+
+
+@pytest.mark.parametrize("mode", ["delay", "drop_non_urgent"])
+def test_a_security_message_passes_delay_and_drop_as_the_workers_decide(types, django_user_model, fresh_topic, mode):
+    """Urgent for a kill switch is the urgent class (`kill_switch_urgent`), as in the workers: a
+    security type of normal urgency is not parked at dispatch only to be sent by a worker later."""
+    alert = NotificationType.objects.create(
+        key="auth.new_login", name="New login", category=Category.SECURITY, default_channels=["email"]
+    )
+    NotificationTemplate.objects.create(notification_type=alert, channel="email", subject="New login", body="Hi")
+    KillSwitch.objects.create(channel="email", mode=mode)
+    event = envelope("auth.new_login", make_user(django_user_model).id)
+    dispatch(fresh_topic, [event])
+    assert statuses(event["id"])["email"] == ("queued", "")
+    assert len(out("email", event["id"])) == 1
 
 
 def test_kill_switch_change_is_seen_without_restart():

@@ -36,23 +36,25 @@ end
 return left
 """
 
-#: KEYS[1] the pause key, KEYS[2] the endpoint's failure-run counter; ARGV: threshold, base pause ms,
-#: max pause ms, how long the run is remembered (ms). Returns the pause set (ms), 0 below the threshold.
+#: KEYS[1] the pause key, KEYS[2] the endpoint's failure run (a hash: failures `n`, pauses `k`);
+#: ARGV: threshold, first pause ms, max pause ms, how long the run is remembered (ms). Returns the
+#: pause started (ms), 0 below the threshold, minus the pause left when one is already in force.
 FAILURE_LUA = """
-local n = redis.call('INCR', KEYS[2])
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then
+  -- a send started before the pause failed: the pause already covers it
+  return -left
+end
+local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-local threshold = tonumber(ARGV[1])
-if n < threshold then
+if n < tonumber(ARGV[1]) then
   return 0
 end
--- each failure past the threshold doubles the pause, up to the cap
-local want = math.floor(math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) * 2 ^ math.min(n - threshold, 30)))
-local left = redis.call('PTTL', KEYS[1])
-if left < want then
-  redis.call('SET', KEYS[1], '1', 'PX', want)
-  return want
-end
-return left
+-- each pause of the same run (no success in between) is twice the last, up to the cap
+local k = redis.call('HINCRBY', KEYS[2], 'k', 1)
+local want = math.floor(math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) * 2 ^ math.min(k - 1, 30)))
+redis.call('SET', KEYS[1], '1', 'PX', want)
+return want
 """
 
 #: Local knowledge of this many endpoints at most; past it, entries nobody trusts any more are dropped.
@@ -137,7 +139,8 @@ class EndpointBackoff:
         return left
 
     def failed(self, scope: str) -> float:
-        """A transient failure of `scope`; returns the pause it started (0: the run is still short)."""
+        """A transient failure of `scope`; returns the pause it started (0: none: the run is still
+        short, or the endpoint is paused already, and failures of sends started before do not count)."""
         cfg = self.config
         self._reset_due.pop(scope, None)  # the next success resets the run at once
         if self._failure_script is None:
@@ -158,7 +161,10 @@ class EndpointBackoff:
             REDIS_FAILURES.inc()
             log.debug("endpoint failure not counted", extra={"error": str(exc)[:200]})
             return 0.0
-        if paused_ms <= 0:
+        if paused_ms < 0:  # already paused (by an earlier failure of this run)
+            self._remember(scope, self.clock(), -paused_ms / 1000)
+            return 0.0
+        if paused_ms == 0:
             return 0.0
         PAUSES.labels("failures").inc()
         self._remember(scope, self.clock(), paused_ms / 1000)

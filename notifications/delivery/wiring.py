@@ -1,6 +1,7 @@
 """Assembling a channel worker and its runner from settings, the Provider table and the campaign hooks."""
 
 import math
+from collections.abc import Callable
 
 from confluent_kafka import Producer
 from django.conf import settings
@@ -11,6 +12,7 @@ from notifications.bus.consumers import consumer
 from notifications.bus.producing import AckedProducer
 from notifications.delivery.backoff import RetryPolicy
 from notifications.delivery.dedup import DedupStore, required_lease_ms
+from notifications.delivery.endpoint_backoff import EndpointBackoff, EndpointBackoffConfig
 from notifications.delivery.outcomes import Outcomes
 from notifications.delivery.pipeline import PipelinedWorkerRunner
 from notifications.delivery.provider_slots import ProviderTable
@@ -63,6 +65,9 @@ def build_worker(channel: str, *, producer: Producer | None = None, dedup: Dedup
 
     hooks = CampaignHooks(redis_client)
     table = ProviderTable(channel)
+    refresh_providers = table.refresh_if_due
+    if channel == "webhook":
+        refresh_providers = _with_webhook_endpoints(table.refresh_if_due)
     return ChannelWorker(
         config=WorkerConfig(
             channel=channel,
@@ -71,7 +76,7 @@ def build_worker(channel: str, *, producer: Producer | None = None, dedup: Dedup
             rate_window_margin=settings.RATE_LIMIT_WINDOW_MARGIN,
         ),
         providers=table,
-        refresh_providers=table.refresh_if_due,
+        refresh_providers=refresh_providers,
         dedup=dedup,
         bucket=TokenBucket(redis_client, settings.REDIS_KEY_PREFIX),
         policy=RetryPolicy(
@@ -89,7 +94,30 @@ def build_worker(channel: str, *, producer: Producer | None = None, dedup: Dedup
             on_meta_outcomes=hooks.record,
         ),
         hooks=hooks,
+        endpoints=EndpointBackoff(
+            redis_client,
+            settings.REDIS_KEY_PREFIX,
+            config=EndpointBackoffConfig(
+                failure_threshold=settings.WEBHOOK_ENDPOINT_FAILURE_THRESHOLD,
+                failure_pause=settings.WEBHOOK_ENDPOINT_FAILURE_PAUSE,
+                max_pause=settings.WEBHOOK_ENDPOINT_MAX_PAUSE,
+            ),
+        ),
     )
+
+
+def _with_webhook_endpoints(refresh_providers: Callable[[], None]) -> Callable[[], None]:
+    """The provider table's refresh, then the registered webhook endpoints' (read at the first batch)."""
+    from notifications.webhooks.directory import endpoint_directory
+
+    directory = endpoint_directory()
+    directory.expire()
+
+    def refresh() -> None:
+        refresh_providers()
+        directory.refresh_if_due()
+
+    return refresh
 
 
 def bulk_in_flight_limit(capacity: float | None, *, concurrency: int) -> int:

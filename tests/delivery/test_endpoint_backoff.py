@@ -50,7 +50,7 @@ def test_a_pause_is_capped(redis_client: redis.Redis, prefix: str) -> None:
     assert 59 < EndpointBackoff(redis_client, prefix).wait("endpoint:1") <= 60
 
 
-def test_a_run_of_failures_pauses_the_endpoint_and_each_further_failure_doubles_the_pause(
+def test_a_run_of_failures_pauses_the_endpoint_and_each_further_pause_doubles(
     redis_client: redis.Redis, prefix: str
 ) -> None:
     config = EndpointBackoffConfig(failure_threshold=3, failure_pause=5, max_pause=600)
@@ -59,8 +59,11 @@ def test_a_run_of_failures_pauses_the_endpoint_and_each_further_failure_doubles_
     assert EndpointBackoff(redis_client, prefix).wait("endpoint:1") == 0
     assert backoff.failed("endpoint:1") == 5
     assert 4 < EndpointBackoff(redis_client, prefix).wait("endpoint:1") <= 5
+    assert backoff.failed("endpoint:1") == 0, "a send started before the pause: no longer pause for it"
     redis_client.delete(backoff.keys("endpoint:1")[0])  # the pause ran out; the next send fails again
     assert backoff.failed("endpoint:1") == 10
+    redis_client.delete(backoff.keys("endpoint:1")[0])
+    assert backoff.failed("endpoint:1") == 20
 
 
 def test_a_success_ends_the_failure_run_whichever_worker_counted_it(redis_client: redis.Redis, prefix: str) -> None:

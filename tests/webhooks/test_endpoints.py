@@ -110,3 +110,16 @@ def test_the_admin_refuses_a_bad_secret_with_the_reason(admin_client):
     assert response.status_code == 200
     assert "24 to 64 bytes" in response.content.decode()
     assert not WebhookEndpoint.objects.exists()
+
+
+def test_an_unusable_stored_secret_is_left_out_and_logged_without_its_value(caplog):
+    broken = "whsec_" + base64.b64encode(b"too-short").decode()
+    WebhookEndpoint.objects.create(url="https://hooks.example.com/a", secrets=[broken, OLD])
+    directory = EndpointDirectory()
+    directory.refresh()
+    entry = directory.lookup("https://hooks.example.com/a")
+    assert entry is not None and len(entry.signers) == 1
+    assert "secret unusable" in caplog.text
+    logged = " ".join(str(record.__dict__) for record in caplog.records)  # the message and its extras
+    assert "secret_index" in logged and broken.removeprefix("whsec_") not in logged
+    assert OLD.removeprefix("whsec_") not in repr(entry)

@@ -58,6 +58,7 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
         # {path prefix: "whsec_..." or a list of them}: that endpoint's own secret(s), over "secret";
         # the longest matching prefix wins, and a request passes when one of them verifies
         "endpoint_secrets": {},
+        "busy_retry_after": True,  # false: busy-S endpoints answer 429 without a Retry-After
         "tolerance_s": 300,
         "success_status": 204,
     },

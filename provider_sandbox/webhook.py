@@ -10,7 +10,8 @@ Success answers ``options.success_status`` (default 204).  The recipient used fo
 request path (``POST /hooks/fail5xx-2/tenant-1`` fails twice), the idempotency key the ``webhook-id``.
 Rate limiting answers ``503`` + ``Retry-After``; ``invalid`` -> 400; ``unregistered`` -> 410 Gone.
 A ``busy-S`` path marker makes that endpoint a busy receiver: its first request starts an S-second
-window during which it answers ``429`` + ``Retry-After`` (the seconds left); after it, it accepts.
+window during which it answers ``429`` + ``Retry-After`` (the seconds left; none with
+``options.busy_retry_after`` false); after it, it accepts.
 """
 
 from __future__ import annotations
@@ -121,7 +122,12 @@ class WebhookSandbox(ProviderSandbox):
         until = self.busy_until.setdefault(path, call.t_mono + int(match.group(1)))
         left = until - time.monotonic()
         if left > 0:
-            raise Reject(_error(429, "busy", [("Retry-After", str(max(1, math.ceil(left))))]), "busy")
+            headers = (
+                [("Retry-After", str(max(1, math.ceil(left))))]
+                if self.config.options.get("busy_retry_after", True)
+                else []
+            )
+            raise Reject(_error(429, "busy", headers), "busy")
 
     def accept(self, call: Call) -> tuple[Response, str | None]:
         status = int(self.config.options.get("success_status") or 204)

@@ -325,8 +325,11 @@ class ChannelWorker:
                 # Not a failure of the provider: hold its bucket until the reset, and do not count
                 # this try against the attempt budget.
                 job.attempt -= 1
-                if result.retry_after and result.scope:  # one endpoint's back-pressure: pause it alone
-                    self.endpoints.pause(result.scope, result.retry_after)
+                if result.scope:  # one endpoint's back-pressure: pause that endpoint alone
+                    if result.retry_after:
+                        self.endpoints.pause(result.scope, result.retry_after)
+                    else:  # no Retry-After: a run of them pauses it as a run of failures does
+                        self.endpoints.failed(result.scope)
                 elif result.retry_after:
                     self.bucket.hold_for(slot.name, result.retry_after, rate=slot.rate, burst=slot.burst)
                     if (dispenser := self._dispensers.get(slot.name)) is not None:

@@ -152,6 +152,25 @@ def test_a_failing_endpoint_is_paused_alone_and_does_not_open_the_providers_circ
     assert hooks.stats()["errors"]["transient"] < 2 * len(down), "the failing endpoint was paused, not hammered"
 
 
+def test_an_endpoint_answering_429_without_retry_after_is_paused_after_a_short_run(
+    running, topics, hooks, sandbox, settings
+):
+    """429s without a Retry-After count as a failure run: after three the endpoint is paused, rather
+    than every message trying it again and again in the worker."""
+    settings.WEBHOOK_ENDPOINT_FAILURE_THRESHOLD = 3
+    hooks.configure(options={"busy_retry_after": False})
+    busy_url = f"{sandbox.url('webhook')}/hooks/busy-60/bare"
+    busy = [message(busy_url, user_id=i) for i in range(10)]
+    with running(build_worker_runner("webhook", group=f"w-{uuid.uuid4().hex[:6]}")):
+        produce(Producer(producer_config()), busy)
+        wait_for(lambda: hooks.stats()["errors"].get("busy", 0) >= len(busy), timeout=30)
+        time.sleep(4.0)
+    # all ten were sent at once and answered 429; without the pause each would have been tried
+    # twice more in the worker within about a second
+    assert hooks.stats()["errors"]["busy"] < 2 * len(busy)
+    assert hooks.stats()["accepted"] == 0
+
+
 def test_an_endpoint_switched_off_dead_letters_its_messages_and_no_secret_leaks(
     running, topics, hooks, sandbox, caplog
 ):

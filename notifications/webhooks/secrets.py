@@ -8,7 +8,7 @@ import hashlib
 import secrets as _random
 from urllib.parse import urlsplit, urlunsplit
 
-SECRET_PREFIX = "whsec_"
+WHSEC_PREFIX = "whsec_"
 #: Standard Webhooks asks for 24 to 64 random bytes.
 MIN_SECRET_BYTES, MAX_SECRET_BYTES = 24, 64
 
@@ -19,20 +19,20 @@ class SecretError(ValueError):
 
 def secret_key(secret: str) -> bytes:
     """The key bytes of ``whsec_<base64>``; raises `SecretError` saying what is wrong."""
-    if not secret.startswith(SECRET_PREFIX):
-        raise SecretError(f"a signing secret starts with {SECRET_PREFIX!r}")
+    if not secret.startswith(WHSEC_PREFIX):
+        raise SecretError(f"a signing secret starts with {WHSEC_PREFIX!r}")
     try:
-        encoded = secret[len(SECRET_PREFIX) :]
+        encoded = secret[len(WHSEC_PREFIX) :]
         key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)  # padding optional
     except (binascii.Error, ValueError):
-        raise SecretError(f"a signing secret is {SECRET_PREFIX}<base64>; the part after it is not base64") from None
+        raise SecretError(f"a signing secret is {WHSEC_PREFIX}<base64>; the part after it is not base64") from None
     if not MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES:
         raise SecretError(f"a signing secret holds {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes, not {len(key)}")
     return key
 
 
 def generate_secret(n_bytes: int = 32) -> str:
-    return SECRET_PREFIX + base64.b64encode(_random.token_bytes(n_bytes)).decode()
+    return WHSEC_PREFIX + base64.b64encode(_random.token_bytes(n_bytes)).decode()
 
 
 def fingerprint(secret: str) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import redis
 from prometheus_client import Counter
 
+from notifications.delivery.circuit_breaker import CircuitBreaker
 from notifications.redis_connect import REDIS_ERRORS
 from notifications.redis_keys import hash_tag, require_untagged
 
@@ -80,7 +81,9 @@ class EndpointBackoff:
     endpoint so the failure script touches one cluster slot).
 
     Redis policy: fail open. A pause Redis cannot store or report is kept in this process only; the
-    worst case is a request to an endpoint still busy, which answers 429 again.
+    worst case is a request to an endpoint still busy, which answers 429 again. A circuit breaker
+    skips Redis while it is away, so its timeouts are paid a few times, not once per message (these
+    calls run in the worker's event loop).
     """
 
     def __init__(
@@ -90,8 +93,10 @@ class EndpointBackoff:
         *,
         config: EndpointBackoffConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.client = client
+        self.breaker = breaker or CircuitBreaker("redis-endpoints", failure_threshold=3, cool_down_seconds=5.0)
         self.prefix = require_untagged(prefix, "the Redis key prefix")
         self.config = config or EndpointBackoffConfig()
         self.clock = clock
@@ -113,13 +118,15 @@ class EndpointBackoff:
         if known is not None and now < known[1]:
             return max(0.0, known[0] - now)
         left_ms = 0
-        if self.client is not None:
+        if self._redis_usable():
             try:
-                left_ms = int(self.client.pttl(self.keys(scope)[0]))
+                left_ms = int(self.client.pttl(self.keys(scope)[0]))  # type: ignore[union-attr]
+                self.breaker.record_success()
             except REDIS_ERRORS as exc:
-                REDIS_FAILURES.inc()
-                log.debug("endpoint pause not read", extra={"error": str(exc)[:200]})
-                return max(0.0, known[0] - now) if known is not None else 0.0
+                self._redis_failed(exc, "endpoint pause not read")
+                left_ms = int(max(0.0, known[0] - now) * 1000) if known is not None else 0
+        elif known is not None:
+            left_ms = int(max(0.0, known[0] - now) * 1000)
         self._remember(scope, now, max(0, left_ms) / 1000)
         return max(0, left_ms) / 1000
 
@@ -128,12 +135,12 @@ class EndpointBackoff:
         Returns the pause now in force, in seconds."""
         want = max(0.001, min(float(seconds), self.config.max_pause))
         left = want
-        if self._pause_script is not None:
+        if self._pause_script is not None and self._redis_usable():
             try:
                 left = int(self._pause_script(keys=[self.keys(scope)[0]], args=[int(want * 1000)])) / 1000
+                self.breaker.record_success()
             except REDIS_ERRORS as exc:
-                REDIS_FAILURES.inc()
-                log.warning("endpoint pause kept in this process only", extra={"error": str(exc)[:200]})
+                self._redis_failed(exc, "endpoint pause kept in this process only")
         PAUSES.labels(reason).inc()
         self._remember(scope, self.clock(), left)
         return left
@@ -143,7 +150,7 @@ class EndpointBackoff:
         short, or the endpoint is paused already, and failures of sends started before do not count)."""
         cfg = self.config
         self._reset_due.pop(scope, None)  # the next success resets the run at once
-        if self._failure_script is None:
+        if self._failure_script is None or not self._redis_usable():
             return 0.0
         try:
             paused_ms = int(
@@ -157,9 +164,9 @@ class EndpointBackoff:
                     ],
                 )
             )
+            self.breaker.record_success()
         except REDIS_ERRORS as exc:
-            REDIS_FAILURES.inc()
-            log.debug("endpoint failure not counted", extra={"error": str(exc)[:200]})
+            self._redis_failed(exc, "endpoint failure not counted")
             return 0.0
         if paused_ms < 0:  # already paused (by an earlier failure of this run)
             self._remember(scope, self.clock(), -paused_ms / 1000)
@@ -174,14 +181,22 @@ class EndpointBackoff:
         """A send to `scope` went through: its failure run ends (whichever worker counted it; Redis is
         told at most once per `recheck` per endpoint, so a busy endpoint costs no call per send)."""
         now = self.clock()
-        if self.client is None or now < self._reset_due.get(scope, float("-inf")):
+        if now < self._reset_due.get(scope, float("-inf")) or not self._redis_usable():
             return
         self._reset_due[scope] = now + self.config.recheck
         try:
-            self.client.delete(self.keys(scope)[1])
+            self.client.delete(self.keys(scope)[1])  # type: ignore[union-attr]
+            self.breaker.record_success()
         except REDIS_ERRORS as exc:
-            REDIS_FAILURES.inc()
-            log.debug("endpoint failure run not reset", extra={"error": str(exc)[:200]})
+            self._redis_failed(exc, "endpoint failure run not reset")
+
+    def _redis_usable(self) -> bool:
+        return self.client is not None and self.breaker.allow_request()
+
+    def _redis_failed(self, exc: Exception, what: str) -> None:
+        self.breaker.record_failure()
+        REDIS_FAILURES.inc()
+        log.debug(what, extra={"error": str(exc)[:200]})
 
     def _run_memory(self) -> float:
         """A failure run is remembered past the longest pause, so the send after a pause extends it."""

@@ -97,3 +97,14 @@ def test_without_redis_a_pause_holds_in_this_process(dead_redis: redis.Redis, pr
     assert 29 < backoff.wait("endpoint:1") <= 30
     assert backoff.failed("endpoint:1") == 0
     backoff.succeeded("endpoint:1")
+
+
+def test_while_redis_is_away_it_is_not_asked_for_every_message(dead_redis: redis.Redis, prefix: str) -> None:
+    """These calls block the worker's event loop: a few timeouts open the breaker, then none."""
+    backoff = EndpointBackoff(dead_redis, prefix)
+    calls = []
+    original = dead_redis.pttl
+    dead_redis.pttl = lambda *args: calls.append(args) or original(*args)  # count, still the real call
+    for n in range(200):
+        assert backoff.wait(f"origin:https://h{n}.example.com:443") == 0
+    assert len(calls) <= 3 and backoff.breaker.state == "open"

@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "notifications",
     "notifications.dlq",
+    "notifications.webhooks",
     "preferences",
     "campaigns",
 ]
@@ -309,7 +310,16 @@ APNS_TEAM_ID = env("APNS_TEAM_ID", default="")
 APNS_TOPIC = env("APNS_TOPIC", default="")
 # Age at which the APNs provider token is re-signed (clamped to 20-50 min: Apple refuses faster or older).
 APNS_TOKEN_REFRESH_SECONDS = env.float("APNS_TOKEN_REFRESH_SECONDS", default=2400.0)
+# Signs webhooks to endpoints without a registered secret of their own (admin: Webhooks > Webhook endpoints).
 WEBHOOK_SIGNING_SECRET = env("WEBHOOK_SIGNING_SECRET", default="")
+# Per-endpoint back-pressure (docs/architecture.md, "Webhooks"): registered endpoints are re-read
+# every WEBHOOK_ENDPOINT_REFRESH_SECONDS; an endpoint failing (5xx, timeouts) this many times in a row
+# is paused alone, first for WEBHOOK_ENDPOINT_FAILURE_PAUSE seconds, doubling, and no pause (nor a
+# receiver's Retry-After) lasts longer than WEBHOOK_ENDPOINT_MAX_PAUSE.
+WEBHOOK_ENDPOINT_REFRESH_SECONDS = env.float("WEBHOOK_ENDPOINT_REFRESH_SECONDS", default=5.0)
+WEBHOOK_ENDPOINT_FAILURE_THRESHOLD = env.int("WEBHOOK_ENDPOINT_FAILURE_THRESHOLD", default=5)
+WEBHOOK_ENDPOINT_FAILURE_PAUSE = env.float("WEBHOOK_ENDPOINT_FAILURE_PAUSE", default=5.0)
+WEBHOOK_ENDPOINT_MAX_PAUSE = env.float("WEBHOOK_ENDPOINT_MAX_PAUSE", default=3600.0)
 PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
 
 # --- Preferences ------------------------------------------------------------------------------

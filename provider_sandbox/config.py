@@ -27,6 +27,9 @@ DEFAULT_PORTS: dict[str, int] = {
 DEFAULT_SMTP_CONTROL_PORT = 18126
 DEFAULT_MAX_RECORDS = 2_000_000
 
+#: Options shown as "***" by the control API.
+_SECRET_OPTIONS = ("secret", "endpoint_secrets")
+
 #: Provider specific options and their defaults (``options`` in :class:`ProviderConfig`).
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "sendgrid": {
@@ -52,6 +55,10 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     },
     "webhook": {
         "secret": None,  # "whsec_..." enables Standard Webhooks signature verification
+        # {path prefix: "whsec_..." or a list of them}: that endpoint's own secret(s), over "secret";
+        # the longest matching prefix wins, and a request passes when one of them verifies
+        "endpoint_secrets": {},
+        "busy_retry_after": True,  # false: busy-S endpoints answer 429 without a Retry-After
         "tolerance_s": 300,
         "success_status": 204,
     },
@@ -244,7 +251,9 @@ class ProviderConfig:
             "burst": self.burst,
             "latency": self.latency.to_dict(),
             "errors": self.errors.to_dict(),
-            "options": {k: ("***" if k in ("secret",) and v else v) for k, v in self.options.items()},
+            "options": {
+                k: ("***" if k in ("secret", "endpoint_secrets") and v else v) for k, v in self.options.items()
+            },
         }
 
 

@@ -3,10 +3,15 @@
 With ``options.secret`` (``whsec_<base64>``) set, every request must carry ``webhook-id``,
 ``webhook-timestamp`` (unix seconds, within ``options.tolerance_s``) and ``webhook-signature``
 (space-separated ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``); otherwise 401.
+``options.endpoint_secrets`` (``{path prefix: secret or [secrets]}``) gives endpoints their own
+secret(s) instead (the longest prefix wins; one verifying signature is enough).
 
 Success answers ``options.success_status`` (default 204).  The recipient used for triggers is the
 request path (``POST /hooks/fail5xx-2/tenant-1`` fails twice), the idempotency key the ``webhook-id``.
 Rate limiting answers ``503`` + ``Retry-After``; ``invalid`` -> 400; ``unregistered`` -> 410 Gone.
+A ``busy-S`` path marker makes that endpoint a busy receiver: its first request starts an S-second
+window during which it answers ``429`` + ``Retry-After`` (the seconds left; none with
+``options.busy_retry_after`` false); after it, it accepts.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
+import re
 import time
 
 from provider_sandbox.base import Call, ProviderSandbox, Reject, retry_after_seconds
@@ -22,14 +29,18 @@ from provider_sandbox.faults import BAD_REQUEST, INVALID_TOKEN, Fault
 from provider_sandbox.messages import Request, Response
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the secret's prefix, not a secret
+_BUSY = re.compile(r"busy-(\d+)", re.IGNORECASE)
 
 
 def _error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
     return Response.json(status, {"error": message}, headers or [])
 
 
-def signature_problem(secret: str, request: Request, tolerance_s: float, now: float | None = None) -> str | None:
-    """Why the Standard Webhooks signature of ``request`` is not valid, or ``None`` if it is."""
+def signature_problem(
+    secret: str | list[str], request: Request, tolerance_s: float, now: float | None = None
+) -> str | None:
+    """Why the Standard Webhooks signature of ``request`` is not valid for ``secret`` (or for any of
+    several), or ``None`` if it is."""
     msg_id = request.header("webhook-id")
     timestamp = request.header("webhook-timestamp")
     signatures = request.header("webhook-signature")
@@ -44,18 +55,27 @@ def signature_problem(secret: str, request: Request, tolerance_s: float, now: fl
         return "message timestamp too old"
     if sent_at > now + tolerance_s:
         return "message timestamp too new"
-    raw_secret = secret[len(SECRET_PREFIX) :] if secret.startswith(SECRET_PREFIX) else secret
-    try:
-        key = base64.b64decode(raw_secret + "==")
-    except (binascii.Error, ValueError):
-        return "sandbox secret is not base64"
     signed = f"{msg_id}.{timestamp}.".encode() + request.body
-    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
-    for candidate in signatures.split():
-        version, _, value = candidate.partition(",")
-        if version == "v1" and hmac.compare_digest(value.encode(), expected):
-            return None
+    for one in [secret] if isinstance(secret, str) else secret:
+        raw_secret = one[len(SECRET_PREFIX) :] if one.startswith(SECRET_PREFIX) else one
+        try:
+            key = base64.b64decode(raw_secret + "==")
+        except (binascii.Error, ValueError):
+            return "sandbox secret is not base64"
+        expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
+        for candidate in signatures.split():
+            version, _, value = candidate.partition(",")
+            if version == "v1" and hmac.compare_digest(value.encode(), expected):
+                return None
     return "no matching signature found"
+
+
+def endpoint_secret(options: dict, path: str) -> str | list[str] | None:
+    """The secret(s) a request to ``path`` must be signed with (``endpoint_secrets``, else ``secret``)."""
+    prefixes = [p for p in (options.get("endpoint_secrets") or {}) if path.startswith(p)]
+    if prefixes:
+        return options["endpoint_secrets"][max(prefixes, key=len)]
+    return options.get("secret")
 
 
 class WebhookSandbox(ProviderSandbox):
@@ -63,10 +83,17 @@ class WebhookSandbox(ProviderSandbox):
 
     name = "webhook"
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.busy_until: dict[str, float] = {}  # busy-S endpoints: when their window ends (monotonic)
+
+    def on_reset(self) -> None:
+        self.busy_until.clear()
+
     def parse(self, request: Request, t_mono: float, t_wall: float) -> Call:
         if request.method != "POST":
             raise Reject(_error(405, "method not allowed"), "not_found")
-        secret = self.config.options.get("secret")
+        secret = endpoint_secret(self.config.options, request.path)
         if secret:
             problem = signature_problem(secret, request, float(self.config.options.get("tolerance_s") or 300))
             if problem:
@@ -78,8 +105,29 @@ class WebhookSandbox(ProviderSandbox):
             t_wall=t_wall,
             recipients=[request.path],
             keys=[msg_id] if msg_id else [],
-            extra={"meta": {"webhook-timestamp": request.header("webhook-timestamp")}},
+            extra={
+                "meta": {
+                    "webhook-timestamp": request.header("webhook-timestamp"),
+                    "webhook-signature": request.header("webhook-signature"),
+                }
+            },
         )
+
+    def validate(self, call: Call) -> None:
+        """A ``busy-S`` endpoint answers 429 + Retry-After for S seconds from its first request."""
+        path = call.recipients[0]
+        match = _BUSY.search(path)
+        if match is None:
+            return
+        until = self.busy_until.setdefault(path, call.t_mono + int(match.group(1)))
+        left = until - time.monotonic()
+        if left > 0:
+            headers = (
+                [("Retry-After", str(max(1, math.ceil(left))))]
+                if self.config.options.get("busy_retry_after", True)
+                else []
+            )
+            raise Reject(_error(429, "busy", headers), "busy")
 
     def accept(self, call: Call) -> tuple[Response, str | None]:
         status = int(self.config.options.get("success_status") or 204)

@@ -17,6 +17,8 @@ AUDITED = {
     # token bucket scripts: one key each ({prefix}tb:<bucket>).
     "notifications/delivery/token_bucket.py:TokenBucket.__init__": "register_lua take/book/hold: one key",
     "notifications/delivery/redis_client.py:register_lua": "the helper itself",
+    # endpoint pauses: the pause key and the failure run of one endpoint (same {<digest>} tag).
+    "notifications/delivery/endpoint_backoff.py:EndpointBackoff.__init__": "register_script pause (one key), failure",
     "notifications/redis_multi.py:get_many": "the helper itself: MGET, or one MGET per slot on a cluster",
     "notifications/redis_multi.py:evalsha_pipelined": "the helper itself: EVALSHA of the calls' own keys",
     # preferences: one key per fenced set; frequency caps: the {user} tag of one request.

@@ -1,6 +1,7 @@
 """Assembling a channel worker and its runner from settings, the Provider table and the campaign hooks."""
 
 import math
+from collections.abc import Callable
 
 from confluent_kafka import Producer
 from django.conf import settings
@@ -11,6 +12,7 @@ from notifications.bus.consumers import consumer
 from notifications.bus.producing import AckedProducer
 from notifications.delivery.backoff import RetryPolicy
 from notifications.delivery.dedup import DedupStore, required_lease_ms
+from notifications.delivery.endpoint_backoff import EndpointBackoff, EndpointBackoffConfig
 from notifications.delivery.kill_switches import WorkerSwitches
 from notifications.delivery.outcomes import Outcomes
 from notifications.delivery.pipeline import PipelinedWorkerRunner
@@ -70,6 +72,8 @@ def build_worker(channel: str, *, producer: Producer | None = None, dedup: Dedup
         table.refresh_if_due()
         switches.refresh_if_due()
 
+    if channel == "webhook":
+        refresh = _with_webhook_endpoints(refresh)
     return ChannelWorker(
         config=WorkerConfig(
             channel=channel,
@@ -97,7 +101,30 @@ def build_worker(channel: str, *, producer: Producer | None = None, dedup: Dedup
         ),
         hooks=hooks,
         switches=switches,
+        endpoints=EndpointBackoff(
+            redis_client,
+            settings.REDIS_KEY_PREFIX,
+            config=EndpointBackoffConfig(
+                failure_threshold=settings.WEBHOOK_ENDPOINT_FAILURE_THRESHOLD,
+                failure_pause=settings.WEBHOOK_ENDPOINT_FAILURE_PAUSE,
+                max_pause=settings.WEBHOOK_ENDPOINT_MAX_PAUSE,
+            ),
+        ),
     )
+
+
+def _with_webhook_endpoints(refresh_providers: Callable[[], None]) -> Callable[[], None]:
+    """The provider table's refresh, then the registered webhook endpoints' (read at the first batch)."""
+    from notifications.webhooks.directory import endpoint_directory
+
+    directory = endpoint_directory()
+    directory.expire()
+
+    def refresh() -> None:
+        refresh_providers()
+        directory.refresh_if_due()
+
+    return refresh
 
 
 def bulk_in_flight_limit(capacity: float | None, *, concurrency: int) -> int:

@@ -22,6 +22,7 @@ from notifications.bus.topics import RETRY_TIERS
 from notifications.delivery.backoff import RetryAction, RetryPolicy
 from notifications.delivery.dedup import ClaimStatus, DedupStore
 from notifications.delivery.dispenser import TokenDispenser
+from notifications.delivery.endpoint_backoff import EndpointBackoff
 from notifications.delivery.jobs import Job, read_batch
 from notifications.delivery.kill_switches import SwitchStop, WorkerSwitches, apply_switch_stop
 from notifications.delivery.outcomes import Outcomes, error_entry
@@ -41,6 +42,9 @@ TOKEN_WAIT = Histogram(
     ["provider"],
     buckets=(0, 0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10),
 )
+
+#: Messages held back by an endpoint pause return over [resume, resume + this share of the wait].
+ENDPOINT_RETURN_SPREAD = 0.25
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class ChannelWorker:
         outcomes: Outcomes,
         hooks: MessageHooks | None = None,
         switches: WorkerSwitches | None = None,
+        endpoints: EndpointBackoff | None = None,
         wall_clock: Callable[[], float] = time.time,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
@@ -116,6 +121,8 @@ class ChannelWorker:
         self.outcomes = outcomes
         self.hooks = hooks or NoHooks()
         self.switches = switches or WorkerSwitches(config.channel)  # all normal until refreshed
+        #: Pauses of a part of a provider (a webhook endpoint); without Redis, this process's own.
+        self.endpoints = endpoints or EndpointBackoff(None, "")
         self.now = wall_clock
         self.loop = loop or asyncio.new_event_loop()
         self._sem: asyncio.Semaphore | None = None
@@ -272,6 +279,17 @@ class ChannelWorker:
                     error={"error_class": "no_provider", "message": "every provider is open or disabled"},
                 )
                 return False
+            scope = slot.adapter.backpressure_scope(job.body)
+            if scope and (wait := self.endpoints.wait(scope)) > 0:
+                # That endpoint is paused (it asked to be, or kept failing): only its messages wait,
+                # not counted as an attempt, spread over a quarter of the wait so they do not return
+                # as one burst.
+                wait *= 1 + ENDPOINT_RETURN_SPREAD * self.policy.rng.random()
+                if self.now() + wait >= job.first_attempt_at + self.policy.max_age_seconds:
+                    self._release_and_dead_letter(job, "max_age", f"{scope} paused past the message's age", slot.name)
+                else:
+                    self._release_and_park(job, delay=wait, error={"error_class": "endpoint_paused", "scope": scope})
+                return False
             # First a place among the provider's requests in flight, then a concurrency slot, then
             # the token right before the call, so the gap between grant and arrival at the provider
             # stays small (rate accuracy) and the send deadline never covers a wait for a connection.
@@ -299,6 +317,8 @@ class ChannelWorker:
             job.attempt += 1
             if result.outcome == SendOutcome.SENT:
                 slot.breaker.record_success()
+                if result.scope:
+                    self.endpoints.succeeded(result.scope)
                 self.outcomes.record(job, "sent", provider=slot.name, provider_message_id=result.provider_message_id)
                 if result.invalid_tokens:
                     job.invalid.append((job.body, result))
@@ -315,17 +335,25 @@ class ChannelWorker:
                 # Not a failure of the provider: hold its bucket until the reset, and do not count
                 # this try against the attempt budget.
                 job.attempt -= 1
-                if result.retry_after:
+                if result.scope:  # one endpoint's back-pressure: pause that endpoint alone
+                    if result.retry_after:
+                        self.endpoints.pause(result.scope, result.retry_after)
+                    else:  # no Retry-After: a run of them pauses it as a run of failures does
+                        self.endpoints.failed(result.scope)
+                elif result.retry_after:
                     self.bucket.hold_for(slot.name, result.retry_after, rate=slot.rate, burst=slot.burst)
                     if (dispenser := self._dispensers.get(slot.name)) is not None:
                         dispenser.hold(result.retry_after)
+            elif result.outcome == SendOutcome.TRANSIENT and result.scope:
+                self.endpoints.failed(result.scope)  # one endpoint unwell: its failure run, not the breaker
             else:  # transient or configuration: the provider is unwell
                 slot.breaker.record_failure()
             retry_after = result.retry_after
             if result.outcome == SendOutcome.RATE_LIMITED and retry_after:
                 # Everyone throttled at the same moment got the same Retry-After: spread the retries
-                # over [retry_after, 2 x retry_after] so they do not return as one burst.
-                retry_after *= 1 + self.policy.rng.random()
+                # over [retry_after, 2 x retry_after] so they do not return as one burst (an
+                # endpoint's over a quarter of it: its own messages only, and its in-flight cap).
+                retry_after *= 1 + (ENDPOINT_RETURN_SPREAD if result.scope else 1.0) * self.policy.rng.random()
             decision = self.policy.decide(
                 max(job.attempt, 1), job.first_attempt_at, self.now(), retry_after=retry_after
             )

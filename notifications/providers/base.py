@@ -83,6 +83,11 @@ class ProviderAdapter(ABC):
                 message=f"no provider answer within the {self.deadline:g}s send deadline",
             )
 
+    def backpressure_scope(self, message: ChannelMessage) -> str:
+        """What a rate limit answered to ``message`` holds back: "" the whole provider (its bucket),
+        else a part of it (a webhook endpoint) that the worker pauses on its own."""
+        return ""
+
     def requests_for(self, message: ChannelMessage) -> int:
         """How many provider requests one send of ``message`` makes at once (counted in `max_in_flight`)."""
         return 1

@@ -38,6 +38,9 @@ class SendResult:
     message: str = ""
     retry_after: float | None = None  # seconds
     invalid_tokens: list[str] = field(default_factory=list)
+    #: The part of the provider a rate limit or failure concerns ("": the whole provider). A webhook
+    #: endpoint's 429 pauses that endpoint only (`notifications.delivery.endpoint_backoff`).
+    scope: str = ""
 
     @property
     def ok(self) -> bool:

@@ -1,4 +1,5 @@
-"""Webhooks: POST the JSON payload to the recipient's URL, signed the Standard Webhooks way."""
+"""Webhooks: POST the JSON payload to the recipient's URL, signed the Standard Webhooks way (with the
+endpoint's own secrets when it is registered), back-pressure scoped to that endpoint."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from notifications.dispatch.messages import ChannelMessage
 from notifications.providers.base import HttpProviderAdapter
 from notifications.providers.classification import classify_webhook_response
 from notifications.providers.credentials import Secret
-from notifications.providers.errors import ConfigurationError, InvalidContactError, RateLimitedError
+from notifications.providers.errors import ConfigurationError, InvalidContactError, PermanentError, RateLimitedError
 from notifications.providers.http import build_http_client
 from notifications.providers.message_fields import require
 from notifications.providers.results import SendResult
+from notifications.webhooks.directory import EndpointDirectory, EndpointEntry, endpoint_directory
+from notifications.webhooks.secrets import url_origin
 
 DEFAULT_MAX_CONNECTIONS = 200
-#: In-flight requests per receiving host: a slow endpoint may hold this many sockets, never the whole
+#: In-flight requests per endpoint: a slow endpoint may hold this many sockets, never the whole
 #: pool, so the other tenants' webhooks keep flowing (Hermes isolates endpoints the same way).
 DEFAULT_MAX_PER_HOST = 100
 DEFAULT_USER_AGENT = "notification-platform-webhooks/1"
@@ -31,7 +34,10 @@ DEFAULT_USER_AGENT = "notification-platform-webhooks/1"
 class WebhookAdapter(HttpProviderAdapter):
     """Standard Webhooks sender: headers ``webhook-id`` (= the notification id, what receivers dedupe
     on), ``webhook-timestamp`` and ``webhook-signature`` (``v1,<HMAC-SHA256>`` from the package
-    ``standardwebhooks``). Redirects are not followed (a 3xx is a permanent failure, not a new target).
+    ``standardwebhooks``; one per secret of a registered endpoint, space-separated, so a receiver
+    verifies with its old or new secret during a rotation; `WEBHOOK_SIGNING_SECRET` for the others).
+    Redirects are not followed (a 3xx is a permanent failure, not a new target). Every result carries
+    the endpoint's back-pressure scope (`backpressure_scope`).
     """
 
     name = "webhook"
@@ -46,8 +52,10 @@ class WebhookAdapter(HttpProviderAdapter):
         max_per_host: int = DEFAULT_MAX_PER_HOST,
         user_agent: str = DEFAULT_USER_AGENT,
         client: httpx.AsyncClient | None = None,
+        endpoints: EndpointDirectory | None = None,
         **kwargs: Any,
     ) -> None:
+        self.endpoints = endpoints if endpoints is not None else endpoint_directory()
         self._secret = Secret.of(signing_secret)
         self._signer: Webhook | None = None
         self._signer_error: Exception | None = None
@@ -64,14 +72,37 @@ class WebhookAdapter(HttpProviderAdapter):
         )
         super().__init__(client=client, **kwargs)
 
-    def sign(self, msg_id: str, timestamp: int, body: bytes) -> str:
+    def backpressure_scope(self, message: ChannelMessage) -> str:
+        """``endpoint:<id>`` for a registered endpoint, else ``origin:<scheme://host:port>`` of the URL."""
+        url = (message.get("to") or {}).get("url")
+        if not url:
+            return ""
+        entry = self.endpoints.lookup(str(url))
+        return entry.scope if entry is not None else f"origin:{url_origin(str(url))}"
+
+    async def send(self, message: ChannelMessage) -> SendResult:
+        result = await super().send(message)
+        result.scope = self.backpressure_scope(message)
+        return result
+
+    def sign(self, msg_id: str, timestamp: int, body: bytes, endpoint: EndpointEntry | None = None) -> str:
+        """``v1,<sig>`` with the global secret, or one ``v1,<sig>`` per secret of `endpoint`."""
+        at = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+        if endpoint is not None:
+            if not endpoint.signers:
+                raise PermanentError(
+                    f"webhook endpoint {endpoint.id} has no usable signing secret",
+                    provider=self.name,
+                    error_code="endpoint_secret_invalid",
+                )
+            return " ".join(signer.sign(msg_id, at, body.decode("utf-8")) for signer in endpoint.signers)
         if self._signer is None:
             raise ConfigurationError(
                 "webhook signing secret missing or malformed (expected whsec_<base64>)",
                 provider=self.name,
                 error_code="missing_secret",
             ) from self._signer_error
-        return self._signer.sign(msg_id, dt.datetime.fromtimestamp(timestamp, dt.UTC), body.decode("utf-8"))
+        return self._signer.sign(msg_id, at, body.decode("utf-8"))
 
     def build_request(self, message: ChannelMessage) -> httpx.Request:
         url = str(require(message, "to", "url", provider=self.name))
@@ -79,6 +110,11 @@ class WebhookAdapter(HttpProviderAdapter):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidContactError(
                 f"webhook URL {url!r} is not an http(s) URL", provider=self.name, error_code="bad_url"
+            )
+        endpoint = self.endpoints.lookup(url)
+        if endpoint is not None and not endpoint.active:
+            raise PermanentError(
+                f"webhook endpoint {endpoint.id} is switched off", provider=self.name, error_code="endpoint_inactive"
             )
         payload = (message.get("content") or {}).get("payload")
         body = orjson.dumps(payload if payload is not None else {})
@@ -88,7 +124,7 @@ class WebhookAdapter(HttpProviderAdapter):
             "content-type": "application/json",
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": self.sign(msg_id, timestamp, body),
+            "webhook-signature": self.sign(msg_id, timestamp, body, endpoint),
         }
         try:
             return self.client.build_request("POST", url, content=body, headers=headers)
@@ -98,17 +134,18 @@ class WebhookAdapter(HttpProviderAdapter):
             ) from exc
 
     async def _send(self, message: ChannelMessage) -> SendResult:
-        host = urlsplit(str(require(message, "to", "url", provider=self.name))).netloc.lower()
-        slots = self._host_slots.get(host)
+        require(message, "to", "url", provider=self.name)
+        scope = self.backpressure_scope(message)
+        slots = self._host_slots.get(scope)
         if slots is None:
             slots = asyncio.Semaphore(self.max_per_host)
-            self._host_slots[host] = slots  # weak: forgotten once no send to that host is in flight
+            self._host_slots[scope] = slots  # weak: forgotten once no send to that endpoint is in flight
         try:
             async with asyncio.timeout(self.slot_timeout):
                 await slots.acquire()
         except TimeoutError:
             raise RateLimitedError(
-                f"{self.max_per_host} webhooks to {host} already in flight",
+                f"{self.max_per_host} webhooks to {scope} already in flight",
                 provider=self.name,
                 error_code="endpoint_busy",
                 retry_after=1.0,

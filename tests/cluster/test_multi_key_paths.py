@@ -13,6 +13,7 @@ from campaigns.halt import read_halts, set_halt
 from campaigns.progress import read_counters, read_sent, record_expansion, record_outcomes, sent_tally
 from notifications.delivery.circuit_breaker import CircuitBreaker
 from notifications.delivery.dedup import ClaimStatus, ConfirmResult, DedupStore, ReleaseResult
+from notifications.delivery.endpoint_backoff import EndpointBackoff, EndpointBackoffConfig
 from notifications.delivery.token_bucket import TokenBucket
 from notifications.redis_client import get_redis
 from notifications.redis_connect import is_cluster
@@ -30,6 +31,7 @@ EXERCISED = {
     "notifications/delivery/dedup.py:DedupStore._run_script_many": "test_dedup",
     "notifications/delivery/token_bucket.py:TokenBucket.__init__": "test_token_buckets",
     "notifications/delivery/redis_client.py:register_lua": "test_dedup",
+    "notifications/delivery/endpoint_backoff.py:EndpointBackoff.__init__": "test_endpoint_pauses",
     "notifications/redis_multi.py:get_many": "test_preferences",
     "notifications/redis_multi.py:evalsha_pipelined": "test_dedup",
     "preferences/scripts.py:lua_script": "test_preferences",
@@ -78,6 +80,16 @@ def test_token_buckets(prefix):
         assert bucket.take(name, rate=100.0, burst=5).granted == 1
         assert bucket.book(f"{name}-slots", rate=100.0, burst=5, n=3).granted == 3
         assert bucket.hold_for(name, 0.5) is not None
+
+
+def test_endpoint_pauses(prefix):
+    backoff = EndpointBackoff(get_redis(), prefix, config=EndpointBackoffConfig(failure_threshold=2))
+    for n in range(30):  # endpoints all over the slot range
+        scope = f"endpoint:{n}"
+        assert backoff.pause(scope, 5) == 5
+        assert backoff.failed(f"origin:https://h{n}.example.com:443") == 0
+        assert backoff.failed(f"origin:https://h{n}.example.com:443") == 5
+    assert EndpointBackoff(get_redis(), prefix).wait("endpoint:29") > 4
 
 
 @pytest.mark.django_db

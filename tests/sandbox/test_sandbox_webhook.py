@@ -81,3 +81,33 @@ def test_path_triggers(sandbox: SandboxProcess, controls: dict[str, SandboxClien
     for _ in range(2):
         httpx.post(base + "/hooks/dup", json={}, headers={"webhook-id": "msg_dup"})
     assert controls["webhook"].stats()["duplicates"]["keys"] == 1
+
+
+def test_endpoints_verify_with_their_own_secrets(sandbox: SandboxProcess, controls: dict[str, SandboxClient]) -> None:
+    own = "whsec_" + base64.b64encode(b"tenant-a-own-secret-0123456789ab").decode()
+    rotated = "whsec_" + base64.b64encode(b"tenant-b-new-secret-0123456789ab").decode()
+    controls["webhook"].configure(options={"secret": SECRET, "endpoint_secrets": {"/a": own, "/b": [rotated, SECRET]}})
+    base = sandbox.url("webhook")
+    assert signed_post(base + "/a/hook", "m1", {}, secret=own).status_code == 204
+    assert signed_post(base + "/a/hook", "m2", {}, secret=SECRET).status_code == 401, "the global one is not /a's"
+    assert signed_post(base + "/b/hook", "m3", {}, secret=rotated).status_code == 204
+    assert signed_post(base + "/b/hook", "m4", {}, secret=SECRET).status_code == 204, "either secret of /b"
+    assert signed_post(base + "/c/hook", "m5", {}, secret=SECRET).status_code == 204, "others: the global secret"
+    assert controls["webhook"].config()["options"]["endpoint_secrets"] == "***"
+    record = controls["webhook"].requests()[0]
+    assert record["meta"]["webhook-signature"].startswith("v1,"), "the signature is recorded for the test to check"
+
+
+def test_a_busy_endpoint_answers_429_with_the_seconds_left_then_accepts(
+    sandbox: SandboxProcess, controls: dict[str, SandboxClient]
+) -> None:
+    base = sandbox.url("webhook")
+    first = httpx.post(base + "/hooks/busy-2/slow", json={})
+    assert (first.status_code, first.headers["retry-after"]) == (429, "2")
+    assert httpx.post(base + "/hooks/other", json={}).status_code == 204, "other endpoints are not busy"
+    time.sleep(1.1)
+    again = httpx.post(base + "/hooks/busy-2/slow", json={})
+    assert (again.status_code, again.headers["retry-after"]) == (429, "1")
+    time.sleep(1.0)
+    assert httpx.post(base + "/hooks/busy-2/slow", json={}).status_code == 204
+    assert controls["webhook"].stats()["errors"] == {"busy": 2}

@@ -19,6 +19,7 @@ AUDITED = {
     "notifications/delivery/redis_client.py:register_lua": "the helper itself",
     # endpoint pauses: the pause key and the failure run of one endpoint (same {<digest>} tag).
     "notifications/delivery/endpoint_backoff.py:EndpointBackoff.__init__": "register_script pause (one key), failure",
+    "notifications/redis_connect.py:PlatformRedisCluster.pipeline": "builds the pipeline (hands it the script routing); sends no key itself",
     "notifications/redis_multi.py:get_many": "the helper itself: MGET, or one MGET per slot on a cluster",
     "notifications/redis_multi.py:evalsha_pipelined": "the helper itself: EVALSHA of the calls' own keys",
     # preferences: one key per fenced set; frequency caps: the {user} tag of one request.

@@ -11,9 +11,14 @@ PACKAGES = ("notifications", "campaigns", "preferences", "config")
 
 #: Every call site (module:function) that hands Redis several keys at once, and why they share a slot.
 AUDITED = {
-    # dedup_confirm / dedup_release: the dedup key and its shard's counter (same {d…} tag).
-    "notifications/delivery/dedup.py:DedupStore.__init__": "register_lua dedup_confirm, dedup_release",
-    "notifications/delivery/dedup.py:DedupStore._run_script_many": "evalsha_pipelined: DedupStore.key + tally_key",
+    # dedup_confirm / dedup_release / dedup_take_over / worker_liveness: the dedup key with its shard's
+    # counter or its owner's liveness key in that shard (same {d…} tag); a liveness key alone.
+    "notifications/delivery/dedup.py:DedupStore.__init__": (
+        "register_lua dedup_confirm, dedup_release, dedup_take_over, worker_liveness"
+    ),
+    "notifications/delivery/dedup.py:DedupStore._run_script_many": (
+        "evalsha_pipelined: DedupStore.key + tally_key or liveness_key; _liveness_key alone"
+    ),
     # token bucket scripts: one key each ({prefix}tb:<bucket>).
     "notifications/delivery/token_bucket.py:TokenBucket.__init__": "register_lua take/book/hold: one key",
     "notifications/delivery/redis_client.py:register_lua": "the helper itself",

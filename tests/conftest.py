@@ -265,7 +265,7 @@ def running():
 
 class PrivateRedis:
     """A redis-server of one test's own on a free port, without persistence, to stop and start again
-    (a Redis restart loses its data, as the shared one's would): never the shared Redis."""
+    (a restart loses its data) or to freeze and thaw: never the shared Redis."""
 
     def __init__(self, directory) -> None:
         with socket.socket() as sock:
@@ -302,8 +302,16 @@ class PrivateRedis:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+
+    def freeze(self) -> None:
+        """Unresponsive, not gone: connections stay open and calls time out."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture

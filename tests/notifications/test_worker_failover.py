@@ -171,13 +171,15 @@ def hold_provider(seconds: float) -> TokenBucket:
     return bucket
 
 
-def test_urgent_messages_wait_out_a_redis_restart_and_go_out_within_two_seconds_of_its_return(
-    running, topics, twilio, redis_of_the_test, capsys
+@pytest.mark.parametrize("outage_kind", ["restart", "freeze"])
+def test_urgent_messages_wait_out_a_redis_outage_and_go_out_within_two_seconds_of_its_return(
+    running, topics, twilio, redis_of_the_test, outage_kind, capsys
 ):
-    """Redis (dedup and token buckets) is killed while a send is on its way to the provider, and
-    started again 6 s later, empty. Urgent messages that arrive meanwhile are held and sent once
-    Redis answers: each within the outage + 2 s, none in a retry tier, none without a claim, none
-    twice; the send under way is confirmed once Redis is back."""
+    """Redis (dedup and token buckets) goes away while a send is on its way to the provider: killed
+    and started again 6 s later, empty (restart), or stopped for 6 s, its calls timing out (freeze).
+    Urgent messages that arrive meanwhile are held and sent once Redis answers: each within the
+    outage + 2 s, none in a retry tier, none without a claim, none twice; the send under way is
+    confirmed once Redis is back."""
     private_redis = redis_of_the_test
     outage = 6.0
     fail_open_before = DEDUP_FAIL_OPEN.labels("sms")._value.get()
@@ -191,7 +193,7 @@ def test_urgent_messages_wait_out_a_redis_restart_and_go_out_within_two_seconds_
         produce([first], producer)
         wait_for(lambda: get_redis().get(first_key), interval=0.02, what="the first message claimed")
         time.sleep(0.3)  # its request is at the provider now
-        private_redis.stop()
+        private_redis.stop() if outage_kind == "restart" else private_redis.freeze()
         down_at = time.time()
         twilio.configure(latency={"kind": "fixed", "ms": 0})
         produced = {}
@@ -199,7 +201,7 @@ def test_urgent_messages_wait_out_a_redis_restart_and_go_out_within_two_seconds_
             produced |= produce([m], producer)
             time.sleep(0.5)
         time.sleep(max(0.0, down_at + outage - time.time()))
-        private_redis.start()
+        private_redis.start() if outage_kind == "restart" else private_redis.thaw()
         up_at = time.time()
         seen = wait_for(lambda: all_arrived(twilio, 1 + len(during)), timeout=30)
         confirmed = wait_for(lambda: get_redis().get(first_key) == b"sent", what="the first send confirmed")
@@ -209,7 +211,7 @@ def test_urgent_messages_wait_out_a_redis_restart_and_go_out_within_two_seconds_
     late = {key: delays[key] - waited[key] for key in delays}
     with capsys.disabled():
         print(
-            f"\n[Redis restart, {up_at - down_at:.1f} s] {len(during)} urgent messages during the outage: delay "
+            f"\n[Redis {outage_kind}, {up_at - down_at:.1f} s] {len(during)} urgent messages during the outage: delay "
             f"max {max(delays.values()):.2f} s; after Redis was back: max {max(late.values()):.2f} s"
         )
     assert all(seen[m["id"]][0] >= up_at for m in during), "none was sent while Redis was away"

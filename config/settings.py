@@ -211,6 +211,14 @@ WORKER_BATCH_SIZE = env.int("WORKER_BATCH_SIZE", default=500)
 # Sends in flight per worker process: at 100 ms provider latency, 200 in flight ≈ 2,000 sends/s.
 WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=200)
 WORKER_IN_PROCESS_RETRIES = env.int("WORKER_IN_PROCESS_RETRIES", default=2)
+# While Redis (dedup, token buckets) is unreachable for less than this many seconds, a worker holds
+# the messages in hand and sends them as soon as it answers; only a longer outage parks them in retry
+# tiers (bucket) or sends them without a claim (dedup, counted). 0: no holding.
+WORKER_REDIS_HOLD_SECONDS = env.float("WORKER_REDIS_HOLD_SECONDS", default=30.0)
+# A worker's liveness keys (one per dedup shard) live this long and are refreshed this often from its
+# event loop; a claim whose owner's key is gone passes to the next worker that reads the message.
+WORKER_LIVENESS_TTL = env.float("WORKER_LIVENESS_TTL", default=3.0)
+WORKER_LIVENESS_INTERVAL = env.float("WORKER_LIVENESS_INTERVAL", default=1.0)
 # Provider HTTP timeout (s); the dedup lease is derived from it so a claim outlives the send.
 PROVIDER_TIMEOUT = env.float("PROVIDER_TIMEOUT", default=10.0)
 DEDUP_SENT_TTL = env.float("DEDUP_SENT_TTL", default=24 * 3600)

@@ -3,9 +3,11 @@ platform's processes."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -259,3 +261,63 @@ class RunningRole:
 def running():
     """`with running(runner):` runs a platform role in a thread for the block (see RunningRole)."""
     return RunningRole
+
+
+class PrivateRedis:
+    """A redis-server of one test's own on a free port, without persistence, to stop and start again
+    (a restart loses its data) or to freeze and thaw: never the shared Redis."""
+
+    def __init__(self, directory) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.directory = directory
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        probe = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                probe.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.02)
+        probe.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def freeze(self) -> None:
+        """Unresponsive, not gone: connections stay open and calls time out."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis of this test's own, started (`.stop()` / `.start()` restart it; see PrivateRedis)."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -11,15 +11,20 @@ PACKAGES = ("notifications", "campaigns", "preferences", "config")
 
 #: Every call site (module:function) that hands Redis several keys at once, and why they share a slot.
 AUDITED = {
-    # dedup_confirm / dedup_release: the dedup key and its shard's counter (same {d…} tag).
-    "notifications/delivery/dedup.py:DedupStore.__init__": "register_lua dedup_confirm, dedup_release",
-    "notifications/delivery/dedup.py:DedupStore._run_script_many": "evalsha_pipelined: DedupStore.key + tally_key",
+    # dedup_confirm / dedup_release / dedup_take_over / worker_liveness: the dedup key with its shard's
+    # counter or its owner's liveness key in that shard (same {d…} tag); a liveness key alone.
+    "notifications/delivery/dedup.py:DedupStore.__init__": (
+        "register_lua dedup_confirm, dedup_release, dedup_take_over, worker_liveness"
+    ),
+    "notifications/delivery/dedup.py:DedupStore._run_script_many": (
+        "evalsha_pipelined: DedupStore.key + tally_key or liveness_key; _liveness_key alone"
+    ),
     # token bucket scripts: one key each ({prefix}tb:<bucket>).
     "notifications/delivery/token_bucket.py:TokenBucket.__init__": "register_lua take/book/hold: one key",
     "notifications/delivery/redis_client.py:register_lua": "the helper itself",
     # endpoint pauses: the pause key and the failure run of one endpoint (same {<digest>} tag).
     "notifications/delivery/endpoint_backoff.py:EndpointBackoff.__init__": "register_script pause (one key), failure",
-    "notifications/redis_connect.py:PlatformRedisCluster.pipeline": "builds the pipeline (hands it the script routing); sends no key itself",
+    "notifications/redis_connect.py:PlatformRedisCluster.pipeline": "builds a pipeline; sends no key itself",
     "notifications/redis_multi.py:get_many": "the helper itself: MGET, or one MGET per slot on a cluster",
     "notifications/redis_multi.py:evalsha_pipelined": "the helper itself: EVALSHA of the calls' own keys",
     # preferences: one key per fenced set; frequency caps: the {user} tag of one request.

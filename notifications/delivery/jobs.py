@@ -27,6 +27,11 @@ class Job:
     first_attempt_at: float
     errors: list[dict[str, Any]] = field(default_factory=list)
     claimed: bool = False
+    #: When the claim was asked for (time.monotonic()): the worker's liveness vouches for claims made
+    #: since its keys have been alive without a gap.
+    claimed_at: float | None = None
+    #: Claimed blindly (Redis unusable beyond the hold): nothing to check in Redis before the send.
+    fail_open: bool = False
     #: What settling this job writes (delivery log, the message's producer's outcomes, dead contact
     #: points); filled in the event loop, read by the thread that settles and commits once it is done.
     entries: list[LogEntry] = field(default_factory=list)

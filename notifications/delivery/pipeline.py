@@ -2,8 +2,8 @@
 
 Finished jobs are settled (produces acknowledged, delivery log written) every `settle_interval`, and
 each partition is committed below its first unfinished message (`OffsetTracker`). The bulk lane is
-polled only for the bulk credit left. How and why: `docs/architecture.md`, "Delivery" (worker loop)
-and "Priority lanes".
+polled only for the bulk credit left. Nothing new is polled while the worker holds its messages for
+Redis. How and why: `docs/architecture.md`, "Delivery" (worker loop) and "Priority lanes".
 """
 
 from __future__ import annotations
@@ -131,9 +131,12 @@ class PipelinedWorkerRunner(ConsumerRunner):
 
     # -- the loop -----------------------------------------------------------------------------------------
     def started(self) -> None:
+        # Liveness keys before the first claim: a claim whose owner has none may be taken over at once.
+        self.worker.liveness.refresh()
         loop = self.worker.loop
         self._loop_thread = threading.Thread(target=loop.run_forever, name=f"{self.config.role}-loop", daemon=True)
         self._loop_thread.start()
+        loop.call_soon_threadsafe(self.worker.start_background)
 
     def step(self) -> None:
         self._collect(timeout=0)
@@ -141,6 +144,13 @@ class PipelinedWorkerRunner(ConsumerRunner):
             # A dependency was away: take nothing new until settling (and the provider table) work.
             self._settle_and_commit()
             self.worker.refresh_providers()
+            return
+        if self.worker.hold.holding:
+            # Redis is away for a moment: the messages in hand wait for it; take nothing new (the
+            # consumer keeps its group: the hold's bound is far below max.poll.interval.ms).
+            self._collect(timeout=0.05)
+            if time.monotonic() - self._last_settle >= self.settle_interval:
+                self._settle_and_commit()
             return
         self._take_next()
         if time.monotonic() - self._last_settle >= self.settle_interval:
@@ -287,6 +297,7 @@ class PipelinedWorkerRunner(ConsumerRunner):
         async def close_adapters() -> None:
             from notifications.providers.registry import close_adapters as close
 
+            await self.worker.close_background()
             await close()
 
         try:

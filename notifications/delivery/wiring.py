@@ -1,6 +1,10 @@
 """Assembling a channel worker and its runner from settings, the Provider table and the campaign hooks."""
 
 import math
+import os
+import re
+import socket
+import uuid
 from collections.abc import Callable
 
 from confluent_kafka import Producer
@@ -11,7 +15,7 @@ from notifications.bus.config import producer_config
 from notifications.bus.consumers import consumer
 from notifications.bus.producing import AckedProducer
 from notifications.delivery.backoff import RetryPolicy
-from notifications.delivery.dedup import DedupStore, required_lease_ms
+from notifications.delivery.dedup import DedupStore, Owner, new_incarnation, required_lease_ms
 from notifications.delivery.endpoint_backoff import EndpointBackoff, EndpointBackoffConfig
 from notifications.delivery.kill_switches import WorkerSwitches
 from notifications.delivery.outcomes import Outcomes
@@ -48,6 +52,14 @@ def invalidate_contact(message: ChannelMessage, result: SendResult) -> None:
     contact_point_invalidate(user_id=message["user_id"], channel=channel, address=address, reason=reason)
 
 
+def worker_instance(channel: str) -> str:
+    """The name a channel worker's dedup claims carry: the role and its static member name
+    (`CONSUMER_INSTANCE`), the same after a restart, so a restarted worker takes its predecessor's
+    claims over at once; without one, a name of this process alone."""
+    name = settings.CONSUMER_INSTANCE or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return re.sub(r"[{}|]", "_", f"worker-{channel}.{name}")
+
+
 def build_worker(channel: str, *, producer: Producer | None = None, dedup: DedupStore | None = None) -> ChannelWorker:
     redis_client = get_redis()
     dedup = dedup or DedupStore(
@@ -61,6 +73,7 @@ def build_worker(channel: str, *, producer: Producer | None = None, dedup: Dedup
         sent_ttl_ms=int(settings.DEDUP_SENT_TTL * 1000),
         tally_ttl_ms=settings.CAMPAIGN_STATE_TTL_SECONDS * 1000,
         on_fail_open=lambda n: DEDUP_FAIL_OPEN.labels(channel).inc(n),
+        owner=Owner(worker_instance(channel), new_incarnation()),
     )
     from campaigns.delivery_hooks import CampaignHooks
 
@@ -80,6 +93,9 @@ def build_worker(channel: str, *, producer: Producer | None = None, dedup: Dedup
             concurrency=settings.WORKER_CONCURRENCY,
             max_in_process_retries=settings.WORKER_IN_PROCESS_RETRIES,
             rate_window_margin=settings.RATE_LIMIT_WINDOW_MARGIN,
+            redis_hold_seconds=settings.WORKER_REDIS_HOLD_SECONDS,
+            liveness_ttl=settings.WORKER_LIVENESS_TTL,
+            liveness_interval=settings.WORKER_LIVENESS_INTERVAL,
         ),
         providers=table,
         refresh_providers=refresh,

@@ -3,14 +3,18 @@
 One `ChannelWorker` serves one channel on its own event loop; `PipelinedWorkerRunner`
 (`pipeline.py`) feeds it polled jobs (`jobs.py`) and settles what `outcomes.py` recorded. Sends run
 concurrently (bounded by `concurrency`); claims are one pipeline per batch, and the confirms of every
-send finished in one loop iteration one pipeline. How and why: `docs/architecture.md`, "Delivery".
+send finished in one loop iteration one pipeline. While Redis is briefly away the messages in hand
+wait for it (`redis_hold.py`); a claim is checked to be still ours before its send when the worker's
+liveness keys may have lapsed since it was made (`liveness.py`). How and why: `docs/architecture.md`,
+"Delivery".
 """
 
 import asyncio
 import logging
 import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,13 +24,15 @@ from prometheus_client import Counter, Histogram
 from notifications.bus.runner import Deferrals
 from notifications.bus.topics import RETRY_TIERS
 from notifications.delivery.backoff import RetryAction, RetryPolicy
-from notifications.delivery.dedup import ClaimStatus, DedupStore
+from notifications.delivery.dedup import ClaimResult, ClaimStatus, DedupStore
 from notifications.delivery.dispenser import TokenDispenser
 from notifications.delivery.endpoint_backoff import EndpointBackoff
 from notifications.delivery.jobs import Job, read_batch
 from notifications.delivery.kill_switches import SwitchStop, WorkerSwitches, apply_switch_stop
+from notifications.delivery.liveness import Liveness
 from notifications.delivery.outcomes import Outcomes, error_entry
 from notifications.delivery.provider_slots import ProviderSlot
+from notifications.delivery.redis_hold import RedisHold
 from notifications.delivery.token_bucket import RateLimiterUnavailable, TokenBucket
 from notifications.dispatch.messages import ChannelMessage
 from notifications.priority import message_priority
@@ -36,6 +42,16 @@ log = logging.getLogger(__name__)
 
 SENDS = Counter("worker_sends_total", "Provider calls by outcome", ["channel", "provider", "outcome"])
 SKIPPED = Counter("worker_dedup_skipped_total", "Messages not sent because dedup says already sent", ["channel"])
+CLAIMS_TAKEN_OVER = Counter(
+    "worker_claims_taken_over_total",
+    "Claims taken over from a worker that died, stalled or was restarted (instead of waiting for its lease)",
+    ["channel"],
+)
+CLAIMS_LOST = Counter(
+    "worker_claims_lost_total",
+    "Messages not sent because another worker took their claim over before the send (a stall, a gap in liveness)",
+    ["channel"],
+)
 TOKEN_WAIT = Histogram(
     "worker_token_wait_seconds",
     "Time spent waiting for rate-limit tokens",
@@ -92,6 +108,11 @@ class WorkerConfig:
     #: Provider slots are (1 + margin) / R apart, and a send later than margin / 2 seconds after its
     #: slot books again, so a provider enforcing exactly R per second sees no 1 s window above R.
     rate_window_margin: float | None = 0.02
+    #: While Redis is away for less than this, the messages in hand wait for it (0: never wait).
+    redis_hold_seconds: float = 30.0
+    #: The dedup owner's liveness keys: their TTL, and how often the event loop refreshes them.
+    liveness_ttl: float = 3.0
+    liveness_interval: float = 1.0
 
 
 class ChannelWorker:
@@ -134,6 +155,20 @@ class ChannelWorker:
         self._stopping = False
         self._revoked: set[tuple[str, int]] = set()
         self._active: set[Job] = set()
+        #: Set (and cleared at once) on a revocation or a stop: wakes batches waiting for Redis to claim.
+        self._interrupted = asyncio.Event()
+        #: Liveness refreshes and Redis probes: off the event loop, and never behind provider sends.
+        self._redis_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"worker-{self.channel}-redis")
+        self.liveness = Liveness(dedup, ttl=config.liveness_ttl, interval=config.liveness_interval)
+        self.hold = RedisHold(
+            channel=self.channel,
+            bound=config.redis_hold_seconds,
+            probe=self._probe_redis,
+            on_back=self._redis_back,
+            executor=self._redis_executor,
+        )
+        self._background: list[asyncio.Task] = []
+        self._confirming: set[asyncio.Task] = set()  # sends confirmed once Redis is back
 
     # -- the consumer thread's side ------------------------------------------------------------------
     def prepare(self, messages: list[Message]) -> tuple[list[Job], Deferrals, list[Message]]:
@@ -159,11 +194,23 @@ class ChannelWorker:
         self.outcomes.settle(jobs)
         self.switches.refresh_if_due()
 
+    def start_background(self) -> None:
+        """Start the liveness refreshes (call in the event loop, once)."""
+        self._background.append(asyncio.ensure_future(self.liveness.run(self._redis_executor)))
+
+    async def close_background(self) -> None:
+        """Stop the liveness refreshes and any Redis probe (in the event loop)."""
+        for task in self._background:
+            task.cancel()
+        self.hold.close()
+        self._redis_executor.shutdown(wait=False, cancel_futures=True)
+
     def stop_sending(self) -> None:
         """Graceful stop (call in the event loop): sends in progress finish; jobs still waiting for a
-        concurrency slot or a token give their claim up and are not committed (redelivered later)."""
+        concurrency slot, a token or Redis give their claim up and are not committed (redelivered later)."""
         self._stopping = True
         self._give_up_waiting(lambda job: True)
+        self._interrupt_waits()
         for dispenser in self._dispensers.values():
             if dispenser.forfeited:
                 log.info("%s: %d send slot(s) given up for starting too late", dispenser.name, dispenser.forfeited)
@@ -174,6 +221,7 @@ class ChannelWorker:
         of every worker) waits only for the sends already under way."""
         self._revoked |= partitions
         self._give_up_waiting(lambda job: job.partition in partitions)
+        self._interrupt_waits()
 
     def reinstate(self, partitions: set[tuple[str, int]]) -> None:
         """Partitions assigned (again) to this worker (call in the event loop)."""
@@ -184,6 +232,10 @@ class ChannelWorker:
             if not job.sending and job.task is not None and which(job):
                 job.task.cancel()
 
+    def _interrupt_waits(self) -> None:
+        self._interrupted.set()
+        self._interrupted.clear()
+
     async def _process(self, jobs: list[Job]) -> None:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.config.concurrency)
@@ -191,7 +243,7 @@ class ChannelWorker:
 
     async def _process_jobs(self, jobs: list[Job]) -> None:
         jobs = self._apply_halts(jobs)
-        claims = self.dedup.claim_many([j.key for j in jobs])
+        jobs, claims = await self._claim(jobs)
         to_send: list[Job] = []
         seen: set[str] = set()
         for job in jobs:
@@ -214,14 +266,88 @@ class ChannelWorker:
                 self._completed(job)
                 continue
             job.claimed = True
+            job.fail_open = claim.fail_open
+            if claim.taken_over:
+                CLAIMS_TAKEN_OVER.labels(self.channel).inc()
             to_send.append(job)
         if not to_send:
             return
         tasks = []
         for job in to_send:
+            self._active.add(job)  # from now on its claim is in use (see _claim's `mine`)
             job.task = asyncio.ensure_future(self._deliver_and_report(job))
             tasks.append(job.task)
         await asyncio.gather(*tasks)
+
+    async def _claim(self, jobs: list[Job]) -> tuple[list[Job], dict[str, ClaimResult]]:
+        """Claim the batch (one pipeline). While Redis is away, within the hold's bound, the batch
+        waits for it; jobs whose partition is revoked meanwhile (every job, on a stop) are given up.
+        Beyond the bound the claims fail open, counted, as they did before holds existed."""
+        mine: set[str] = set()
+        while jobs:
+            keys = [job.key for job in jobs]
+            started = time.monotonic()
+            claims = self.dedup.try_claim_many(keys, mine=mine)
+            if claims is None:
+                if self.hold.failed("dedup claim"):
+                    await self._wait_for_redis(interruptible=True)
+                    jobs = self._drop_given_up(jobs)
+                    # The failed call may have made some claims: ours, unless a job in progress has
+                    # the same message (then it is in flight, as always).
+                    mine = {job.key for job in jobs} - {job.key for job in self._active}
+                    continue
+                claims = self.dedup.claim_many(keys)
+            for job in jobs:
+                job.claimed_at = started
+            return jobs, claims
+        return [], {}
+
+    def _drop_given_up(self, jobs: list[Job]) -> list[Job]:
+        """Jobs of revoked partitions (all of them when stopping) leave uncommitted; the rest stay."""
+        kept, given_up = [], []
+        for job in jobs:
+            (given_up if self._stopping or job.partition in self._revoked else kept).append(job)
+        if given_up:
+            self.dedup.release_many([job.key for job in given_up])  # claims a failed call may have made
+            for job in given_up:
+                job.abandoned = True
+                job.entries.clear()
+                job.meta_outcomes.clear()
+                self._completed(job)
+        return kept
+
+    async def _wait_for_redis(self, *, interruptible: bool = False) -> bool:
+        """True once Redis answers again (at once when no hold is on); False when the hold's bound
+        passed first, or (`interruptible`) a revocation or a stop came first."""
+        if not interruptible:
+            return await self.hold.wait()
+        back = asyncio.ensure_future(self.hold.wait())
+        interrupted = asyncio.ensure_future(self._interrupted.wait())
+        try:
+            await asyncio.wait({back, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupted.cancel()
+        if back.done():
+            return back.result()
+        back.cancel()
+        return False
+
+    def _probe_redis(self) -> None:
+        """Does Redis answer (the hold's probe, on the Redis thread)? Raises while it does not. With an
+        owner the probe is a liveness refresh: every dedup shard's master answers, and the worker's
+        claims are covered again as soon as it is back."""
+        if self.liveness.enabled:
+            if self.liveness.refresh() is None:
+                raise ConnectionError("the liveness refresh failed")
+        else:
+            self.dedup.client.ping()
+        if self.bucket.client is not self.dedup.client:
+            self.bucket.client.ping()
+
+    def _redis_back(self) -> None:
+        """Redis answers again: the breakers that opened meanwhile close, so the held messages go on at once."""
+        self.dedup.breaker.reset()
+        self.bucket.breaker.reset()
 
     async def _deliver_and_report(self, job: Job) -> None:
         self._active.add(job)
@@ -254,15 +380,30 @@ class ChannelWorker:
         jobs, self._confirm_queue = self._confirm_queue, []
         if not jobs:
             return
-        self._confirm(jobs)
+        if not self._confirm(jobs) and self.hold.failed("dedup confirm"):
+            task = asyncio.ensure_future(self._confirm_later(jobs))
+            self._confirming.add(task)
+            task.add_done_callback(self._confirming.discard)
+            return
         for job in jobs:
             self._completed(job)
 
-    def _confirm(self, jobs: list[Job]) -> None:
-        """Mark the jobs' sends in the dedup store (never raises: Redis errors are logged), counting
-        each campaign message's send in the same script (`sent_tally`: the name of its counter)."""
+    async def _confirm_later(self, jobs: list[Job]) -> None:
+        """Sent, but Redis was away for the confirm: confirm once it is back (the 'sent' markers keep
+        copies from being sent again, and campaigns count their sends), at most until the hold's
+        bound; only then are the jobs done (and their offsets committable)."""
+        while await self._wait_for_redis():
+            if self._confirm(jobs) or not self.hold.failed("dedup confirm"):
+                break
+        for job in jobs:
+            self._completed(job)
+
+    def _confirm(self, jobs: list[Job]) -> bool:
+        """Mark the jobs' sends in the dedup store, counting each campaign message's send in the same
+        script (`sent_tally`: the name of its counter). False when Redis could not be reached (never
+        raises: per-key errors are logged)."""
         tallies = {job.key: tally for job in jobs if (tally := self.hooks.sent_tally(job.body)) is not None}
-        self.dedup.confirm_many([job.key for job in jobs], tallies=tallies)
+        return self.dedup.try_confirm_many([job.key for job in jobs], tallies=tallies) is not None
 
     async def _deliver(self, job: Job) -> bool:
         """Send one job: pick a provider, take a token, send, and settle the outcome. Returns True
@@ -297,11 +438,7 @@ class ChannelWorker:
             admitted = await limit.acquire(slot.adapter.requests_for(job.body)) if limit is not None else 0
             try:
                 async with self._sem:  # type: ignore[union-attr]
-                    try:
-                        await self._take_throttle_token(job)
-                        await self._take_token(slot, job)
-                    except RateLimiterUnavailable:
-                        self._release_and_park(job, delay=None, error={"error_class": "rate_limiter_unavailable"})
+                    if not await self._ready_to_send(slot, job):
                         return False
                     if self.switches.stops(job.body, slot):  # pulled while this job waited: choose again
                         continue
@@ -372,6 +509,73 @@ class ChannelWorker:
             return False
         self._release_and_park(job, delay=None, error=None)
         return False
+
+    async def _ready_to_send(self, slot: ProviderSlot, job: Job) -> bool:
+        """Take the send slot (and the campaign throttle's token), then make sure the claim is still
+        ours, with no wait between that check and the send. While Redis is away, within the hold's
+        bound, wait for it (and take the slot again: the one held is stale by then). False when the
+        job ended otherwise: parked (the bucket beyond the bound), or dropped (its claim was lost)."""
+        takes: tuple[Callable[[], Awaitable[None]], ...] = (
+            lambda: self._take_throttle_token(job),
+            lambda: self._take_token(slot, job),
+        )
+        while True:
+            for take in takes:
+                while True:
+                    try:
+                        await take()
+                        break
+                    except RateLimiterUnavailable:
+                        if self.hold.failed("token bucket") and await self._wait_for_redis():
+                            continue
+                        self._release_and_park(job, delay=None, error={"error_class": "rate_limiter_unavailable"})
+                        return False
+            status = self._check_claim(job)
+            if status is not None:
+                break
+            if self.hold.failed("dedup check") and await self._wait_for_redis():
+                continue
+            self.dedup.fail_open([job.key], "claim check unavailable")  # beyond the bound: send, counted
+            status = ClaimStatus.CLAIMED
+        if status is ClaimStatus.CLAIMED:
+            return True
+        self._claim_lost(job, status)
+        return False
+
+    def _check_claim(self, job: Job) -> ClaimStatus | None:
+        """CLAIMED when the job's claim is certainly still ours: made while the worker's liveness keys
+        were alive without a gap since (no Redis call), or found ours (or free, and claimed again) in
+        Redis. IN_FLIGHT / ALREADY_SENT when another worker took it over or sent it; None when Redis
+        could not be asked."""
+        if not job.claimed or job.fail_open or self.liveness.vouches_for(job.claimed_at):
+            return ClaimStatus.CLAIMED
+        started = time.monotonic()
+        found = self.dedup.reclaim_many([job.key])
+        if found is None:
+            return None
+        if found[job.key] is ClaimStatus.CLAIMED:
+            job.claimed_at = started
+        return found[job.key]
+
+    def _claim_lost(self, job: Job, status: ClaimStatus) -> None:
+        """The claim is another worker's now (this one stalled, or its liveness lapsed) or the message
+        was sent meanwhile: not sent here. A job of a partition this worker lost is dropped (its new
+        owner has it); otherwise it looks again later, like a message found in flight."""
+        job.claimed = False  # nothing of ours to release
+        CLAIMS_LOST.labels(self.channel).inc()
+        log.warning(
+            "claim taken over before the send: not sent",
+            extra={"channel": self.channel, "key": job.key, "found": str(status)},
+        )
+        if status is ClaimStatus.ALREADY_SENT:
+            SKIPPED.labels(self.channel).inc()
+            self._note_deduplicated(job)
+        elif self._stopping or job.partition in self._revoked:
+            job.abandoned = True
+            job.entries.clear()
+            job.meta_outcomes.clear()
+        else:
+            self.outcomes.park(job, delay=self.config.tiers[0][1])
 
     def _abandon(self, job: Job) -> None:
         """The worker stops before this job got a token: nothing was sent; give the claim up so the

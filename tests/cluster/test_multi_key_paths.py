@@ -12,7 +12,14 @@ from django.conf import settings
 from campaigns.halt import read_halts, set_halt
 from campaigns.progress import read_counters, read_sent, record_expansion, record_outcomes, sent_tally
 from notifications.delivery.circuit_breaker import CircuitBreaker
-from notifications.delivery.dedup import ClaimStatus, ConfirmResult, DedupStore, ReleaseResult
+from notifications.delivery.dedup import (
+    ClaimStatus,
+    ConfirmResult,
+    DedupStore,
+    Owner,
+    ReleaseResult,
+    new_incarnation,
+)
 from notifications.delivery.endpoint_backoff import EndpointBackoff, EndpointBackoffConfig
 from notifications.delivery.token_bucket import TokenBucket
 from notifications.redis_client import get_redis
@@ -72,6 +79,17 @@ def test_dedup(prefix):
     assert set(store.confirm_many(keys[:200], tallies=tallies).values()) == {ConfirmResult.ALREADY_SENT}
     assert read_sent(get_redis(), [7]) == {7: 200}
     assert breaker.state == "closed"
+    # Owners: liveness keys in every shard (256 slots), and take-overs reading a claim with its
+    # owner's liveness key of the same shard.
+    dead = DedupStore(get_redis(), prefix, owner=Owner("worker-email.a", new_incarnation()), breaker=breaker)
+    heir = DedupStore(get_redis(), prefix, owner=Owner("worker-email.b", new_incarnation()), breaker=breaker)
+    assert dead.refresh_liveness(60_000) is True and heir.refresh_liveness(60_000) is True
+    owned = [f"evt-o{i}:{i}:email" for i in range(300)]
+    assert all(r.status is ClaimStatus.CLAIMED for r in dead.claim_many(owned).values())
+    assert {r.status for r in heir.claim_many(owned).values()} == {ClaimStatus.IN_FLIGHT}
+    get_redis().delete(*{dead.liveness_key(k, "worker-email.a") for k in owned})  # split by slot by the client
+    assert all(r.taken_over for r in heir.claim_many(owned).values())
+    assert set(dead.reclaim_many(owned).values()) == {ClaimStatus.IN_FLIGHT}
 
 
 def test_token_buckets(prefix):

@@ -15,7 +15,9 @@ from notifications.delivery.dedup import (
     ClaimStatus,
     ConfirmResult,
     DedupStore,
+    Owner,
     ReleaseResult,
+    new_incarnation,
     required_lease_ms,
 )
 from notifications.delivery.redis_client import lua_source
@@ -206,3 +208,104 @@ def test_lease_must_outlast_the_send(redis_client: redis.Redis, prefix: str) -> 
         DedupStore(redis_client, prefix, token=SENT_MARKER)
     with pytest.raises(ValueError):
         DedupStore(redis_client, prefix).claim("")
+
+
+def owner(instance: str, started_ms: int) -> Owner:
+    """An owner whose incarnation sorts by `started_ms`, as `new_incarnation()` does."""
+    return Owner(instance, f"{started_ms:013d}-{uuid.uuid4().hex[:8]}")
+
+
+def test_a_claim_passes_at_once_to_the_next_claimer_when_its_owner_stops_refreshing_its_liveness(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    a = DedupStore(redis_client, prefix, owner=owner("worker-sms.a", 1))
+    b = DedupStore(redis_client, prefix, owner=owner("worker-sms.b", 2))
+    assert a.refresh_liveness(60_000) is True and b.refresh_liveness(60_000) is True
+    assert a.claim("msg-1") == CLAIMED
+    assert b.claim("msg-1").status is ClaimStatus.IN_FLIGHT, "a is alive: its claim stays"
+    assert redis_client.get(a.key("msg-1")) == a.token.encode() == b"worker-sms.a|" + a.owner.incarnation.encode()
+    redis_client.delete(a.liveness_key("msg-1", "worker-sms.a"))  # a died: its key expired
+    assert b.claim("msg-1") == ClaimResult(ClaimStatus.CLAIMED, taken_over=True)
+    assert redis_client.get(a.key("msg-1")) == b.token.encode()
+    assert 0 < redis_client.pttl(a.key("msg-1")) <= b.lease_ms
+    # a comes back (a stalled process): its claim is gone, and it must not send.
+    assert a.reclaim_many(["msg-1"]) == {"msg-1": ClaimStatus.IN_FLIGHT}
+    assert a.confirm("msg-1") is ConfirmResult.LEASE_LOST
+    assert a.release("msg-1") is ReleaseResult.NOT_OWNER
+    assert b.reclaim_many(["msg-1"]) == {"msg-1": ClaimStatus.CLAIMED}
+    assert b.confirm("msg-1") is ConfirmResult.CONFIRMED
+    assert a.reclaim_many(["msg-1"]) == {"msg-1": ClaimStatus.ALREADY_SENT}
+
+
+def test_liveness_keys_expire_by_themselves(redis_client: redis.Redis, prefix: str) -> None:
+    a = DedupStore(redis_client, prefix, owner=owner("worker-sms.a", 1))
+    b = DedupStore(redis_client, prefix, owner=owner("worker-sms.b", 2))
+    assert a.refresh_liveness(150) is True
+    assert a.claim("msg-1") == CLAIMED
+    assert b.claim("msg-1").status is ClaimStatus.IN_FLIGHT
+    time.sleep(0.25)
+    assert b.claim("msg-1").taken_over
+
+
+def test_a_restarted_worker_takes_over_its_predecessors_claims_at_once(redis_client: redis.Redis, prefix: str) -> None:
+    before = DedupStore(redis_client, prefix, owner=owner("worker-email.0", 1_000))
+    after = DedupStore(redis_client, prefix, owner=owner("worker-email.0", 2_000))
+    assert before.refresh_liveness(60_000) is True  # its keys have not expired yet: it was killed a moment ago
+    assert set(before.claim_many(["k1", "k2"]).values()) == {CLAIMED}
+    assert before.confirm("k2") is ConfirmResult.CONFIRMED
+    results = after.claim_many(["k1", "k2", "k3"])
+    assert results == {
+        "k1": ClaimResult(ClaimStatus.CLAIMED, taken_over=True),
+        "k2": ClaimResult(ClaimStatus.ALREADY_SENT),
+        "k3": CLAIMED,
+    }
+    # The successor's keys win over the predecessor's (a stopped process that resumes is superseded).
+    assert after.refresh_liveness(60_000) is True
+    assert before.refresh_liveness(60_000) is False
+    assert redis_client.get(after.liveness_key("k3", "worker-email.0")) == after.owner.incarnation.encode()
+    assert before.claim("k3").status is ClaimStatus.IN_FLIGHT, "an earlier incarnation never takes a later one's claims"
+
+
+def test_claims_of_a_store_without_an_owner_are_never_taken_over(redis_client: redis.Redis, prefix: str) -> None:
+    legacy = store(redis_client, prefix, "host:1:abc")
+    b = DedupStore(redis_client, prefix, owner=owner("worker-sms.b", 2))
+    assert legacy.claim("msg-1") == CLAIMED
+    assert b.claim("msg-1").status is ClaimStatus.IN_FLIGHT
+    with pytest.raises(ValueError):
+        legacy.refresh_liveness(1000)
+    with pytest.raises(ValueError):
+        DedupStore(redis_client, prefix, token="t", owner=owner("worker-sms.b", 2))
+    for bad in ("a|b", "", "{tag}"):
+        with pytest.raises(ValueError):
+            Owner(bad, "1")
+    assert Owner.parse("worker-sms.a|0001-ff") == Owner("worker-sms.a", "0001-ff")
+    assert Owner.parse("host:1:abc") is None and Owner.parse("|x") is None and Owner.parse(SENT_MARKER) is None
+    assert len({new_incarnation() for _ in range(100)}) == 100
+
+
+def test_a_claim_lost_with_a_redis_restart_is_claimed_again_before_the_send(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    a = DedupStore(redis_client, prefix, owner=owner("worker-sms.a", 1))
+    assert a.claim("msg-1") == CLAIMED
+    redis_client.delete(a.key("msg-1"))  # Redis restarted without its data
+    assert a.reclaim_many(["msg-1"]) == {"msg-1": ClaimStatus.CLAIMED}
+    assert redis_client.get(a.key("msg-1")) == a.token.encode()
+
+
+def test_a_retried_claim_counts_what_the_failed_attempt_claimed_as_ours(redis_client: redis.Redis, prefix: str) -> None:
+    a = DedupStore(redis_client, prefix, owner=owner("worker-sms.a", 1))
+    assert a.claim("msg-1") == CLAIMED  # the answer of this call was lost (Redis went away mid-call)
+    assert a.try_claim_many(["msg-1", "msg-2"], mine={"msg-1", "msg-2"}) == {"msg-1": CLAIMED, "msg-2": CLAIMED}
+    assert a.try_claim_many(["msg-1"]) == {"msg-1": ClaimResult(ClaimStatus.IN_FLIGHT)}, "else: in flight, as always"
+
+
+def test_without_redis_the_try_forms_answer_none_and_count_nothing(dead_redis: redis.Redis, prefix: str) -> None:
+    counted: list[int] = []
+    a = DedupStore(dead_redis, prefix, owner=owner("worker-sms.a", 1), on_fail_open=counted.append)
+    assert a.try_claim_many(["m1", "m2"]) is None
+    assert a.reclaim_many(["m1"]) is None
+    assert a.try_confirm_many(["m1"]) is None
+    assert a.refresh_liveness(3000) is None
+    assert counted == []
+    assert a.claim_many(["m1"]) == {"m1": ClaimResult(ClaimStatus.CLAIMED, fail_open=True)} and counted == [1]

@@ -52,10 +52,11 @@ def _random_keys(n: int) -> list[str]:
     return ["".join(rng.choices(string.ascii_letters + string.digits + ":-", k=rng.randint(5, 40))) for _ in range(n)]
 
 
-def test_a_dedup_key_and_its_counter_shard_share_a_slot():
+def test_a_dedup_key_its_counter_shard_and_its_owners_liveness_key_share_a_slot():
     store = DedupStore(redis.Redis(port=1), prefix="notif:")
     for idempotency_key in _random_keys(2000):
         assert key_slot(store.key(idempotency_key)) == key_slot(store.tally_key(idempotency_key, "campaign:9:sent"))
+        assert key_slot(store.key(idempotency_key)) == key_slot(store.liveness_key(idempotency_key, "worker-sms.0"))
         assert store.key(idempotency_key).startswith(f"notif:dedup:{{{dedup_shard_tag(idempotency_key)}}}:")
 
 

@@ -313,7 +313,9 @@ def test_failover_to_the_next_provider_when_the_primary_circuit_opens(running, t
     assert sandbox.client("sendgrid").stats()["accepted"] == 0
 
 
-def test_redis_down_fails_open_and_counts(running, topics, providers, sandbox):
+def test_redis_down_fails_open_and_counts(running, topics, providers, sandbox, settings):
+    """Beyond the Redis hold's bound (test_worker_failover.py: within it messages wait for Redis)."""
+    settings.WORKER_REDIS_HOLD_SECONDS = 0.5
     dead = redis.Redis(port=1, socket_timeout=0.1, socket_connect_timeout=0.1)
     before = DEDUP_FAIL_OPEN.labels("sms")._value.get()
     unreachable = DedupStore(

@@ -14,7 +14,7 @@ from notifications.models import DeliveryLog, utc_today
 log = logging.getLogger(__name__)
 
 #: Advisory lock (two ints) held by one maintenance run at a time; the others skip.
-MAINTENANCE_LOCK = (7302, 1)
+MAINTENANCE_LOCK = (7310, 1)
 #: Dropping a partition needs an exclusive lock on the whole table for an instant; if a long query
 #: holds the table, give up (the next run retries) rather than queue every writer behind the DROP.
 LOCK_TIMEOUT = "2s"

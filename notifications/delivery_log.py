@@ -15,13 +15,13 @@ from notifications.models import DeliveryLog, DeliveryStatus
 def log_day(timestamp: str | None) -> str | None:
     """The UTC day (ISO date) of an ISO 8601 timestamp: a row's partition (`created_day`). None when
     missing or unreadable: the row then gets today."""
-    if not timestamp:
+    if not timestamp or not isinstance(timestamp, str):
         return None
-    if timestamp.endswith(("+00:00", "Z")):
-        return timestamp[:10]
     try:
+        if timestamp.endswith(("+00:00", "Z")):  # what the platform writes: the date is the day
+            return dt.date.fromisoformat(timestamp[:10]).isoformat()
         moment = dt.datetime.fromisoformat(timestamp)
-    except (TypeError, ValueError):
+    except ValueError:
         return None
     if moment.tzinfo is None:
         return moment.date().isoformat()

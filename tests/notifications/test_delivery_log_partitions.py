@@ -50,7 +50,8 @@ def test_log_day_is_the_utc_day_of_a_timestamp():
     assert log_day("2026-11-30T23:59:59.5+00:00") == "2026-11-30"
     assert log_day("2026-11-30T23:30:00-02:00") == "2026-12-01"
     assert log_day("2026-11-30T10:00:00Z") == "2026-11-30"
-    assert log_day(None) is None and log_day("not a time") is None
+    assert log_day(None) is None and log_day("not a time") is None and log_day(20261130) is None
+    assert log_day("garbage+00:00") is None, "a producer's odd value never reaches the ::date cast"
 
 
 def test_rows_land_in_the_partition_of_their_event_day():

@@ -52,7 +52,7 @@ from notifications.dispatch.screening import (
 )
 from notifications.dispatch.templating import FieldsRenderer, RenderError, mentions
 from notifications.log_partitions import MAINTENANCE_INTERVAL as PARTITION_MAINTENANCE_INTERVAL
-from notifications.log_partitions import maintain_partitions
+from notifications.log_partitions import maintain_partitions_from_loop
 from notifications.models import MANDATORY_CATEGORIES, DeliveryStatus, Urgency
 from notifications.priority import Lane, classify, lane_for
 from preferences.cache import preferences_get_many
@@ -350,7 +350,7 @@ class Dispatcher:
             release_due_messages()
         if now - self._last_partitions >= PARTITION_MAINTENANCE_INTERVAL:
             self._last_partitions = now
-            maintain_partitions()
+            maintain_partitions_from_loop()
 
     # -- building ------------------------------------------------------------------------------
     def _build_message(self, c: _Candidate, scratch: _BatchScratch, day: str | None = None) -> ChannelMessage:

@@ -8,13 +8,15 @@ import uuid
 import psycopg
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import ProgrammingError, connection
+from prometheus_client import REGISTRY
 
 from notifications.delivery_log import LogEntry, log_day, record_delivery_outcomes, record_dispatch_outcomes
 from notifications.log_partitions import (
     MAINTENANCE_LOCK,
     create_partition_sql,
     maintain_partitions,
+    maintain_partitions_from_loop,
     partition_name,
     partitions,
 )
@@ -165,6 +167,26 @@ def test_maintenance_gives_up_rather_than_queue_writers_behind_a_long_query(sett
     assert changes.skipped == "lock_timeout" and changes.dropped == []
     assert partition_name(days_ago(40)) in partition_names(), "rolled back, dropped by the next run"
     assert maintain_partitions().dropped == [partition_name(days_ago(40))]
+
+
+def test_a_table_in_the_way_of_a_partition_is_counted_by_the_loop_and_raised_by_the_command(settings):
+    """The dispatcher's hourly run must not stop dispatching over it (a week of partitions ahead
+    leaves time to fix it); the command says it out loud."""
+    settings.DELIVERY_LOG_PARTITIONS_AHEAD = 8
+    in_the_way = partition_name(TODAY + dt.timedelta(days=8))
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {in_the_way}")
+        cursor.execute(f"CREATE TABLE {in_the_way} (x int)")
+    failures = "delivery_log_partition_maintenance_failures_total"
+    before = REGISTRY.get_sample_value(failures) or 0
+    try:
+        assert maintain_partitions_from_loop() is None
+        assert REGISTRY.get_sample_value(failures) == before + 1
+        with pytest.raises(ProgrammingError, match="already exists"):
+            call_command("maintain_delivery_log")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE {in_the_way}")
 
 
 def test_admin_changelist_and_change_view_show_partitioned_rows(admin_client):

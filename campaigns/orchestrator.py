@@ -238,6 +238,8 @@ class CampaignOrchestrator:
                 "user_ids": user_ids,
                 "content": {"campaign_id": campaign.pk, "copy_version": version},
                 "created_at": now.isoformat(),
+                # Every batch of a launch logs on the launch's day: a redelivered or deferred batch too.
+                "log_day": launch.created_at.astimezone(dt.UTC).date().isoformat(),
             }
             self._acked.produce(
                 channel_topic(channel, "batch"),

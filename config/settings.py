@@ -151,6 +151,15 @@ METRICS_PORT = env.int("METRICS_PORT", default=None)
 # (or the pod's address) where Prometheus scrapes from elsewhere. /metrics has no authentication, so
 # expose it only on a network that only the scraper reaches.
 METRICS_BIND = env("METRICS_BIND", default="127.0.0.1")
+# The same server answers /healthz and /readyz: the role's loop counts as stalled (503) when its last
+# turn is older than this many seconds (a turn is one batch, or one outage backoff of at most 5 s).
+PROCESS_LOOP_STALL_SECONDS = env.float("PROCESS_LOOP_STALL_SECONDS", default=60.0)
+
+# --- Delivery log partitions (docs/architecture.md, "Delivery log") ------------------------------
+# Daily partitions older than this many days are dropped (with their rows) by the maintenance.
+DELIVERY_LOG_RETENTION_DAYS = env.int("DELIVERY_LOG_RETENTION_DAYS", default=30)
+# Daily partitions created ahead of today, so a missed maintenance run never stops the writers.
+DELIVERY_LOG_PARTITIONS_AHEAD = env.int("DELIVERY_LOG_PARTITIONS_AHEAD", default=7)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -1,5 +1,6 @@
 """Models of the notification core: the outbox, producer API keys, accepted events, types."""
 
+import datetime as dt
 import hashlib
 import secrets
 import zlib
@@ -263,8 +264,16 @@ class DeliveryStatus(models.TextChoices):
     DLQ = "dlq", "In DLQ"
 
 
+def utc_today() -> dt.date:
+    return timezone.now().date()
+
+
 class DeliveryLog(models.Model):
-    """One row per (event, user, channel): what happened to it and why. Written in batches."""
+    """One row per (event, user, channel): what happened to it and why. Written in batches.
+
+    The table is partitioned by day on `created_day` (`notifications/log_partitions.py`); the
+    database's primary key is (id, created_day), `id` alone stays unique (one identity sequence).
+    """
 
     event_id = models.UUIDField()
     user_id = models.BigIntegerField()
@@ -277,9 +286,13 @@ class DeliveryLog(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
+    #: The partition key: the UTC day the event was accepted, the same on every redelivery.
+    created_day = models.DateField(default=utc_today, editable=False)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["event_id", "user_id", "channel"], name="deliverylog_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["event_id", "user_id", "channel", "created_day"], name="deliverylog_unique")
+        ]
         indexes = [
             models.Index(fields=["user_id", "-created_at"], name="deliverylog_user"),
             models.Index(fields=["status", "-created_at"], name="deliverylog_status"),

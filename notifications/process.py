@@ -1,13 +1,15 @@
-"""Running a long-lived role: stop on SIGTERM, serve metrics, and `run_consumer` for any registry consumer."""
+"""Running a long-lived role: stop on SIGTERM, serve metrics and probes, `run_consumer` for any consumer."""
 
 import gc
 import logging
 import signal
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
-from prometheus_client import start_http_server
+
+from notifications.probes import ALL_DEPENDENCIES, serve_probes
 
 log = logging.getLogger(__name__)
 
@@ -23,13 +25,13 @@ def install_stop_handlers(stop_event: threading.Event) -> None:
     signal.signal(signal.SIGINT, _handler)
 
 
-def start_metrics_server(port: int | None, *, default: int = 0) -> None:
-    """Serve /metrics on `port`, else METRICS_PORT, else the role's `default`; 0 serves nothing. It
-    listens on METRICS_BIND (loopback unless set)."""
+def start_metrics_server(port: int | None, *, default: int = 0, dependencies: Sequence[str] = ALL_DEPENDENCIES) -> None:
+    """Serve /metrics, /healthz and /readyz (checking `dependencies`) on `port`, else METRICS_PORT,
+    else the role's `default`; 0 serves nothing. It listens on METRICS_BIND (loopback unless set)."""
     if port is None:
         port = settings.METRICS_PORT if settings.METRICS_PORT is not None else default
     if port:
-        start_http_server(port, addr=settings.METRICS_BIND)
+        serve_probes(port, settings.METRICS_BIND, dependencies)
         log.info("metrics listening", extra={"port": port, "bind": settings.METRICS_BIND})
 
 
@@ -43,7 +45,7 @@ def run_consumer(name: str, *, metrics_port: int | None = None, instance: str | 
     spec = consumer(name)
     runner = spec.build(**options)
     install_stop_handlers(runner.stop_event)
-    start_metrics_server(metrics_port, default=spec.metrics_port)
+    start_metrics_server(metrics_port, default=spec.metrics_port, dependencies=spec.dependencies)
     # Full collections scan every object alive; after start-up that is mostly Django, the libraries
     # and the settings, which live as long as the process (gen-2 pauses of 55-120 ms every few
     # seconds in a worker: gaps in its sends). Freezing the start-up heap leaves the work's objects.

@@ -15,6 +15,7 @@ from django.conf import settings
 from campaigns.models import Campaign
 from campaigns.rendering import CopyBook, StaticFieldCache, build_copy_context, render_copy
 from notifications.channels import ALL_CHANNELS, Channel
+from notifications.delivery_log import log_day as log_day_of
 from notifications.dispatch.messages import ChannelMessage, channel_message, split_by_platform
 from notifications.dispatch.screening import address_for
 from notifications.dispatch.templating import RenderError
@@ -45,6 +46,8 @@ class BatchMessage:
     part: str = ""
     #: The recipients' frequency-cap tokens were taken when the batch was deferred: not again.
     caps_taken: bool = False
+    #: The launch's day (ISO date): the day of its delivery-log rows, whenever a batch is expanded.
+    log_day: str | None = None
 
     @property
     def ident(self) -> str | int:
@@ -72,6 +75,7 @@ def parse_batch(raw: bytes | None) -> BatchMessage:
             copy_version=str((body.get("content") or {}).get("copy_version") or ""),
             part=str(body.get("part") or ""),
             caps_taken=body.get("caps_taken") is True,
+            log_day=body.get("log_day") or log_day_of(body.get("created_at")),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise InvalidBatch(f"malformed batch message: {exc}") from exc
@@ -108,6 +112,7 @@ def deferred_batch_message(
         "content": {"campaign_id": batch.campaign_id, "copy_version": batch.copy_version},
         "deferred_until": due.isoformat(),
         "created_at": now.isoformat(),
+        "log_day": batch.log_day,
     }
     return str(deferred.ident), payload
 
@@ -196,6 +201,7 @@ def build_recipient_messages(
     now,
     test: bool = False,
     statics: StaticFieldCache | None = None,
+    log_day: str | None = None,
 ) -> list[ChannelMessage]:
     """The ready-to-send message(s) of one recipient on one channel ([] without a contact point).
     Raises RenderError when the copy does not render for this recipient."""
@@ -247,5 +253,6 @@ def build_recipient_messages(
         to=to,
         content=content,
         meta=meta,
+        log_day=log_day,
     )
     return split_by_platform(message)

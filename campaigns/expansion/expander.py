@@ -397,6 +397,7 @@ class BatchExpander:
                     recipient={"first_name": recipient.first_name, "attributes": recipient.attributes},
                     now=now,
                     statics=self.statics,
+                    log_day=batch.log_day,
                 )
             except RenderError as exc:
                 # Copy was validated with a sample recipient; a failure here is this recipient's data.
@@ -432,11 +433,14 @@ class BatchExpander:
         the first decision wins). A recipient released from a quiet-hours batch already has a
         ``scheduled`` row: if suppressed now (cap, opt-out meanwhile, cancel), that row is settled
         (one more statement); if sent, the worker moves it on as for any campaign message."""
+        day = batch.log_day
         entries = [
-            LogEntry(batch.launch_id, user_id, batch.channel, view.type_key, DeliveryStatus.SUPPRESSED, reason)
+            LogEntry(batch.launch_id, user_id, batch.channel, view.type_key, DeliveryStatus.SUPPRESSED, reason, day=day)
             for user_id, reason in suppressed.items()
         ] + [
-            LogEntry(batch.launch_id, user_id, batch.channel, view.type_key, DeliveryStatus.SCHEDULED, "quiet_hours")
+            LogEntry(
+                batch.launch_id, user_id, batch.channel, view.type_key, DeliveryStatus.SCHEDULED, "quiet_hours", day=day
+            )
             for user_id in scheduled
         ]
         record_dispatch_outcomes(entries)

@@ -38,6 +38,8 @@ class ConsumerSpec:
     metrics_port: int = 0
     #: Fixed arguments of the factory (a worker's channel).
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: What the role's /readyz checks (names of `notifications.health.CHECKS`).
+    dependencies: tuple[str, ...] = ("postgres", "redis", "kafka")
 
     def runner_config(self, **overrides: Any) -> RunnerConfig:
         """The role's RunnerConfig: its name, topics and group, with `overrides` (None: the default)."""

@@ -26,6 +26,7 @@ from prometheus_client import Counter, Histogram
 from notifications.bus.lanes import LanedConsumer
 from notifications.outages import Outage, dependency_of
 from notifications.priority import Lane
+from notifications.probes import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class ConsumerRunner:
                 log.info("consumer stopped", extra={"role": role})
 
     def _turn(self) -> None:
+        HEARTBEAT.beat()  # /healthz: the loop is turning
         try:
             self._tick()
             self._resume_due()

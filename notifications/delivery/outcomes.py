@@ -14,7 +14,7 @@ from notifications.bus.dead_letters import dead_letter_headers
 from notifications.bus.producing import AckedProducer
 from notifications.bus.topics import RETRY_TIERS, channel_topic, delivery_topic
 from notifications.delivery.jobs import Job, Unreadable
-from notifications.delivery_log import LogEntry
+from notifications.delivery_log import LogEntry, log_day
 from notifications.dispatch.messages import ChannelMessage, Header
 from notifications.priority import lane_for, message_priority
 from notifications.providers.results import SendResult
@@ -133,6 +133,7 @@ class Outcomes:
                 provider=provider,
                 provider_message_id=provider_message_id or "",
                 attempts=job.attempt,
+                day=body.get("log_day") or log_day(body.get("created_at")),
             )
         )
 

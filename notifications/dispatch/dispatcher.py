@@ -28,7 +28,7 @@ from notifications.bus.producing import AckedProducer
 from notifications.bus.runner import ConsumerRunner
 from notifications.bus.topics import channel_topic, delivery_topic, events_topic, topic_name
 from notifications.channels import Channel
-from notifications.delivery_log import DispatchRow, record_dispatch_outcomes
+from notifications.delivery_log import DispatchRow, log_day, record_dispatch_outcomes
 from notifications.dispatch.catalog import TypeCatalog, TypeEntry
 from notifications.dispatch.db_thread import DatabaseThread
 from notifications.dispatch.killswitch import KillSwitchBoard
@@ -52,6 +52,8 @@ from notifications.dispatch.screening import (
     screen_channel,
 )
 from notifications.dispatch.templating import FieldsRenderer, RenderError, mentions
+from notifications.log_partitions import MAINTENANCE_INTERVAL as PARTITION_MAINTENANCE_INTERVAL
+from notifications.log_partitions import maintain_partitions_from_loop
 from notifications.models import MANDATORY_CATEGORIES, DeliveryStatus, Urgency
 from notifications.priority import Lane, PriorityClass, classify, lane_for
 from preferences.cache import preferences_get_many
@@ -205,6 +207,7 @@ class Dispatcher:
         self._acked = AckedProducer(producer, "dispatcher")
         self._last_release = float("-inf")
         self._release_screen = ReleaseScreen(redis_client=redis_client, catalog=self.catalog, switches=self.switches)
+        self._last_partitions = float("-inf")
         self.writer = DatabaseThread("dispatcher-writer")
         self.reader = DatabaseThread("dispatcher-reader")
 
@@ -240,10 +243,12 @@ class Dispatcher:
         suppressed = DeliveryStatus.SUPPRESSED
         modes: dict[str, str] = {}  # kill switches, read once per batch
         candidates: list[_Candidate] = []
+        days: dict[str, str | None] = {}  # event id → its delivery-log day (the acceptance day)
         if parsed:
             EVENTS.labels("dispatched").inc(len(parsed))
         for event, entry in parsed:
             user_id, event_id, type_key = event["recipient"], event["id"], event["type"]
+            day = days[event_id] = log_day(event.get("accepted_at") or event.get("occurred_at"))
             contact = contacts.get(user_id)
             state = states.get(user_id) or PreferenceState(user_id=user_id, version=0, document={})
             # Most users have no preference document: the type's default channels.
@@ -264,7 +269,7 @@ class Dispatcher:
                     urgent=switch_urgent,
                 )
                 if to is None:
-                    logs.append((event_id, user_id, channel, type_key, suppressed, reason))
+                    logs.append((event_id, user_id, channel, type_key, suppressed, reason, day))
                     continue
                 candidates.append(
                     _Candidate(
@@ -279,14 +284,15 @@ class Dispatcher:
         for index, candidate in enumerate(candidates):
             event, user_id, channel = candidate.event, candidate.user_id, candidate.channel
             event_id, type_key = event["id"], event["type"]
+            day = days[event_id]
             if index in refused:
-                logs.append((event_id, user_id, channel, type_key, suppressed, FREQUENCY_CAP))
+                logs.append((event_id, user_id, channel, type_key, suppressed, FREQUENCY_CAP, day))
                 continue
             try:
-                message = self._build_message(candidate, scratch)
+                message = self._build_message(candidate, scratch, day)
             except RenderError as exc:
                 self._render_failure_to_dlq(candidate, exc)
-                logs.append((event_id, user_id, channel, type_key, DeliveryStatus.DLQ, f"render_error: {exc}"))
+                logs.append((event_id, user_id, channel, type_key, DeliveryStatus.DLQ, f"render_error: {exc}", day))
                 continue
             lane = lane_for(message["priority"])
             quiet_end = quiet_hours.end(candidate.state, urgent=candidate.urgent)
@@ -301,7 +307,7 @@ class Dispatcher:
                     )
                     for part in split_by_platform(message)
                 ]
-                logs.append((event_id, user_id, channel, type_key, DeliveryStatus.SCHEDULED, "quiet_hours"))
+                logs.append((event_id, user_id, channel, type_key, DeliveryStatus.SCHEDULED, "quiet_hours", day))
                 continue
             park = kill_switch_holds(candidate.mode, urgent=candidate.switch_urgent)
             topic = scratch.topic(channel, None if park else lane)
@@ -312,10 +318,10 @@ class Dispatcher:
                 outgoing.append((topic, key, message))
             if park:
                 logs.append(
-                    (event_id, user_id, channel, type_key, DeliveryStatus.PARKED, f"kill_switch_{candidate.mode}")
+                    (event_id, user_id, channel, type_key, DeliveryStatus.PARKED, f"kill_switch_{candidate.mode}", day)
                 )
             else:
-                logs.append((event_id, user_id, channel, type_key, DeliveryStatus.QUEUED, ""))
+                logs.append((event_id, user_id, channel, type_key, DeliveryStatus.QUEUED, "", day))
 
         # Every decision is known: store them while the messages go out, and wait for the broker's
         # acknowledgements on the writer thread too, while the runner polls and hands over the next
@@ -342,14 +348,18 @@ class Dispatcher:
         self._acked.flush()
 
     def tick(self) -> None:
-        """Called by the runner between polls: release quiet-hours messages that are due."""
+        """Called by the runner between polls: release quiet-hours messages that are due, and keep
+        the delivery log's daily partitions (at start, then hourly)."""
         now = time.monotonic()
         if now - self._last_release >= RELEASE_INTERVAL:
             self._last_release = now
             release_due_messages(screen=self._release_screen)
+        if now - self._last_partitions >= PARTITION_MAINTENANCE_INTERVAL:
+            self._last_partitions = now
+            maintain_partitions_from_loop()
 
     # -- building ------------------------------------------------------------------------------
-    def _build_message(self, c: _Candidate, scratch: _BatchScratch) -> ChannelMessage:
+    def _build_message(self, c: _Candidate, scratch: _BatchScratch, day: str | None = None) -> ChannelMessage:
         locale = c.contact.locale or scratch.language_code
         plan = scratch.plan(c.entry, c.channel, locale)
         if plan.error is not None:
@@ -389,6 +399,7 @@ class Dispatcher:
             to=c.to,
             content=content,
             meta=event.get("meta") or None,
+            log_day=day,
         )
 
     # -- dead letters ----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class ChannelMessage(TypedDict):
     to: dict[str, Any]
     content: dict[str, Any]  # rendered
     meta: NotRequired[dict[str, Any]]  # e.g. {"campaign_id", "launch_id", "throttle"}
+    log_day: NotRequired[str]  # the delivery-log row's day (ISO date): the event's acceptance day
 
 
 def idempotency_key(event_id: str, user_id: int | str, channel: str, platform: str | None = None) -> str:
@@ -54,6 +55,7 @@ def channel_message(
     content: dict[str, Any],
     meta: dict[str, Any] | None = None,
     platform: str | None = None,
+    log_day: str | None = None,
 ) -> ChannelMessage:
     """A v1 channel message, its id made by :func:`idempotency_key`; ``meta`` is left out when None."""
     message: ChannelMessage = {
@@ -73,6 +75,8 @@ def channel_message(
     }
     if meta is not None:
         message["meta"] = meta
+    if log_day is not None:
+        message["log_day"] = log_day
     return message
 
 
@@ -99,6 +103,7 @@ def split_by_platform(message: ChannelMessage) -> list[ChannelMessage]:
             content=message["content"],
             meta=message.get("meta"),
             platform=platform,
+            log_day=message.get("log_day"),
         )
         for platform, devices in sorted(platforms.items())
     ]

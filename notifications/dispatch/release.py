@@ -16,7 +16,7 @@ from prometheus_client import Counter
 
 from notifications.bus.topics import channel_topic, delivery_topic
 from notifications.channels import ALL_CHANNELS
-from notifications.delivery_log import LogEntry
+from notifications.delivery_log import LogEntry, log_day
 from notifications.dispatch.catalog import TypeCatalog
 from notifications.dispatch.killswitch import KillSwitchBoard
 from notifications.dispatch.screening import kill_switch_holds, kill_switch_urgent, screen_channel
@@ -111,4 +111,5 @@ def _entry(message: dict[str, Any], status: str, reason: str) -> LogEntry:
         type=message.get("type", ""),
         status=status,
         reason=reason,
+        day=message.get("log_day") or log_day(message.get("created_at")),
     )

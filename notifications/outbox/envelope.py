@@ -19,6 +19,9 @@ class EventEnvelope(TypedDict):
     data: dict[str, Any]
     source: str
     producer_event_id: NotRequired[str]
+    #: When the platform accepted the event (ISO 8601, UTC): its delivery-log rows' day. Absent
+    #: from envelopes written before it existed (`occurred_at` stands in).
+    accepted_at: NotRequired[str]
 
 
 def platform_event_id(*, service: str, producer_event_id: str) -> uuid.UUID:
@@ -35,8 +38,9 @@ def build_event_envelope(
     data: dict[str, Any],
     source: str,
     producer_event_id: str,
+    accepted_at: datetime | str | None = None,
 ) -> EventEnvelope:
-    return {
+    envelope: EventEnvelope = {
         "v": ENVELOPE_VERSION,
         "id": str(event_id),
         "type": type,
@@ -46,3 +50,6 @@ def build_event_envelope(
         "source": source,
         "producer_event_id": producer_event_id,
     }
+    if accepted_at is not None:
+        envelope["accepted_at"] = accepted_at if isinstance(accepted_at, str) else accepted_at.isoformat()
+    return envelope

@@ -30,6 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from notifications.bus.producing import produce_with_retry
 from notifications.outages import Outage
+from notifications.probes import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class OutboxRelay:
         log.info("relay started", extra={"buckets": self.config.buckets})
         try:
             while not self.stop_event.is_set():
+                HEARTBEAT.beat()  # /healthz: the loop is turning
                 try:
                     self._turn()
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:

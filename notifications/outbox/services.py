@@ -105,6 +105,7 @@ def prepare_events(events: Sequence[EventInput], *, service: str, now: datetime)
             data=event.data,
             source=service,
             producer_event_id=producer_event_id,
+            accepted_at=now_iso,
         )
         headers = {"idempotency-key": "", "event-type": event.type}
         rows = []

@@ -142,6 +142,7 @@ def test_emits_one_batch_per_page_and_channel_and_checkpoints(topics, promo_type
     first = email[0]
     assert first["campaign_id"] == campaign.pk and first["launch_id"] == str(campaign.launch_id)
     assert first["content"]["campaign_id"] == campaign.pk and first["content"]["copy_version"]
+    assert {b["log_day"] for b in email + push} == {launch.created_at.date().isoformat()}, "the launch's day"
     assert campaign.batches_emitted == launch.batch_messages == len(email) + len(push)
     assert campaign.recipients_emitted == len(expected(audience, "email")) + len(expected(audience, "push"))
     assert campaign.suppressed_preferences == 2 * 30 - campaign.recipients_emitted

@@ -148,6 +148,11 @@ def test_capped_users_are_suppressed_and_quiet_hours_users_deferred_then_sent_on
     assert sorted(m["user_id"] for m in later) == ids[9:]
     assert {m["id"] for m in later} == {f"{campaign.launch_id}:{uid}:email" for uid in ids[9:]}
     assert all(m["meta"]["campaign_id"] == campaign.pk for m in later), "the workers' halt flags apply to them"
+    launch_day = "2026-11-25"  # the batch's day (see emit), whatever the clock says when it is sent
+    assert {m.payload["log_day"] for m in held} == {launch_day}
+    assert {m["log_day"] for m in later} == {launch_day}, "the workers update the rows written at night"
+    days = DeliveryLog.objects.filter(event_id=campaign.launch_id, user_id__in=ids[9:]).values_list("created_day")
+    assert {day.isoformat() for (day,) in days} == {launch_day}
     every_id = [m["id"] for m in second_wave]
     assert len(every_id) == len(set(every_id)) == 9, "nobody twice"
     assert read_details(redis, campaign.pk)["deferred"] == 0

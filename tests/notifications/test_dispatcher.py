@@ -3,7 +3,7 @@
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -151,6 +151,19 @@ def test_event_becomes_one_rendered_message_per_channel(types, django_user_model
     [inapp] = out("inapp", event["id"])
     assert inapp["to"] == {"user_id": user.id}
     assert statuses(event["id"]) == {c: ("queued", "") for c in ("email", "push", "sms", "inapp")}
+
+
+def test_log_rows_and_messages_take_the_day_the_event_was_accepted(types, django_user_model, fresh_topic):
+    """Accepted two days ago, dispatched now: the rows land on the acceptance day, and the messages
+    carry it to the workers, so every later write (a retry tomorrow, a redelivery) finds the row."""
+    user = make_user(django_user_model, device=False, phone=None)
+    accepted = datetime.now(UTC) - timedelta(days=2)
+    event = {**envelope("order.shipped", user.id), "accepted_at": accepted.isoformat()}
+    dispatch(fresh_topic, [event])
+    [email] = out("email", event["id"])
+    assert email["log_day"] == accepted.date().isoformat()
+    days = dict(DeliveryLog.objects.filter(event_id=event["id"]).values_list("channel", "created_day"))
+    assert days == {channel: accepted.date() for channel in ("email", "push", "sms", "inapp")}
 
 
 def test_locale_without_variant_falls_back_to_default(types, django_user_model, fresh_topic):

@@ -64,6 +64,7 @@ def test_publish_commits_one_row_per_recipient_with_envelope(notification_type):
     assert envelope["v"] == 1 and envelope["id"] == str(result.id) and envelope["type"] == "order.shipped"
     assert envelope["data"] == {"order": "A1"} and envelope["recipient"] == "7"
     assert rows[0].headers_json["idempotency-key"] == f"{result.id}:7"
+    assert envelope["accepted_at"] == result.accepted_at.isoformat(), "the delivery log's day comes from it"
 
 
 def test_publish_is_idempotent_by_event_id(notification_type):

@@ -8,7 +8,7 @@ from notifications import process
 
 def test_metrics_listen_on_loopback_unless_metrics_bind_says_otherwise(settings, monkeypatch):
     served = []
-    monkeypatch.setattr(process, "start_http_server", lambda port, addr: served.append((port, addr)))
+    monkeypatch.setattr(process, "serve_probes", lambda port, addr, dependencies: served.append((port, addr)))
     settings.METRICS_PORT = None
     process.start_metrics_server(None, default=9105)
     settings.METRICS_BIND = "0.0.0.0"

@@ -27,5 +27,5 @@ class Command(BaseCommand):
             )
         )
         install_stop_handlers(relay.stop_event)
-        start_metrics_server(metrics_port, default=9101)
+        start_metrics_server(metrics_port, default=9101, dependencies=("postgres", "kafka"))
         relay.run()

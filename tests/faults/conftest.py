@@ -90,7 +90,7 @@ def catalog(private_services, django_db_setup, django_db_blocker) -> Catalog:
             )
             NotificationTemplate.objects.create(
                 notification_type=types[key], channel="email", subject=f"{key} {{{{ code }}}}",
-                body="Code {{ code }}, {{ headline }}.",
+                body="Code {{ code }}, {{ headline }}.", html="<p>{{ headline }}</p>",
             )  # fmt: skip
         Provider.objects.create(name="sendgrid", channel="email", kind="sendgrid", rate=2000, burst=200, priority=1)
         Provider.objects.create(name="smtp", channel="email", kind="smtp", rate=2000, burst=200, priority=2)

@@ -22,7 +22,9 @@ SCALE = float(os.environ.get("FAULTS_SCALE", "1"))
 RATE = max(4.0, 12.0 * SCALE)  # events/s over all producers (a digest event has 3 recipients)
 BEFORE = 3.0  # s of load before the fault: every role is mid-batch when it strikes
 AFTER = max(4.0, 10.0 * SCALE)  # s of load after the fault
-DRAIN_TIMEOUT = 150.0  # s for the last accepted messages to arrive (a retry tier of 1 min may be in the way)
+#: s for the last accepted messages to arrive: longer than the e-mail dedup lease (180 s) the claims of a
+#: SIGKILLed worker may wait for, so that "lost" means lost, not late.
+DRAIN_TIMEOUT = 240.0
 SETTLE = 3.0  # s after the last arrival in which a duplicate would still show
 FIGURES: list[Figures] = []
 
@@ -130,7 +132,7 @@ def pipeline(catalog, sandbox, kafka_topics, tmp_path_factory):
 @pytest.fixture(scope="session")
 def ledger(sandbox):
     ledger = Ledger()
-    collector = Collector([sandbox.client("sendgrid"), sandbox.client("smtp")], ledger)
+    collector = Collector({name: sandbox.client(name) for name in ("sendgrid", "smtp")}, ledger)
     collector.start()
     ledger.collector = collector
     yield ledger
@@ -146,6 +148,8 @@ class Case:
     ledger: Ledger
     catalog: Catalog
     django_db_blocker: object
+    outcome: object = None  # what the fault callable returned (an outage in seconds, …)
+    campaign_id: int | None = None
 
     def launch_campaign(self) -> str:
         """A campaign to every user, launched as a marketer would; its messages join the case's expected set."""
@@ -163,7 +167,46 @@ class Case:
         now = time.time()
         for uid in self.catalog.users:
             self.ledger.accept(f"{campaign.launch_id}:{uid}:email", self.name, "campaign", now)
+        self.campaign_id = campaign.pk
         return str(campaign.launch_id)
+
+    def assert_campaign_completed_after_its_last_send(self, timeout: float = 60.0) -> None:
+        """The campaign is *completed*, and only once every one of its messages had reached the provider."""
+        from campaigns.models import Campaign, CampaignState
+
+        deadline = time.monotonic() + timeout
+        with self.django_db_blocker.unblock():
+            while (campaign := Campaign.objects.get(pk=self.campaign_id)).state != CampaignState.COMPLETED:
+                assert time.monotonic() < deadline, f"the campaign is still {campaign.state} after {timeout} s"
+                time.sleep(0.5)
+        with self.ledger.lock:
+            last = max(self.ledger.first_seen[k] for k, e in self.ledger.expected.items()
+                       if e.case == self.name and e.kind == "campaign")  # fmt: skip
+        early = last - campaign.finished_at.timestamp()
+        assert early <= 0, f"completed {early:.1f} s before its last message reached the provider"
+
+    def where_are(self, keys: list[str]) -> str:
+        """For a report on lost messages: each key's delivery-log row and dedup key, the campaign's progress."""
+        import redis
+
+        from campaigns.models import Campaign
+        from campaigns.progress import progress_snapshot
+        from notifications.models import DeliveryLog
+        from notifications.redis_keys import dedup_shard_tag, hash_tag
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        lines = []
+        with self.django_db_blocker.unblock():
+            for key in keys:
+                event_id, user_id, channel = key.split(":")[:3]
+                rows = list(DeliveryLog.objects.filter(event_id=event_id, user_id=user_id, channel=channel)
+                            .values_list("status", "reason", "attempts"))  # fmt: skip
+                dedup = f"{settings.REDIS_KEY_PREFIX}dedup:{hash_tag(dedup_shard_tag(key))}:{key}"
+                lines.append(f"  {key}: delivery log {rows}, dedup {client.get(dedup)!r} ttl {client.pttl(dedup)} ms")
+            if self.campaign_id:
+                campaign = Campaign.objects.get(pk=self.campaign_id)
+                lines.append(f"  campaign {campaign.state}: {progress_snapshot(campaign, redis_client=client)}")
+        return "\n".join(lines)
 
     def wait_for_sends(self, n: int = 20, kind: str | None = None, timeout: float = 60.0) -> None:
         """Until `n` of this case's messages (of `kind`) arrived: the pipeline is busy with them."""
@@ -181,16 +224,17 @@ class Case:
 @pytest.fixture
 def run_case(pipeline, ledger, catalog, django_db_blocker):
     """`run_case(name, fault)`: steady load, `fault(case)` after BEFORE s (its return value, e.g. the outage
-    in seconds, is returned too), AFTER s more load, then the drain; prints and returns the figures."""
+    in seconds, lands in `case.outcome`), AFTER s more load, then the drain; prints the figures and returns
+    them with the case."""
 
-    def run(name: str, fault: Callable[[Case], object]) -> tuple[Figures, object]:
+    def run(name: str, fault: Callable[[Case], object]) -> tuple[Figures, Case]:
         case = Case(name, pipeline, ledger, catalog, django_db_blocker)
         pipeline.check()
         fail_open_before = _fail_open(pipeline)
         unexpected_before = ledger.unexpected()
         with Producers(pipeline.base_url, catalog.raw_key, catalog.users, ledger, name, rate=RATE):
             time.sleep(BEFORE)
-            outcome = fault(case)
+            case.outcome = fault(case)
             time.sleep(AFTER)
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while ledger.missing(name) and time.monotonic() < deadline:
@@ -201,9 +245,11 @@ def run_case(pipeline, ledger, catalog, django_db_blocker):
         figures.fail_open = max(0.0, _fail_open(pipeline) - fail_open_before)  # a restart resets it
         FIGURES.append(figures)
         print(figures.line())
+        if figures.lost or figures.duplicated:
+            print(case.where_are(figures.lost_sample + list(figures.duplicate_sample)[:3]))
         pipeline.check()
         assert ledger.unexpected() == unexpected_before, "nothing nobody accepted was sent"
-        return figures, outcome
+        return figures, case
 
     return run
 

@@ -34,6 +34,7 @@ class Ledger:
     expected: dict[str, Expected] = field(default_factory=dict)
     seen: Counter = field(default_factory=Counter)
     first_seen: dict[str, float] = field(default_factory=dict)
+    arrivals: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # key -> (t_wall, provider)
     given_up: Counter = field(default_factory=Counter)  # case -> events never accepted
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -41,10 +42,11 @@ class Ledger:
         with self.lock:
             self.expected[key] = Expected(case, kind, t_ref)
 
-    def arrived(self, key: str, t_wall: float) -> None:
+    def arrived(self, key: str, t_wall: float, provider: str) -> None:
         with self.lock:
             self.seen[key] += 1
             self.first_seen.setdefault(key, t_wall)
+            self.arrivals.setdefault(key, []).append((t_wall, provider))
 
     def case_keys(self, case: str) -> list[str]:
         with self.lock:
@@ -68,6 +70,9 @@ class Ledger:
                 max_urgent_delay=max(delays, default=float("nan")),
                 urgent=len(delays),
                 given_up=self.given_up[case],
+                lost_kinds=Counter(self.expected[k].kind for k in keys if k not in self.seen),
+                lost_sample=[k for k in keys if k not in self.seen][:3],
+                duplicate_sample={k: self.arrivals[k] for k in keys if self.seen[k] > 1},
             )
 
     def unexpected(self) -> int:
@@ -86,6 +91,9 @@ class Figures:
     max_urgent_delay: float
     urgent: int
     given_up: int
+    lost_kinds: Counter = field(default_factory=Counter)
+    lost_sample: list[str] = field(default_factory=list)
+    duplicate_sample: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     fail_open: float = 0.0
 
     def line(self) -> str:
@@ -93,16 +101,18 @@ class Figures:
             f"FAULTS case={self.case} accepted={self.accepted} delivered={self.delivered} lost={self.lost} "
             f"duplicated={self.duplicated} max_urgent_delay={self.max_urgent_delay:.2f}s urgent={self.urgent} "
             f"given_up={self.given_up} dedup_fail_open={self.fail_open:g}"
+            + (f" lost_kinds={dict(self.lost_kinds)} e.g. {self.lost_sample}" if self.lost else "")
+            + (f" duplicates: {dict(list(self.duplicate_sample.items())[:3])}" if self.duplicated else "")
         )
 
 
 class Collector(threading.Thread):
     """Reads every accepted request of the e-mail sandboxes (SendGrid, SMTP) as they come, into the ledger."""
 
-    def __init__(self, clients: list, ledger: Ledger, interval: float = 0.3) -> None:
+    def __init__(self, clients: dict, ledger: Ledger, interval: float = 0.3) -> None:
         super().__init__(name="faults-collector", daemon=True)
         self.clients, self.ledger, self.interval = clients, ledger, interval
-        self.since = [0] * len(clients)
+        self.since = dict.fromkeys(clients, 0)
         self.stop_event = threading.Event()
         self.error: Exception | None = None
 
@@ -115,12 +125,12 @@ class Collector(threading.Thread):
                 return
 
     def poll(self) -> None:
-        for i, client in enumerate(self.clients):
+        for name, client in self.clients.items():
             while True:
-                page = client.requests_page(since=self.since[i], limit=5000)
+                page = client.requests_page(since=self.since[name], limit=5000)
                 for r in page["requests"]:
-                    self.ledger.arrived(r["idempotency_key"] or f"no-key:{r['seq']}", r["t_wall"])
-                self.since[i] = page["next_since"]
+                    self.ledger.arrived(r["idempotency_key"] or f"no-key:{name}:{r['seq']}", r["t_wall"], name)
+                self.since[name] = page["next_since"]
                 if page["count"] < 5000:
                     break
 

@@ -30,7 +30,8 @@ def test_a_provider_outage_fails_over_to_the_secondary_and_back_without_loss_or_
             time.sleep(0.2)
         return failed_over, primary.stats()["accepted"] - recovered_at
 
-    figures, (failed_over, after_recovery) = run_case("provider-outage", fault)
+    figures, case = run_case("provider-outage", fault)
+    failed_over, after_recovery = case.outcome
     assert failed_over > 0, "the secondary provider took mail while the primary was down"
     assert after_recovery > 0, "the primary took mail again after it recovered"
     assert_exactly_once(figures)

@@ -39,11 +39,13 @@ def test_a_role_killed_mid_batch_and_restarted_loses_nothing_and_sends_nothing_t
 
 @pytest.mark.parametrize("role", ["orchestrator", "expander"])
 def test_a_campaign_role_killed_mid_campaign_loses_nothing_and_sends_nothing_twice(run_case, role):
-    figures, _ = run_case(f"kill-{role}", kill_and_restart(role, campaign=True))
+    figures, case = run_case(f"kill-{role}", kill_and_restart(role, campaign=True))
     assert_exactly_once(figures)
+    case.assert_campaign_completed_after_its_last_send()
 
 
 def test_a_worker_killed_mid_batch_and_restarted_delays_urgent_mail_at_most_five_seconds(run_case):
-    figures, _ = run_case("kill-worker", kill_and_restart("worker0", campaign=True))
+    figures, case = run_case("kill-worker", kill_and_restart("worker0", campaign=True))
     assert_exactly_once(figures)
+    case.assert_campaign_completed_after_its_last_send()
     assert figures.max_urgent_delay <= WORKER_RESTART_TARGET

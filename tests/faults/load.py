@@ -95,12 +95,14 @@ class Figures:
     lost_sample: list[str] = field(default_factory=list)
     duplicate_sample: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     fail_open: float = 0.0
+    outage: float | None = None  # s the service was away, for the restart cases
 
     def line(self) -> str:
         return (
             f"FAULTS case={self.case} accepted={self.accepted} delivered={self.delivered} lost={self.lost} "
             f"duplicated={self.duplicated} max_urgent_delay={self.max_urgent_delay:.2f}s urgent={self.urgent} "
             f"given_up={self.given_up} dedup_fail_open={self.fail_open:g}"
+            + (f" outage={self.outage:.1f}s" if self.outage is not None else "")
             + (f" lost_kinds={dict(self.lost_kinds)} e.g. {self.lost_sample}" if self.lost else "")
             + (f" duplicates: {dict(list(self.duplicate_sample.items())[:3])}" if self.duplicated else "")
         )

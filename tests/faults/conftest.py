@@ -230,7 +230,8 @@ def run_case(pipeline, ledger, catalog, django_db_blocker):
 
     def run(name: str, fault: Callable[[Case], object]) -> tuple[Figures, Case]:
         case = Case(name, pipeline, ledger, catalog, django_db_blocker)
-        pipeline.check()
+        if revived := pipeline.revive():
+            print(f"fault suite: restarted {revived}, which exited in an earlier case")
         fail_open_before = _fail_open(pipeline)
         unexpected_before = ledger.unexpected()
         with Producers(pipeline.base_url, catalog.raw_key, catalog.users, ledger, name, rate=RATE):

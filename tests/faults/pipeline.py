@@ -84,6 +84,17 @@ class Pipeline:
             time.sleep(0.5)
         raise AssertionError(f"the pipeline was not ready within {timeout:.0f} s (logs in {self.logdir})")
 
+    def revive(self) -> list[str]:
+        """Restart every process that exited (in an earlier case), so one case's casualty does not fail
+        the cases after it; returns their names."""
+        dead = [name for name, p in self.procs.items() if p.poll() is not None]
+        for name in dead:
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            self.start(name)
+        if dead:
+            self.wait_ready(dead)
+        return dead
+
     def check(self) -> None:
         """Every process is running: none exited on its own."""
         dead = {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}

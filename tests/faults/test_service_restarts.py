@@ -32,10 +32,10 @@ def test_a_postgresql_restart_loses_nothing_and_holds_urgent_mail_no_longer_than
 
 @pytest.mark.xfail(
     strict=False,
-    reason="not fixed: after the broker is SIGKILLed and restarted (outage 33.7 s measured, most of it the broker's "
-    "own start-up) librdkafka's rejoin fences the worker's own static membership ('Static consumer fenced by other "
-    "consumer with same group.instance.id') and the worker exits with _FATAL on its next commit; urgent mail "
-    "waited 38.2 s (target outage + 2 s)",
+    reason="not fixed, seen in one run of three: after the broker is SIGKILLed and restarted librdkafka's rejoin "
+    "fenced the worker's own static membership ('Static consumer fenced by other consumer with same "
+    "group.instance.id') and the worker exited with _FATAL on its next commit; urgent mail waited 38.2 s for an "
+    "outage of 33.7 s (target outage + 2 s)",
 )
 def test_a_kafka_broker_sigkilled_and_restarted_loses_nothing_and_holds_urgent_mail_no_longer_than_the_outage(
     run_case,

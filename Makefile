@@ -10,7 +10,7 @@ WITH_SERVICES := eval "$$(platform/services env)" &&
 # Procfile's `sandbox` process): exported to every process `make dev` starts.
 WITH_SANDBOX := set -a && . platform/sandbox.env && set +a &&
 
-.PHONY: install services migrate topics dev test test-cluster lint format bench spike down
+.PHONY: install services migrate topics dev test test-cluster faults lint format bench spike down
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -44,6 +44,21 @@ test: install services
 # The cluster topology's tests (three Kafka brokers, a Redis Cluster; platform/ci-cluster), a few minutes.
 test-cluster: install
 	platform/ci-cluster $(PYTEST_ARGS)
+
+# The fault-injection suite (tests/faults, README "Fault injection"): it restarts PostgreSQL, Redis and
+# Kafka, so it brings up a private set of them in FAULTS_STATE_DIR on the FAULTS_*_PORT ports, runs
+# against it and stops it; the shared services are never touched. FAULTS_SCALE=0.3 is CI's size.
+FAULTS_STATE_DIR ?= $(CURDIR)/.platform-faults
+FAULTS_POSTGRES_PORT ?= 55632
+FAULTS_REDIS_PORT ?= 56579
+FAULTS_KAFKA_PORT ?= 59492
+FAULTS_KAFKA_CONTROLLER_PORT ?= 59493
+faults: install
+	export PLATFORM_STATE_DIR=$(FAULTS_STATE_DIR) POSTGRES_PORT=$(FAULTS_POSTGRES_PORT) \
+		REDIS_PORT=$(FAULTS_REDIS_PORT) KAFKA_PORT=$(FAULTS_KAFKA_PORT) \
+		KAFKA_CONTROLLER_PORT=$(FAULTS_KAFKA_CONTROLLER_PORT) FAULTS_PRIVATE_SERVICES=1 && \
+	platform/services up && eval "$$(platform/services env)" && \
+	{ $(PY) -m pytest -m faults tests/faults -s $(PYTEST_ARGS); status=$$?; platform/services down; exit $$status; }
 
 lint: install
 	$(VENV)/bin/ruff check .

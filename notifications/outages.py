@@ -72,6 +72,8 @@ _TRANSIENT = {
     KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.NOT_LEADER_FOR_PARTITION,
+    # A commit while the group coordinator is away (its broker restarting): "Waiting for coordinator".
+    KafkaError._WAIT_COORD,
 }
 
 

@@ -4,6 +4,11 @@ from typing import Any
 
 from django.conf import settings
 
+#: The largest message a producer sends (librdkafka's own default, made explicit: under the broker's
+#: `message.max.bytes` of 1,048,588): a role that builds a message checks it against this before
+#: producing, because librdkafka refuses a larger one with an exception, not a delivery report.
+MAX_MESSAGE_BYTES = 1_000_000
+
 
 def producer_config(**overrides: Any) -> dict[str, Any]:
     """An idempotent, acks=all producer whose keys land where a Java client would put them."""
@@ -19,6 +24,7 @@ def producer_config(**overrides: Any) -> dict[str, Any]:
         "batch.size": 256 * 1024,
         "queue.buffering.max.messages": 500_000,
         "message.timeout.ms": 60_000,
+        "message.max.bytes": MAX_MESSAGE_BYTES,
     }
     config.update(overrides)
     return config

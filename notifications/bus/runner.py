@@ -253,8 +253,18 @@ class ConsumerRunner:
 
     def revoked_partitions(self, partitions: set[tuple[str, int]]) -> None:
         """Hook: commit what is durable of `partitions` while they are still ours. Handling is
-        synchronous here, so only background completions can be in flight: settle them now."""
-        self._settle(keep=0, final=True)
+        synchronous here, so only background completions can be in flight: settle them now. A commit
+        that fails because Kafka is away (the coordinator's broker restarting) is given up: the next
+        owner reads those messages again, which the next stage's dedup absorbs; raising here would
+        stop the process from inside the rebalance callback."""
+        try:
+            self._settle(keep=0, final=True)
+        except Exception as exc:
+            if dependency_of(exc) != "kafka":
+                raise
+            log.warning(
+                "offsets not committed on revocation (redelivered)", extra={"role": self.config.role, "error": str(exc)}
+            )
 
     # -- committing ---------------------------------------------------------------------------------
     def _settle(self, *, keep: int, final: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ def read_batch(messages: list[Message], *, now: float, monotonic: Callable[[], f
             continue  # a message before it in this partition is not due: keep order, hold back
         headers = headers_dict(message.headers())
         try:
-            not_before = float(headers.get(Header.NOT_BEFORE) or 0)
+            not_before = _not_before(headers)
             if not_before > now:
                 wait = min(not_before, _tier_due(message)) - now
                 if wait <= 0 and not_before - now > RECIRCULATE_MARGIN:
@@ -104,6 +105,15 @@ def read_batch(messages: list[Message], *, now: float, monotonic: Callable[[], f
         except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
             batch.unreadable.append(Unreadable(message, headers, "invalid_message", str(exc)))
     return batch
+
+
+def _not_before(headers: dict[str, str]) -> float:
+    """The `not-before` header as epoch seconds (0 without it); `inf` or `nan` is no time and would pause
+    the partition for ever, so it is as unreadable as `abc`."""
+    value = float(headers.get(Header.NOT_BEFORE) or 0)
+    if not math.isfinite(value):
+        raise ValueError(f"the {Header.NOT_BEFORE} header {value!r} is not a time")
+    return value
 
 
 def _tier_due(message: Message) -> float:

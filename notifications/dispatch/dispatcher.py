@@ -22,7 +22,7 @@ from django.conf import settings
 from django.utils import timezone
 from prometheus_client import Counter
 
-from notifications.bus.config import producer_config
+from notifications.bus.config import MAX_MESSAGE_BYTES, producer_config
 from notifications.bus.dead_letters import dead_letter_headers
 from notifications.bus.producing import AckedProducer
 from notifications.bus.runner import ConsumerRunner
@@ -280,7 +280,7 @@ class Dispatcher:
         refused = frequency_cap_refusals(self.redis, candidates, now=now)
         quiet_hours = QuietHours(now)
         scratch = _BatchScratch(now)
-        outgoing: list[tuple[str, str, ChannelMessage]] = []
+        outgoing: list[tuple[str, str, ChannelMessage, bytes]] = []
         for index, candidate in enumerate(candidates):
             event, user_id, channel = candidate.event, candidate.user_id, candidate.channel
             event_id, type_key = event["id"], event["type"]
@@ -290,6 +290,8 @@ class Dispatcher:
                 continue
             try:
                 message = self._build_message(candidate, scratch, day)
+                parts = split_by_platform(message)
+                encoded = [_encode_within_limit(part) for part in parts]
             except RenderError as exc:
                 self._render_failure_to_dlq(candidate, exc)
                 logs.append((event_id, user_id, channel, type_key, DeliveryStatus.DLQ, f"render_error: {exc}", day))
@@ -305,17 +307,14 @@ class Dispatcher:
                         dict(part),
                         {Header.IDEMPOTENCY_KEY: part["id"]},
                     )
-                    for part in split_by_platform(message)
+                    for part in parts
                 ]
                 logs.append((event_id, user_id, channel, type_key, DeliveryStatus.SCHEDULED, "quiet_hours", day))
                 continue
             park = kill_switch_holds(candidate.mode, urgent=candidate.switch_urgent)
             topic = scratch.topic(channel, None if park else lane)
             key = str(user_id)
-            if channel == Channel.PUSH:
-                outgoing += [(topic, key, part) for part in split_by_platform(message)]
-            else:
-                outgoing.append((topic, key, message))
+            outgoing += [(topic, key, part, data) for part, data in zip(parts, encoded, strict=True)]
             if park:
                 logs.append(
                     (event_id, user_id, channel, type_key, DeliveryStatus.PARKED, f"kill_switch_{candidate.mode}", day)
@@ -329,8 +328,8 @@ class Dispatcher:
         # acknowledged; the runner commits the batch's offsets only then.
         stored = self.writer.submit(_store_decisions, logs, deferred)
         try:
-            for topic, key, part in outgoing:
-                self._acked.produce(topic, key, encode(part), {Header.IDEMPOTENCY_KEY: part["id"]})
+            for topic, key, part, data in outgoing:
+                self._acked.produce(topic, key, data, {Header.IDEMPOTENCY_KEY: part["id"]})
         except BaseException:
             stored.exception()  # let the write finish before the error goes up
             raise
@@ -416,6 +415,15 @@ class Dispatcher:
             origin_topic=events_topic(), error_class="render_error", error=str(exc), idempotency_key=key
         )
         self._acked.produce(channel_topic(c.channel, "dlq"), str(c.user_id), payload, headers)
+
+
+def _encode_within_limit(message: ChannelMessage) -> bytes:
+    """The message as Kafka will carry it; RenderError (dead-lettered like any message that cannot be
+    built) when it is larger than a producer may send, rather than an exception that stops the batch."""
+    data = encode(message)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise RenderError(f"the rendered message is {len(data):,} bytes, more than Kafka takes ({MAX_MESSAGE_BYTES:,})")
+    return data
 
 
 def _store_decisions(logs: list[DispatchRow], deferred: list[Deferred]) -> None:

@@ -73,3 +73,18 @@ def test_a_head_due_just_after_its_tiers_delay_is_waited_for():
         [message(1, headers={"not-before": str(NOW + 0.5)}, parked_at=NOW - 600)], now=NOW, monotonic=lambda: 0.0
     )
     assert batch.recirculate == [] and batch.deferrals == {(TIER_10M, 0): (1, 0.5)}
+
+
+def test_a_not_before_that_is_no_time_is_unreadable_rather_than_pausing_its_partition_for_ever():
+    batch = read_batch(
+        [
+            message(1, topic="notif.email", headers={"not-before": "inf"}),
+            message(2, topic="notif.email", headers={"not-before": "nan"}),
+            message(3, topic="notif.email", headers={"not-before": "-infinity"}),
+            message(4, topic="notif.email"),
+        ],
+        now=NOW,
+    )
+    assert [u.message.offset() for u in batch.unreadable] == [1, 2, 3]
+    assert all(u.error_class == "invalid_message" and "not-before" in u.reason for u in batch.unreadable)
+    assert batch.deferrals == {} and [j.message.offset() for j in batch.jobs] == [4]

@@ -341,6 +341,24 @@ def test_poison_messages_go_to_the_events_dlq_and_do_not_block(types, django_use
     assert len(out("email", good["id"])) == 1
 
 
+def test_a_message_too_large_for_kafka_is_dead_lettered_and_the_rest_of_the_batch_goes_out(
+    types, django_user_model, fresh_topic
+):
+    """An event under Kafka's limit whose data is rendered into an e-mail's subject, text and HTML exceeds
+    it: the message is dead-lettered with the reason, and the batch goes on."""
+    user = make_user(django_user_model, device=False, phone=None)
+    huge = envelope("order.shipped", user.id, data={"order": "x" * 600_000})
+    good = envelope("order.shipped", user.id)
+    dispatch(fresh_topic, [huge, good])
+    log = statuses(huge["id"])
+    assert log["email"][0] == "dlq" and "bytes" in log["email"][1], "three copies of the order: over 1 MB"
+    [dead] = consume_matching(
+        channel_topic("email", "dlq"), lambda m: huge["id"].encode() in (m.value() or b"")[:2000], expected=1
+    )
+    assert dict(dead.headers())["error-class"] == b"render_error"
+    assert len(out("email", good["id"])) == 1
+
+
 def test_unknown_recipient_is_logged_not_crashed(types, fresh_topic):
     event = envelope("order.shipped", 987654321)
     dispatch(fresh_topic, [event])

@@ -30,6 +30,7 @@ from tests.waiting import wait_for
         (KafkaUnavailable("3 unacknowledged"), "kafka"),
         (KafkaException(KafkaError(KafkaError._TRANSPORT)), "kafka"),
         (KafkaException(KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE)), "kafka"),
+        (KafkaException(KafkaError(KafkaError._WAIT_COORD)), "kafka"),
         (KafkaException(KafkaError(KafkaError.INVALID_MSG)), None),
         (KafkaException(KafkaError(KafkaError._TRANSPORT, fatal=True)), None),
         (ValueError("a bug"), None),

@@ -135,7 +135,7 @@ def usable(message: Message) -> bool:
         return True
     if error.code() == KafkaError._PARTITION_EOF:
         return False
-    if error.fatal():
+    if error.fatal() or error.code() == KafkaError._FATAL:  # the consumer is unusable from here on
         raise KafkaException(error)
     _log_consumer_error(error)
     return False

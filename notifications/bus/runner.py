@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from django.db import close_old_connections, connections
 from prometheus_client import Counter, Histogram
 
@@ -31,6 +31,9 @@ from notifications.probes import HEARTBEAT
 log = logging.getLogger(__name__)
 
 CONSUMED = Counter("consumer_messages_total", "Messages handled and committed", ["role"])
+FENCED = Counter("consumer_fenced_total", "Times this role's consumer was fenced and joined again", ["role"])
+#: A fencing this long after the previous one starts the pause sequence again at 1 s.
+FENCING_MEMORY_SECONDS = 300.0
 BATCH_SECONDS = Histogram(
     "consumer_batch_seconds",
     "Time to handle one polled batch",
@@ -80,6 +83,13 @@ class RunnerConfig:
     async_commit: bool = False
 
 
+def fenced(exc: BaseException) -> bool:
+    """True when `exc` is a fatal consumer error: a static member fenced by another with its instance
+    id (librdkafka reports it as FENCED_INSTANCE_ID, or on the message stream as _FATAL)."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(error, KafkaError) and error.code() in (KafkaError.FENCED_INSTANCE_ID, KafkaError._FATAL)
+
+
 class ConsumerRunner:
     def __init__(
         self,
@@ -97,15 +107,21 @@ class ConsumerRunner:
         overrides = dict(config.consumer_overrides)
         if config.async_commit:
             overrides.setdefault("on_commit", self._on_commit)
-        self.consumer = LanedConsumer(
-            config.group, {Lane.PRIORITY: config.topics, Lane.BULK: config.bulk_topics}, overrides
-        )
+        self._overrides = overrides
+        self.consumer = self._new_consumer()
+        self._fenced_times = 0
+        self._fenced_at = float("-inf")
         self._assigned_lanes: set[Lane] = set()
         self._last_async: list[TopicPartition] = []
         self._paused: dict[tuple[str, int], float] = {}
         self._pending: deque[tuple[Future, list[Message], float]] = deque()
         self._in_hand: list[Message] = []  # the batch being handled, until it is committed or pending
         self.outage = Outage(config.role)
+
+    def _new_consumer(self) -> LanedConsumer:
+        return LanedConsumer(
+            self.config.group, {Lane.PRIORITY: self.config.topics, Lane.BULK: self.config.bulk_topics}, self._overrides
+        )
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -132,6 +148,9 @@ class ConsumerRunner:
             self._resume_due()
             self.step()
         except Exception as exc:
+            if fenced(exc):
+                self.rejoin(exc)
+                return
             dependency = dependency_of(exc)
             if dependency is None:
                 raise
@@ -148,6 +167,48 @@ class ConsumerRunner:
         if reset is not None:
             reset()  # the handler's own connections and half-done state
         self.outage.wait(dependency, exc, self.stop_event)
+
+    def rejoin(self, exc: Exception) -> None:
+        """The broker fenced this static member (another join with its `group.instance.id` won: after
+        a coordinator moved, the client's own abandoned rejoin can be that other join). The consumer is
+        unusable (a fatal error): give every partition up as a rebalance would, then join again with a
+        new consumer after a growing pause (1 s, doubling, at most 30 s), so two processes wrongly
+        sharing an instance id alternate slowly instead of fencing each other in a tight loop."""
+        now = time.monotonic()
+        if now - self._fenced_at > FENCING_MEMORY_SECONDS:
+            self._fenced_times = 0
+        self._fenced_at = now
+        self._fenced_times += 1
+        delay = min(30.0, 2.0 ** (self._fenced_times - 1))
+        FENCED.labels(self.config.role).inc()
+        log.error(
+            "consumer fenced by another member with the same group.instance.id; joining again",
+            extra={"role": self.config.role, "error": str(exc), "after_seconds": delay},
+        )
+        owned: set[tuple[str, int]] = set()
+        for consumer in self.consumer.consumers.values():
+            try:
+                owned |= {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            except Exception:
+                log.debug("assignment of a fenced consumer unreadable", exc_info=True)
+        try:
+            self.revoked_partitions(owned)
+        except Exception:  # its commits fail on a fenced consumer: the next owner reads them again
+            log.warning("partitions given up without commit after fencing", exc_info=True)
+        self._pending.clear()
+        self._in_hand = []
+        self._paused.clear()
+        self._assigned_lanes.clear()
+        self.assigned.clear()
+        try:
+            self.consumer.close()
+        except Exception:
+            log.debug("closing the fenced consumer failed", exc_info=True)
+        if self.stop_event.wait(delay):
+            self.consumer = self._new_consumer()  # run()'s finally closes it
+            return
+        self.consumer = self._new_consumer()
+        self.consumer.subscribe(on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     def _rewind(self) -> None:
         """Seek every partition with messages handed over but not committed back to the first of them."""

@@ -225,3 +225,43 @@ def test_an_unknown_error_still_stops_the_runner(fresh_topic):
     thread.join(30)
     runner.stop_event.set()
     assert not thread.is_alive() and [type(e) for e in errors] == [ValueError]
+
+
+class RecordingHandler:
+    def __init__(self) -> None:
+        self.values: list[bytes] = []
+
+    def handle_batch(self, messages):
+        self.values += [m.value() for m in messages]
+
+
+def test_a_fenced_static_member_joins_again_instead_of_exiting(fresh_topic, settings):
+    """Another join with the runner's `group.instance.id` fences it (a fatal consumer error; after a
+    coordinator moves, the client's own abandoned rejoin can be that join): the runner gives its
+    partitions up, joins again with a new consumer and goes on consuming."""
+    settings.CONSUMER_INSTANCE = "0"
+    group = f"runner-test-{uuid.uuid4().hex[:8]}"
+    handler = RecordingHandler()
+    runner = ConsumerRunner(
+        RunnerConfig(role="runner-test", topics=[fresh_topic], group=group, batch_size=10, poll_timeout=0.2), handler
+    )
+    thread, errors = start(runner)
+    try:
+        assert runner.assigned.wait(30)
+        produce_raw(fresh_topic, [("k", b"before")])
+        assert wait_for(lambda: handler.values == [b"before"])
+        intruder = Consumer(consumer_config(group))  # the same group.instance.id: the runner is fenced
+        intruder.subscribe([fresh_topic])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not intruder.assignment():
+            intruder.poll(0.2)
+        assert intruder.assignment(), "the intruder took the instance's membership"
+        intruder.close()  # a static member does not leave: the runner's next join replaces it
+        assert wait_for(lambda: runner._fenced_times >= 1, timeout=30), "the runner saw itself fenced"
+        produce_raw(fresh_topic, [("k", b"after")])
+        assert wait_for(lambda: b"after" in handler.values, timeout=60), handler.values
+        assert thread.is_alive() and not errors, errors
+    finally:
+        runner.stop_event.set()
+        thread.join(15)
+    assert not errors

@@ -23,9 +23,18 @@ USER_SEARCH = ("user__username", "user__email")
 
 @admin.register(RecipientProfile)
 class RecipientProfileAdmin(admin.ModelAdmin):
-    list_display = ("user", "phone", "locale", "timezone", "email_invalid_at", "phone_invalid_at", "webhook_invalid_at")
+    list_display = (
+        "external_id",
+        "user",
+        "phone",
+        "locale",
+        "timezone",
+        "email_invalid_at",
+        "phone_invalid_at",
+        "webhook_invalid_at",
+    )
     list_filter = ("locale",)
-    search_fields = (*USER_SEARCH, "phone")
+    search_fields = ("=external_id", *USER_SEARCH, "phone")
     list_select_related = ("user",)
     raw_id_fields = ("user",)
     readonly_fields = ("created_at", "updated_at")

@@ -5,6 +5,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from notifications.models import NotificationType
+from preferences.models import EXTERNAL_ID, EXTERNAL_ID_MAX_LENGTH
 
 
 class EventInSerializer(serializers.Serializer):
@@ -15,9 +16,13 @@ class EventInSerializer(serializers.Serializer):
     )
     type = serializers.CharField(max_length=100, help_text="A notification type key, e.g. order.shipped.")
     recipients = serializers.ListField(
-        child=serializers.RegexField(r"^[0-9]{1,18}$", max_length=18),
+        child=serializers.RegexField(
+            EXTERNAL_ID,
+            max_length=EXTERNAL_ID_MAX_LENGTH,
+            error_messages={"invalid": "Not a recipient id: 1 to 255 characters without spaces, '/', '?' or '#'."},
+        ),
         allow_empty=False,
-        help_text="User ids of the recipients.",
+        help_text="The recipients' external ids (the ids your service uses; see PUT /api/v1/recipients/{id}).",
     )
     data = serializers.DictField(required=False, default=dict, help_text="Template variables.")
     occurred_at = serializers.DateTimeField(required=False)

@@ -9,7 +9,6 @@ stricter than them somewhere, the validated data.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +18,9 @@ from rest_framework.exceptions import ValidationError
 
 from notifications.ingest.serializers import EventBatchInSerializer, EventInSerializer
 from notifications.outbox.services import EventInput
+from preferences.models import EXTERNAL_ID
 
-_RECIPIENT = re.compile(r"[0-9]{1,18}")
+_RECIPIENT = EXTERNAL_ID
 _EVENT_FIELDS = frozenset({"event_id", "type", "recipients", "data", "occurred_at"})
 NOT_AN_EVENT = 'Send one event object, or {"events": [...]} for a batch.'
 
@@ -71,7 +71,7 @@ def _fast_event(item: Any, known_type: Callable[[str], bool]) -> EventInput | No
     if not isinstance(item, dict) or "occurred_at" in item or not item.keys() <= _EVENT_FIELDS:
         return None
     event_id = item.get("event_id")
-    if event_id is not None and not (isinstance(event_id, str) and 0 < len(event_id) <= 200 and _trimmed(event_id)):
+    if "event_id" in item and not (isinstance(event_id, str) and 0 < len(event_id) <= 200 and _trimmed(event_id)):
         return None
     type_key = item.get("type")
     if not (isinstance(type_key, str) and 0 < len(type_key) <= 100 and _trimmed(type_key) and known_type(type_key)):

@@ -157,12 +157,19 @@ def publish_event(
     occurred_at: datetime | None = None,
     service: str = "internal",
 ) -> PublishResult:
-    """Publish one event to `recipients` (user ids). Idempotent by (`service`, `event_id`)."""
+    """Publish one event to `recipients` (their external ids; a user without one by its id).
+    Idempotent by (`service`, `event_id`). A malformed recipient id raises ValueError."""
+    from preferences.models import EXTERNAL_ID
+
+    names = [str(r) for r in recipients]
+    for name in names:
+        if EXTERNAL_ID.fullmatch(name) is None:
+            raise ValueError(f"recipients: {name!r} is not a recipient id (1 to 255 characters, no spaces, '/?#')")
     [result] = publish_events(
         events=[
             EventInput(
                 type=type,
-                recipients=[str(r) for r in recipients],
+                recipients=names,
                 data=data or {},
                 event_id=event_id,
                 occurred_at=occurred_at,

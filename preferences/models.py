@@ -188,3 +188,40 @@ class InboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type_key} for user #{self.user_id}"
+
+
+def validate_rs256_public_key(value: str) -> None:
+    """Accept only a PEM-encoded RSA public key (``-----BEGIN PUBLIC KEY-----``)."""
+    if not value:
+        return
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(value.strip().encode())
+    except ValueError as exc:
+        raise ValidationError("Enter a PEM-encoded RSA public key (-----BEGIN PUBLIC KEY-----).") from exc
+    if not isinstance(key, RSAPublicKey):
+        raise ValidationError("RS256 needs an RSA public key.")
+
+
+class UserTokenKey(models.Model):
+    """How a producer's end-user tokens (JWT) are verified: the HS256 secret of one API key, and
+    optionally an RS256 public key. Tokens name it by the API key's prefix in their ``kid`` header."""
+
+    api_key = models.OneToOneField("notifications.ApiKey", on_delete=models.CASCADE, related_name="user_token_key")
+    hs256_secret = models.CharField(
+        max_length=100, editable=False, help_text="Shared with the producer's backend, which signs with it."
+    )
+    rs256_public_key = models.TextField(
+        blank=True,
+        validators=[validate_rs256_public_key],
+        help_text="PEM public key; when set, RS256 tokens signed with its private key are accepted too.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "end-user token key"
+
+    def __str__(self) -> str:
+        return f"token key of {self.api_key}"

@@ -21,11 +21,13 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from notifications.models import MANDATORY_CATEGORIES, Category
 
 from . import selectors, services
+from .authentication import BearerTokenAuthentication, TokenScopeAllows
 from .models import Device, InboxMessage, RecipientProfile
 from .serializers import (
     DeviceInSerializer,
@@ -55,9 +57,13 @@ def _as_drf_error(exc: DjangoValidationError) -> serializers.ValidationError:
 
 
 class MeAPIView(APIView):
-    """Base of the ``/me/…`` views: JSON in, authenticated user only (project defaults)."""
+    """Base of the ``/me/…`` views: JSON in, authenticated user only: an end-user token (Bearer) or
+    the project's default authentication. ``token_scope`` is the scope a token needs."""
 
     parser_classes = [JSONParser]
+    authentication_classes = [BearerTokenAuthentication, *api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+    permission_classes = [*api_settings.DEFAULT_PERMISSION_CLASSES, TokenScopeAllows]
+    token_scope = "preferences"
 
 
 # --- preferences -----------------------------------------------------------------------------
@@ -187,6 +193,8 @@ def _flag(value: str | None) -> bool:
 class MyNotificationsView(MeAPIView):
     """The signed-in user's in-app inbox."""
 
+    token_scope = "inbox"
+
     @extend_schema(
         tags=TAGS,
         summary="My in-app inbox, newest first",
@@ -214,6 +222,8 @@ class MyNotificationsView(MeAPIView):
 class MyNotificationReadView(MeAPIView):
     """Mark one in-app message read."""
 
+    token_scope = "inbox"
+
     @extend_schema(tags=TAGS, summary="Mark one message read", request=None, responses={200: InboxMessageOutSerializer})
     def post(self, request: Request, pk: int) -> Response:
         try:
@@ -225,6 +235,8 @@ class MyNotificationReadView(MeAPIView):
 
 class MyNotificationsReadAllView(MeAPIView):
     """Mark every unread in-app message read."""
+
+    token_scope = "inbox"
 
     @extend_schema(
         tags=TAGS,

@@ -135,6 +135,23 @@ def recipient_data(external_id: str, validated: dict[str, Any]) -> RecipientData
     )
 
 
+def merge_recipient_data(first: RecipientData, then: RecipientData) -> RecipientData:
+    """Two upserts of one recipient as one: ``then``'s fields win, attributes merge, devices add up."""
+    if then.clear_attributes:
+        attributes, clear = then.attributes, True
+    elif first.attributes is None and then.attributes is None:
+        attributes, clear = None, first.clear_attributes
+    else:
+        attributes, clear = {**(first.attributes or {}), **(then.attributes or {})}, first.clear_attributes
+    return RecipientData(
+        external_id=first.external_id,
+        fields={**first.fields, **then.fields},
+        attributes=attributes,
+        devices=list(dict.fromkeys([*first.devices, *then.devices])),
+        clear_attributes=clear,
+    )
+
+
 class BulkRecipientsInSerializer(serializers.Serializer):
     recipients = serializers.ListField(
         child=serializers.JSONField(), allow_empty=False, help_text="Up to RECIPIENTS_BULK_MAX (1,000) recipients."

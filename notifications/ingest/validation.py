@@ -18,7 +18,9 @@ from rest_framework.exceptions import ValidationError
 
 from notifications.ingest.serializers import EventBatchInSerializer, EventInSerializer
 from notifications.outbox.services import EventInput
+from preferences.identify import PROTECTED, protected_recipients
 from preferences.models import EXTERNAL_ID
+from preferences.recipient_ids import resolve_recipients
 
 _RECIPIENT = EXTERNAL_ID
 _EVENT_FIELDS = frozenset({"event_id", "type", "recipients", "data", "occurred_at"})
@@ -37,16 +39,39 @@ def read_events(body: Any, *, known_type: Callable[[str], bool]) -> tuple[list[E
     serializer = (EventBatchInSerializer if is_batch else EventInSerializer)(data=body)
     serializer.is_valid(raise_exception=True)
     items = serializer.validated_data["events"] if is_batch else [serializer.validated_data]
-    return [
+    events = [
         EventInput(
             type=item["type"],
-            recipients=item["recipients"],
+            recipients=[r if isinstance(r, str) else r.external_id for r in item["recipients"]],
             data=item.get("data") or {},
             event_id=item.get("event_id"),
             occurred_at=item.get("occurred_at"),
+            inline=[r for r in item["recipients"] if not isinstance(r, str)],
         )
         for item in items
-    ], is_batch
+    ]
+    _refuse_protected(events, is_batch)
+    return events, is_batch
+
+
+def _refuse_protected(events: list[EventInput], is_batch: bool) -> None:
+    """Inline recipients may not name a staff account (the identify API's rule); checked here, with
+    the field's path, so the group commit never meets one."""
+    inline = {r.external_id for event in events for r in event.inline}
+    if not inline:
+        return
+    protected = protected_recipients(resolve_recipients(inline))
+    errors: dict = {}
+    for index, event in enumerate(events):
+        refused = {
+            position: {"id": [PROTECTED]}
+            for position, recipient in enumerate(event.recipients)
+            if recipient in protected and any(r.external_id == recipient for r in event.inline)
+        }
+        if refused:
+            errors[index] = {"recipients": refused}
+    if errors:
+        raise ValidationError({"events": errors} if is_batch else errors[0])
 
 
 def fast_events(body: Any, *, is_batch: bool, known_type: Callable[[str], bool]) -> list[EventInput] | None:

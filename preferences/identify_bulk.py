@@ -10,6 +10,7 @@ from typing import Any
 from .identify import PROTECTED, RecipientData, protected_recipients, recipients_upsert
 from .recipient_ids import resolve_recipients
 from .recipient_serializers import RecipientItemInSerializer, recipient_data
+from .recipient_validation import fast_recipient
 
 __all__ = ["bulk_upsert"]
 
@@ -20,6 +21,14 @@ def bulk_upsert(items: list[Any]) -> dict[str, Any]:
     valid: list[tuple[int, RecipientData]] = []
     seen: set[str] = set()
     for index, item in enumerate(items):
+        data = fast_recipient(item)
+        if data is not None:
+            if data.external_id in seen:
+                results.append({"index": index, "id": data.external_id, "errors": {"id": ["This id appears twice."]}})
+                continue
+            seen.add(data.external_id)
+            valid.append((index, data))
+            continue
         serializer = RecipientItemInSerializer(data=item)
         if not serializer.is_valid():
             raw_id = item.get("id") if isinstance(item, dict) else None

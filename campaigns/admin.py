@@ -267,7 +267,8 @@ class CampaignAdmin(admin.ModelAdmin):
     def send_test_view(self, request: HttpRequest, pk: int):
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        self._send_test(request, get_object_or_404(Campaign, pk=pk))
+        recipient = (request.POST.get("recipient") or "").strip() or None
+        self._send_test(request, get_object_or_404(Campaign, pk=pk), recipient=recipient)
         return HttpResponseRedirect(self._change_url(pk))
 
     def state_view(self, request: HttpRequest, pk: int, action: str):
@@ -288,13 +289,14 @@ class CampaignAdmin(admin.ModelAdmin):
         per_channel = ", ".join(f"{channel}: {n:,}" for channel, n in estimate.eligible.items())
         self.message_user(request, f"{campaign}: {estimate.matching:,} users match; reachable now — {per_channel}.")
 
-    def _send_test(self, request, campaign: Campaign) -> None:
+    def _send_test(self, request, campaign: Campaign, recipient: str | None = None) -> None:
         try:
-            channels = services.campaign_send_test(campaign_id=campaign.pk, user=request.user)
+            channels = services.campaign_send_test(campaign_id=campaign.pk, user=request.user, recipient_id=recipient)
         except (services.CampaignError, PermissionDenied) as exc:
             self.message_user(request, f"{campaign}: {exc}", messages.ERROR)
             return
-        self.message_user(request, f"{campaign}: test sent to you on {', '.join(channels)}.")
+        to = f"recipient {recipient}" if recipient else "you"
+        self.message_user(request, f"{campaign}: test sent to {to} on {', '.join(channels)}.")
 
     def _change_state(self, request, campaign: Campaign, action: str) -> None:
         service, done, _verb = ACTIONS[action]

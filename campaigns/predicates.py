@@ -89,6 +89,7 @@ FIELDS: dict[str, FieldSpec] = {
     "user.last_name": FieldSpec(STRING, "User last name", "last_name"),
     "user.date_joined": FieldSpec(DATETIME, "When the user joined", "date_joined"),
     "user.last_login": FieldSpec(DATETIME, "Last login", "last_login"),
+    "recipient.id": FieldSpec(STRING, "The producer's external id of the recipient", f"{_PROFILE}__external_id"),
     "profile.locale": FieldSpec(STRING, "Locale, e.g. de-ch", f"{_PROFILE}__locale"),
     "profile.timezone": FieldSpec(STRING, "IANA time zone", f"{_PROFILE}__timezone"),
     "muted": FieldSpec(BOOL, "Globally muted (all non-security notifications off)"),

@@ -200,20 +200,27 @@ def campaign_fail(*, campaign_id: int, reason: str) -> bool:
     return moved
 
 
-def campaign_send_test(*, campaign_id: int, user) -> list[str]:
-    """Render the campaign for ``user`` and send it on each channel the user can be reached on, through
-    the outbox and the normal workers (preferences are not applied: the user asked for it). Returns
-    the channels a message was queued for."""
+def campaign_send_test(*, campaign_id: int, user, recipient_id: str | None = None) -> list[str]:
+    """Render the campaign for ``user`` — or for the recipient whose external id is ``recipient_id`` —
+    and send it on each channel they can be reached on, through the outbox and the normal workers
+    (preferences are not applied: a test was asked for). Returns the channels a message was queued for."""
     from campaigns.expansion.building import CampaignView, build_recipient_messages
+    from preferences.recipients import recipient_user
     from preferences.selectors import contact_points_for_users
 
     if user is None or not user.has_perm("campaigns.change_campaign"):
         raise PermissionDenied("You do not have permission to send campaign tests.")
+    if recipient_id:
+        user = recipient_user(recipient_id.strip())
+        if user is None:
+            raise CampaignError(f"No recipient has the id {recipient_id.strip()!r}.")
     campaign = Campaign.objects.select_related("notification_type").get(pk=campaign_id)
     view = CampaignView.load(campaign)
     contact = contact_points_for_users([user.pk]).get(user.pk)
     if contact is None:
-        raise CampaignError("Your user has no contact points.")
+        raise CampaignError(
+            "The recipient has no contact points." if recipient_id else "Your user has no contact points."
+        )
     test_id = str(uuid.uuid4())
     messages: list[OutboxMessage] = []
     channels: list[str] = []

@@ -83,6 +83,8 @@ AUTH_PASSWORD_VALIDATORS = [
 LANGUAGE_CODE = "en"
 TIME_ZONE = "UTC"
 USE_I18N = True
+# Translations of the pages end users see (the hosted preference centre), by the recipient's locale.
+LOCALE_PATHS = [BASE_DIR / "locale"]
 USE_TZ = True
 
 STATIC_URL = "static/"
@@ -135,6 +137,15 @@ OUTBOX_POLL_INTERVAL = env.float("OUTBOX_POLL_INTERVAL", default=1.0)
 INGEST_MAX_BATCH = env.int("INGEST_MAX_BATCH", default=500)
 INGEST_MAX_RECIPIENTS = env.int("INGEST_MAX_RECIPIENTS", default=1000)
 INGEST_MAX_DATA_BYTES = env.int("INGEST_MAX_DATA_BYTES", default=64 * 1024)
+# --- Identify API (/api/v1/recipients) and inline recipients in events -------------------------
+RECIPIENTS_BULK_MAX = env.int("RECIPIENTS_BULK_MAX", default=1000)
+RECIPIENT_MAX_ATTRIBUTES_BYTES = env.int("RECIPIENT_MAX_ATTRIBUTES_BYTES", default=16 * 1024)
+PREFERENCES_MAX_DEVICES_PER_USER = env.int("PREFERENCES_MAX_DEVICES_PER_USER", default=20)
+# End-user tokens (JWT, `Authorization: Bearer`): the lifetime `manage.py mint_user_token` gives, the
+# longest lifetime honoured after a token's `iat`, and the clock skew tolerated.
+USER_TOKEN_DEFAULT_TTL_SECONDS = env.int("USER_TOKEN_DEFAULT_TTL_SECONDS", default=3600)
+USER_TOKEN_MAX_TTL_SECONDS = env.int("USER_TOKEN_MAX_TTL_SECONDS", default=24 * 3600)
+USER_TOKEN_LEEWAY_SECONDS = env.int("USER_TOKEN_LEEWAY_SECONDS", default=30)
 # API keys are verified from a per-process cache: a revocation or a quota change applies within this.
 API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=5.0)
 # Load shedding (503 + Retry-After): when the ingest's commits take longer than this (smoothed), or

@@ -15,17 +15,27 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from . import services
-from .models import Device, InboxMessage, PreferenceDocument, RecipientProfile
+from .models import Device, InboxMessage, PreferenceDocument, RecipientProfile, UserTokenKey
 from .schema import validate_document
+from .user_tokens import new_token_secret
 
 USER_SEARCH = ("user__username", "user__email")
 
 
 @admin.register(RecipientProfile)
 class RecipientProfileAdmin(admin.ModelAdmin):
-    list_display = ("user", "phone", "locale", "timezone", "email_invalid_at", "phone_invalid_at", "webhook_invalid_at")
+    list_display = (
+        "external_id",
+        "user",
+        "phone",
+        "locale",
+        "timezone",
+        "email_invalid_at",
+        "phone_invalid_at",
+        "webhook_invalid_at",
+    )
     list_filter = ("locale",)
-    search_fields = (*USER_SEARCH, "phone")
+    search_fields = ("=external_id", *USER_SEARCH, "phone")
     list_select_related = ("user",)
     raw_id_fields = ("user",)
     readonly_fields = ("created_at", "updated_at")
@@ -135,3 +145,22 @@ class InboxMessageAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: InboxMessage | None = None) -> bool:
         return False
+
+
+@admin.register(UserTokenKey)
+class UserTokenKeyAdmin(admin.ModelAdmin):
+    """The secret (HS256) and optional public key (RS256) an API key's end-user tokens are checked with.
+    Adding one creates the secret; hand it to the producer's backend, which signs tokens with it."""
+
+    list_display = ("api_key", "created_at", "has_rs256")
+    raw_id_fields = ("api_key",)
+    readonly_fields = ("hs256_secret", "created_at")
+
+    @admin.display(boolean=True, description="RS256 key")
+    def has_rs256(self, obj: UserTokenKey) -> bool:
+        return bool(obj.rs256_public_key)
+
+    def save_model(self, request: HttpRequest, obj: UserTokenKey, form: Any, change: bool) -> None:
+        if not obj.hs256_secret:
+            obj.hs256_secret = new_token_secret()
+        super().save_model(request, obj, form, change)

@@ -8,4 +8,4 @@ class PreferencesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import signals  # noqa: F401  (connects the cache invalidation on delete)
+        from . import schema_extensions, signals  # noqa: F401  (the Bearer scheme; the cache invalidation on delete)

@@ -1,7 +1,8 @@
 """Preference models: recipients' contact points, push devices, preference documents, in-app inbox.
 
-* :class:`RecipientProfile` holds what the platform needs to reach a user besides ``User.email``
-  (phone, locale, time zone, webhook URL) plus the "invalid since" marks set after hard bounces.
+* :class:`RecipientProfile` holds the producer's external id of a user and what the platform needs to
+  reach them besides ``User.email`` (phone, locale, time zone, webhook URL) plus the "invalid since"
+  marks set after hard bounces.
 * :class:`Device` is one push token (FCM or APNs); a token belongs to at most one user at a time.
 * :class:`PreferenceDocument` is the user's opt-in/opt-out document (validated by
   :mod:`preferences.schema`), versioned so the Redis cache can refuse stale writes.
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 
 import phonenumbers
@@ -27,6 +29,7 @@ __all__ = [
     "PreferenceDocument",
     "RecipientProfile",
     "validate_e164",
+    "validate_external_id",
     "validate_timezone",
 ]
 
@@ -44,6 +47,20 @@ def validate_e164(value: str) -> None:
         or phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164) != value
     ):
         raise ValidationError("Enter a valid phone number in E.164 format, e.g. +4915112345678.")
+
+
+#: A producer's id for a recipient: 1 to 255 characters, no whitespace or control characters, and none
+#: of ``/ ? #`` (it is a path segment of ``/api/v1/recipients/{id}``).
+EXTERNAL_ID_MAX_LENGTH = 255
+EXTERNAL_ID = re.compile(r"\A[^\s\x00-\x1f\x7f/?#\ud800-\udfff]{1,255}\Z")
+
+
+def validate_external_id(value: str) -> None:
+    """Accept only an external id :data:`EXTERNAL_ID` matches."""
+    if not isinstance(value, str) or EXTERNAL_ID.fullmatch(value) is None:
+        raise ValidationError(
+            "Enter 1 to 255 characters without spaces, control characters, '/', '?' or '#', e.g. u-42."
+        )
 
 
 def validate_timezone(value: str) -> None:
@@ -68,6 +85,15 @@ class RecipientProfile(models.Model):
     """How to reach a user (besides ``User.email``) and which contact points are known to be dead."""
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="recipient_profile")
+    external_id = models.CharField(
+        max_length=EXTERNAL_ID_MAX_LENGTH,
+        unique=True,
+        null=True,
+        blank=True,
+        validators=[validate_external_id],
+        help_text="The producer's id for this recipient (events and the identify API use it). Empty: the "
+        "recipient is addressed by its internal user id.",
+    )
     phone = models.CharField(
         max_length=20, blank=True, validators=[validate_e164], help_text="E.164, e.g. +4915112345678."
     )
@@ -93,7 +119,7 @@ class RecipientProfile(models.Model):
         verbose_name = "recipient profile"
 
     def __str__(self) -> str:
-        return f"profile of user #{self.user_id}"
+        return f"recipient {self.external_id}" if self.external_id else f"profile of user #{self.user_id}"
 
 
 class DevicePlatform(models.TextChoices):
@@ -162,3 +188,40 @@ class InboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type_key} for user #{self.user_id}"
+
+
+def validate_rs256_public_key(value: str) -> None:
+    """Accept only a PEM-encoded RSA public key (``-----BEGIN PUBLIC KEY-----``)."""
+    if not value:
+        return
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(value.strip().encode())
+    except ValueError as exc:
+        raise ValidationError("Enter a PEM-encoded RSA public key (-----BEGIN PUBLIC KEY-----).") from exc
+    if not isinstance(key, RSAPublicKey):
+        raise ValidationError("RS256 needs an RSA public key.")
+
+
+class UserTokenKey(models.Model):
+    """How a producer's end-user tokens (JWT) are verified: the HS256 secret of one API key, and
+    optionally an RS256 public key. Tokens name it by the API key's prefix in their ``kid`` header."""
+
+    api_key = models.OneToOneField("notifications.ApiKey", on_delete=models.CASCADE, related_name="user_token_key")
+    hs256_secret = models.CharField(
+        max_length=100, editable=False, help_text="Shared with the producer's backend, which signs with it."
+    )
+    rs256_public_key = models.TextField(
+        blank=True,
+        validators=[validate_rs256_public_key],
+        help_text="PEM public key; when set, RS256 tokens signed with its private key are accepted too.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "end-user token key"
+
+    def __str__(self) -> str:
+        return f"token key of {self.api_key}"

@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils import translation
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
@@ -21,11 +23,13 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from notifications.models import MANDATORY_CATEGORIES, Category
 
-from . import selectors, services
+from . import centre, selectors, services
+from .authentication import BearerTokenAuthentication, TokenScopeAllows
 from .models import Device, InboxMessage, RecipientProfile
 from .serializers import (
     DeviceInSerializer,
@@ -55,9 +59,13 @@ def _as_drf_error(exc: DjangoValidationError) -> serializers.ValidationError:
 
 
 class MeAPIView(APIView):
-    """Base of the ``/me/…`` views: JSON in, authenticated user only (project defaults)."""
+    """Base of the ``/me/…`` views: JSON in, authenticated user only: an end-user token (Bearer) or
+    the project's default authentication. ``token_scope`` is the scope a token needs."""
 
     parser_classes = [JSONParser]
+    authentication_classes = [BearerTokenAuthentication, *api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+    permission_classes = [*api_settings.DEFAULT_PERMISSION_CLASSES, TokenScopeAllows]
+    token_scope = "preferences"  # noqa: S105 - a scope name, not a secret
 
 
 # --- preferences -----------------------------------------------------------------------------
@@ -187,6 +195,8 @@ def _flag(value: str | None) -> bool:
 class MyNotificationsView(MeAPIView):
     """The signed-in user's in-app inbox."""
 
+    token_scope = "inbox"  # noqa: S105 - a scope name, not a secret
+
     @extend_schema(
         tags=TAGS,
         summary="My in-app inbox, newest first",
@@ -214,6 +224,8 @@ class MyNotificationsView(MeAPIView):
 class MyNotificationReadView(MeAPIView):
     """Mark one in-app message read."""
 
+    token_scope = "inbox"  # noqa: S105 - a scope name, not a secret
+
     @extend_schema(tags=TAGS, summary="Mark one message read", request=None, responses={200: InboxMessageOutSerializer})
     def post(self, request: Request, pk: int) -> Response:
         try:
@@ -225,6 +237,8 @@ class MyNotificationReadView(MeAPIView):
 
 class MyNotificationsReadAllView(MeAPIView):
     """Mark every unread in-app message read."""
+
+    token_scope = "inbox"  # noqa: S105 - a scope name, not a secret
 
     @extend_schema(
         tags=TAGS,
@@ -282,28 +296,38 @@ class MyProfileView(MeAPIView):
         return Response(ProfileSerializer(_profile_payload(request.user)).data)
 
 
-# --- one-click unsubscribe -------------------------------------------------------------------
+# --- one-click unsubscribe and the hosted preference centre -----------------------------------
 
 
-def _category_label(category: str) -> str:
-    try:
-        return Category(category).label
-    except ValueError:
-        return category
+def _recipient_language(user: Any | None) -> str:
+    """The recipient's locale as a Django language code (``de-CH`` → ``de-ch``; Django falls back to
+    ``de``, then to the default, where no translation exists)."""
+    locale = RecipientProfile.objects.filter(user=user).values_list("locale", flat=True).first() if user else None
+    return (locale or settings.LANGUAGE_CODE).lower()
 
 
 class UnsubscribeView(APIView):
-    """RFC 8058 one-click unsubscribe. No login (the signed token is the authorisation), no CSRF.
-
-    GET shows a confirmation page and changes nothing (mail scanners follow links); POST opts out.
+    """The page behind every e-mail's signed link: RFC 8058 one-click unsubscribe plus the hosted
+    preference centre (category-by-channel). No login (the signed token is the authorisation), no CSRF,
+    no JavaScript. GET shows the page and changes nothing (mail scanners follow links); a POST of
+    ``List-Unsubscribe=One-Click`` opts out of the link's category; a POST of the grid
+    (``action=save``) writes it. Shown in the recipient's locale where a translation exists.
     """
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
     parser_classes = [FormParser, MultiPartParser, JSONParser]
 
-    def _html(self, request: HttpRequest, template_context: dict[str, Any], status_code: int) -> HttpResponse:
-        return render(request, "preferences/unsubscribe.html", template_context, status=status_code)
+    def _html(self, request: HttpRequest, context: dict[str, Any], status_code: int, user: Any = None) -> HttpResponse:
+        language = _recipient_language(user)
+        with translation.override(language):
+            if user is not None and context.get("state") != "error":
+                context["grid"] = centre.preference_grid(user.pk)[1]
+                context["channels"] = [(c, str(label)) for c, label in centre.CHANNEL_LABELS.items()]
+            context["language"] = translation.get_language()
+            response = render(request, "preferences/unsubscribe.html", context, status=status_code)
+        response["Content-Language"] = context["language"]
+        return response
 
     def _error(self, request: Request, detail: str, code: str, status_code: int, *, html: bool) -> HttpResponse:
         if html:
@@ -333,10 +357,12 @@ class UnsubscribeView(APIView):
 
     @extend_schema(
         tags=["unsubscribe"],
-        summary="Unsubscribe confirmation page (no change)",
+        summary="Preference centre and unsubscribe confirmation (no change)",
         auth=[],
         responses={
-            (200, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="Confirmation page with a button"),
+            (200, "text/html"): OpenApiResponse(
+                OpenApiTypes.STR, description="The one-click button for the link's category and the grid"
+            ),
             (400, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="Invalid link or security category"),
             (410, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="Expired link"),
         },
@@ -345,29 +371,37 @@ class UnsubscribeView(APIView):
         target, error = self._resolve(request, token, html=True)
         if error is not None:
             return error
-        context = {"state": "confirm", "category": _category_label(target.category)}
-        return self._html(request._request, context, status.HTTP_200_OK)
+        user = get_user_model().objects.filter(pk=target.user_id).first()
+        context = {"state": "confirm", "category": centre.category_label(target.category)}
+        return self._html(request._request, context, status.HTTP_200_OK, user)
 
     @extend_schema(
         tags=["unsubscribe"],
-        summary="One-click unsubscribe (RFC 8058)",
+        summary="One-click unsubscribe (RFC 8058), or save the preference centre's grid",
         description="Mail clients POST `List-Unsubscribe=One-Click` (form-encoded). Opts the recipient out of "
-        "the link's category on every channel. Idempotent. 400 for a tampered link or the security "
-        "category, 410 for an expired link.",
+        "the link's category on every channel. Idempotent. The preference centre's form posts `action=save` "
+        "and one `pref-<category>-<channel>` field per ticked box: unticked boxes become opt-outs. 400 for "
+        "a tampered link or the security category, 410 for an expired link.",
         auth=[],
         request={"application/x-www-form-urlencoded": OpenApiTypes.OBJECT},
         responses={200: UnsubscribeOutSerializer, 400: ErrorOutSerializer, 410: ErrorOutSerializer},
     )
     def post(self, request: Request, token: str) -> HttpResponse:
-        html = "text/html" in request.headers.get("Accept", "")
+        saving = request.data.get("action") == "save"
+        html = saving or "text/html" in request.headers.get("Accept", "")
         target, error = self._resolve(request, token, html=html)
         if error is not None:
             return error
         user = get_user_model().objects.filter(pk=target.user_id).first()
+        label = centre.category_label(target.category)
+        if saving:
+            if user is not None:
+                centre.preferences_apply_grid(user=user, form=request.data)
+                logger.info("preference centre saved", extra={"user_id": target.user_id})
+            return self._html(request._request, {"state": "saved", "category": label}, status.HTTP_200_OK, user)
         if user is not None:
             services.preferences_opt_out_category(user=user, category=target.category)
             logger.info("unsubscribed", extra={"user_id": target.user_id, "category": target.category})
         if html:
-            context = {"state": "done", "category": _category_label(target.category)}
-            return self._html(request._request, context, status.HTTP_200_OK)
+            return self._html(request._request, {"state": "done", "category": label}, status.HTTP_200_OK, user)
         return Response({"unsubscribed": True, "category": target.category})

@@ -57,6 +57,7 @@ from notifications.log_partitions import maintain_partitions_from_loop
 from notifications.models import MANDATORY_CATEGORIES, DeliveryStatus, Urgency
 from notifications.priority import Lane, PriorityClass, classify, lane_for
 from preferences.cache import preferences_get_many
+from preferences.recipient_ids import resolve_recipients
 from preferences.selectors import ContactPoints, contact_points_for_users
 from preferences.state import PreferenceState
 from preferences.unsubscribe import unsubscribe_url_maker
@@ -98,9 +99,13 @@ def parse_event(raw: bytes | None) -> dict[str, Any]:
         event_id = str(event["id"])
         if _CANONICAL_UUID.fullmatch(event_id) is None:  # the usual form needs no UUID object
             uuid.UUID(event_id)
-        event["recipient"] = int(event["recipient"])
     except (ValueError, TypeError) as exc:
-        raise InvalidEvent("invalid_event", f"bad id or recipient: {exc}") from exc
+        raise InvalidEvent("invalid_event", f"bad id: {exc}") from exc
+    recipient = event["recipient"]
+    if type(recipient) is not str:  # an external id; an int from an envelope of before external ids
+        if type(recipient) is not int:
+            raise InvalidEvent("invalid_event", f"bad recipient: {recipient!r}")
+        event["recipient"] = str(recipient)
     if not isinstance(event.get("data", {}), dict):
         raise InvalidEvent("invalid_event", "'data' is not an object")
     return event
@@ -234,7 +239,12 @@ class Dispatcher:
                 continue
             parsed.append((event, entry))
 
-        user_ids = {event["recipient"] for event, _ in parsed}
+        # The producers' recipient ids become user ids here, the whole batch in one query.
+        recipients = {event["recipient"] for event, _ in parsed}
+        resolved = self.reader.submit(resolve_recipients, recipients).result() if recipients else {}
+        if len(resolved) < len(recipients):
+            parsed = self._drop_unknown_recipients(parsed, resolved)
+        user_ids = set(resolved.values())
         # Contact points (PostgreSQL) are read on the reader thread while preferences come from Redis.
         contacts_read = self.reader.submit(contact_points_for_users, user_ids) if user_ids else None
         states = preferences_get_many(user_ids, redis_client=self.redis) if user_ids else {}
@@ -247,7 +257,7 @@ class Dispatcher:
         if parsed:
             EVENTS.labels("dispatched").inc(len(parsed))
         for event, entry in parsed:
-            user_id, event_id, type_key = event["recipient"], event["id"], event["type"]
+            user_id, event_id, type_key = resolved[event["recipient"]], event["id"], event["type"]
             day = days[event_id] = log_day(event.get("accepted_at") or event.get("occurred_at"))
             contact = contacts.get(user_id)
             state = states.get(user_id) or PreferenceState(user_id=user_id, version=0, document={})
@@ -400,6 +410,17 @@ class Dispatcher:
             meta=event.get("meta") or None,
             log_day=day,
         )
+
+    @staticmethod
+    def _drop_unknown_recipients(
+        parsed: list[tuple[dict[str, Any], TypeEntry]], resolved: dict[str, int]
+    ) -> list[tuple[dict[str, Any], TypeEntry]]:
+        """The events whose recipient is known; the others are counted and logged (an id never
+        identified, or erased since the event was accepted)."""
+        kept = [(event, entry) for event, entry in parsed if event["recipient"] in resolved]
+        EVENTS.labels("unknown_recipient").inc(len(parsed) - len(kept))
+        log.warning("events for unknown recipients skipped", extra={"events": len(parsed) - len(kept)})
+        return kept
 
     # -- dead letters ----------------------------------------------------------------------------
     def _event_to_dlq(self, message: Message, exc: InvalidEvent) -> None:

@@ -2,9 +2,55 @@
 
 import orjson
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from notifications.models import NotificationType
+from preferences.identify import RecipientData
+from preferences.models import EXTERNAL_ID, EXTERNAL_ID_MAX_LENGTH
+from preferences.recipient_serializers import RecipientItemInSerializer, merge_recipient_data, recipient_data
+
+NOT_A_RECIPIENT = "Not a recipient id: 1 to 255 characters without spaces, '/', '?' or '#'."
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "maxLength": EXTERNAL_ID_MAX_LENGTH, "example": "u-42"},
+            {
+                "type": "object",
+                "required": ["id"],
+                "properties": {"id": {"type": "string", "maxLength": EXTERNAL_ID_MAX_LENGTH}},
+                "additionalProperties": True,
+                "description": "A recipient object: `id` and the fields of PUT /api/v1/recipients/{id}.",
+                "example": {"id": "u-42", "email": "ana@example.com", "locale": "de-CH"},
+            },
+        ]
+    }
+)
+class RecipientRefField(serializers.Field):
+    """A recipient's external id, or a recipient object (``{"id": …, "email": …}``) to upsert with the event."""
+
+    default_error_messages = {"invalid": NOT_A_RECIPIENT}
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._id = serializers.RegexField(
+            EXTERNAL_ID, max_length=EXTERNAL_ID_MAX_LENGTH, error_messages={"invalid": NOT_A_RECIPIENT}
+        )
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            item = RecipientItemInSerializer(data=data)
+            if not item.is_valid():
+                raise serializers.ValidationError(item.errors)
+            return recipient_data(item.validated_data["id"], item.validated_data)
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return self._id.run_validation(data)
+
+    def to_representation(self, value):
+        return value if isinstance(value, str) else value.external_id
 
 
 class EventInSerializer(serializers.Serializer):
@@ -15,9 +61,11 @@ class EventInSerializer(serializers.Serializer):
     )
     type = serializers.CharField(max_length=100, help_text="A notification type key, e.g. order.shipped.")
     recipients = serializers.ListField(
-        child=serializers.RegexField(r"^[0-9]{1,18}$", max_length=18),
+        child=RecipientRefField(),
         allow_empty=False,
-        help_text="User ids of the recipients.",
+        help_text="The recipients: each your id for them (see PUT /api/v1/recipients/{id}), or a recipient "
+        'object with its id and the fields of that endpoint (`{"id": "u-42", "email": "ana@example.com"}`), '
+        "created or updated in the same transaction as the event.",
     )
     data = serializers.DictField(required=False, default=dict, help_text="Template variables.")
     occurred_at = serializers.DateTimeField(required=False)
@@ -30,11 +78,20 @@ class EventInSerializer(serializers.Serializer):
             raise serializers.ValidationError(f"Unknown or disabled notification type '{value}'.")
         return value
 
-    def validate_recipients(self, value: list[str]) -> list[str]:
+    def validate_recipients(self, value: list[str | RecipientData]) -> list[str | RecipientData]:
         limit = settings.INGEST_MAX_RECIPIENTS
         if len(value) > limit:
             raise serializers.ValidationError(f"At most {limit} recipients per event; use a campaign for more.")
-        return list(dict.fromkeys(value))  # drop repeats, keep order
+        unique: dict[str, str | RecipientData] = {}  # drop repeats, keep order; objects of one id merge
+        for recipient in value:
+            if isinstance(recipient, str):
+                unique.setdefault(recipient, recipient)
+                continue
+            known = unique.get(recipient.external_id)
+            unique[recipient.external_id] = (
+                recipient if not isinstance(known, RecipientData) else merge_recipient_data(known, recipient)
+            )
+        return list(unique.values())
 
     def validate_data(self, value: dict) -> dict:
         size = len(orjson.dumps(value))

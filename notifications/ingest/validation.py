@@ -9,7 +9,6 @@ stricter than them somewhere, the validated data.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +18,11 @@ from rest_framework.exceptions import ValidationError
 
 from notifications.ingest.serializers import EventBatchInSerializer, EventInSerializer
 from notifications.outbox.services import EventInput
+from preferences.identify import PROTECTED, protected_recipients
+from preferences.models import EXTERNAL_ID
+from preferences.recipient_ids import resolve_recipients
 
-_RECIPIENT = re.compile(r"[0-9]{1,18}")
+_RECIPIENT = EXTERNAL_ID
 _EVENT_FIELDS = frozenset({"event_id", "type", "recipients", "data", "occurred_at"})
 NOT_AN_EVENT = 'Send one event object, or {"events": [...]} for a batch.'
 
@@ -37,16 +39,39 @@ def read_events(body: Any, *, known_type: Callable[[str], bool]) -> tuple[list[E
     serializer = (EventBatchInSerializer if is_batch else EventInSerializer)(data=body)
     serializer.is_valid(raise_exception=True)
     items = serializer.validated_data["events"] if is_batch else [serializer.validated_data]
-    return [
+    events = [
         EventInput(
             type=item["type"],
-            recipients=item["recipients"],
+            recipients=[r if isinstance(r, str) else r.external_id for r in item["recipients"]],
             data=item.get("data") or {},
             event_id=item.get("event_id"),
             occurred_at=item.get("occurred_at"),
+            inline=[r for r in item["recipients"] if not isinstance(r, str)],
         )
         for item in items
-    ], is_batch
+    ]
+    _refuse_protected(events, is_batch)
+    return events, is_batch
+
+
+def _refuse_protected(events: list[EventInput], is_batch: bool) -> None:
+    """Inline recipients may not name a staff account (the identify API's rule); checked here, with
+    the field's path, so the group commit never meets one."""
+    inline = {r.external_id for event in events for r in event.inline}
+    if not inline:
+        return
+    protected = protected_recipients(resolve_recipients(inline))
+    errors: dict = {}
+    for index, event in enumerate(events):
+        refused = {
+            position: {"id": [PROTECTED]}
+            for position, recipient in enumerate(event.recipients)
+            if recipient in protected and any(r.external_id == recipient for r in event.inline)
+        }
+        if refused:
+            errors[index] = {"recipients": refused}
+    if errors:
+        raise ValidationError({"events": errors} if is_batch else errors[0])
 
 
 def fast_events(body: Any, *, is_batch: bool, known_type: Callable[[str], bool]) -> list[EventInput] | None:
@@ -71,7 +96,7 @@ def _fast_event(item: Any, known_type: Callable[[str], bool]) -> EventInput | No
     if not isinstance(item, dict) or "occurred_at" in item or not item.keys() <= _EVENT_FIELDS:
         return None
     event_id = item.get("event_id")
-    if event_id is not None and not (isinstance(event_id, str) and 0 < len(event_id) <= 200 and _trimmed(event_id)):
+    if "event_id" in item and not (isinstance(event_id, str) and 0 < len(event_id) <= 200 and _trimmed(event_id)):
         return None
     type_key = item.get("type")
     if not (isinstance(type_key, str) and 0 < len(type_key) <= 100 and _trimmed(type_key) and known_type(type_key)):

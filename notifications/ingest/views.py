@@ -211,7 +211,17 @@ class EventIngestView(APIView):
                     "data": {"order_number": "1234"},
                 },
                 request_only=True,
-            )
+            ),
+            OpenApiExample(
+                "An event with an inline recipient (created or updated with the event)",
+                value={
+                    "event_id": "order-1235-shipped",
+                    "type": "order.shipped",
+                    "recipients": [{"id": "u-42", "email": "ana@example.com", "locale": "de-CH"}, "u-43"],
+                    "data": {"order_number": "1235"},
+                },
+                request_only=True,
+            ),
         ],
     )
     def post(self, request):

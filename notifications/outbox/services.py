@@ -74,6 +74,8 @@ class EventInput:
     data: dict[str, Any]
     event_id: str | None = None
     occurred_at: datetime | None = None
+    #: Recipient objects sent with the event (``preferences.identify.RecipientData``), upserted with it.
+    inline: Sequence[Any] = ()
 
 
 @dataclass
@@ -86,6 +88,7 @@ class PreparedEvent:
     type: str
     recipient_count: int
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # outbox rows, see insert_outbox_rows
+    inline: Sequence[Any] = ()  # recipient objects to upsert in the event's transaction
 
 
 def prepare_events(events: Sequence[EventInput], *, service: str, now: datetime) -> list[PreparedEvent]:
@@ -113,14 +116,17 @@ def prepare_events(events: Sequence[EventInput], *, service: str, now: datetime)
             envelope["recipient"] = recipient
             headers["idempotency-key"] = f"{envelope['id']}:{recipient}"
             rows.append((topic, recipient, orjson.dumps(envelope).decode(), orjson.dumps(headers).decode()))
-        prepared.append(PreparedEvent(service, producer_event_id, pid, event.type, len(event.recipients), rows))
+        prepared.append(
+            PreparedEvent(service, producer_event_id, pid, event.type, len(event.recipients), rows, event.inline)
+        )
     return prepared
 
 
 def store_events(prepared: Sequence[PreparedEvent], *, now: datetime) -> list[PublishResult]:
     """Record each event once and write the outbox rows of the new ones (inside the caller's
-    transaction). A repeat of an accepted (service, event_id) — earlier, or earlier in `prepared` —
-    writes nothing and returns the original acceptance with `duplicate`."""
+    transaction), upserting the recipient objects they carry. A repeat of an accepted (service,
+    event_id) — earlier, or earlier in `prepared` — writes nothing (its recipient objects neither)
+    and returns the original acceptance with `duplicate`."""
     inserted = _insert_accepted(prepared, now=now)
     originals = {}
     if len(inserted) < len(prepared):
@@ -132,11 +138,13 @@ def store_events(prepared: Sequence[PreparedEvent], *, now: datetime) -> list[Pu
     rows: list[tuple[str, str, str, str]] = []
     results: list[PublishResult] = []
     first_seen: set[uuid.UUID] = set()
+    inline: list[Any] = []
     for event in prepared:
         fresh = event.id in inserted and event.id not in first_seen
         first_seen.add(event.id)
         if fresh:
             rows += event.rows
+            inline += event.inline
         results.append(
             PublishResult(
                 id=event.id,
@@ -145,8 +153,22 @@ def store_events(prepared: Sequence[PreparedEvent], *, now: datetime) -> list[Pu
                 duplicate=not fresh,
             )
         )
+    if inline:
+        _upsert_inline_recipients(inline)
     insert_outbox_rows(rows)
     return results
+
+
+def _upsert_inline_recipients(inline: Sequence[Any]) -> None:
+    """The recipient objects of the new events, one upsert per id (later objects win field by field)."""
+    from preferences.identify import recipients_upsert
+    from preferences.recipient_serializers import merge_recipient_data
+
+    merged: dict[str, Any] = {}
+    for recipient in inline:
+        known = merged.get(recipient.external_id)
+        merged[recipient.external_id] = recipient if known is None else merge_recipient_data(known, recipient)
+    recipients_upsert(list(merged.values()))
 
 
 def publish_event(
@@ -158,12 +180,19 @@ def publish_event(
     occurred_at: datetime | None = None,
     service: str = "internal",
 ) -> PublishResult:
-    """Publish one event to `recipients` (user ids). Idempotent by (`service`, `event_id`)."""
+    """Publish one event to `recipients` (their external ids; a user without one by its id).
+    Idempotent by (`service`, `event_id`). A malformed recipient id raises ValueError."""
+    from preferences.models import EXTERNAL_ID
+
+    names = [str(r) for r in recipients]
+    for name in names:
+        if EXTERNAL_ID.fullmatch(name) is None:
+            raise ValueError(f"recipients: {name!r} is not a recipient id (1 to 255 characters, no spaces, '/?#')")
     [result] = publish_events(
         events=[
             EventInput(
                 type=type,
-                recipients=[str(r) for r in recipients],
+                recipients=names,
                 data=data or {},
                 event_id=event_id,
                 occurred_at=occurred_at,

@@ -4,7 +4,7 @@ import datetime as dt
 
 import orjson
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, User
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.urls import reverse
@@ -13,6 +13,7 @@ from campaigns import services
 from campaigns.models import Campaign, CampaignState
 from notifications.bus.topics import channel_topic, topic_name
 from notifications.models import OutboxEvent
+from preferences.models import RecipientProfile
 from tests.campaigns.conftest import copy_users, make_campaign
 
 pytestmark = pytest.mark.django_db
@@ -174,6 +175,12 @@ def test_admin_estimate_progress_json_and_send_test(promo_type, marketer, client
     assert b"test sent to you on email" in response.content
     [test] = outbox(channel_topic("email"))
     assert test.payload["to"] == {"email": "marketer@example.com"} and test.payload["meta"]["test"] is True
+
+    RecipientProfile.objects.create(user=User.objects.create(username="r-9", email="r9@example.com"), external_id="r-9")
+    send = reverse("admin:campaigns_campaign_send_test", args=[campaign.pk])
+    assert b"test sent to recipient r-9 on email" in client.post(send, {"recipient": "r-9"}, follow=True).content
+    assert {"email": "r9@example.com"} in [row.payload["to"] for row in outbox(channel_topic("email"))]
+    assert b"No recipient has the id" in client.post(send, {"recipient": "nobody"}, follow=True).content
 
     services.campaign_launch(campaign_id=campaign.pk, user=marketer)
     progress = client.get(reverse("admin:campaigns_campaign_progress", args=[campaign.pk])).json()

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 from django.db import transaction
+from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
 from notifications.bus.config import producer_config
@@ -359,10 +360,28 @@ def test_a_message_too_large_for_kafka_is_dead_lettered_and_the_rest_of_the_batc
     assert len(out("email", good["id"])) == 1
 
 
-def test_unknown_recipient_is_logged_not_crashed(types, fresh_topic):
-    event = envelope("order.shipped", 987654321)
-    dispatch(fresh_topic, [event])
-    assert set(statuses(event["id"]).values()) == {("suppressed", "unknown_recipient")}
+def test_unknown_recipients_are_counted_and_skipped_not_crashed(types, django_user_model, fresh_topic):
+    before = REGISTRY.get_sample_value("dispatcher_events_total", {"outcome": "unknown_recipient"}) or 0
+    unknown = envelope("order.shipped", 987654321)
+    never_identified = {**envelope("order.shipped", 0), "recipient": "never-identified"}
+    known = envelope("order.shipped", make_user(django_user_model).id)
+    dispatch(fresh_topic, [unknown, never_identified, known])
+    assert not DeliveryLog.objects.filter(event_id__in=[unknown["id"], never_identified["id"]]).exists()
+    assert REGISTRY.get_sample_value("dispatcher_events_total", {"outcome": "unknown_recipient"}) == before + 2
+    assert len(out("email", known["id"])) == 1
+
+
+def test_events_name_recipients_by_external_id(types, django_user_model, fresh_topic):
+    named = make_user(django_user_model)
+    RecipientProfile.objects.filter(user=named).update(external_id="shop-user-1")
+    by_external_id = {**envelope("order.shipped", 0), "recipient": "shop-user-1"}
+    by_internal_id = envelope("order.shipped", named.id)  # an external id hides the internal one
+    legacy = {**envelope("order.shipped", 0), "recipient": make_user(django_user_model).id}  # an int, as before
+    dispatch(fresh_topic, [by_external_id, by_internal_id, legacy])
+    [message] = out("email", by_external_id["id"])
+    assert message["user_id"] == named.id and message["to"] == {"email": named.email}
+    assert not DeliveryLog.objects.filter(event_id=by_internal_id["id"]).exists()
+    assert len(out("email", legacy["id"])) == 1
 
 
 def test_end_to_end_post_relay_dispatch(types, django_user_model, settings):

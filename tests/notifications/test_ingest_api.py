@@ -76,7 +76,8 @@ def test_batch(notification_type, service_client):
     [
         (event(type="no.such.type"), ("type",)),
         (event(recipients=[]), ("recipients",)),
-        (event(recipients=["not-a-user-id"]), ("recipients",)),
+        (event(recipients=["not a recipient id"]), ("recipients",)),
+        (event(recipients=["a/b"]), ("recipients", "0")),
         (event(data="not an object"), ("data",)),
         ({"recipients": ["1"]}, ("type",)),
         ({"events": []}, ("events",)),

@@ -32,7 +32,15 @@ KNOWN = {"order.shipped", "auth.otp"}
 texts = st.one_of(st.text(max_size=12), st.sampled_from(["", " x", "x ", "order.shipped", "auth.otp", "a" * 201]))
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**20), st.floats(allow_nan=False), texts)
 recipient_lists = st.one_of(
-    st.lists(st.one_of(st.from_regex(r"[0-9]{1,20}", fullmatch=True), texts, st.integers(0, 99)), max_size=4),
+    st.lists(
+        st.one_of(
+            st.from_regex(r"[0-9]{1,20}", fullmatch=True),
+            st.from_regex(r"[A-Za-z0-9@._:-]{1,12}", fullmatch=True),
+            texts,
+            st.integers(0, 99),
+        ),
+        max_size=4,
+    ),
     scalars,
 )
 event_fields = st.fixed_dictionaries(

@@ -149,11 +149,16 @@ METRICS_PORT = env.int("METRICS_PORT", default=None)
 # (or the pod's address) where Prometheus scrapes from elsewhere. /metrics has no authentication, so
 # expose it only on a network that only the scraper reaches.
 METRICS_BIND = env("METRICS_BIND", default="127.0.0.1")
+# The web process's /metrics (on the public port) wants `Authorization: Bearer <METRICS_TOKEN>`; unset,
+# it answers loopback clients only (behind a proxy on the same host: set a token).
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
 
 REST_FRAMEWORK = {
+    # The first class names the scheme of a 401's WWW-Authenticate (a session has none: DRF would
+    # answer 403 to missing credentials).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -170,6 +175,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "notifications.api_schema.add_standard_responses",
+        "notifications.ingest.schema.describe_ingest",
+        "preferences.openapi.describe_preferences",
+    ],
 }
 
 LOGGING = {

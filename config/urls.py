@@ -6,7 +6,10 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from notifications import health
+from notifications.api_errors import not_found
 from notifications.metrics_view import metrics_view
+
+handler404 = not_found
 
 urlpatterns = [
     # The DLQ admin's addresses from before it was the `dlq` app (links in pages already sent).

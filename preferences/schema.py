@@ -12,7 +12,8 @@ Document shape (every key optional; a missing entry means "use the notification 
 :func:`validate_document` returns ``{"categories.marketing.push": ["must be boolean"], ...}`` (the
 dotted JSON path of each bad field; ``non_field_errors`` for the document itself), the shape DRF
 uses for a 400. Besides the schema it enforces the rules a schema cannot say clearly: mandatory
-categories (security) can be neither turned off nor capped, and a quiet-hours window must not be empty.
+categories (security) can be neither turned off nor capped. A quiet-hours window whose start equals
+its end is empty (it silences nothing).
 """
 
 from __future__ import annotations
@@ -169,14 +170,6 @@ def _semantic_errors(document: Mapping[str, Any], errors: dict[str, list[str]]) 
         for category in MANDATORY_CATEGORIES:
             if caps.get(category):
                 _add(errors, f"frequency_caps.{category}", MANDATORY_CAP_MESSAGE)
-    quiet = document.get("quiet_hours")
-    if (
-        isinstance(quiet, Mapping)
-        and quiet.get("enabled") is True
-        and isinstance(quiet.get("start"), str)
-        and quiet.get("start") == quiet.get("end")
-    ):
-        _add(errors, "quiet_hours.end", "must differ from start")
 
 
 def validate_document(document: Any) -> dict[str, list[str]]:

@@ -58,7 +58,7 @@ class _Unset:
 #: Default of optional keyword arguments meaning "leave this field alone" (None/"" clear it).
 UNSET: Final = _Unset()
 
-_LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+_LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*\Z")
 
 
 class PreferenceVersionConflict(Exception):

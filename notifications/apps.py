@@ -1,6 +1,7 @@
 """App configuration for the notification core."""
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class NotificationsConfig(AppConfig):
@@ -10,3 +11,6 @@ class NotificationsConfig(AppConfig):
 
     def ready(self) -> None:
         from notifications import api_schema  # noqa: F401  (registers the API key's security scheme)
+        from notifications.groups import ensure_groups_after_migrate
+
+        post_migrate.connect(ensure_groups_after_migrate, sender=self, dispatch_uid="notifications_operations_group")

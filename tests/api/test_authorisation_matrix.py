@@ -110,6 +110,19 @@ ACTIONS: dict[tuple[str, str], set[str]] = {
     ("preferences.device", "deactivate"): {SUPERUSER},
     ("preferences.device", "reactivate"): {SUPERUSER},
 }
+#: The admin's own pages beyond the model pages (GET) → status per staff principal.
+ADMIN_VIEWS: dict[str, dict[str, int]] = {
+    "dlq_deadletter_groups": {MARKETER: 403, SUPPORT: 200, OPERATIONS: 403, SUPERUSER: 200},
+    "dlq_deadletter_replay_filtered": {MARKETER: 403, SUPPORT: 200, OPERATIONS: 403, SUPERUSER: 200},
+    "dlq_deadletter_drain": {MARKETER: 403, SUPPORT: 200, OPERATIONS: 403, SUPERUSER: 200},
+    "campaigns_campaign_progress": {MARKETER: 200, SUPPORT: 403, OPERATIONS: 403, SUPERUSER: 200},
+}
+#: Admin pages that are buttons for an action: the same service, the same row in `ACTIONS`.
+ADMIN_VIEWS_AS_ACTIONS = {
+    "campaigns_campaign_estimate": ("campaigns.campaign", "estimate_audience"),
+    "campaigns_campaign_send_test": ("campaigns.campaign", "send_test_to_me"),
+    "campaigns_campaign_state": ("campaigns.campaign", "launch"),
+}
 #: The permission a service checks before it runs the action (the admin lists the action more widely).
 ACTION_SERVICE_PERMISSIONS = {
     ("campaigns.campaign", "launch"): "campaigns.launch_campaign",
@@ -145,6 +158,15 @@ def test_every_model_admin_and_action_has_a_row():
     assert set(registered) == set(ADMIN)
     declared = {(label, name) for label, model_admin in registered.items() for name in (model_admin.actions or ())}
     assert declared == set(ACTIONS)
+    standard = ("_changelist", "_add", "_change", "_delete", "_history")
+    custom = {
+        url.name
+        for model_admin in registered.values()
+        for url in model_admin.get_urls()
+        if getattr(url, "name", None) and not url.name.endswith(standard)
+    }
+    assert custom == set(ADMIN_VIEWS) | set(ADMIN_VIEWS_AS_ACTIONS)
+    assert set(ADMIN_VIEWS_AS_ACTIONS.values()) <= set(ACTIONS)
 
 
 # --- the principals ---------------------------------------------------------------------------------
@@ -267,3 +289,18 @@ def test_operations_group_holds_exactly_its_permissions():
     group = Group.objects.get(name="Operations")
     held = set(group.permissions.values_list("content_type__app_label", "codename"))
     assert held == set(OPERATIONS_PERMISSIONS)
+
+
+@pytest.mark.parametrize("principal", [MARKETER, SUPPORT, OPERATIONS, SUPERUSER])
+def test_admin_views(principal, people, notification_type):
+    from campaigns.models import Campaign
+
+    campaign = Campaign.objects.create(
+        name="matrix", notification_type=notification_type, channels=["email"], audience={"all": []}
+    )
+    client = APIClient()
+    client.force_login(people[principal])
+    for name, row in ADMIN_VIEWS.items():
+        args = [campaign.pk] if name.startswith("campaigns_") else []
+        response = client.get(reverse(f"admin:{name}", args=args))
+        assert response.status_code == row[principal], (name, principal)

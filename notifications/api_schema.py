@@ -30,12 +30,14 @@ COMPONENTS: dict[str, Any] = {
                 "code": {"type": "string", "nullable": True, "description": "A stable machine-readable code."},
             },
             "required": ["detail"],
+            "example": {"detail": "Invalid API key.", "code": "authentication_failed"},
         },
         VALIDATION_ERRORS: {
             "type": "object",
             "description": 'Field-keyed reasons, e.g. `{"recipients": ["This list may not be empty."]}`; '
             "`non_field_errors` for the body as a whole; nested objects and lists for nested fields.",
             "additionalProperties": {"anyOf": [{"type": "array"}, {"type": "object"}]},
+            "example": {"recipients": ["This list may not be empty."], "recipient": ["Unknown field."]},
         },
     }
 }

@@ -224,7 +224,28 @@ class EventIngestView(APIView):
                     "data": {"order_number": "1234"},
                 },
                 request_only=True,
-            )
+            ),
+            OpenApiExample(
+                "A batch",
+                value={
+                    "events": [
+                        {"event_id": "order-1234-shipped", "type": "order.shipped", "recipients": ["42"]},
+                        {"event_id": "order-1235-shipped", "type": "order.shipped", "recipients": ["43", "44"]},
+                    ]
+                },
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Accepted",
+                value={
+                    "id": "0b6f1f8e-3c1e-4a59-9a52-2f3c4c1d9a10",
+                    "event_id": "order-1234-shipped",
+                    "accepted_at": "2026-01-01T12:00:00Z",
+                    "duplicate": False,
+                },
+                response_only=True,
+                status_codes=["202"],
+            ),
         ],
     )
     def post(self, request):

@@ -16,6 +16,7 @@ urlpatterns = [
     re_path(
         r"^admin/notifications/(?P<model>deadletter|triagerule|dlqaudit)/(?P<rest>.*)$",
         RedirectView.as_view(url="/admin/dlq/%(model)s/%(rest)s", query_string=True),
+        name="legacy-dlq-admin",
     ),
     path("admin/", admin.site.urls),
     path("api/v1/", include("notifications.urls")),

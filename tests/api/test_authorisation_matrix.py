@@ -145,7 +145,7 @@ def _route_names(patterns, prefix: str = "") -> set[str]:
             namespace = f"{prefix}{pattern.namespace}:" if pattern.namespace else prefix
             names |= _route_names(pattern.url_patterns, namespace)
         elif isinstance(pattern, URLPattern):
-            names.add(f"{prefix}{pattern.name}" if pattern.name else "legacy-dlq-admin")
+            names.add(f"{prefix}{pattern.name}" if pattern.name else f"unnamed route {pattern.pattern}")
     return names
 
 
@@ -211,7 +211,7 @@ def _request(name: str, method: str, owner, notification_type) -> tuple[str, dic
     if name == "preferences:me-devices" and method == "post":
         return reverse(name), {"platform": "fcm", "token": "a-new-token"}
     if name == "legacy-dlq-admin":
-        return "/admin/notifications/deadletter/", {}
+        return reverse(name, kwargs={"model": "deadletter", "rest": ""}), {}
     return reverse(name), {}
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "CATEGORIES",
     "MANDATORY_OPT_OUT_MESSAGE",
     "PREFERENCE_DOCUMENT_SCHEMA",
+    "unknown_patch_keys",
     "validate_document",
 ]
 
@@ -170,6 +171,22 @@ def _semantic_errors(document: Mapping[str, Any], errors: dict[str, list[str]]) 
         for category in MANDATORY_CATEGORIES:
             if caps.get(category):
                 _add(errors, f"frequency_caps.{category}", MANDATORY_CAP_MESSAGE)
+
+
+def unknown_patch_keys(patch: Any, schema: Mapping[str, Any] = PREFERENCE_DOCUMENT_SCHEMA, path=()) -> dict:
+    """Path-keyed errors for the names a merge patch uses that the document never has (a patch that
+    removes an unknown key would otherwise be a silent no-op)."""
+    errors: dict[str, list[str]] = {}
+    properties = schema.get("properties")
+    if not isinstance(patch, Mapping) or not isinstance(properties, Mapping):
+        return errors
+    for key, value in patch.items():
+        if key not in properties:
+            if schema.get("additionalProperties") is False:
+                _add(errors, _path([*path, key]), schema.get("x-unknown", "unknown field"))
+            continue
+        errors.update(unknown_patch_keys(value, properties[key], (*path, key)))
+    return errors
 
 
 def validate_document(document: Any) -> dict[str, list[str]]:

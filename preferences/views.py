@@ -198,7 +198,8 @@ class MyNotificationsView(MeAPIView):
         responses={200: InboxPageOutSerializer, 404: OpenApiResponse(description="Not a valid cursor.")},
     )
     def get(self, request: Request) -> Response:
-        query = InboxQuerySerializer(data=request.query_params)
+        # A plain dict: DRF reads an empty form value (`?page_size=`) as "not sent", this is a 400.
+        query = InboxQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         queryset = selectors.inbox_for_user(request.user, unread_only=query.validated_data["unread"])
         paginator = InboxCursorPagination()

@@ -37,7 +37,9 @@ def test_the_schema_lists_the_enabled_types_and_limits(notification_type):
     assert event["additionalProperties"] is False
 
 
-@pytest.mark.parametrize("query", ["page_size=false", "page_size=0", "page_size=101", "unread=maybe"])
+@pytest.mark.parametrize(
+    "query", ["page_size=false", "page_size=0", "page_size=101", "unread=maybe", "page_size=", "unread="]
+)
 def test_bad_inbox_query_parameters_are_400(user_client, query):
     response = user_client.get(f"/api/v1/me/notifications?{query}")
     assert response.status_code == 400
@@ -58,3 +60,13 @@ def test_an_unknown_api_address_is_a_json_404():
 def test_an_empty_quiet_hours_window_is_accepted(user_client):
     document = {"quiet_hours": {"enabled": True, "start": "22:00", "end": "22:00", "timezone": "Europe/Berlin"}}
     assert user_client.put("/api/v1/me/preferences", document, format="json").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("patch", "key"),
+    [({"": None}, ""), ({"categories": {"nope": None}}, "categories.nope"), ({"colour": "red"}, "colour")],
+)
+def test_a_merge_patch_naming_an_unknown_key_is_a_400(user_client, patch, key):
+    response = user_client.patch("/api/v1/me/preferences", patch, format="json")
+    assert response.status_code == 400
+    assert key in response.json() or (key == "" and "non_field_errors" in response.json())

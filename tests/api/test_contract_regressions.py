@@ -70,3 +70,16 @@ def test_a_merge_patch_naming_an_unknown_key_is_a_400(user_client, patch, key):
     response = user_client.patch("/api/v1/me/preferences", patch, format="json")
     assert response.status_code == 400
     assert key in response.json() or (key == "" and "non_field_errors" in response.json())
+
+
+def test_an_unknown_field_beside_a_batch_is_a_400(notification_type, service_client):
+    body = {"events": [{"type": "order.shipped", "recipients": ["1"]}], "": [1]}
+    response = service_client.post("/api/v1/events", body, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"": ["Unknown field."]}
+
+
+@pytest.mark.parametrize("token", [" ", "\x1c", "two words", "é"])
+def test_a_push_token_outside_its_schema_is_a_400(user_client, token):
+    response = user_client.post("/api/v1/me/devices", {"platform": "fcm", "token": token}, format="json")
+    assert response.status_code == 400 and "token" in response.json()

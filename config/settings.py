@@ -172,10 +172,16 @@ DELIVERY_LOG_RETENTION_DAYS = env.int("DELIVERY_LOG_RETENTION_DAYS", default=30)
 # Daily partitions created ahead of today, so a missed maintenance run never stops the writers.
 DELIVERY_LOG_PARTITIONS_AHEAD = env.int("DELIVERY_LOG_PARTITIONS_AHEAD", default=7)
 
+# The web process's /metrics (on the public port) wants `Authorization: Bearer <METRICS_TOKEN>`; unset,
+# it answers loopback clients only (behind a proxy on the same host: set a token).
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+
 REST_FRAMEWORK = {
+    # The first class names the scheme of a 401's WWW-Authenticate (a session has none: DRF would
+    # answer 403 to missing credentials).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -192,6 +198,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "notifications.api_schema.add_standard_responses",
+        "notifications.ingest.schema.describe_ingest",
+        "preferences.openapi.describe_preferences",
+    ],
 }
 
 # Settings that hold credentials are hidden from DEBUG error pages and error e-mails (config/error_reports.py).

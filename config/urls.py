@@ -6,13 +6,17 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from notifications import health
+from notifications.api_errors import not_found
 from notifications.metrics_view import metrics_view
+
+handler404 = not_found
 
 urlpatterns = [
     # The DLQ admin's addresses from before it was the `dlq` app (links in pages already sent).
     re_path(
         r"^admin/notifications/(?P<model>deadletter|triagerule|dlqaudit)/(?P<rest>.*)$",
         RedirectView.as_view(url="/admin/dlq/%(model)s/%(rest)s", query_string=True),
+        name="legacy-dlq-admin",
     ),
     path("admin/", admin.site.urls),
     path("api/v1/", include("notifications.urls")),

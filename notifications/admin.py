@@ -119,7 +119,7 @@ class KillSwitchAdmin(admin.ModelAdmin):
         obj.updated_by = request.user
         super().save_model(request, obj, form, change)
 
-    @admin.action(description="Drain parked messages of the selected channels")
+    @admin.action(description="Drain parked messages of the selected channels", permissions=["change"])
     def drain_parked_messages(self, request, queryset):
         for switch in queryset.exclude(mode__in=[KillSwitchMode.DELAY, KillSwitchMode.PAUSE]):
             try:
@@ -204,7 +204,7 @@ class OutboxFailureAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
-    @admin.action(description="Requeue selected rows into the outbox")
+    @admin.action(description="Requeue selected rows into the outbox", permissions=["delete"])
     def requeue(self, request, queryset):
         count = requeue_outbox_failures(queryset)
         self.message_user(request, f"Requeued {count} row(s); the relay picks them up now.")

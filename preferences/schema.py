@@ -12,7 +12,8 @@ Document shape (every key optional; a missing entry means "use the notification 
 :func:`validate_document` returns ``{"categories.marketing.push": ["must be boolean"], ...}`` (the
 dotted JSON path of each bad field; ``non_field_errors`` for the document itself), the shape DRF
 uses for a 400. Besides the schema it enforces the rules a schema cannot say clearly: mandatory
-categories (security) can be neither turned off nor capped, and a quiet-hours window must not be empty.
+categories (security) can be neither turned off nor capped. A quiet-hours window whose start equals
+its end is empty (it silences nothing).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "CATEGORIES",
     "MANDATORY_OPT_OUT_MESSAGE",
     "PREFERENCE_DOCUMENT_SCHEMA",
+    "unknown_patch_keys",
     "validate_document",
 ]
 
@@ -169,14 +171,22 @@ def _semantic_errors(document: Mapping[str, Any], errors: dict[str, list[str]]) 
         for category in MANDATORY_CATEGORIES:
             if caps.get(category):
                 _add(errors, f"frequency_caps.{category}", MANDATORY_CAP_MESSAGE)
-    quiet = document.get("quiet_hours")
-    if (
-        isinstance(quiet, Mapping)
-        and quiet.get("enabled") is True
-        and isinstance(quiet.get("start"), str)
-        and quiet.get("start") == quiet.get("end")
-    ):
-        _add(errors, "quiet_hours.end", "must differ from start")
+
+
+def unknown_patch_keys(patch: Any, schema: Mapping[str, Any] = PREFERENCE_DOCUMENT_SCHEMA, path=()) -> dict:
+    """Path-keyed errors for the names a merge patch uses that the document never has (a patch that
+    removes an unknown key would otherwise be a silent no-op)."""
+    errors: dict[str, list[str]] = {}
+    properties = schema.get("properties")
+    if not isinstance(patch, Mapping) or not isinstance(properties, Mapping):
+        return errors
+    for key, value in patch.items():
+        if key not in properties:
+            if schema.get("additionalProperties") is False:
+                _add(errors, _path([*path, key]), schema.get("x-unknown", "unknown field"))
+            continue
+        errors.update(unknown_patch_keys(value, properties[key], (*path, key)))
+    return errors
 
 
 def validate_document(document: Any) -> dict[str, list[str]]:

@@ -51,7 +51,14 @@ class PreferencesOutSerializer(serializers.Serializer):
 
 class DeviceInSerializer(serializers.Serializer):
     platform = serializers.ChoiceField(choices=DevicePlatform.choices)
-    token = serializers.CharField(max_length=512, trim_whitespace=True)
+    # Printable ASCII without spaces (FCM and APNs tokens are): a character class both Python and the
+    # schema's ECMA regular expressions read alike.
+    token = serializers.RegexField(
+        r"^[!-~]+$",
+        max_length=512,
+        trim_whitespace=False,
+        error_messages={"invalid": "Enter a push token: printable ASCII without spaces."},
+    )
 
 
 class DeviceOutSerializer(serializers.ModelSerializer):

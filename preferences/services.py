@@ -28,7 +28,7 @@ from notifications.models import MANDATORY_CATEGORIES, Category
 
 from .cache import publish_state
 from .models import Device, DevicePlatform, InboxMessage, PreferenceDocument, RecipientProfile, validate_timezone
-from .schema import validate_document
+from .schema import unknown_patch_keys, validate_document
 from .state import PreferenceState
 
 __all__ = [
@@ -58,7 +58,7 @@ class _Unset:
 #: Default of optional keyword arguments meaning "leave this field alone" (None/"" clear it).
 UNSET: Final = _Unset()
 
-_LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+_LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*\Z")
 
 
 class PreferenceVersionConflict(Exception):
@@ -290,10 +290,9 @@ def preferences_update(
     :mod:`preferences.cache`). ``expected_version`` (from If-Match) raises
     :class:`PreferenceVersionConflict` when the stored version differs.
     """
-    if not partial:
-        errors = validate_document(document)
-        if errors:
-            raise ValidationError(errors)
+    errors = unknown_patch_keys(document) if partial else validate_document(document)
+    if errors:
+        raise ValidationError(errors)
     with transaction.atomic():
         PreferenceDocument.objects.bulk_create(
             [PreferenceDocument(user_id=user.pk, document={}, version=0)], ignore_conflicts=True

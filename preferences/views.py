@@ -16,7 +16,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import translation
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -188,8 +188,12 @@ class InboxCursorPagination(CursorPagination):
     max_page_size = 100
 
 
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+class InboxQuerySerializer(serializers.Serializer):
+    unread = serializers.BooleanField(required=False, default=False, help_text="Only unread messages.")
+    cursor = serializers.CharField(
+        required=False, allow_blank=True, help_text="Opaque cursor from `next` / `previous`."
+    )
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=100, help_text="Default 20.")
 
 
 class MyNotificationsView(MeAPIView):
@@ -200,15 +204,14 @@ class MyNotificationsView(MeAPIView):
     @extend_schema(
         tags=TAGS,
         summary="My in-app inbox, newest first",
-        parameters=[
-            OpenApiParameter("unread", OpenApiTypes.BOOL, description="Only unread messages."),
-            OpenApiParameter("cursor", OpenApiTypes.STR, description="Opaque cursor from `next` / `previous`."),
-            OpenApiParameter("page_size", OpenApiTypes.INT, description="1–100, default 20."),
-        ],
-        responses=InboxPageOutSerializer,
+        parameters=[InboxQuerySerializer],
+        responses={200: InboxPageOutSerializer, 404: OpenApiResponse(description="Not a valid cursor.")},
     )
     def get(self, request: Request) -> Response:
-        queryset = selectors.inbox_for_user(request.user, unread_only=_flag(request.query_params.get("unread")))
+        # A plain dict: DRF reads an empty form value (`?page_size=`) as "not sent", this is a 400.
+        query = InboxQuerySerializer(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        queryset = selectors.inbox_for_user(request.user, unread_only=query.validated_data["unread"])
         paginator = InboxCursorPagination()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return Response(
@@ -226,7 +229,12 @@ class MyNotificationReadView(MeAPIView):
 
     token_scope = "inbox"  # noqa: S105 - a scope name, not a secret
 
-    @extend_schema(tags=TAGS, summary="Mark one message read", request=None, responses={200: InboxMessageOutSerializer})
+    @extend_schema(
+        tags=TAGS,
+        summary="Mark one message read",
+        request=None,
+        responses={200: InboxMessageOutSerializer, 404: ErrorOutSerializer},
+    )
     def post(self, request: Request, pk: int) -> Response:
         try:
             message = services.inbox_mark_read(user=request.user, message_id=pk)
@@ -247,7 +255,7 @@ class MyNotificationsReadAllView(MeAPIView):
         responses={200: InboxReadAllOutSerializer},
     )
     def post(self, request: Request) -> Response:
-        data = InboxReadAllInSerializer(data=request.data or {})
+        data = InboxReadAllInSerializer(data=request.data)  # no body: {}; `false` or `[]`: a 400
         data.is_valid(raise_exception=True)
         marked = services.inbox_mark_all_read(user=request.user, until=data.validated_data.get("until"))
         return Response({"marked": marked, "unread_count": selectors.inbox_unread_count(request.user)})
@@ -342,7 +350,7 @@ class UnsubscribeView(APIView):
                 request, "This unsubscribe link has expired.", "expired", status.HTTP_410_GONE, html=html
             )
         except InvalidUnsubscribeToken:
-            return None, self._error(request, "invalid link", "invalid_link", status.HTTP_400_BAD_REQUEST, html=html)
+            return None, self._error(request, "invalid link", "invalid_link", status.HTTP_404_NOT_FOUND, html=html)
         if target.category in MANDATORY_CATEGORIES:
             return None, self._error(
                 request,
@@ -352,7 +360,7 @@ class UnsubscribeView(APIView):
                 html=html,
             )
         if target.category not in Category.values:
-            return None, self._error(request, "invalid link", "invalid_link", status.HTTP_400_BAD_REQUEST, html=html)
+            return None, self._error(request, "invalid link", "invalid_link", status.HTTP_404_NOT_FOUND, html=html)
         return target, None
 
     @extend_schema(
@@ -363,7 +371,8 @@ class UnsubscribeView(APIView):
             (200, "text/html"): OpenApiResponse(
                 OpenApiTypes.STR, description="The one-click button for the link's category and the grid"
             ),
-            (400, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="Invalid link or security category"),
+            (400, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="The link's category is security"),
+            (404, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="Not a valid link (tampered)"),
             (410, "text/html"): OpenApiResponse(OpenApiTypes.STR, description="Expired link"),
         },
     )
@@ -380,11 +389,16 @@ class UnsubscribeView(APIView):
         summary="One-click unsubscribe (RFC 8058), or save the preference centre's grid",
         description="Mail clients POST `List-Unsubscribe=One-Click` (form-encoded). Opts the recipient out of "
         "the link's category on every channel. Idempotent. The preference centre's form posts `action=save` "
-        "and one `pref-<category>-<channel>` field per ticked box: unticked boxes become opt-outs. 400 for "
-        "a tampered link or the security category, 410 for an expired link.",
+        "and one `pref-<category>-<channel>` field per ticked box: unticked boxes become opt-outs. 404 for "
+        "a tampered link, 400 for the security category, 410 for an expired link.",
         auth=[],
         request={"application/x-www-form-urlencoded": OpenApiTypes.OBJECT},
-        responses={200: UnsubscribeOutSerializer, 400: ErrorOutSerializer, 410: ErrorOutSerializer},
+        responses={
+            200: UnsubscribeOutSerializer,
+            400: ErrorOutSerializer,
+            404: ErrorOutSerializer,
+            410: ErrorOutSerializer,
+        },
     )
     def post(self, request: Request, token: str) -> HttpResponse:
         saving = request.data.get("action") == "save"

@@ -53,10 +53,22 @@ class RecipientRefField(serializers.Field):
         return value if isinstance(value, str) else value.external_id
 
 
-class EventInSerializer(serializers.Serializer):
+class StrictSerializer(serializers.Serializer):
+    """Refuses unknown fields (a misspelt `recipient` is a 400, not silently an event without it)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class EventInSerializer(StrictSerializer):
     event_id = serializers.CharField(
         max_length=200,
         required=False,
+        trim_whitespace=False,
         help_text="The producer's id for this event. Re-sending the same id never creates a second event.",
     )
     type = serializers.CharField(max_length=100, help_text="A notification type key, e.g. order.shipped.")
@@ -101,7 +113,7 @@ class EventInSerializer(serializers.Serializer):
         return value
 
 
-class EventBatchInSerializer(serializers.Serializer):
+class EventBatchInSerializer(StrictSerializer):
     events = EventInSerializer(many=True, allow_empty=False)
 
     def validate_events(self, value: list) -> list:

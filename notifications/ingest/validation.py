@@ -78,6 +78,8 @@ def fast_events(body: Any, *, is_batch: bool, known_type: Callable[[str], bool])
     """The events of a plainly valid body, or None (then the serializers decide). Conservative: a
     value the serializers would convert (a number as `event_id`, a date) is left to them."""
     if is_batch:
+        if body.keys() != {"events"}:
+            return None  # an unknown field beside `events`: the serializer names it
         items = body.get("events")
         if not isinstance(items, list) or not items or len(items) > settings.INGEST_MAX_BATCH:
             return None

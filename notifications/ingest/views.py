@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError, close_old_connections
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
@@ -21,6 +23,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import JSONParser
 from rest_framework.views import APIView
 
+from notifications import api_schema
 from notifications.ingest.api_keys import InvalidApiKey, RevokedApiKey, api_keys, raw_key
 from notifications.ingest.authentication import ApiKeyAuthentication, HasServiceApiKey
 from notifications.ingest.group_commit import DatabaseUnavailable, committer
@@ -77,6 +80,11 @@ UNAVAILABLE = _error(
     "The events could not be stored right now; nothing was accepted. Retry with the same event ids.",
     "unavailable",
     {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)},
+)
+
+
+TOO_LARGE = _error(
+    413, f"The body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes; send smaller batches.", "too_large"
 )
 
 
@@ -148,8 +156,12 @@ def accepted(admitted: Admitted, results: list[PublishResult]) -> Answer:
 
 def ingest_events(request: HttpRequest) -> HttpResponse:
     """The whole request on a WSGI thread: admit, wait for the group commit, 202."""
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return TOO_LARGE.http_response()
     outcome = admit(
-        request.body,
+        body,
         authorization=request.headers.get("Authorization", ""),
         x_api_key=request.headers.get("X-Api-Key"),
     )
@@ -168,6 +180,7 @@ class EventIngestView(APIView):
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [HasServiceApiKey]
     parser_classes = [JSONParser]
+    schema = api_schema.RequiredBodySchema()
 
     def dispatch(self, request, *args, **kwargs):
         if request.method != "POST":
@@ -195,11 +208,11 @@ class EventIngestView(APIView):
                 serializers=[AcceptedEventOutSerializer, AcceptedBatchOutSerializer],
                 resource_type_field_name=None,
             ),
-            400: OpenApiResponse(description="A field is invalid: the body names it with the reason."),
-            401: OpenApiResponse(description="No API key, or not a valid one."),
+            401: OpenApiResponse(description="No API key, or not a valid one (`WWW-Authenticate: Api-Key`)."),
             403: OpenApiResponse(description="The API key was revoked."),
-            429: OpenApiResponse(description="Over the key's quota (Retry-After)."),
-            503: OpenApiResponse(description="Overloaded or the database is away (Retry-After)."),
+            413: OpenApiResponse(description="The body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE; nothing accepted."),
+            429: OpenApiResponse(description="Over the key's quota; nothing accepted. Retry after `Retry-After`."),
+            503: OpenApiResponse(description="Overloaded or the database is away; nothing accepted (`Retry-After`)."),
         },
         examples=[
             OpenApiExample(
@@ -221,6 +234,27 @@ class EventIngestView(APIView):
                     "data": {"order_number": "1235"},
                 },
                 request_only=True,
+            ),
+            OpenApiExample(
+                "A batch",
+                value={
+                    "events": [
+                        {"event_id": "order-1234-shipped", "type": "order.shipped", "recipients": ["42"]},
+                        {"event_id": "order-1235-shipped", "type": "order.shipped", "recipients": ["43", "44"]},
+                    ]
+                },
+                request_only=True,
+            ),
+            OpenApiExample(
+                "Accepted",
+                value={
+                    "id": "0b6f1f8e-3c1e-4a59-9a52-2f3c4c1d9a10",
+                    "event_id": "order-1234-shipped",
+                    "accepted_at": "2026-01-01T12:00:00Z",
+                    "duplicate": False,
+                },
+                response_only=True,
+                status_codes=["202"],
             ),
         ],
     )

@@ -283,7 +283,8 @@ def preferences_update(
     partial: bool,
     expected_version: int | None = None,
 ) -> PreferenceState:
-    """Replace (``partial=False``) or merge-patch (``partial=True``) the user's preference document.
+    """Replace (``partial=False``) or merge-patch (``partial=True``) the user's preference document
+    (a patch's ``quiet_hours`` object replaces the stored one whole).
 
     The result is validated as a whole (``ValidationError`` keyed by JSON path). The row is locked,
     ``version`` grows by one, and on commit the cache receives the new version (fenced, see
@@ -301,6 +302,10 @@ def preferences_update(
         if expected_version is not None and row.version != expected_version:
             raise PreferenceVersionConflict(row.version)
         new_document = merge_patch(row.document, document) if partial else copy.deepcopy(document)
+        if partial and isinstance(document.get("quiet_hours"), Mapping):
+            # Replaced whole, not merged: a window is only meaningful complete, and the API's schema
+            # can then say what a valid patch of it is without knowing the stored document.
+            new_document["quiet_hours"] = copy.deepcopy(document["quiet_hours"])
         if partial:
             errors = validate_document(new_document)
             if errors:

@@ -10,19 +10,35 @@ from preferences.identify import RecipientData
 from preferences.models import EXTERNAL_ID, EXTERNAL_ID_MAX_LENGTH
 from preferences.recipient_serializers import RecipientItemInSerializer, merge_recipient_data, recipient_data
 
+#: A recipient id as the schema says it (`preferences.models.EXTERNAL_ID`).
+EXTERNAL_ID_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": EXTERNAL_ID_MAX_LENGTH,
+    "pattern": r"^[^\s\x00-\x1f\x7f/?#]+$",
+}
 NOT_A_RECIPIENT = "Not a recipient id: 1 to 255 characters without spaces, '/', '?' or '#'."
 
 
 @extend_schema_field(
     {
         "oneOf": [
-            {"type": "string", "maxLength": EXTERNAL_ID_MAX_LENGTH, "example": "u-42"},
+            {**EXTERNAL_ID_SCHEMA, "example": "u-42"},
             {
                 "type": "object",
                 "required": ["id"],
-                "properties": {"id": {"type": "string", "maxLength": EXTERNAL_ID_MAX_LENGTH}},
-                "additionalProperties": True,
-                "description": "A recipient object: `id` and the fields of PUT /api/v1/recipients/{id}.",
+                "properties": {
+                    "id": EXTERNAL_ID_SCHEMA,
+                    "email": {"type": "string", "format": "email", "maxLength": 254},
+                    "phone": {"type": "string", "format": "phone", "maxLength": 20, "description": "E.164"},
+                    "locale": {"type": "string", "maxLength": 35, "pattern": "^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"},
+                    "timezone": {"type": "string", "format": "iana-timezone", "maxLength": 64},
+                    "first_name": {"type": "string", "maxLength": 150},
+                    "last_name": {"type": "string", "maxLength": 150},
+                },
+                "additionalProperties": False,
+                "description": "A recipient object: `id` and fields of PUT /api/v1/recipients/{id} (all of them are "
+                "accepted; the common ones are listed here).",
                 "example": {"id": "u-42", "email": "ana@example.com", "locale": "de-CH"},
             },
         ]

@@ -51,6 +51,11 @@ API: dict[tuple[str, str], dict[str, int]] = {
     ("preferences:me-notification-read", "post"): _row(401, 401, 200, 404, 404, 404, 404, 404),
     ("preferences:me-profile", "get"): SIGNED_IN,
     ("preferences:me-profile", "patch"): SIGNED_IN,
+    # The identify API: the producer's key only (a recipient's JWT or a session is not a producer).
+    ("preferences:recipient", "get"): _row(401, 200, 401, 401, 401, 401, 401, 401),
+    ("preferences:recipient", "put"): _row(401, 200, 401, 401, 401, 401, 401, 401),
+    ("preferences:recipient", "delete"): _row(401, 204, 401, 401, 401, 401, 401, 401),
+    ("preferences:recipients-bulk", "post"): _row(401, 200, 401, 401, 401, 401, 401, 401),
     # The signed link is the authorisation (RFC 8058 one-click): anyone holding it.
     ("preferences:unsubscribe", "get"): _all(200),
     ("preferences:unsubscribe", "post"): _all(200),
@@ -86,6 +91,8 @@ ADMIN: dict[str, dict[str, str]] = {
     "preferences.device": {MARKETER: "", SUPPORT: "", OPERATIONS: "", SUPERUSER: "vacd"},
     "preferences.preferencedocument": {MARKETER: "", SUPPORT: "", OPERATIONS: "", SUPERUSER: "vacd"},
     "preferences.inboxmessage": {MARKETER: "", SUPPORT: "", OPERATIONS: "", SUPERUSER: "v"},
+    "preferences.usertokenkey": {MARKETER: "", SUPPORT: "", OPERATIONS: "", SUPERUSER: "vacd"},
+    "webhooks.webhookendpoint": {MARKETER: "", SUPPORT: "", OPERATIONS: "vac", SUPERUSER: "vacd"},
     "campaigns.campaign": {MARKETER: "vacd", SUPPORT: "", OPERATIONS: "", SUPERUSER: "vacd"},
     "campaigns.campaignlaunch": {MARKETER: "v", SUPPORT: "", OPERATIONS: "", SUPERUSER: "vd"},
 }
@@ -106,6 +113,7 @@ ACTIONS: dict[tuple[str, str], set[str]] = {
     ("notifications.killswitch", "drain_parked_messages"): {OPERATIONS, SUPERUSER},
     ("notifications.outboxfailure", "requeue"): {OPERATIONS, SUPERUSER},
     ("notifications.apikey", "revoke_keys"): {SUPERUSER},
+    ("webhooks.webhookendpoint", "retire_previous_secrets"): {OPERATIONS, SUPERUSER},
     ("preferences.recipientprofile", "clear_invalid_marks"): {SUPERUSER},
     ("preferences.device", "deactivate"): {SUPERUSER},
     ("preferences.device", "reactivate"): {SUPERUSER},
@@ -210,6 +218,13 @@ def _request(name: str, method: str, owner, notification_type) -> tuple[str, dic
         return reverse(name, args=[make_unsubscribe_token(owner.pk, "marketing")]), {}
     if name == "preferences:me-devices" and method == "post":
         return reverse(name), {"platform": "fcm", "token": "a-new-token"}
+    if name == "preferences:recipient":
+        from preferences.identify import RecipientData, recipients_upsert
+
+        recipients_upsert([RecipientData("matrix-r1", fields={"email": "r1@example.com"})])
+        return reverse(name, args=["matrix-r1"]), ({"email": "r1-new@example.com"} if method == "put" else {})
+    if name == "preferences:recipients-bulk":
+        return reverse(name), {"recipients": [{"id": "matrix-r2", "email": "r2@example.com"}]}
     if name == "legacy-dlq-admin":
         return reverse(name, kwargs={"model": "deadletter", "rest": ""}), {}
     return reverse(name), {}

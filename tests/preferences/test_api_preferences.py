@@ -124,3 +124,15 @@ def test_if_match_refuses_a_write_based_on_an_old_version(client_a):
     stale = client_a.patch(URL, {"global_mute": True}, format="json", HTTP_IF_MATCH='"1"')
     assert stale.status_code == 412 and stale.json()["version"] == 2
     assert client_a.get(URL).json()["document"] == {"global_mute": False}
+
+
+def test_patch_replaces_quiet_hours_whole(client_a):
+    """A window is meaningful only complete: a patch's quiet_hours replaces the stored one, so a patch
+    that enables it without its times is refused, as the API's schema says."""
+    window = {"enabled": True, "start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"}
+    assert client_a.patch(URL, {"quiet_hours": window}, format="json").status_code == 200
+    partial = client_a.patch(URL, {"quiet_hours": {"enabled": True, "start": "23:00", "end": "06:00"}}, format="json")
+    assert partial.status_code == 400, partial.content
+    assert client_a.get(URL).json()["document"]["quiet_hours"] == window
+    off = client_a.patch(URL, {"quiet_hours": {"enabled": False}}, format="json")
+    assert off.status_code == 200 and off.json()["document"]["quiet_hours"] == {"enabled": False}

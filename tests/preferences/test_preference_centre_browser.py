@@ -17,6 +17,8 @@ pytestmark = [pytest.mark.django_db(transaction=True)]  # the live server's thre
 def test_a_recipient_unticks_a_box_with_the_keyboard_and_saves(browser, live_server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
 
     user = RecipientProfileFactory(locale="de").user
     browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
@@ -30,7 +32,11 @@ def test_a_recipient_unticks_a_box_with_the_keyboard_and_saves(browser, live_ser
         assert not box.is_selected()
         save = browser.find_element(By.XPATH, "//button[text()='Einstellungen speichern']")
         save.send_keys(Keys.ENTER)
-        assert "Ihre Einstellungen sind gespeichert." in browser.find_element(By.CSS_SELECTOR, "[role=status]").text
+        # The form posts and the browser loads the answer: wait for it rather than read the old page.
+        status = WebDriverWait(browser, 15).until(
+            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "[role=status]"))
+        )
+        assert "Ihre Einstellungen sind gespeichert." in status.text
     finally:
         browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
     state = preferences_get(user.pk)

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -148,6 +148,11 @@ class ConsumerRunner:
             self._resume_due()
             self.step()
         except Exception as exc:
+            if self.stop_event.is_set() and isinstance(exc, CancelledError):
+                # Stopping cancelled work this turn was waiting for: nothing of it is committed (it is
+                # read again), so end the turn and let run() finish.
+                log.info("turn interrupted by the stop", extra={"role": self.config.role})
+                return
             if fenced(exc):
                 self.rejoin(exc)
                 return

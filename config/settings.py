@@ -140,7 +140,6 @@ INGEST_MAX_DATA_BYTES = env.int("INGEST_MAX_DATA_BYTES", default=64 * 1024)
 # --- Identify API (/api/v1/recipients) and inline recipients in events -------------------------
 RECIPIENTS_BULK_MAX = env.int("RECIPIENTS_BULK_MAX", default=1000)
 RECIPIENT_MAX_ATTRIBUTES_BYTES = env.int("RECIPIENT_MAX_ATTRIBUTES_BYTES", default=16 * 1024)
-PREFERENCES_MAX_DEVICES_PER_USER = env.int("PREFERENCES_MAX_DEVICES_PER_USER", default=20)
 # End-user tokens (JWT, `Authorization: Bearer`): the lifetime `manage.py mint_user_token` gives, the
 # longest lifetime honoured after a token's `iat`, and the clock skew tolerated.
 USER_TOKEN_DEFAULT_TTL_SECONDS = env.int("USER_TOKEN_DEFAULT_TTL_SECONDS", default=3600)
@@ -201,6 +200,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "notifications.api_schema.add_standard_responses",
+        "preferences.openapi.describe_recipients",
         "notifications.ingest.schema.describe_ingest",
         "preferences.openapi.describe_preferences",
     ],

@@ -55,6 +55,9 @@ def _header(description: str, schema: dict[str, Any] | None = None) -> dict[str,
     return {"description": description, "schema": schema or {"type": "string"}}
 
 
+#: A 400's body: field-keyed reasons, or an error with a code (a body that is not JSON: `parse_error`).
+BAD_REQUEST = {"anyOf": [_ref(VALIDATION_ERRORS), _ref(ERROR)]}
+
 RETRY_AFTER = _header("Seconds to wait before retrying.", {"type": "integer", "minimum": 0})
 
 #: status → (the response, when it applies: "secured", "body", "path-parameter" or "always").
@@ -62,7 +65,7 @@ STANDARD_RESPONSES: dict[str, tuple[dict[str, Any], str]] = {
     "400": (
         {
             "description": "Malformed or invalid input: the body names each bad field with its reason.",
-            "content": _json({"anyOf": [_ref(VALIDATION_ERRORS), _ref(ERROR)]}),
+            "content": _json(BAD_REQUEST),
         },
         "body",
     ),
@@ -129,7 +132,7 @@ STATUS_HEADERS = {
 def _complete(status: str, response: dict[str, Any]) -> None:
     """An error documented by its description only gets the error body and its status's headers."""
     if status.startswith(("4", "5")) and "content" not in response:
-        response["content"] = _json(_ref(VALIDATION_ERRORS if status == "400" else ERROR))
+        response["content"] = _json(copy.deepcopy(BAD_REQUEST) if status == "400" else _ref(ERROR))
     for name, header in STATUS_HEADERS.get(status, {}).items():
         response.setdefault("headers", {}).setdefault(name, header)
 

@@ -52,7 +52,14 @@ def validate_e164(value: str) -> None:
 #: A producer's id for a recipient: 1 to 255 characters, no whitespace or control characters, and none
 #: of ``/ ? #`` (it is a path segment of ``/api/v1/recipients/{id}``).
 EXTERNAL_ID_MAX_LENGTH = 255
-EXTERNAL_ID = re.compile(r"\A[^\s\x00-\x1f\x7f/?#\ud800-\udfff]{1,255}\Z")
+#: What an external id may not contain: whitespace (as both Python and ECMAScript regular expressions
+#: define it, so the OpenAPI pattern means the same to clients), control characters and URL delimiters.
+_EXTERNAL_ID_EXCLUDED = r"\s\x00-\x1f\x7f\x85\ufeff/?#"
+#: Lone surrogates are refused too (PostgreSQL cannot store them); they are not Unicode text, so the
+#: OpenAPI pattern cannot name them (nor can a UTF-8 client send them).
+EXTERNAL_ID = re.compile(rf"\A[^{_EXTERNAL_ID_EXCLUDED}\ud800-\udfff]{{1,255}}\Z")
+#: :data:`EXTERNAL_ID` as an OpenAPI (ECMAScript) pattern; the length is the schema's maxLength.
+EXTERNAL_ID_PATTERN = rf"^[^{_EXTERNAL_ID_EXCLUDED}]+$"
 
 
 def validate_external_id(value: str) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+
 from notifications.channels import ALL_CHANNELS
 from notifications.models import MANDATORY_CATEGORIES
 
+from .models import EXTERNAL_ID_MAX_LENGTH, EXTERNAL_ID_PATTERN
 from .schema import _TIME_PATTERN, CAP_PERIODS, CATEGORIES
 
 PHONE_DESCRIPTION = (
@@ -91,4 +94,54 @@ def describe_preferences(result: dict[str, Any], generator, request, public) -> 
             properties["phone"].update(format="phone", description=PHONE_DESCRIPTION)
             properties["locale"]["pattern"] = LOCALE_PATTERN
             properties["timezone"].update(format="iana-timezone")
+    return result
+
+
+def recipient_id_schema() -> dict[str, Any]:
+    """A recipient's external id (:data:`preferences.models.EXTERNAL_ID`) as the schema states it."""
+    return {"type": "string", "minLength": 1, "maxLength": EXTERNAL_ID_MAX_LENGTH, "pattern": EXTERNAL_ID_PATTERN}
+
+
+def _text_or_empty(schema: dict[str, Any]) -> dict[str, Any]:
+    """A field where "" (like null) clears the stored value."""
+    return {"nullable": True, "oneOf": [{"type": "string", **schema}, {"type": "string", "maxLength": 0}]}
+
+
+def describe_recipients(result: dict[str, Any], generator, request, public) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: the identify API's input as its validation reads it (closed
+    objects, phones and time zones in their formats, "" clearing a field, ids by their pattern)."""
+    schemas = result.get("components", {}).get("schemas", {})
+    recipient = schemas.get("RecipientInRequest")
+    if recipient is not None:
+        properties = recipient["properties"]
+        properties["phone"] = {
+            **_text_or_empty({"format": "phone", "maxLength": 20}),
+            "description": PHONE_DESCRIPTION,
+        }
+        properties["timezone"] = {
+            **_text_or_empty({"format": "iana-timezone", "maxLength": 64}),
+            "description": properties["timezone"].get("description", ""),
+        }
+        properties["locale"] = {
+            "type": "string",
+            "nullable": True,
+            "maxLength": 35,
+            "pattern": LOCALE_PATTERN,
+            "description": properties["locale"].get("description", ""),
+        }
+        properties["devices"]["maxItems"] = settings.PREFERENCES_MAX_DEVICES_PER_USER
+        recipient["additionalProperties"] = False
+    bulk = schemas.get("BulkRecipientsInRequest", {}).get("properties", {}).get("recipients")
+    if bulk is not None:
+        bulk.update(minItems=1, maxItems=settings.RECIPIENTS_BULK_MAX)
+    for device in ("RecipientDeviceRequest", "DeviceInRequest"):
+        if device in schemas:
+            schemas[device]["additionalProperties"] = False
+    for path, operations in result.get("paths", {}).items():
+        if not path.startswith("/api/v1/recipients/{"):
+            continue
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter.get("name") == "external_id":
+                    parameter["schema"] = recipient_id_schema()
     return result

@@ -13,8 +13,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from notifications.api_fields import StrictCharField, StrictEmailField, StrictRegexField, StrictURLField
+
 from .identify import PROFILE_FIELDS, USER_FIELDS, RecipientData
-from .models import EXTERNAL_ID, EXTERNAL_ID_MAX_LENGTH, DevicePlatform, validate_e164, validate_timezone
+from .models import EXTERNAL_ID, EXTERNAL_ID_MAX_LENGTH, validate_e164, validate_timezone
+from .serializers import DeviceInSerializer
 from .services import _LOCALE_RE
 
 EXTERNAL_ID_HELP = "The recipient's id in your system: 1 to 255 characters without spaces, '/', '?' or '#'."
@@ -31,27 +34,27 @@ def _django_validator(validator):
 
 
 def external_id_field(**kwargs: Any) -> serializers.RegexField:
-    return serializers.RegexField(
+    return StrictRegexField(
         EXTERNAL_ID,
         max_length=EXTERNAL_ID_MAX_LENGTH,
+        trim_whitespace=False,
         error_messages={"invalid": EXTERNAL_ID_HELP},
         help_text=EXTERNAL_ID_HELP,
         **kwargs,
     )
 
 
-class RecipientDeviceSerializer(serializers.Serializer):
-    platform = serializers.ChoiceField(choices=DevicePlatform.choices)
-    token = serializers.CharField(max_length=512)
+class RecipientDeviceSerializer(DeviceInSerializer):
+    """A push token of a recipient: the same rules as an end user's own device registration."""
 
 
 class RecipientInSerializer(serializers.Serializer):
     """The fields of a recipient. Left out: unchanged (empty for a new recipient); "" or null: cleared."""
 
-    email = serializers.EmailField(required=False, allow_blank=True, allow_null=True, max_length=254)
-    first_name = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=150)
-    last_name = serializers.CharField(required=False, allow_blank=True, allow_null=True, max_length=150)
-    phone = serializers.CharField(
+    email = StrictEmailField(required=False, allow_blank=True, allow_null=True, max_length=254)
+    first_name = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=150)
+    last_name = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=150)
+    phone = StrictCharField(
         required=False,
         allow_blank=True,
         allow_null=True,
@@ -59,7 +62,7 @@ class RecipientInSerializer(serializers.Serializer):
         validators=[_django_validator(validate_e164)],
         help_text="E.164, e.g. +4915112345678.",
     )
-    locale = serializers.RegexField(
+    locale = StrictRegexField(
         _LOCALE_RE,
         required=False,
         allow_blank=True,
@@ -68,7 +71,7 @@ class RecipientInSerializer(serializers.Serializer):
         error_messages={"invalid": "Enter a language tag such as en or de-CH."},
         help_text="BCP 47 language tag, e.g. en or de-CH: messages and the preference page use it.",
     )
-    timezone = serializers.CharField(
+    timezone = StrictCharField(
         required=False,
         allow_blank=True,
         allow_null=True,
@@ -76,7 +79,7 @@ class RecipientInSerializer(serializers.Serializer):
         validators=[_django_validator(validate_timezone)],
         help_text="IANA time zone, e.g. Europe/Berlin (quiet hours).",
     )
-    webhook_url = serializers.URLField(required=False, allow_blank=True, allow_null=True, max_length=2000)
+    webhook_url = StrictURLField(required=False, allow_blank=True, allow_null=True, max_length=2000)
     attributes = serializers.DictField(
         required=False,
         allow_null=True,
@@ -154,7 +157,10 @@ def merge_recipient_data(first: RecipientData, then: RecipientData) -> Recipient
 
 class BulkRecipientsInSerializer(serializers.Serializer):
     recipients = serializers.ListField(
-        child=serializers.JSONField(), allow_empty=False, help_text="Up to RECIPIENTS_BULK_MAX (1,000) recipients."
+        child=serializers.JSONField(allow_null=True),
+        allow_empty=False,
+        help_text="Up to RECIPIENTS_BULK_MAX (1,000) recipients; an item that is not a recipient object is "
+        "reported invalid in its result.",
     )
 
     def validate_recipients(self, value: list) -> list:

@@ -8,6 +8,7 @@ gives up (None) on anything unusual, and the serializer then decides, with its f
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from django.core.validators import validate_email
 
 from .identify import PROFILE_FIELDS, USER_FIELDS, RecipientData
 from .models import EXTERNAL_ID, DevicePlatform, _available_timezones, validate_e164
+from .serializers import DEVICE_TOKEN_PATTERN
 from .services import _LOCALE_RE
 
 __all__ = ["fast_recipient"]
@@ -24,6 +26,7 @@ __all__ = ["fast_recipient"]
 _ALLOWED = frozenset({"id", *USER_FIELDS, *PROFILE_FIELDS, "attributes", "devices"})
 _LIMITS = {"email": 254, "first_name": 150, "last_name": 150, "phone": 20, "locale": 35, "timezone": 64}
 _PLATFORMS = frozenset(DevicePlatform.values)
+_DEVICE_TOKEN = re.compile(DEVICE_TOKEN_PATTERN)
 
 
 def _plain(value: str, limit: int) -> bool:
@@ -91,8 +94,8 @@ def fast_recipient(item: Any) -> RecipientData | None:
             not isinstance(platform, str)
             or platform not in _PLATFORMS
             or not isinstance(token, str)
-            or not token
-            or not _plain(token, 512)
+            or len(token) > 512
+            or not _DEVICE_TOKEN.match(token)
         ):
             return None
         pairs.append((platform, token))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from notifications.api_fields import StrictRegexField, StrictSerializer
 from notifications.channels import ALL_CHANNELS
 
 from .models import Device, DevicePlatform, InboxMessage
@@ -49,12 +50,15 @@ class PreferencesOutSerializer(serializers.Serializer):
     document = PreferenceDocumentSerializer()
 
 
-class DeviceInSerializer(serializers.Serializer):
+#: A push token: printable ASCII without spaces (FCM and APNs tokens are), a character class both
+#: Python and the schema's ECMA regular expressions read alike.
+DEVICE_TOKEN_PATTERN = r"^[!-~]+$"  # noqa: S105 - a pattern, not a secret
+
+
+class DeviceInSerializer(StrictSerializer):
     platform = serializers.ChoiceField(choices=DevicePlatform.choices)
-    # Printable ASCII without spaces (FCM and APNs tokens are): a character class both Python and the
-    # schema's ECMA regular expressions read alike.
-    token = serializers.RegexField(
-        r"^[!-~]+$",
+    token = StrictRegexField(
+        DEVICE_TOKEN_PATTERN,
         max_length=512,
         trim_whitespace=False,
         error_messages={"invalid": "Enter a push token: printable ASCII without spaces."},

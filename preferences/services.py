@@ -291,6 +291,8 @@ def preferences_update(
     :mod:`preferences.cache`). ``expected_version`` (from If-Match) raises
     :class:`PreferenceVersionConflict` when the stored version differs.
     """
+    if partial and not isinstance(document, Mapping):
+        raise ValidationError({"non_field_errors": ["Send a merge patch of the document: a JSON object."]})
     errors = unknown_patch_keys(document) if partial else validate_document(document)
     if errors:
         raise ValidationError(errors)

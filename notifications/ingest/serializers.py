@@ -5,40 +5,24 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from notifications.api_fields import StrictCharField, StrictSerializer
 from notifications.models import NotificationType
 from preferences.identify import RecipientData
 from preferences.models import EXTERNAL_ID, EXTERNAL_ID_MAX_LENGTH
+from preferences.openapi import recipient_id_schema
 from preferences.recipient_serializers import RecipientItemInSerializer, merge_recipient_data, recipient_data
 
-#: A recipient id as the schema says it (`preferences.models.EXTERNAL_ID`).
-EXTERNAL_ID_SCHEMA = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": EXTERNAL_ID_MAX_LENGTH,
-    "pattern": r"^[^\s\x00-\x1f\x7f/?#]+$",
-}
 NOT_A_RECIPIENT = "Not a recipient id: 1 to 255 characters without spaces, '/', '?' or '#'."
 
 
 @extend_schema_field(
     {
         "oneOf": [
-            {**EXTERNAL_ID_SCHEMA, "example": "u-42"},
+            {**recipient_id_schema(), "example": "u-42"},
             {
                 "type": "object",
-                "required": ["id"],
-                "properties": {
-                    "id": EXTERNAL_ID_SCHEMA,
-                    "email": {"type": "string", "format": "email", "maxLength": 254},
-                    "phone": {"type": "string", "format": "phone", "maxLength": 20, "description": "E.164"},
-                    "locale": {"type": "string", "maxLength": 35, "pattern": "^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"},
-                    "timezone": {"type": "string", "format": "iana-timezone", "maxLength": 64},
-                    "first_name": {"type": "string", "maxLength": 150},
-                    "last_name": {"type": "string", "maxLength": 150},
-                },
-                "additionalProperties": False,
-                "description": "A recipient object: `id` and fields of PUT /api/v1/recipients/{id} (all of them are "
-                "accepted; the common ones are listed here).",
+                "description": "A recipient object: `id` and the fields of PUT /api/v1/recipients/{id} (the "
+                "schema hook `describe_ingest` completes it from that operation's request body).",
                 "example": {"id": "u-42", "email": "ana@example.com", "locale": "de-CH"},
             },
         ]
@@ -52,7 +36,10 @@ class RecipientRefField(serializers.Field):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._id = serializers.RegexField(
-            EXTERNAL_ID, max_length=EXTERNAL_ID_MAX_LENGTH, error_messages={"invalid": NOT_A_RECIPIENT}
+            EXTERNAL_ID,
+            max_length=EXTERNAL_ID_MAX_LENGTH,
+            trim_whitespace=False,  # an id with spaces around it is refused, as the schema says, not trimmed
+            error_messages={"invalid": NOT_A_RECIPIENT},
         )
 
     def to_internal_value(self, data):
@@ -69,25 +56,14 @@ class RecipientRefField(serializers.Field):
         return value if isinstance(value, str) else value.external_id
 
 
-class StrictSerializer(serializers.Serializer):
-    """Refuses unknown fields (a misspelt `recipient` is a 400, not silently an event without it)."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().to_internal_value(data)
-
-
 class EventInSerializer(StrictSerializer):
-    event_id = serializers.CharField(
+    event_id = StrictCharField(
         max_length=200,
         required=False,
         trim_whitespace=False,
         help_text="The producer's id for this event. Re-sending the same id never creates a second event.",
     )
-    type = serializers.CharField(max_length=100, help_text="A notification type key, e.g. order.shipped.")
+    type = StrictCharField(max_length=100, help_text="A notification type key, e.g. order.shipped.")
     recipients = serializers.ListField(
         child=RecipientRefField(),
         allow_empty=False,

@@ -117,6 +117,23 @@ def test_malformed_json_is_400(notification_type, service_client):
     assert response.status_code == 400 and "JSON parse error" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"event_id": 215}, "event_id"),  # the schema says string: a number is a client bug, not "215"
+        ({"type": 7}, "type"),
+        ({"recipients": ["\x85u-1"]}, "recipients"),  # whitespace to Python, not to ECMAScript's \\s
+        ({"recipients": ["\ufeffu-1"]}, "recipients"),  # the reverse
+        ({"recipients": [{"id": "u-1", "first_name": 5}]}, "recipients"),
+        ({"recipients": [{"id": "u-1", "devices": [{"platform": "fcm", "token": " t "}]}]}, "recipients"),
+    ],
+)
+def test_values_the_schema_refuses_are_400s(notification_type, service_client, change, field):
+    response = service_client.post(URL, {**event(), **change}, format="json")
+    assert response.status_code == 400, response.json()
+    assert field in response.json()
+
+
 def test_schema_documents_the_endpoint(client):
     response = client.get("/api/schema/")
     assert response.status_code == 200

@@ -67,6 +67,9 @@ def test_a_changed_phone_loses_its_invalid_mark(service_client):
         ({"devices": [{"platform": "blackberry", "token": "t"}]}, "devices"),
         ({"phone_number": "+4915112345678"}, "phone_number"),
         ({"webhook_url": "ftp://x"}, "webhook_url"),
+        ({"first_name": 42}, "first_name"),  # a string field: a number is refused, not converted
+        ({"devices": [{"platform": "fcm", "token": "with space"}]}, "devices"),
+        ({"devices": [{"platform": "fcm", "token": "t", "extra": 1}]}, "devices"),
     ],
 )
 def test_bad_fields_are_400s_naming_the_field_and_nothing_is_written(service_client, body, field):
@@ -167,6 +170,13 @@ def test_bulk_limits_are_400s(service_client, settings):
     assert service_client.post(URL + "bulk", {"recipients": []}, format="json").status_code == 400
     assert service_client.post(URL + "bulk", [{"id": "x"}], format="json").status_code == 400
     assert not RecipientProfile.objects.exists()
+
+
+def test_a_bulk_item_that_is_not_an_object_is_reported_invalid(service_client):
+    response = service_client.post(URL + "bulk", {"recipients": [None, {"id": "u-ok"}]}, format="json")
+    assert response.status_code == 207, response.json()
+    results = response.json()["results"]
+    assert results[0]["status"] == "invalid" and results[1]["status"] == "created"
 
 
 def test_a_bulk_of_a_thousand_is_a_fixed_number_of_statements(service_client, django_assert_max_num_queries):

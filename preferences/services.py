@@ -302,7 +302,7 @@ def preferences_update(
         if expected_version is not None and row.version != expected_version:
             raise PreferenceVersionConflict(row.version)
         new_document = merge_patch(row.document, document) if partial else copy.deepcopy(document)
-        if partial and isinstance(document.get("quiet_hours"), Mapping):
+        if partial and isinstance(document, Mapping) and isinstance(document.get("quiet_hours"), Mapping):
             # Replaced whole, not merged: a window is only meaningful complete, and the API's schema
             # can then say what a valid patch of it is without knowing the stored document.
             new_document["quiet_hours"] = copy.deepcopy(document["quiet_hours"])

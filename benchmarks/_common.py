@@ -45,12 +45,31 @@ def children_of(parent: int) -> list[int]:
 
 
 def postgres_pids() -> list[int]:
-    """The postmaster of `platform/services` and its children (backends, walwriter, autovacuum, ...)."""
+    """The postmaster of `platform/services` and its children (backends, walwriter, autovacuum, ...). In a
+    checkout without `.platform/` (a git worktree), the parent of a backend of the configured database."""
     try:
         master = int((REPO / ".platform" / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return []
+        master = _local_postmaster()
+        if master is None:
+            return []
     return [master, *children_of(master)]
+
+
+_POSTMASTER: list[int] = []
+
+
+def _local_postmaster() -> int | None:
+    """The postmaster's pid, as the parent of one backend (a loopback server on this machine only)."""
+    if not _POSTMASTER:
+        import psycopg
+
+        from notifications.outbox.relay import conninfo_from_django
+
+        with contextlib.suppress(Exception), psycopg.connect(conninfo_from_django(), autocommit=True) as conn:
+            backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            _POSTMASTER.append(int(_stat_fields(backend)[1]))
+    return _POSTMASTER[0] if _POSTMASTER else None
 
 
 def kafka_pids() -> list[int]:

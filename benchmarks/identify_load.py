@@ -9,7 +9,8 @@
    free 127.0.0.1 port.
 2. Bulk: POSTs `--recipients` new recipients (e-mail, phone, locale, time zone, two attributes, one push
    token each) to `/api/v1/recipients/bulk` in requests of `--bulk-size`, `--bulk-concurrency` at a
-   time; then the same ids again (every one an update). Prints recipients/s for each pass.
+   time; then the same ids again (every one an update). Prints recipients/s for each pass and the CPU
+   that the client, the uvicorn processes, PostgreSQL and everything else spent per 1,000 recipients.
 3. Single: `PUT /api/v1/recipients/{id}` for `--single-seconds` with `--single-concurrency`
    connections (new ids, then updates of them): requests/s, p50, p99.
 4. Verifies that every recipient exists, then removes the run's users (and with them their profiles
@@ -57,7 +58,16 @@ import django  # noqa: E402
 django.setup()
 
 import httpx  # noqa: E402
-from _common import code_version, exit_on_sigterm, log, migrate_bench_database, require_loopback  # noqa: E402
+from _common import (  # noqa: E402
+    CpuMeter,
+    children_of,
+    code_version,
+    exit_on_sigterm,
+    log,
+    migrate_bench_database,
+    postgres_pids,
+    require_loopback,
+)
 from django.contrib.auth import get_user_model  # noqa: E402
 
 from notifications.models import ApiKey  # noqa: E402
@@ -170,16 +180,35 @@ def start_server(port: int, workers: int):
     raise SystemExit("uvicorn did not answer /healthz within 60 s")
 
 
-async def run(args, port: int, raw_key: str, run_id: str) -> dict:
+def cpu_meter(server_pid: int) -> CpuMeter:
+    """CPU of this process (the HTTP client), the uvicorn processes and PostgreSQL."""
+    return CpuMeter(
+        {
+            "client": lambda: [os.getpid()],
+            "uvicorn": lambda: [server_pid, *children_of(server_pid)],
+            "postgres": postgres_pids,
+        }
+    )
+
+
+async def metered_bulk_pass(client, run_id: str, args, server_pid: int, *, updated: bool) -> tuple:
+    meter = cpu_meter(server_pid)
+    meter.start()
+    seconds, done, failures = await bulk_pass(client, run_id, args, updated=updated)
+    meter.stop()
+    return seconds, done, failures, meter
+
+
+async def run(args, port: int, raw_key: str, run_id: str, server_pid: int) -> dict:
     headers = {"Authorization": f"Api-Key {raw_key}"}
     limits = httpx.Limits(max_connections=max(args.bulk_concurrency, args.single_concurrency))
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120, limits=limits
     ) as client:
         log(f"bulk: {args.recipients:,} new recipients in requests of {args.bulk_size}")
-        create = await bulk_pass(client, run_id, args, updated=False)
+        create = await metered_bulk_pass(client, run_id, args, server_pid, updated=False)
         log("bulk: the same recipients again (updates)")
-        update = await bulk_pass(client, run_id, args, updated=True)
+        update = await metered_bulk_pass(client, run_id, args, server_pid, updated=True)
         log(f"single: PUT for {args.single_seconds:g} s at concurrency {args.single_concurrency}")
         single = await single_pass(client, run_id, args)
     return {"create": create, "update": update, "single": single}
@@ -207,7 +236,7 @@ def main() -> int:
     try:
         port = free_port()
         proc = start_server(port, args.workers)
-        results = asyncio.run(run(args, port, raw_key, run_id))
+        results = asyncio.run(run(args, port, raw_key, run_id, proc.pid))
         stored = RecipientProfile.objects.filter(external_id__startswith=f"{run_id}-").count()
     finally:
         if proc is not None:
@@ -221,13 +250,16 @@ def main() -> int:
     print(f"Identify API on uvicorn ({args.workers} workers), 127.0.0.1; code {code_version()}")
     print(f"NOTE: {os.cpu_count()} CPU cores shared by the client, the server and PostgreSQL.")
     for label in ("create", "update"):
-        seconds, done, failures = results[label]
+        seconds, done, failures, meter = results[label]
         rate = done / seconds if seconds else 0.0
         verdict = "meets" if rate >= TARGET_BULK_PER_SECOND else "BELOW"
         print(
             f"bulk {label:<6} {done:>9,} recipients in {seconds:6.1f} s = {rate:>8,.0f} recipients/s "
             f"({verdict} the {TARGET_BULK_PER_SECOND:,}/s target); failed requests {len(failures)}"
         )
+        per_thousand = ", ".join(f"{name} {sec / max(done, 1) * 1e6:,.0f} ms" for name, sec in meter.used.items())
+        print(f"    CPU per 1,000 recipients: {per_thousand}")
+        print(f"    {meter.summary()}")
         for failure in failures[:3]:
             print(f"    {failure}")
     seconds, latencies, errors = results["single"]

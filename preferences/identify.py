@@ -1,9 +1,11 @@
 """Upserting recipients by the producer's external id, one at a time or a thousand in one transaction.
 
 Set-based: whatever the number of recipients, a call is a fixed handful of statements (resolve the
-ids, insert the new users, insert missing profiles, update the existing users and profiles, upsert
-devices). Fields a caller leaves out keep their value (a new recipient starts them empty); ``""``
-clears a text field; ``attributes`` is merged key by key and a ``null`` value removes the key.
+ids, find staff accounts among them, insert the new users, insert missing profiles, update the existing
+users and profiles, upsert devices), each taking its rows as one JSON document (``json_to_recordset``):
+one string parameter is far cheaper to send than a Python-quoted array per column. Fields a caller
+leaves out keep their value (a new recipient starts them empty); ``""`` clears a text field;
+``attributes`` is merged key by key and a ``null`` value removes the key.
 Input is validated by the caller (:mod:`preferences.recipient_serializers`); this module trusts it.
 """
 
@@ -18,7 +20,6 @@ from typing import Any
 import orjson
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from .models import Device, RecipientProfile
@@ -33,6 +34,8 @@ __all__ = [
     "protected_recipients",
     "recipient_username",
     "recipients_upsert",
+    "resolve_for_upsert",
+    "upsert_resolved",
 ]
 
 PROTECTED = "This id belongs to a staff account, which the API cannot change or erase."
@@ -77,13 +80,22 @@ def recipient_username(external_id: str) -> str:
 
 def protected_recipients(resolved: dict[str, int]) -> set[str]:
     """The external ids among ``resolved`` that name a staff or superuser account."""
-    staff = set(
-        get_user_model()
-        .objects.filter(pk__in=resolved.values())
-        .filter(Q(is_staff=True) | Q(is_superuser=True))
-        .values_list("pk", flat=True)
-    )
+    if not resolved:
+        return set()
+    users = get_user_model()._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {users} WHERE id = ANY(%s::bigint[]) AND (is_staff OR is_superuser)",  # noqa: S608
+            [list(set(resolved.values()))],
+        )
+        staff = {user_id for (user_id,) in cursor.fetchall()}
     return {external_id for external_id, user_id in resolved.items() if user_id in staff}
+
+
+def resolve_for_upsert(external_ids: Sequence[str]) -> tuple[dict[str, int], set[str]]:
+    """``({external id: user id} of the existing recipients, the ids among them that are staff accounts)``."""
+    existing = resolve_recipients(external_ids)
+    return existing, protected_recipients(existing)
 
 
 def recipients_upsert(items: Sequence[RecipientData]) -> list[UpsertResult]:
@@ -91,17 +103,26 @@ def recipients_upsert(items: Sequence[RecipientData]) -> list[UpsertResult]:
     Raises :class:`ProtectedRecipient` (and writes nothing) if one of them is a staff account."""
     if not items:
         return []
+    with transaction.atomic():
+        existing, protected = resolve_for_upsert([item.external_id for item in items])
+        if protected:
+            raise ProtectedRecipient(sorted(protected))
+        return upsert_resolved(items, existing)
+
+
+def upsert_resolved(items: Sequence[RecipientData], existing: dict[str, int]) -> list[UpsertResult]:
+    """Write ``items`` (distinct external ids, none of them a staff account), given ``existing`` from
+    :func:`resolve_for_upsert` in the same transaction; results in their order."""
     ids = [item.external_id for item in items]
     if len(set(ids)) != len(ids):
         raise ValueError("each external id may appear once per call")
-    with transaction.atomic():
-        existing = resolve_recipients(ids)
-        protected = protected_recipients(existing)
-        if protected:
-            raise ProtectedRecipient(sorted(protected))
+    if not items:
+        return []
+    with transaction.atomic(savepoint=False):
         created = _insert_users([item for item in items if item.external_id not in existing])
         user_ids = existing | created
-        _insert_profiles(items, user_ids)
+        # Only a user found by its internal id (a decimal string) may lack a profile; an external id lives on one.
+        _insert_profiles([i for i in items if i.external_id in created or i.external_id.isdigit()], user_ids)
         known = [item for item in items if item.external_id in existing]
         _update_users(known, existing)
         _update_profiles(known, existing)
@@ -109,8 +130,17 @@ def recipients_upsert(items: Sequence[RecipientData]) -> list[UpsertResult]:
     return [UpsertResult(i.external_id, user_ids[i.external_id], i.external_id in created) for i in items]
 
 
-def _column(items: Sequence[RecipientData], name: str) -> list[str | None]:
-    return [item.fields.get(name) for item in items]
+def _rows(rows: list[dict[str, Any]]) -> str:
+    """One JSON document for ``json_to_recordset``: a key left out (or None) is NULL there."""
+    return orjson.dumps(rows).decode()
+
+
+def _given(item: RecipientData, names: Sequence[str], keys: Sequence[str]) -> dict[str, str]:
+    return {key: item.fields[name] for name, key in zip(names, keys, strict=True) if name in item.fields}
+
+
+_USER_KEYS = ("e", "f", "l")
+_PROFILE_KEYS = ("p", "lo", "tz", "w")
 
 
 def _insert_users(items: Sequence[RecipientData]) -> dict[str, int]:
@@ -120,29 +150,41 @@ def _insert_users(items: Sequence[RecipientData]) -> dict[str, int]:
         return {}
     users = get_user_model()._meta.db_table
     names = [recipient_username(item.external_id) for item in items]
-    now = timezone.now()
+    rows = [{"n": name, **_given(item, USER_FIELDS, _USER_KEYS)} for item, name in zip(items, names, strict=True)]
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
             INSERT INTO {users} (username, email, first_name, last_name, password, is_superuser, is_staff,
                                  is_active, date_joined)
             SELECT n, coalesce(e, ''), coalesce(f, ''), coalesce(l, ''), '!', false, false, true, %s
-            FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[]) AS v(n, e, f, l)
+            FROM json_to_recordset(%s::json) AS v(n varchar, e varchar, f varchar, l varchar)
             ON CONFLICT (username) DO NOTHING
+            RETURNING username, id
             """,  # noqa: S608 - table name from model metadata; values are parameters
-            [now, names, _column(items, "email"), _column(items, "first_name"), _column(items, "last_name")],
+            [timezone.now(), _rows(rows)],
         )
-        cursor.execute(f"SELECT username, id FROM {users} WHERE username = ANY(%s::varchar[])", [names])  # noqa: S608
         by_name = dict(cursor.fetchall())
+        raced = [name for name in names if name not in by_name]
+        if raced:
+            cursor.execute(f"SELECT username, id FROM {users} WHERE username = ANY(%s::varchar[])", [raced])  # noqa: S608
+            by_name.update(cursor.fetchall())
     return {item.external_id: by_name[name] for item, name in zip(items, names, strict=True)}
 
 
-def _attributes_json(items: Sequence[RecipientData]) -> list[str | None]:
-    return [None if item.attributes is None else orjson.dumps(item.attributes).decode() for item in items]
+def _profile_row(item: RecipientData, user_id: int) -> dict[str, Any]:
+    row = {"u": user_id, "x": item.external_id, "a": item.attributes, **_given(item, PROFILE_FIELDS, _PROFILE_KEYS)}
+    if item.clear_attributes:
+        row["c"] = True
+    return row
+
+
+_PROFILE_COLUMNS = "u bigint, x varchar, p varchar, lo varchar, tz varchar, w varchar, a jsonb, c boolean"
 
 
 def _insert_profiles(items: Sequence[RecipientData], user_ids: dict[str, int]) -> None:
     """A profile for every recipient that has none yet, with the given values."""
+    if not items:
+        return
     now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
@@ -152,27 +194,18 @@ def _insert_profiles(items: Sequence[RecipientData], user_ids: dict[str, int]) -
                  email_invalid_reason, phone_invalid_reason, webhook_invalid_reason, created_at, updated_at)
             SELECT u, x, coalesce(p, ''), coalesce(lo, ''), coalesce(tz, ''), coalesce(w, ''),
                    jsonb_strip_nulls(coalesce(a, '{{}}'::jsonb)), '', '', '', '', %s, %s
-            FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],
-                        %s::jsonb[]) AS v(u, x, p, lo, tz, w, a)
+            FROM json_to_recordset(%s::json) AS v({_PROFILE_COLUMNS})
             ON CONFLICT (user_id) DO NOTHING
             """,  # noqa: S608
-            [
-                now,
-                now,
-                [user_ids[item.external_id] for item in items],
-                [item.external_id for item in items],
-                _column(items, "phone"),
-                _column(items, "locale"),
-                _column(items, "timezone"),
-                _column(items, "webhook_url"),
-                _attributes_json(items),
-            ],
+            [now, now, _rows([_profile_row(item, user_ids[item.external_id]) for item in items])],
         )
 
 
 def _update_users(items: Sequence[RecipientData], user_ids: dict[str, int]) -> None:
-    items = [item for item in items if any(name in item.fields for name in USER_FIELDS)]
-    if not items:
+    rows = [
+        {"u": user_ids[item.external_id], **given} for item in items if (given := _given(item, USER_FIELDS, _USER_KEYS))
+    ]
+    if not rows:
         return
     users = get_user_model()._meta.db_table
     with connection.cursor() as cursor:
@@ -180,15 +213,11 @@ def _update_users(items: Sequence[RecipientData], user_ids: dict[str, int]) -> N
             f"""
             UPDATE {users} t SET email = coalesce(v.e, t.email), first_name = coalesce(v.f, t.first_name),
                                  last_name = coalesce(v.l, t.last_name)
-            FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::varchar[]) AS v(u, e, f, l)
-            WHERE t.id = v.u
+            FROM json_to_recordset(%s::json) AS v(u bigint, e varchar, f varchar, l varchar)
+            WHERE t.id = v.u AND (t.email, t.first_name, t.last_name)
+                  IS DISTINCT FROM (coalesce(v.e, t.email), coalesce(v.f, t.first_name), coalesce(v.l, t.last_name))
             """,  # noqa: S608
-            [
-                [user_ids[item.external_id] for item in items],
-                _column(items, "email"),
-                _column(items, "first_name"),
-                _column(items, "last_name"),
-            ],
+            [_rows(rows)],
         )
 
 
@@ -197,22 +226,9 @@ def _update_profiles(items: Sequence[RecipientData], user_ids: dict[str, int]) -
     internal id until now adopts it), and a changed phone or webhook URL loses its invalid mark."""
     if not items:
         return
+    rows = [_profile_row(item, user_ids[item.external_id]) for item in items]
     with connection.cursor() as cursor:
-        cursor.execute(_update_profiles_sql(), _update_profiles_params(items, user_ids))
-
-
-def _update_profiles_params(items: Sequence[RecipientData], user_ids: dict[str, int]) -> list[Any]:
-    return [
-        timezone.now(),
-        [user_ids[item.external_id] for item in items],
-        [item.external_id for item in items],
-        _column(items, "phone"),
-        _column(items, "locale"),
-        _column(items, "timezone"),
-        _column(items, "webhook_url"),
-        _attributes_json(items),
-        [item.clear_attributes for item in items],
-    ]
+        cursor.execute(_update_profiles_sql(), [timezone.now(), _rows(rows)])
 
 
 @lru_cache(maxsize=1)
@@ -236,8 +252,7 @@ def _update_profiles_sql() -> str:
                               WHEN v.a IS NULL THEN t.attributes
                               ELSE jsonb_strip_nulls(t.attributes || v.a) END,
             updated_at = %s
-        FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[],
-                    %s::jsonb[], %s::boolean[]) AS v(u, x, p, lo, tz, w, a, c)
+        FROM json_to_recordset(%s::json) AS v({_PROFILE_COLUMNS})
         WHERE t.user_id = v.u
     """  # noqa: S608
 
@@ -251,21 +266,16 @@ def _upsert_devices(items: Sequence[RecipientData], user_ids: dict[str, int]) ->
     if not devices:
         return
     now = timezone.now()
+    rows = [{"u": user_id, "p": platform, "t": token} for (platform, token), user_id in devices.items()]
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
             INSERT INTO {Device._meta.db_table}
                 (user_id, platform, token, active, created_at, last_seen_at, deactivation_reason)
-            SELECT u, p, t, true, %s, %s, '' FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[]) AS v(u, p, t)
+            SELECT u, p, t, true, %s, %s, '' FROM json_to_recordset(%s::json) AS v(u bigint, p varchar, t varchar)
             ON CONFLICT (platform, token) DO UPDATE SET
                 user_id = EXCLUDED.user_id, active = true, last_seen_at = EXCLUDED.last_seen_at,
                 deactivated_at = NULL, deactivation_reason = ''
             """,  # noqa: S608
-            [
-                now,
-                now,
-                list(devices.values()),
-                [platform for platform, _ in devices],
-                [token for _, token in devices],
-            ],
+            [now, now, _rows(rows)],
         )

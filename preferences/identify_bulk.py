@@ -7,58 +7,58 @@ from __future__ import annotations
 
 from typing import Any
 
-from .identify import PROTECTED, RecipientData, protected_recipients, recipients_upsert
-from .recipient_ids import resolve_recipients
+from django.db import transaction
+
+from .identify import PROTECTED, RecipientData, resolve_for_upsert, upsert_resolved
 from .recipient_serializers import RecipientItemInSerializer, recipient_data
 from .recipient_validation import fast_recipient
 
 __all__ = ["bulk_upsert"]
 
+_TWICE = "This id appears twice."
 
-def bulk_upsert(items: list[Any]) -> dict[str, Any]:
-    """Validate every item, upsert the valid ones in one transaction, and say per item what happened."""
-    results: list[dict[str, Any]] = []
+
+def _invalid(index: int, external_id: str | None, errors: Any) -> dict[str, Any]:
+    return {"index": index, "id": external_id, "status": "invalid", "errors": errors}
+
+
+def _validate(items: list[Any]) -> tuple[list[tuple[int, RecipientData]], list[dict[str, Any]]]:
+    """``(valid items with their index, results of the invalid ones)``; an id's second item is invalid."""
     valid: list[tuple[int, RecipientData]] = []
+    invalid: list[dict[str, Any]] = []
     seen: set[str] = set()
     for index, item in enumerate(items):
         data = fast_recipient(item)
-        if data is not None:
-            if data.external_id in seen:
-                results.append({"index": index, "id": data.external_id, "errors": {"id": ["This id appears twice."]}})
+        if data is None:
+            serializer = RecipientItemInSerializer(data=item)
+            if not serializer.is_valid():
+                raw_id = item.get("id") if isinstance(item, dict) else None
+                invalid.append(_invalid(index, raw_id if isinstance(raw_id, str) else None, serializer.errors))
                 continue
-            seen.add(data.external_id)
-            valid.append((index, data))
+            data = recipient_data(serializer.validated_data["id"], serializer.validated_data)
+        if data.external_id in seen:
+            invalid.append(_invalid(index, data.external_id, {"id": [_TWICE]}))
             continue
-        serializer = RecipientItemInSerializer(data=item)
-        if not serializer.is_valid():
-            raw_id = item.get("id") if isinstance(item, dict) else None
-            results.append(
-                {"index": index, "id": raw_id if isinstance(raw_id, str) else None, "errors": serializer.errors}
-            )
-            continue
-        external_id = serializer.validated_data["id"]
-        if external_id in seen:
-            results.append({"index": index, "id": external_id, "errors": {"id": ["This id appears twice."]}})
-            continue
-        seen.add(external_id)
-        valid.append((index, recipient_data(external_id, serializer.validated_data)))
-    protected = protected_recipients(resolve_recipients([data.external_id for _, data in valid]))
-    if protected:
-        results += [
-            {"index": i, "id": d.external_id, "errors": {"id": [PROTECTED]}}
-            for i, d in valid
-            if d.external_id in protected
-        ]
-        valid = [(i, d) for i, d in valid if d.external_id not in protected]
-    for result in results:
-        result["status"] = "invalid"
-    upserted = recipients_upsert([data for _, data in valid])
+        seen.add(data.external_id)
+        valid.append((index, data))
+    return valid, invalid
+
+
+def bulk_upsert(items: list[Any]) -> dict[str, Any]:
+    """Validate every item, upsert the valid ones in one transaction, and say per item what happened."""
+    valid, results = _validate(items)
+    with transaction.atomic():
+        existing, protected = resolve_for_upsert([data.external_id for _, data in valid])
+        if protected:
+            results += [_invalid(i, d.external_id, {"id": [PROTECTED]}) for i, d in valid if d.external_id in protected]
+            valid = [(i, d) for i, d in valid if d.external_id not in protected]
+        upserted = upsert_resolved([data for _, data in valid], existing)
     results += [
         {"index": index, "id": r.external_id, "status": "created" if r.created else "updated"}
         for (index, _), r in zip(valid, upserted, strict=True)
     ]
     results.sort(key=lambda r: r["index"])
-    created = sum(1 for r in results if r["status"] == "created")
+    created = sum(1 for r in upserted if r.created)
     return {
         "created": created,
         "updated": len(upserted) - created,

@@ -83,3 +83,9 @@ def test_an_unknown_field_beside_a_batch_is_a_400(notification_type, service_cli
 def test_a_push_token_outside_its_schema_is_a_400(user_client, token):
     response = user_client.post("/api/v1/me/devices", {"platform": "fcm", "token": token}, format="json")
     assert response.status_code == 400 and "token" in response.json()
+
+
+@pytest.mark.parametrize("body", [False, 3, "text", []])
+def test_a_preference_patch_that_is_not_an_object_is_a_400(user_client, body):
+    response = user_client.patch("/api/v1/me/preferences", body, format="json")
+    assert response.status_code == 400, response.content

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from preferences.recipient_serializers import RecipientItemInSerializer, recipient_data
-from preferences.recipient_validation import fast_recipient
+from preferences.recipient_validation import _email_ok, fast_recipient
 
 texts = st.one_of(st.text(max_size=8), st.sampled_from(["", " x", "x ", "a\x00b", "Europe/Zurich", "de-CH", "x" * 300]))
 values = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), texts)
@@ -53,3 +56,45 @@ def test_a_plain_item_takes_the_lean_path():
         "devices": [{"platform": "fcm", "token": "t"}],
     }
     assert fast_recipient(item) is not None
+
+
+ADDRESSES = [
+    "ana@example.com",
+    "a.b+c@sub.example.co.uk",
+    '"quoted local"@example.com',
+    "ana@localhost",
+    "ana@[127.0.0.1]",
+    "ana@[::1]",
+    "ana@[300.1.1.1]",
+    "ana@exämple.ch",
+    "ana@example.com.",
+    "ana@-example.com",
+    "ana@example",
+    "ana@@example.com",
+    "ana.@example.com",
+    "@example.com",
+    "ana@",
+    "no-at-sign",
+    "a" * 310 + "@example.com",
+]
+
+
+def _django_accepts(address: str) -> bool:
+    try:
+        validate_email(address)
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("address", ADDRESSES)
+def test_the_lean_email_check_agrees_with_django(address):
+    assert _email_ok(address) is _django_accepts(address)
+    assert _email_ok(address) is _django_accepts(address)  # the remembered domain verdict
+
+
+@settings(max_examples=300, deadline=None)
+@given(local=st.text(max_size=6), domain=st.text(max_size=10))
+def test_the_lean_email_check_agrees_with_django_on_any_text(local, domain):
+    address = f"{local}@{domain}"
+    assert _email_ok(address) is _django_accepts(address)

@@ -10,6 +10,7 @@ import logging
 import queue
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
@@ -56,6 +57,9 @@ class ClaimSteps:
     _stopping: bool
     _confirm_queue: list[Job]
     _confirm_scheduled: bool
+    _confirm_running: bool
+    _confirm_executor: ThreadPoolExecutor
+    _redis_executor: ThreadPoolExecutor
     _confirming: set[asyncio.Task]
     _wait_for_redis: Callable  # RedisHoldSteps
 
@@ -115,6 +119,25 @@ class ClaimSteps:
             job.claimed_at = started
         return found[job.key]
 
+    async def _check_claims_after_gap(self) -> None:
+        """The liveness keys had a gap: the claims in hand made before it are read back in Redis now,
+        in one pipeline off the event loop, so their sends pass the check before the send without a
+        round trip each between the send slot and the send. A claim found ours is vouched for from
+        the time of this read; any other is left to the check before its send."""
+        jobs = [
+            job
+            for job in self._active
+            if job.claimed and not job.fail_open and not self.liveness.vouches_for(job.claimed_at)
+        ]
+        if not jobs:
+            return
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        owned = await loop.run_in_executor(self._redis_executor, self.dedup.owned_many, [job.key for job in jobs])
+        for job in jobs:
+            if owned is not None and owned.get(job.key) and (job.claimed_at or started) < started:
+                job.claimed_at = started
+
     def _claim_lost(self, job: Job, status: ClaimStatus) -> None:
         """The claim is another worker's now (this one stalled, or its liveness lapsed) or the message
         was sent meanwhile: not sent here. A job of a partition this worker lost is dropped (its new
@@ -141,24 +164,39 @@ class ClaimSteps:
 
     # -- confirms ---------------------------------------------------------------------------------------
     def _queue_confirm(self, job: Job) -> None:
-        """Confirm a sent job together with every other send completed in this loop iteration."""
+        """Confirm a sent job together with every other send completed meanwhile (see `_flush_confirms`)."""
         self._confirm_queue.append(job)
         if not self._confirm_scheduled:
             self._confirm_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_confirms)
 
     def _flush_confirms(self) -> None:
+        """One confirm call on the confirm thread, for every send finished since the last one started:
+        its round trip never holds up the event loop (where sends wake at their slots), and while it
+        is under way the sends finishing meanwhile gather for the next call."""
         self._confirm_scheduled = False
-        jobs, self._confirm_queue = self._confirm_queue, []
-        if not jobs:
+        if self._confirm_running or not self._confirm_queue:
             return
-        if not self._confirm(jobs) and self.hold.failed("dedup confirm"):
+        jobs, self._confirm_queue = self._confirm_queue, []
+        self._confirm_running = True
+        future = asyncio.get_running_loop().run_in_executor(self._confirm_executor, self._confirm, jobs)
+        future.add_done_callback(lambda done: self._confirmed(jobs, done))
+
+    def _confirmed(self, jobs: list[Job], future: "asyncio.Future[bool]") -> None:
+        """A confirm call ended (on the event loop): the jobs are done, or wait for Redis (`_confirm_later`)."""
+        self._confirm_running = False
+        if future.cancelled():  # the worker is closing: the jobs stay uncommitted
+            return
+        if future.exception() is not None:
+            log.error("dedup confirm failed", exc_info=future.exception())
+        if not (future.exception() is None and future.result()) and self.hold.failed("dedup confirm"):
             task = asyncio.ensure_future(self._confirm_later(jobs))
             self._confirming.add(task)
             task.add_done_callback(self._confirming.discard)
-            return
-        for job in jobs:
-            self._completed(job)
+        else:
+            for job in jobs:
+                self._completed(job)
+        self._flush_confirms()
 
     async def _confirm_later(self, jobs: list[Job]) -> None:
         """Sent, but Redis was away for the confirm: confirm once it is back (the 'sent' markers keep

@@ -407,6 +407,30 @@ class DedupStore:
                 results[key] = ClaimStatus.IN_FLIGHT
         return results
 
+    def owned_many(self, idempotency_keys: Iterable[str]) -> dict[str, bool] | None:
+        """Which claims are still this store's own (one pipelined GET; nothing is written, so a claim
+        released meanwhile is never made again). None when Redis could not be reached."""
+        keys = list(dict.fromkeys(idempotency_keys))
+        if not keys:
+            return {}
+        redis_keys = [self.key(k) for k in keys]
+        if not self.breaker.allow_request():
+            return None
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for rk in redis_keys:
+                pipe.get(rk)
+            replies = pipe.execute(raise_on_error=False)
+        except REDIS_ERRORS as exc:
+            self.breaker.record_failure()
+            logger.warning("dedup ownership read of %d key(s) failed: %r", len(keys), exc)
+            return None
+        self.breaker.record_success()
+        return {
+            key: not isinstance(reply, Exception) and _text(reply) == self.token
+            for key, reply in zip(keys, replies, strict=True)
+        }
+
     # -- liveness ------------------------------------------------------------------------------
 
     def refresh_liveness(self, ttl_ms: int) -> bool | None:

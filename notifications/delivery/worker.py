@@ -95,6 +95,9 @@ class ChannelWorker(SendSteps, ClaimSteps, RedisHoldSteps):
         self.done: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._confirm_queue: list[Job] = []
         self._confirm_scheduled = False
+        self._confirm_running = False
+        #: Confirms, one call at a time: their round trips off the event loop (see `_flush_confirms`).
+        self._confirm_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker-{self.channel}-confirm")
         self._stopping = False
         self._revoked: set[tuple[str, int]] = set()
         self._active: set[Job] = set()
@@ -139,14 +142,17 @@ class ChannelWorker(SendSteps, ClaimSteps, RedisHoldSteps):
 
     def start_background(self) -> None:
         """Start the liveness refreshes (call in the event loop, once)."""
-        self._background.append(asyncio.ensure_future(self.liveness.run(self._redis_executor)))
+        self._background.append(
+            asyncio.ensure_future(self.liveness.run(self._redis_executor, after_gap=self._check_claims_after_gap))
+        )
 
     async def close_background(self) -> None:
-        """Stop the liveness refreshes and any Redis probe (in the event loop)."""
+        """Stop the liveness refreshes, any Redis probe and the confirm thread (in the event loop)."""
         for task in self._background:
             task.cancel()
         self.hold.close()
         self._redis_executor.shutdown(wait=False, cancel_futures=True)
+        self._confirm_executor.shutdown(wait=False, cancel_futures=True)
 
     def stop_sending(self) -> None:
         """Graceful stop (call in the event loop): sends in progress finish; jobs still waiting for a

@@ -21,8 +21,9 @@ from django.conf import settings as django_settings
 
 from notifications.bus.config import producer_config
 from notifications.bus.topics import RETRY_TIERS, delivery_topic
+from notifications.delivery.claim_owners import Owner, new_incarnation
 from notifications.delivery.claims import CLAIMS_LOST
-from notifications.delivery.dedup import ConfirmResult, DedupStore, Owner, new_incarnation
+from notifications.delivery.dedup import ConfirmResult, DedupStore
 from notifications.delivery.token_bucket import TokenBucket
 from notifications.delivery.wiring import DEDUP_FAIL_OPEN, build_worker_runner
 from notifications.dispatch.messages import channel_message

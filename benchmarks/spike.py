@@ -36,9 +36,7 @@ import queue
 import random
 import shlex
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -69,6 +67,8 @@ from _common import (  # noqa: E402
     require_loopback,
 )
 from campaign_fanout import create_database, drop_database, load_users  # noqa: E402
+
+from tests.role_processes import RoleProcesses  # noqa: E402
 
 SCRIPT = "benchmarks/spike.py"
 SERVICE = "bench-spike"
@@ -478,20 +478,13 @@ class BacklogSampler(threading.Thread):
 
 
 # --- the platform's processes ----------------------------------------------------------------------------------
-class Platform:
+class Platform(RoleProcesses):
     """One variant's processes, each logging to its own file; stopped with SIGTERM."""
 
     CONSUMERS = ("dispatcher", "orchestrator", "expander")
 
-    def __init__(self, env: dict[str, str], logdir: Path) -> None:
-        self.env, self.logdir = env, logdir
-        self.procs: dict[str, subprocess.Popen] = {}
-
     def start(self, name: str, *cmd: str) -> None:
-        with (self.logdir / f"{name}.log").open("wb") as out:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, *cmd], cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
+        self.spawn(name, cmd)
 
     def start_all(self, args, port: int) -> None:
         web = ["config.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
@@ -502,9 +495,6 @@ class Platform:
         self.start("expander", "manage.py", "run_batch_expander", "--channel", "email")
         for i in range(args.workers):
             self.start(f"worker{i}", "manage.py", "run_worker", "--channel", "email")
-
-    def dead(self) -> dict[str, int]:
-        return {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
 
     def check(self) -> None:
         if dead := self.dead():
@@ -533,20 +523,6 @@ class Platform:
                         return time.monotonic() - started
             time.sleep(0.5)
         raise VariantFailed(f"the platform was not ready after {timeout:.0f} s (logs in {self.logdir})")
-
-    def stop(self) -> dict[str, int | str]:
-        for proc in self.procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        codes: dict[str, int | str] = {}
-        for name, proc in self.procs.items():
-            try:
-                codes[name] = proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-                codes[name] = "killed"
-        return codes
 
 
 class VariantFailed(Exception):

@@ -14,7 +14,7 @@ import redis
 from campaigns.halt import read_halts
 from campaigns.progress import record_outcomes, sent_tally
 from campaigns.throttle import throttle_bucket_name, throttle_burst
-from notifications.delivery.worker import Halt
+from notifications.delivery.hooks import Halt
 from notifications.dispatch.messages import ChannelMessage
 
 #: A cancelled campaign's messages are dropped (and counted suppressed); a paused one's held back.

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from notifications.redis_keys import (
 from notifications.redis_multi import ScriptCall, evalsha_pipelined
 
 from .circuit_breaker import CircuitBreaker
+from .claim_owners import Owner
 from .redis_client import register_lua
 
 __all__ = [
@@ -35,9 +35,7 @@ __all__ = [
     "ClaimStatus",
     "ConfirmResult",
     "DedupStore",
-    "Owner",
     "ReleaseResult",
-    "new_incarnation",
     "required_lease_ms",
 ]
 
@@ -48,48 +46,6 @@ DEFAULT_LEASE_MS = 30_000
 DEFAULT_SENT_TTL_MS = 24 * 3600 * 1000
 #: A tally (see ``confirm_many``) outlives a campaign's state in Redis.
 DEFAULT_TALLY_TTL_MS = 14 * 24 * 3600 * 1000
-#: Between a worker's instance and its incarnation in the claims it makes: ``<instance>|<incarnation>``.
-OWNER_SEPARATOR = "|"
-
-
-def new_incarnation() -> str:
-    """An id unique to one process start that sorts by start time: epoch milliseconds (fixed width)
-    and a random part."""
-    return f"{time.time_ns() // 1_000_000:013d}-{uuid.uuid4().hex[:8]}"
-
-
-@dataclass(frozen=True, slots=True)
-class Owner:
-    """Who holds a claim: a worker ``instance`` (its static name, stable across restarts) and the
-    ``incarnation`` of the process (new at every start)."""
-
-    instance: str
-    incarnation: str
-
-    def __post_init__(self) -> None:
-        for what, value in (("instance", self.instance), ("incarnation", self.incarnation)):
-            if not value or OWNER_SEPARATOR in value:
-                raise ValueError(f"a worker {what} must be non-empty and without {OWNER_SEPARATOR!r}: {value!r}")
-        require_untagged(self.instance, "a worker instance")  # it is part of the liveness keys
-
-    @property
-    def token(self) -> str:
-        return f"{self.instance}{OWNER_SEPARATOR}{self.incarnation}"
-
-    @classmethod
-    def parse(cls, token: str) -> Owner | None:
-        """The owner a claim names; None for a token of another form (a store without an owner)."""
-        instance, sep, incarnation = token.rpartition(OWNER_SEPARATOR)
-        if not sep or not instance or not incarnation:
-            return None
-        try:
-            return cls(instance, incarnation)
-        except ValueError:
-            return None
-
-    def succeeds(self, other: Owner) -> bool:
-        """True when ``other`` is an earlier process of this instance (it is gone: this one started)."""
-        return other.instance == self.instance and other.incarnation < self.incarnation
 
 
 class ClaimStatus(enum.StrEnum):
@@ -293,22 +249,9 @@ class DedupStore:
         keys = list(dict.fromkeys(idempotency_keys))
         if not keys:
             return {}
-        redis_keys = [self.key(k) for k in keys]  # validate before touching Redis
-        if not self.breaker.allow_request():
-            self._last_error = "circuit open"
+        replies = self._pipelined(keys, self._claim_command, "claim")
+        if replies is None:
             return None
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for rk in redis_keys:
-                # NX + GET: returns nil if we set it, else the current value (Redis >= 7.0).
-                pipe.set(rk, self.token, nx=True, px=self.lease_ms, get=True)
-            replies = pipe.execute(raise_on_error=False)
-        except REDIS_ERRORS as exc:
-            self.breaker.record_failure()
-            self._last_error = repr(exc)
-            logger.warning("dedup claim of %d key(s) failed: %r", len(keys), exc)
-            return None
-        self.breaker.record_success()
         results: dict[str, ClaimResult] = {}
         failed: list[str] = []
         contested: dict[str, tuple[str, Owner]] = {}
@@ -334,6 +277,32 @@ class DedupStore:
         if failed:
             results.update(self.fail_open(failed, "per-key server error"))
         return {k: results[k] for k in keys}
+
+    def _claim_command(self, pipe: redis.client.Pipeline, redis_key: str) -> None:
+        # NX + GET: returns nil if we set it, else the current value (Redis >= 7.0).
+        pipe.set(redis_key, self.token, nx=True, px=self.lease_ms, get=True)
+
+    def _pipelined(
+        self, keys: list[str], command: Callable[[redis.client.Pipeline, str], object], what: str
+    ) -> list | None:
+        """One command per key (`command(pipe, redis key)`) in one pipeline through the breaker: the
+        replies (a per-key error as its exception), or None when Redis could not be reached."""
+        redis_keys = [self.key(k) for k in keys]  # validate before touching Redis
+        if not self.breaker.allow_request():
+            self._last_error = "circuit open"
+            return None
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for rk in redis_keys:
+                command(pipe, rk)
+            replies = pipe.execute(raise_on_error=False)
+        except REDIS_ERRORS as exc:
+            self.breaker.record_failure()
+            self._last_error = repr(exc)
+            logger.warning("dedup %s of %d key(s) failed: %r", what, len(keys), exc)
+            return None
+        self.breaker.record_success()
+        return replies
 
     def _take_over(self, contested: dict[str, tuple[str, Owner]]) -> dict[str, ClaimResult] | None:
         """Claims held by another owner: taken over where that owner is gone, else in flight."""
@@ -383,19 +352,9 @@ class DedupStore:
         keys = list(dict.fromkeys(idempotency_keys))
         if not keys:
             return {}
-        redis_keys = [self.key(k) for k in keys]
-        if not self.breaker.allow_request():
+        replies = self._pipelined(keys, self._claim_command, "ownership check")
+        if replies is None:
             return None
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for rk in redis_keys:
-                pipe.set(rk, self.token, nx=True, px=self.lease_ms, get=True)
-            replies = pipe.execute(raise_on_error=False)
-        except REDIS_ERRORS as exc:
-            self.breaker.record_failure()
-            logger.warning("dedup ownership check of %d key(s) failed: %r", len(keys), exc)
-            return None
-        self.breaker.record_success()
         results: dict[str, ClaimStatus] = {}
         for key, reply in zip(keys, replies, strict=True):
             current = None if isinstance(reply, Exception) else _text(reply)
@@ -406,6 +365,20 @@ class DedupStore:
             else:
                 results[key] = ClaimStatus.IN_FLIGHT
         return results
+
+    def owned_many(self, idempotency_keys: Iterable[str]) -> dict[str, bool] | None:
+        """Which claims are still this store's own (one pipelined GET; nothing is written, so a claim
+        released meanwhile is never made again). None when Redis could not be reached."""
+        keys = list(dict.fromkeys(idempotency_keys))
+        if not keys:
+            return {}
+        replies = self._pipelined(keys, lambda pipe, key: pipe.get(key), "ownership read")
+        if replies is None:
+            return None
+        return {
+            key: not isinstance(reply, Exception) and _text(reply) == self.token
+            for key, reply in zip(keys, replies, strict=True)
+        }
 
     # -- liveness ------------------------------------------------------------------------------
 

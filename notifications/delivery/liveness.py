@@ -10,7 +10,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
 from notifications.delivery.dedup import DedupStore
@@ -85,15 +85,19 @@ class Liveness:
                 and self._clock() < self.valid_until
             )
 
-    async def run(self, executor: Executor) -> None:
+    async def run(self, executor: Executor, *, after_gap: Callable[[], Awaitable[None]] | None = None) -> None:
         """Refresh every `interval` seconds, scheduled from the event loop (a loop that stalls lets the
-        keys lapse, as a dead process does); the Redis call itself runs on `executor`."""
+        keys lapse, as a dead process does); the Redis call itself runs on `executor`. `after_gap()`
+        is awaited when a refresh starts a new span: claims made before it are no longer vouched for."""
         if not self.enabled:
             return
         loop = asyncio.get_running_loop()
         while True:
+            since = self.alive_since
             try:
                 await loop.run_in_executor(executor, self.refresh)
+                if after_gap is not None and since is not None and self.alive_since != since:
+                    await after_gap()
             except Exception:
                 log.exception("liveness refresh failed")
             await asyncio.sleep(self.interval)

@@ -1,5 +1,6 @@
 """Holding a worker's messages while Redis (dedup, token buckets) is briefly away, instead of parking
-them in retry tiers or sending them without a claim.
+them in retry tiers or sending them without a claim: the hold (`RedisHold`) and the worker's steps
+that wait on it (`RedisHoldSteps`, a mixin of `ChannelWorker`).
 
 Why and the bound: `docs/architecture.md`, "Delivery" (worker loop) and "Failure policies at a glance".
 """
@@ -12,10 +13,16 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge
 
 from notifications.outages import FIRST_WAIT, Outage
+
+if TYPE_CHECKING:
+    from notifications.delivery.dedup import DedupStore
+    from notifications.delivery.liveness import Liveness
+    from notifications.delivery.token_bucket import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +156,46 @@ class RedisHold:
         if self._back is not None and not self._back.done():
             self._back.set_result(False)
         self.holding = False
+
+
+class RedisHoldSteps:
+    """A `ChannelWorker`'s side of the hold: waiting for Redis, probing it, and what happens when it is back."""
+
+    hold: RedisHold
+    liveness: Liveness
+    dedup: DedupStore
+    bucket: TokenBucket
+    _interrupted: asyncio.Event
+
+    async def _wait_for_redis(self, *, interruptible: bool = False) -> bool:
+        """True once Redis answers again (at once when no hold is on); False when the hold's bound
+        passed first, or (`interruptible`) a revocation or a stop came first."""
+        if not interruptible:
+            return await self.hold.wait()
+        back = asyncio.ensure_future(self.hold.wait())
+        interrupted = asyncio.ensure_future(self._interrupted.wait())
+        try:
+            await asyncio.wait({back, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            interrupted.cancel()
+        if back.done():
+            return back.result()
+        back.cancel()
+        return False
+
+    def _probe_redis(self) -> None:
+        """Does Redis answer (the hold's probe, on the Redis thread)? Raises while it does not. With an
+        owner the probe is a liveness refresh: every dedup shard's master answers, and the worker's
+        claims are covered again as soon as it is back."""
+        if self.liveness.enabled:
+            if self.liveness.refresh() is None:
+                raise ConnectionError("the liveness refresh failed")
+        else:
+            self.dedup.client.ping()
+        if self.bucket.client is not self.dedup.client:
+            self.bucket.client.ping()
+
+    def _redis_back(self) -> None:
+        """Redis answers again: the breakers that opened meanwhile close, so the held messages go on at once."""
+        self.dedup.breaker.reset()
+        self.bucket.breaker.reset()

@@ -15,7 +15,8 @@ from notifications.bus.config import producer_config
 from notifications.bus.consumers import consumer
 from notifications.bus.producing import AckedProducer
 from notifications.delivery.backoff import RetryPolicy
-from notifications.delivery.dedup import DedupStore, Owner, new_incarnation, required_lease_ms
+from notifications.delivery.claim_owners import Owner, new_incarnation
+from notifications.delivery.dedup import DedupStore, required_lease_ms
 from notifications.delivery.endpoint_backoff import EndpointBackoff, EndpointBackoffConfig
 from notifications.delivery.kill_switches import WorkerSwitches
 from notifications.delivery.outcomes import Outcomes

@@ -12,14 +12,8 @@ from django.conf import settings
 from campaigns.halt import read_halts, set_halt
 from campaigns.progress import read_counters, read_sent, record_expansion, record_outcomes, sent_tally
 from notifications.delivery.circuit_breaker import CircuitBreaker
-from notifications.delivery.dedup import (
-    ClaimStatus,
-    ConfirmResult,
-    DedupStore,
-    Owner,
-    ReleaseResult,
-    new_incarnation,
-)
+from notifications.delivery.claim_owners import Owner, new_incarnation
+from notifications.delivery.dedup import ClaimStatus, ConfirmResult, DedupStore, ReleaseResult
 from notifications.delivery.endpoint_backoff import EndpointBackoff, EndpointBackoffConfig
 from notifications.delivery.token_bucket import TokenBucket
 from notifications.redis_client import get_redis

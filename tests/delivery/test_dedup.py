@@ -9,15 +9,14 @@ import pytest
 import redis
 
 from notifications.delivery.circuit_breaker import BreakerState, CircuitBreaker
+from notifications.delivery.claim_owners import Owner, new_incarnation
 from notifications.delivery.dedup import (
     SENT_MARKER,
     ClaimResult,
     ClaimStatus,
     ConfirmResult,
     DedupStore,
-    Owner,
     ReleaseResult,
-    new_incarnation,
     required_lease_ms,
 )
 from notifications.delivery.redis_client import lua_source
@@ -293,6 +292,22 @@ def test_a_claim_lost_with_a_redis_restart_is_claimed_again_before_the_send(
     assert redis_client.get(a.key("msg-1")) == a.token.encode()
 
 
+def test_reading_claims_back_tells_our_own_apart_and_never_claims_anything(
+    redis_client: redis.Redis, prefix: str
+) -> None:
+    a = DedupStore(redis_client, prefix, owner=owner("worker-sms.a", 1))
+    b = DedupStore(redis_client, prefix, owner=owner("worker-sms.b", 1))
+    assert a.claim("ours") == CLAIMED and b.claim("theirs") == CLAIMED
+    assert a.claim("sent") == CLAIMED and a.confirm("sent") == ConfirmResult.CONFIRMED
+    assert a.owned_many(["ours", "theirs", "sent", "gone"]) == {
+        "ours": True,
+        "theirs": False,
+        "sent": False,
+        "gone": False,
+    }
+    assert redis_client.get(a.key("gone")) is None, "a released claim is not made again by reading it"
+
+
 def test_a_retried_claim_counts_what_the_failed_attempt_claimed_as_ours(redis_client: redis.Redis, prefix: str) -> None:
     a = DedupStore(redis_client, prefix, owner=owner("worker-sms.a", 1))
     assert a.claim("msg-1") == CLAIMED  # the answer of this call was lost (Redis went away mid-call)
@@ -305,6 +320,7 @@ def test_without_redis_the_try_forms_answer_none_and_count_nothing(dead_redis: r
     a = DedupStore(dead_redis, prefix, owner=owner("worker-sms.a", 1), on_fail_open=counted.append)
     assert a.try_claim_many(["m1", "m2"]) is None
     assert a.reclaim_many(["m1"]) is None
+    assert a.owned_many(["m1"]) is None
     assert a.try_confirm_many(["m1"]) is None
     assert a.refresh_liveness(3000) is None
     assert counted == []

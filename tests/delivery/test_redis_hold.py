@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from notifications.delivery.dedup import Owner
+from notifications.delivery.claim_owners import Owner
 from notifications.delivery.liveness import SAFETY, Liveness
 from notifications.delivery.redis_hold import PROBE_MAX_WAIT, RedisHold
 
@@ -64,6 +64,29 @@ def test_liveness_vouches_only_for_claims_made_since_the_keys_have_been_alive_wi
     assert liveness.superseded and not liveness.vouches_for(clock.now)
     with pytest.raises(ValueError):
         Liveness(FakeStore(), ttl=1.0, interval=1.0)  # type: ignore[arg-type]
+
+
+def test_a_refresh_that_starts_a_new_span_after_a_gap_calls_after_gap_once():
+    clock, store = Clock(), FakeStore()
+    liveness = Liveness(store, ttl=3.0, interval=0.01, clock=clock)  # type: ignore[arg-type]
+    liveness.refresh()
+    gaps: list[float] = []
+    refreshed = 0
+
+    async def after_gap() -> None:
+        gaps.append(clock.now)
+
+    async def scenario() -> None:
+        nonlocal refreshed
+        task = asyncio.ensure_future(liveness.run(ThreadPoolExecutor(1), after_gap=after_gap))
+        await asyncio.sleep(0.1)  # refreshed in time: no gap
+        refreshed = len(gaps)
+        clock.now += 10.0  # the process stalled past the keys' TTL
+        await asyncio.sleep(0.1)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert refreshed == 0 and gaps == [clock.now]
 
 
 def test_without_an_owner_nobody_takes_claims_over_so_every_claim_is_safe():

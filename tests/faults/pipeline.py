@@ -7,14 +7,13 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from tests.faults.services import REPO
+from tests.role_processes import RoleProcesses
 
 #: name -> command line after `python`, as the Procfile starts each role (two e-mail workers, so a
 #: stopped one has a successor).
@@ -37,14 +36,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Pipeline:
+class Pipeline(RoleProcesses):
     """The web process (uvicorn) and every role of `ROLES`, each logging to its own file in `logdir`;
     each role serves /metrics on a port of its own, so a case can read its counters."""
 
     def __init__(self, env: dict[str, str], logdir: Path) -> None:
-        self.env = {**env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-        self.logdir = logdir
-        self.procs: dict[str, subprocess.Popen] = {}
+        super().__init__({**env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}, logdir)
         self.metrics_ports = {name: free_port() for name in ROLES}
         self.web_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.web_port}"
@@ -60,10 +57,7 @@ class Pipeline:
         return self.logdir / f"{name}.{self.restarts.get(name, 0)}.log"
 
     def start(self, name: str) -> None:
-        with self.log_path(name).open("wb") as out:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, *self._command(name)], cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
+        self.spawn(name, self._command(name))
 
     def start_all(self) -> None:
         self.start("web")
@@ -97,7 +91,7 @@ class Pipeline:
 
     def check(self) -> None:
         """Every process is running: none exited on its own."""
-        dead = {name: p.returncode for name, p in self.procs.items() if p.poll() is not None}
+        dead = self.dead()
         assert not dead, f"process(es) exited: {dead}; {self.tails(list(dead))}"
 
     def tails(self, names: list[str], lines: int = 15) -> str:
@@ -131,18 +125,3 @@ class Pipeline:
         text = httpx.get(f"http://127.0.0.1:{self.metrics_ports[name]}/metrics", timeout=5).text
         pattern = re.compile(rf"^{re.escape(metric)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", re.MULTILINE)
         return sum(float(value) for value in pattern.findall(text))
-
-    def stop(self) -> dict[str, int | str]:
-        for proc in self.procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGCONT)
-                proc.send_signal(signal.SIGTERM)
-        codes: dict[str, int | str] = {}
-        for name, proc in self.procs.items():
-            try:
-                codes[name] = proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-                codes[name] = "killed"
-        return codes

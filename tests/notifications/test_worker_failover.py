@@ -21,10 +21,11 @@ from django.conf import settings as django_settings
 
 from notifications.bus.config import producer_config
 from notifications.bus.topics import RETRY_TIERS, delivery_topic
-from notifications.delivery.dedup import ConfirmResult, DedupStore, Owner, new_incarnation
+from notifications.delivery.claim_owners import Owner, new_incarnation
+from notifications.delivery.claims import CLAIMS_LOST
+from notifications.delivery.dedup import ConfirmResult, DedupStore
 from notifications.delivery.token_bucket import TokenBucket
 from notifications.delivery.wiring import DEDUP_FAIL_OPEN, build_worker_runner
-from notifications.delivery.worker import CLAIMS_LOST
 from notifications.dispatch.messages import channel_message
 from notifications.models import Provider
 from notifications.priority import Lane

@@ -9,7 +9,6 @@ import uuid
 import orjson
 import pytest
 from confluent_kafka import Producer
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from notifications.bus.config import producer_config
 from notifications.bus.topics import channel_topic, delivery_topic
@@ -20,6 +19,7 @@ from notifications.webhooks.services import webhook_endpoint_save
 from provider_sandbox import credentials
 from tests.kafka_helpers import consume_matching
 from tests.waiting import wait_for
+from tests.webhook_signatures import verifies
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -66,19 +66,6 @@ def statuses(messages: list[dict]) -> list[str | None]:
         DeliveryLog.objects.filter(event_id__in=[m["event_id"] for m in messages]).values_list("event_id", "status")
     )
     return [rows.get(uuid.UUID(m["event_id"])) for m in messages]
-
-
-def verifies(record: dict, secret: str) -> bool:
-    headers = {
-        "webhook-id": record["idempotency_key"],
-        "webhook-timestamp": record["meta"]["webhook-timestamp"],
-        "webhook-signature": record["meta"]["webhook-signature"],
-    }
-    try:
-        Webhook(secret).verify(record["raw"], headers)
-    except WebhookVerificationError:
-        return False
-    return True
 
 
 def test_one_endpoints_retry_after_defers_only_its_own_messages(running, topics, hooks, sandbox):

@@ -6,7 +6,6 @@ import base64
 from collections.abc import Iterator
 
 import pytest
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from notifications.providers.results import SendOutcome
 from notifications.providers.webhook import WebhookAdapter
@@ -15,6 +14,7 @@ from notifications.webhooks.services import webhook_endpoint_retire_previous_sec
 from provider_sandbox.client import SandboxClient
 from provider_sandbox.process import SandboxProcess
 from tests.providers.conftest import run, start_sandbox, webhook_message
+from tests.webhook_signatures import verifies
 
 pytestmark = pytest.mark.django_db
 
@@ -41,19 +41,6 @@ def send_all(messages: list[dict], directory: EndpointDirectory) -> list:
             return [await hooks.send(m) for m in messages]
 
     return run(scenario())
-
-
-def verifies(record: dict, secret: str) -> bool:
-    headers = {
-        "webhook-id": record["idempotency_key"],
-        "webhook-timestamp": record["meta"]["webhook-timestamp"],
-        "webhook-signature": record["meta"]["webhook-signature"],
-    }
-    try:
-        Webhook(secret).verify(record["raw"], headers)
-    except WebhookVerificationError:
-        return False
-    return True
 
 
 def loaded() -> EndpointDirectory:

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from notifications.bus.topics import channel_topic, delivery_topic, events_topic, topic_name
-from notifications.delivery.worker import SKIPPED
+from notifications.delivery.claims import SKIPPED
 from notifications.dlq.models import DeadLetter, DlqAudit
 from notifications.dlq.storing import DeadLetterEntry
 from notifications.dlq.support import replay_dead_letters

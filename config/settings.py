@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "notifications.webhooks",
     "preferences",
     "campaigns",
+    "subscriptions",
 ]
 
 MIDDLEWARE = [

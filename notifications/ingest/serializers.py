@@ -80,6 +80,33 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class TargetInSerializer(StrictSerializer):
+    """Whom a fanout event reaches instead of listed `recipients`."""
+
+    topic = serializers.CharField(
+        max_length=100, required=False, help_text="A topic's key: its subscribers (POST /api/v1/topics)."
+    )
+    audience = serializers.JSONField(
+        required=False, help_text="An audience predicate in the campaign predicate language (a JSON object)."
+    )
+    exclude = serializers.ListField(
+        child=serializers.RegexField(
+            EXTERNAL_ID, max_length=EXTERNAL_ID_MAX_LENGTH, error_messages={"invalid": NOT_A_RECIPIENT}
+        ),
+        required=False,
+        max_length=1000,
+        help_text="Recipient ids to leave out (e.g. the actor), at most 1,000.",
+    )
+
+    def validate(self, attrs):
+        from campaigns.fanout import target_problems
+
+        errors = target_problems(attrs)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
+
+
 class EventInSerializer(StrictSerializer):
     event_id = serializers.CharField(
         max_length=200,
@@ -91,9 +118,16 @@ class EventInSerializer(StrictSerializer):
     recipients = serializers.ListField(
         child=RecipientRefField(),
         allow_empty=False,
+        required=False,
         help_text="The recipients: each your id for them (see PUT /api/v1/recipients/{id}), or a recipient "
         'object with its id and the fields of that endpoint (`{"id": "u-42", "email": "ana@example.com"}`), '
-        "created or updated in the same transaction as the event.",
+        "created or updated in the same transaction as the event. Give `recipients` or `target`.",
+    )
+    target = TargetInSerializer(
+        required=False,
+        help_text='Instead of `recipients`, a fanout: `{"topic": "<key>"}` (its subscribers) or `{"audience": '
+        "<predicate>}`, with an optional `exclude` list. Sent in batches like a campaign, with the type's "
+        "templates and this event's data.",
     )
     data = serializers.DictField(required=False, default=dict, help_text="Template variables.")
     occurred_at = serializers.DateTimeField(required=False)
@@ -120,6 +154,11 @@ class EventInSerializer(StrictSerializer):
                 recipient if not isinstance(known, RecipientData) else merge_recipient_data(known, recipient)
             )
         return list(unique.values())
+
+    def validate(self, attrs):
+        if ("recipients" in attrs) == ("target" in attrs):
+            raise serializers.ValidationError({"recipients": ["Give either recipients or a target, not both."]})
+        return attrs
 
     def validate_data(self, value: dict) -> dict:
         size = len(orjson.dumps(value))

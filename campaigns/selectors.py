@@ -36,11 +36,9 @@ def audience_queryset(campaign: Campaign, *, now: dt.datetime | None = None, aft
 
     The topic is a join on its subscriptions' primary key ``(topic_id, user_id)``, the range given on
     that key too: a page is a range scan of the subscriptions, whatever the size of the user table."""
-    users = get_user_model().objects.filter(is_active=True)
+    users = get_user_model().objects.filter(is_active=True, pk__gt=after_id)
     if campaign.topic_id is not None:
         users = users.filter(topic_subscriptions__topic_id=campaign.topic_id, topic_subscriptions__user_id__gt=after_id)
-    if after_id:
-        users = users.filter(pk__gt=after_id)
     if campaign.exclude_user_ids:
         users = users.exclude(pk__in=list(campaign.exclude_user_ids))
     return users.filter(compile_predicate(campaign.audience, now=now))

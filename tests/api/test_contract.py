@@ -50,7 +50,7 @@ def credentials(api_key, django_user_model):
 
 
 def _authorization(operation, credentials) -> str | None:
-    if operation.path == "/api/v1/events":
+    if operation.path == "/api/v1/events" or operation.path.startswith("/api/v1/topics"):
         return credentials["producer"]
     if operation.path.startswith("/api/v1/me/"):
         return credentials["user"]

@@ -204,6 +204,7 @@ SPECTACULAR_SETTINGS = {
         "notifications.api_schema.add_standard_responses",
         "notifications.ingest.schema.describe_ingest",
         "preferences.openapi.describe_preferences",
+        "subscriptions.openapi.describe_topics",
     ],
 }
 

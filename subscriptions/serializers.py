@@ -15,11 +15,42 @@ from .services import MAX_IDS_PER_REQUEST
 NEXT_CURSOR = "Pass as `cursor` for the next page; null at the end."
 
 
+class StringField(serializers.CharField):
+    """A JSON string only (DRF's CharField would turn a number into one)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class JsonBooleanField(serializers.BooleanField):
+    """``true`` or ``false`` only (DRF's BooleanField also takes "yes", 1, "on"...)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+@extend_schema_field({"type": "string", "pattern": TOPIC_KEY_PATTERN, "maxLength": 100, "description": TOPIC_KEY_HELP})
+class TopicKeyField(serializers.RegexField):
+    """A topic key, matched whole (Python's ``$`` would also accept a trailing newline); a string only."""
+
+    def __init__(self, **kwargs):
+        super().__init__(r"\A" + TOPIC_KEY_PATTERN[1:-1] + r"\Z", max_length=100, trim_whitespace=False, **kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class TopicInSerializer(StrictSerializer):
-    key = serializers.RegexField(TOPIC_KEY_PATTERN, max_length=100, help_text=TOPIC_KEY_HELP)
-    name = serializers.CharField(max_length=200)
-    description = serializers.CharField(required=False, allow_blank=True, default="")
-    user_can_follow = serializers.BooleanField(
+    key = TopicKeyField(help_text=TOPIC_KEY_HELP)
+    name = StringField(max_length=200, trim_whitespace=False)
+    description = StringField(required=False, allow_blank=True, default="", trim_whitespace=False)
+    user_can_follow = JsonBooleanField(
         required=False, default=False, help_text="End users may follow and unfollow it themselves."
     )
 

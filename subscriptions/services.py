@@ -22,12 +22,8 @@ from .models import Topic, TopicSubscription
 MAX_IDS_PER_REQUEST = 10_000
 
 
-class TopicError(Exception):
-    """A topic request that cannot be done; ``field`` names the input it is about."""
-
-    def __init__(self, field: str, message: str, code: str = "invalid") -> None:
-        super().__init__(message)
-        self.field, self.message, self.code = field, message, code
+class TopicExists(Exception):
+    """A topic with that key exists already."""
 
 
 class TopicNotFollowable(Exception):
@@ -46,14 +42,14 @@ class SubscriberChange:
 def topic_create(
     *, key: str, name: str, description: str = "", user_can_follow: bool = False, service: str = ""
 ) -> Topic:
-    """A new topic; raises :class:`TopicError` (field ``key``) when the key is taken."""
+    """A new topic; raises :class:`TopicExists` when the key is taken."""
     try:
         with transaction.atomic():
             return Topic.objects.create(
                 key=key, name=name, description=description, user_can_follow=user_can_follow, created_by_service=service
             )
     except IntegrityError as exc:
-        raise TopicError("key", f"A topic with the key {key!r} exists already.", "exists") from exc
+        raise TopicExists(f"A topic with the key {key!r} exists already.") from exc
 
 
 def subscribers_add(*, topic: Topic, recipients: Sequence[str]) -> SubscriberChange:

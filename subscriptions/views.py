@@ -3,7 +3,7 @@ see and follow the topics that allow it."""
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -28,7 +28,12 @@ MAX_PAGE = 1000
 NOT_FOUND = {"detail": "No topic has this key.", "code": "not_found"}
 
 _CURSOR = OpenApiParameter("cursor", str, description="`next_cursor` of the previous page.")
-_LIMIT = OpenApiParameter("limit", int, description=f"Page size, 1 to {MAX_PAGE} (default 100).")
+_USER_CURSOR = OpenApiParameter(
+    "cursor", {"type": "string", "pattern": "^[0-9]{1,18}$"}, description="`next_cursor` of the previous page."
+)
+_LIMIT = OpenApiParameter(
+    "limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, description="Page size (default 100)."
+)
 
 
 def _limit(request: Request) -> int:
@@ -50,7 +55,7 @@ class TopicsView(ProducerAPIView):
         tags=TAGS,
         summary="List topics",
         parameters=[_CURSOR, _LIMIT],
-        responses={200: TopicPageOutSerializer, 400: OpenApiResponse(description="A bad cursor or limit.")},
+        responses={200: TopicPageOutSerializer},
     )
     def get(self, request: Request) -> Response:
         limit = _limit(request)
@@ -64,9 +69,9 @@ class TopicsView(ProducerAPIView):
         tags=TAGS,
         summary="Create a topic",
         description="A topic recipients can be subscribed to; events addressed to "
-        '`{"target": {"topic": key}}` reach its subscribers. 400 naming `key` when it is taken.',
+        '`{"target": {"topic": key}}` reach its subscribers. 409 when the key is taken.',
         request=TopicInSerializer,
-        responses={201: TopicOutSerializer, 400: OpenApiResponse(description="Field → reasons.")},
+        responses={201: TopicOutSerializer, 409: ErrorOutSerializer},
         examples=[
             OpenApiExample(
                 "A show", value={"key": "show:1234", "name": "The Show", "user_can_follow": True}, request_only=True
@@ -78,8 +83,8 @@ class TopicsView(ProducerAPIView):
         data.is_valid(raise_exception=True)
         try:
             topic = services.topic_create(**data.validated_data, service=request.auth.service)
-        except services.TopicError as exc:
-            raise serializers.ValidationError({exc.field: [exc.message]}) from exc
+        except services.TopicExists as exc:
+            return Response({"detail": str(exc), "code": "topic_exists"}, status=status.HTTP_409_CONFLICT)
         return Response(TopicOutSerializer(topic).data, status=status.HTTP_201_CREATED)
 
 
@@ -88,8 +93,8 @@ class TopicSubscribersView(ProducerAPIView):
         tags=TAGS,
         summary="List a topic's subscribers",
         description="Recipient ids in a stable order, a page at a time (keyset: any page costs the same).",
-        parameters=[_CURSOR, _LIMIT],
-        responses={200: SubscriberPageOutSerializer, 400: OpenApiResponse(), 404: ErrorOutSerializer},
+        parameters=[_USER_CURSOR, _LIMIT],
+        responses={200: SubscriberPageOutSerializer, 404: ErrorOutSerializer},
     )
     def get(self, request: Request, key: str) -> Response:
         limit, after = _limit(request), _user_cursor(request)
@@ -106,7 +111,7 @@ class TopicSubscribersView(ProducerAPIView):
         description="Up to 10,000 recipient ids per request. Ids already subscribed are counted as `unchanged`; "
         "ids that name no recipient are listed in `unknown` and not stored.",
         request=SubscribersInSerializer,
-        responses={200: SubscriberChangeOutSerializer, 400: OpenApiResponse(), 404: ErrorOutSerializer},
+        responses={200: SubscriberChangeOutSerializer, 404: ErrorOutSerializer},
         examples=[OpenApiExample("Two", value={"recipients": ["u-42", "u-43"]}, request_only=True)],
     )
     def post(self, request: Request, key: str) -> Response:
@@ -119,7 +124,7 @@ class TopicSubscribersRemoveView(ProducerAPIView):
         summary="Unsubscribe recipients from a topic",
         description="Up to 10,000 recipient ids per request. Ids that were not subscribed count as `unchanged`.",
         request=SubscribersInSerializer,
-        responses={200: SubscriberChangeOutSerializer, 400: OpenApiResponse(), 404: ErrorOutSerializer},
+        responses={200: SubscriberChangeOutSerializer, 404: ErrorOutSerializer},
     )
     def post(self, request: Request, key: str) -> Response:
         return _change(request, key, services.subscribers_remove)

@@ -31,7 +31,7 @@ def show(service_client):
 
 def test_create_list_and_refuse_a_taken_or_bad_key(service_client, show):
     again = service_client.post("/api/v1/topics", {"key": "show:1", "name": "Again"}, format="json")
-    assert again.status_code == 400 and "key" in again.json()
+    assert again.status_code == 409 and again.json()["code"] == "topic_exists"
     bad = service_client.post("/api/v1/topics", {"key": "Show One", "name": "x", "colour": 1}, format="json")
     assert bad.status_code == 400 and set(bad.json()) == {"colour"}
     bad = service_client.post("/api/v1/topics", {"key": "Show One", "name": "x"}, format="json")

@@ -52,8 +52,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-from _common import CpuMeter, delete_redis_prefix, kafka_pids, log, postgres_pids, wait_for_quiet_machine  # noqa: E402
-from campaign_fanout import create_database, drop_database, load_users, send_rate, topic_counts  # noqa: E402
+from _common import CpuMeter, delete_redis_prefix, log, postgres_pids, wait_for_quiet_machine  # noqa: E402
+from campaign_fanout import (  # noqa: E402
+    create_database,
+    drop_database,
+    explain_first_page,
+    load_users,
+    page_until_emitted,
+    send_rate,
+    start_sms_sandbox,
+    topic_counts,
+)
 
 SCRIPT = "benchmarks/topic_fanout.py"
 TYPE_KEY = "bench.new_episode"
@@ -114,7 +123,7 @@ def setup(args) -> tuple[list[int], str]:
                 out.write("".join(f"{topic.pk}\t{u}\t{now}\n" for u in user_ids[start : start + 50_000]))
         conn.commit()
         conn.autocommit = True
-        conn.execute(f"ANALYZE {table}")
+        conn.execute(f"VACUUM ANALYZE {table}")  # a topic's steady state: autovacuum has visited it
     log(f"{len(user_ids):,} subscriptions COPYed in {time.perf_counter() - started:.1f}s")
     _key, raw = ApiKey.generate(service="bench")
     return user_ids, raw
@@ -181,20 +190,8 @@ def emit(args, event_id: str) -> tuple[dict, object]:
         [CampaignLaunch(launch_id=fanout.launch_id, campaign_id=fanout.pk, scheduled_for=fanout.launched_at)]
     )
     if args.explain:
-        explain_first_page(fanout, args.batch_size)
-    meter = CpuMeter({"bench (orchestrator)": lambda: [os.getpid()], "postgres": postgres_pids, "kafka": kafka_pids})
-    page_times: list[float] = []
-    meter.start()
-    started = time.perf_counter()
-    while True:
-        t = time.perf_counter()
-        if not orchestrator.step():
-            break
-        page_times.append(time.perf_counter() - t)
-        if time.perf_counter() - started > 600:
-            raise SystemExit("emission did not finish within 600 s")
-    elapsed = time.perf_counter() - started
-    meter.stop()
+        explain_first_page(fanout, args.batch_size, list(fanout.channels))
+    elapsed, page_times, meter = page_until_emitted(orchestrator)
     fanout.refresh_from_db()
     launch = CampaignLaunch.objects.get(launch_id=fanout.launch_id)
     counts = topic_counts([channel_topic(c, "batch") for c in CHANNELS])
@@ -209,25 +206,6 @@ def emit(args, event_id: str) -> tuple[dict, object]:
         "cpu": meter.summary(),
     }
     return result, fanout
-
-
-def explain_first_page(fanout, batch_size: int) -> None:
-    from django.db import connection
-
-    from campaigns.selectors import _flag, audience_queryset, eligibility_q
-
-    channels = list(fanout.channels)
-    qs = audience_queryset(fanout, after_id=0).annotate(
-        **{f"eligible_{c}": _flag(eligibility_q(fanout, c, joined=True)) for c in channels}
-    )
-    qs = qs.order_by("pk").values_list("pk", *[f"eligible_{c}" for c in channels])[:batch_size]
-    sql, params = qs.query.sql_with_params()
-    with connection.cursor() as cur:
-        cur.execute("SET jit = off")
-        cur.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", params)
-        plan = "\n".join(r[0] for r in cur.fetchall())
-        cur.execute("RESET jit")
-    print("\nEXPLAIN ANALYZE of the first page:\n" + plan, file=sys.stderr)
 
 
 def main() -> int:
@@ -252,9 +230,7 @@ def main() -> int:
     from django.db import connection
 
     from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
-    from notifications.models import Provider
     from notifications.redis_client import get_redis
-    from provider_sandbox.process import SandboxProcess
 
     redis_client = get_redis()
     sandbox = None
@@ -279,21 +255,7 @@ def main() -> int:
         results["emit"], fanout = emit(args, event_id)
         log(f"emitted in {results['emit']['seconds']:.2f}s")
         if not args.skip_send:
-            sandbox = SandboxProcess(
-                ["--only", "twilio", "--twilio-port", "0", "--twilio-rate", f"{args.contract_rate:g}", "--seed", "1"]
-            ).start()
-            Provider.objects.create(
-                name="twilio", channel="sms", kind="twilio", rate=args.contract_rate, burst=args.burst,
-                transactional_reserve=0,
-            )  # fmt: skip
-            from provider_sandbox.platform_env import provider_env
-
-            env = {
-                **os.environ,
-                **provider_env(sandbox.urls),
-                "DATABASE_URL": os.environ["DATABASE_URL"],
-                "METRICS_PORT": "0",
-            }
+            sandbox, env = start_sms_sandbox(args)
             if args.wait_quiet:
                 wait_for_quiet_machine(args.wait_quiet)
             log(f"send rate: {args.workers} worker(s) against a {args.contract_rate:g}/s contract ...")

@@ -47,13 +47,18 @@ class TopicSubscription(models.Model):
     """One user subscribed to one topic."""
 
     pk = models.CompositePrimaryKey("topic_id", "user_id")
-    topic = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="subscriptions")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="topic_subscriptions")
+    # No index per foreign key: the primary key leads with the topic, the index below with the user
+    # (every index more is one more write per subscription).
+    topic = models.ForeignKey(Topic, on_delete=models.CASCADE, related_name="subscriptions", db_index=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="topic_subscriptions", db_index=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        # "My topics" and erasing a user look subscriptions up by user.
-        indexes = [models.Index(fields=["user"], name="topicsubscription_user")]
+        # "My topics" and erasing a user look subscriptions up by user; with the topic in the index a
+        # page that the planner reads in user order is filtered on the topic without visiting the table.
+        indexes = [models.Index(fields=["user", "topic"], name="topicsubscription_user_topic")]
 
     def __str__(self) -> str:
         return f"{self.user_id} → {self.topic_id}"

@@ -63,6 +63,7 @@ class Migration(migrations.Migration):
                 (
                     "topic",
                     models.ForeignKey(
+                        db_index=False,
                         on_delete=django.db.models.deletion.CASCADE,
                         related_name="subscriptions",
                         to="subscriptions.topic",
@@ -71,6 +72,7 @@ class Migration(migrations.Migration):
                 (
                     "user",
                     models.ForeignKey(
+                        db_index=False,
                         on_delete=django.db.models.deletion.CASCADE,
                         related_name="topic_subscriptions",
                         to=settings.AUTH_USER_MODEL,
@@ -78,7 +80,7 @@ class Migration(migrations.Migration):
                 ),
             ],
             options={
-                "indexes": [models.Index(fields=["user"], name="topicsubscription_user")],
+                "indexes": [models.Index(fields=["user", "topic"], name="topicsubscription_user_topic")],
             },
         ),
     ]

@@ -268,22 +268,8 @@ def emit(args, campaign, launcher) -> dict:
         [CampaignLaunch(launch_id=campaign.launch_id, campaign_id=campaign.pk, scheduled_for=campaign.launched_at)]
     )
     if args.explain:
-        explain_first_page(campaign, args.batch_size)
-    meter = CpuMeter({"bench (orchestrator)": lambda: [os.getpid()], "postgres": postgres_pids, "kafka": kafka_pids})
-    page_times: list[float] = []
-    meter.start()
-    started = time.perf_counter()
-    steps = 0
-    while True:
-        t = time.perf_counter()
-        if not orchestrator.step():
-            break
-        page_times.append(time.perf_counter() - t)
-        steps += 1
-        if time.perf_counter() - started > 600:
-            raise SystemExit("emission did not finish within 600 s")
-    elapsed = time.perf_counter() - started
-    meter.stop()
+        explain_first_page(campaign, args.batch_size, CHANNELS)
+    elapsed, page_times, meter = page_until_emitted(orchestrator)
     campaign.refresh_from_db()
     launch = CampaignLaunch.objects.get(launch_id=campaign.launch_id)
     counts = topic_counts([channel_topic(c, "batch") for c in CHANNELS])
@@ -300,17 +286,34 @@ def emit(args, campaign, launcher) -> dict:
     }
 
 
-def explain_first_page(campaign, batch_size: int) -> None:
+def page_until_emitted(orchestrator) -> tuple[float, list[float], CpuMeter]:
+    """Step ONE orchestrator (in this process) until every batch of the due launches is emitted:
+    (seconds from the first page to the last checkpoint, each step's seconds, the CPU meter)."""
+    meter = CpuMeter({"bench (orchestrator)": lambda: [os.getpid()], "postgres": postgres_pids, "kafka": kafka_pids})
+    page_times: list[float] = []
+    meter.start()
+    started = time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        if not orchestrator.step():
+            break
+        page_times.append(time.perf_counter() - t)
+        if time.perf_counter() - started > 600:
+            raise SystemExit("emission did not finish within 600 s")
+    elapsed = time.perf_counter() - started
+    meter.stop()
+    return elapsed, page_times, meter
+
+
+def explain_first_page(campaign, batch_size: int, channels) -> None:
     from django.db import connection
 
-    from campaigns.selectors import audience_queryset, eligibility_q
+    from campaigns.selectors import _flag, audience_queryset, eligibility_q
 
-    qs = audience_queryset(campaign).filter(pk__gt=0)
-    from campaigns.selectors import _flag
-
-    qs = qs.annotate(**{f"eligible_{c}": _flag(eligibility_q(campaign, c, joined=True)) for c in CHANNELS})
+    qs = audience_queryset(campaign, after_id=0)
+    qs = qs.annotate(**{f"eligible_{c}": _flag(eligibility_q(campaign, c, joined=True)) for c in channels})
     qs = qs.order_by("pk")
-    sql, params = qs.values_list("pk", *[f"eligible_{c}" for c in CHANNELS])[:batch_size].query.sql_with_params()
+    sql, params = qs.values_list("pk", *[f"eligible_{c}" for c in channels])[:batch_size].query.sql_with_params()
     with connection.cursor() as cur:
         cur.execute("SET jit = off")  # as the orchestrator does for its page queries
         cur.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", params)
@@ -416,6 +419,23 @@ def send_rate(args, campaign, env: dict[str, str], sandbox, tmp: Path, *, expand
     return result
 
 
+def start_sms_sandbox(args):
+    """A Twilio sandbox enforcing --contract-rate, the `twilio` Provider row at the same rate, and the
+    environment of the platform processes pointed at them: (sandbox, env)."""
+    from notifications.models import Provider
+    from provider_sandbox.platform_env import provider_env
+    from provider_sandbox.process import SandboxProcess
+
+    sandbox = SandboxProcess(
+        ["--only", "twilio", "--twilio-port", "0", "--twilio-rate", f"{args.contract_rate:g}", "--seed", "1"]
+    ).start()
+    Provider.objects.create(
+        name="twilio", channel="sms", kind="twilio", rate=args.contract_rate, burst=args.burst, transactional_reserve=0
+    )
+    env = {**os.environ, **provider_env(sandbox.urls), "DATABASE_URL": os.environ["DATABASE_URL"], "METRICS_PORT": "0"}
+    return sandbox, env
+
+
 def worker_baseline(args, env: dict[str, str], sandbox, tmp: Path, run: str) -> dict:
     """The same workers against the same sandbox with a backlog produced up front (no campaign, no
     expander): what the workers themselves achieve here, to compare the end-to-end figure with."""
@@ -477,9 +497,7 @@ def main() -> int:
     from django.db import connection
 
     from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
-    from notifications.models import Provider
     from notifications.redis_client import get_redis
-    from provider_sandbox.process import SandboxProcess
 
     redis_client = get_redis()
     sandbox = None
@@ -499,25 +517,7 @@ def main() -> int:
         results["emit"] = emit(args, campaign, launcher)
         log(f"emitted in {results['emit']['seconds']:.2f}s")
         if not args.skip_send:
-            sandbox = SandboxProcess(
-                ["--only", "twilio", "--twilio-port", "0", "--twilio-rate", f"{args.contract_rate:g}", "--seed", "1"]
-            ).start()
-            Provider.objects.create(
-                name="twilio",
-                channel="sms",
-                kind="twilio",
-                rate=args.contract_rate,
-                burst=args.burst,
-                transactional_reserve=0,
-            )
-            from provider_sandbox.platform_env import provider_env
-
-            env = {
-                **os.environ,
-                **provider_env(sandbox.urls),
-                "DATABASE_URL": os.environ["DATABASE_URL"],
-                "METRICS_PORT": "0",
-            }
+            sandbox, env = start_sms_sandbox(args)
             if args.wait_quiet:
                 wait_for_quiet_machine(args.wait_quiet)
             log(f"send rate: {args.workers} worker(s) against a {args.contract_rate:g}/s contract ...")

@@ -123,8 +123,8 @@ class CampaignAdmin(admin.ModelAdmin):
     form = CampaignForm
     inlines = [CampaignCopyInline]
     change_form_template = "admin/campaigns/campaign/change_form.html"
-    list_display = ("name", "notification_type", "channel_list", "state", "schedule", "progress", "updated_at")
-    list_filter = ("state", "notification_type")
+    list_display = ("name", "kind", "notification_type", "channel_list", "state", "schedule", "progress", "updated_at")
+    list_filter = ("kind", "state", "notification_type")
     search_fields = ("name",)
     list_select_related = ("notification_type",)
     actions = ("estimate_audience", "send_test_to_me", "launch", "pause", "resume", "cancel")
@@ -151,6 +151,9 @@ class CampaignAdmin(admin.ModelAdmin):
         "deduplicated",
     )
 
+    #: A fanout event's own fields (``campaigns.fanout``): what the producer sent.
+    fanout_fields = ("kind", "source_service", "producer_event_id", "topic", "excluded", "event_data")
+
     def get_fieldsets(self, request, obj=None):
         fieldsets = list(super().get_fieldsets(request, obj))
         if obj is not None and obj.state != CampaignState.DRAFT:
@@ -160,7 +163,13 @@ class CampaignAdmin(admin.ModelAdmin):
                 ("Schedule and throttle", {"fields": ("schedule", "throttle")}),
                 ("Status", {"fields": self.status_fields}),
             ]
+            if obj.is_fanout:
+                fieldsets.insert(1, ("Fanout event", {"fields": self.fanout_fields}))
         return fieldsets
+
+    def get_inlines(self, request, obj):
+        # A fanout event renders its type's templates (Notification types admin), not campaign copy.
+        return [] if obj is not None and obj.is_fanout else super().get_inlines(request, obj)
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and obj.state != CampaignState.DRAFT:
@@ -172,6 +181,7 @@ class CampaignAdmin(admin.ModelAdmin):
                 "schedule",
                 "throttle",
                 *self.status_fields,
+                *(self.fanout_fields if obj.is_fanout else ()),
             )
         return ()
 
@@ -189,6 +199,10 @@ class CampaignAdmin(admin.ModelAdmin):
     @admin.display(description="channels")
     def channel_list(self, obj: Campaign) -> str:
         return ", ".join(obj.channels or [])
+
+    @admin.display(description="excluded recipients")
+    def excluded(self, obj: Campaign) -> int:
+        return len(obj.exclude_user_ids or [])
 
     @admin.display(description="schedule")
     def schedule(self, obj: Campaign) -> str:

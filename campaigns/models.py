@@ -52,6 +52,11 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
+class CampaignKind(models.TextChoices):
+    CAMPAIGN = "campaign", "Campaign"
+    FANOUT = "fanout", "Fanout event"
+
+
 def default_audience() -> dict:
     return {"all": []}
 
@@ -61,8 +66,11 @@ def default_campaign_channels() -> list[str]:
 
 
 class Campaign(models.Model):
-    """A marketing send to everyone matching a predicate, on chosen channels, at a chosen time."""
+    """A marketing send to everyone matching a predicate, on chosen channels, at a chosen time; or
+    (``kind`` fanout) a producer's event addressed to a topic or a predicate, sent with its type's
+    templates and the event's data (``campaigns.fanout``)."""
 
+    kind = models.CharField(max_length=10, choices=CampaignKind.choices, default=CampaignKind.CAMPAIGN, editable=False)
     name = models.CharField(max_length=200)
     notification_type = models.ForeignKey(
         NotificationType,
@@ -113,6 +121,21 @@ class Campaign(models.Model):
     deduplicated = models.PositiveBigIntegerField(default=0)
     progress_flushed_at = models.DateTimeField(null=True, blank=True)
 
+    # A fanout event: whom it targets besides the predicate, and what it carries.
+    topic = models.ForeignKey(
+        "subscriptions.Topic",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="fanouts",
+        editable=False,
+        help_text="Fanout to a topic: only its subscribers (who also match the predicate).",
+    )
+    exclude_user_ids = models.JSONField(default=list, blank=True, editable=False, help_text="Users left out.")
+    event_data = models.JSONField(default=dict, blank=True, editable=False, help_text="The event's data.")
+    source_service = models.CharField(max_length=100, blank=True, editable=False)
+    producer_event_id = models.CharField(max_length=200, blank=True, editable=False)
+
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -126,6 +149,10 @@ class Campaign(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_fanout(self) -> bool:
+        return self.kind == CampaignKind.FANOUT
 
     @property
     def is_editable(self) -> bool:

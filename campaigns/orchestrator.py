@@ -25,7 +25,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from prometheus_client import Counter, Histogram
 
-from campaigns.expansion.building import copy_version
+from campaigns.expansion.building import content_version
 from campaigns.models import Campaign, CampaignLaunch, CampaignState
 from campaigns.progress import expanded_count, flush_progress, outstanding, pending_deferred_count, read_counters
 from campaigns.selectors import audience_count, audience_page
@@ -222,7 +222,7 @@ class CampaignOrchestrator:
             Campaign.objects.filter(pk=campaign.pk).update(audience_size=launch.matched)
             log.info("campaign emission finished", extra={"campaign_id": campaign.pk, "batches": launch.next_batch})
             return
-        version = copy_version(list(campaign.copies.all()))
+        version = content_version(campaign)
         emitted = 0
         for channel in channels:
             user_ids = page.eligible[channel]

@@ -15,7 +15,13 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from notifications.channels import Channel
-from notifications.dispatch.templating import CHANNEL_FIELDS, RenderError, locale_candidates, render_fields
+from notifications.dispatch.templating import (
+    CHANNEL_FIELDS,
+    RenderError,
+    build_context,
+    locale_candidates,
+    render_fields,
+)
 
 SAMPLE_USER = {"id": 0, "email": "sample@example.com", "first_name": "Sam"}
 SAMPLE_PROFILE = {"locale": "en", "attributes": {"country": "DE", "plan": "pro"}}
@@ -26,6 +32,17 @@ def build_copy_context(
     *, user: dict[str, Any], profile: dict[str, Any], campaign: dict[str, Any], unsubscribe_url: str | None
 ) -> dict[str, Any]:
     context: dict[str, Any] = {"user": user, "profile": profile, "campaign": campaign}
+    if unsubscribe_url:
+        context["unsubscribe_url"] = unsubscribe_url
+    return context
+
+
+def build_fanout_context(
+    *, data: dict[str, Any], event: dict[str, Any], user: dict[str, Any], unsubscribe_url: str | None
+) -> dict[str, Any]:
+    """A fanout event's template context: the dispatcher's for one event (the data at the top level and
+    under ``data``, plus ``event`` and ``user``), so a type's templates render the same either way."""
+    context = build_context(data=data, event=event, user=user)
     if unsubscribe_url:
         context["unsubscribe_url"] = unsubscribe_url
     return context
@@ -60,7 +77,7 @@ class CopyBook:
         return bool(self.by_channel.get(channel))
 
     def mentions_unsubscribe(self, copy) -> bool:
-        key = (copy.pk, copy.updated_at)
+        key = (type(copy).__name__, copy.pk, copy.updated_at)
         if key not in self._mentions:
             fields = (getattr(copy, name, "") or "" for name, _ in CHANNEL_FIELDS[copy.channel])
             self._mentions[key] = any("unsubscribe_url" in text for text in fields)
@@ -115,7 +132,7 @@ class StaticFieldCache:
 
     def static_render(self, copy, channel: str) -> dict[str, Any] | None:
         """The rendering if every field of the copy is static, else None."""
-        key = (copy.pk, copy.updated_at, channel)
+        key = (type(copy).__name__, copy.pk, copy.updated_at, channel)
         if key not in self._cache:
             sources = [getattr(copy, name, "") or "" for name, _ in CHANNEL_FIELDS[channel]]
             if all(_is_static(s) for s in sources):

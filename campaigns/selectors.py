@@ -30,9 +30,18 @@ from preferences.models import Device
 from preferences.selectors import ContactPoints, allowed_users_q
 
 
-def audience_queryset(campaign: Campaign, *, now: dt.datetime | None = None) -> QuerySet:
-    """Active users matching the campaign's predicate (raises ValidationError for a bad predicate)."""
-    return get_user_model().objects.filter(is_active=True).filter(compile_predicate(campaign.audience, now=now))
+def audience_queryset(campaign: Campaign, *, now: dt.datetime | None = None, after_id: int = 0) -> QuerySet:
+    """Active users matching the campaign's predicate (raises ValidationError for a bad predicate),
+    with id > ``after_id``; for a fanout to a topic, its subscribers only, minus the excluded users.
+
+    The topic is a join on its subscriptions' primary key ``(topic_id, user_id)``, the range given on
+    that key too: a page is a range scan of the subscriptions, whatever the size of the user table."""
+    users = get_user_model().objects.filter(is_active=True, pk__gt=after_id)
+    if campaign.topic_id is not None:
+        users = users.filter(topic_subscriptions__topic_id=campaign.topic_id, topic_subscriptions__user_id__gt=after_id)
+    if campaign.exclude_user_ids:
+        users = users.exclude(pk__in=list(campaign.exclude_user_ids))
+    return users.filter(compile_predicate(campaign.audience, now=now))
 
 
 def eligibility_q(campaign: Campaign, channel: str, *, joined: bool = False) -> Q:
@@ -82,8 +91,7 @@ def audience_page(
     """One keyset page of the audience (users with id > after_id), eligibility per channel, one query."""
     flags = {f"eligible_{channel}": _flag(eligibility_q(campaign, channel, joined=True)) for channel in channels}
     rows = list(
-        audience_queryset(campaign, now=now)
-        .filter(pk__gt=after_id)
+        audience_queryset(campaign, now=now, after_id=after_id)
         .annotate(**flags)
         .order_by("pk")
         .values_list("pk", *flags)[:limit]

@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "notifications.webhooks",
     "preferences",
     "campaigns",
+    "subscriptions",
 ]
 
 MIDDLEWARE = [
@@ -203,6 +204,7 @@ SPECTACULAR_SETTINGS = {
         "preferences.openapi.describe_recipients",
         "notifications.ingest.schema.describe_ingest",
         "preferences.openapi.describe_preferences",
+        "subscriptions.openapi.describe_topics",
     ],
 }
 

@@ -6,24 +6,26 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from django.conf import settings
 
 from campaigns.models import Campaign
-from campaigns.rendering import CopyBook, StaticFieldCache, build_copy_context, render_copy
+from campaigns.rendering import CopyBook, StaticFieldCache, build_copy_context, build_fanout_context, render_copy
 from notifications.channels import ALL_CHANNELS, Channel
 from notifications.delivery_log import log_day as log_day_of
 from notifications.dispatch.messages import ChannelMessage, channel_message, split_by_platform
 from notifications.dispatch.screening import address_for
 from notifications.dispatch.templating import RenderError
-from notifications.models import MANDATORY_CATEGORIES
+from notifications.models import MANDATORY_CATEGORIES, NotificationTemplate
 from notifications.priority import PriorityClass, classify
 from preferences.selectors import ContactPoints
 from preferences.unsubscribe import unsubscribe_url
 
+#: Every campaign message is bulk, whatever its type's category and urgency (a fanout event: its type's class).
+CAMPAIGN_PRIORITY = classify(category="", urgency="", campaign=True)
 #: How often a campaign's state is re-read (pause/cancel take effect within this).
 STATE_REFRESH_SECONDS = 1.0
 
@@ -117,6 +119,19 @@ def deferred_batch_message(
     return str(deferred.ident), payload
 
 
+def campaign_copies(campaign: Campaign) -> list[Any]:
+    """What a campaign's messages are rendered from: its copy, or (a fanout) its type's templates,
+    which have the same fields."""
+    if campaign.is_fanout:
+        return list(NotificationTemplate.objects.filter(notification_type_id=campaign.notification_type_id))
+    return list(campaign.copies.all())
+
+
+def content_version(campaign: Campaign) -> str:
+    """The version of what the campaign renders (batches carry it; the expander reloads on a change)."""
+    return copy_version(campaign_copies(campaign))
+
+
 @dataclass
 class CampaignView:
     id: int
@@ -131,11 +146,22 @@ class CampaignView:
     copies: CopyBook
     copy_version: str
     loaded_at: float = 0.0
+    #: A fanout event: its data (the template context) and the class its type's category and urgency give.
+    fanout: bool = False
+    event_data: dict[str, Any] = field(default_factory=dict)
+    urgency: str = "bulk"
+    priority: PriorityClass = PriorityClass.BULK
+
+    @property
+    def urgent(self) -> bool:
+        """Urgent messages pass kill switches that hold or drop the rest (as in the dispatcher)."""
+        return self.priority == PriorityClass.URGENT
 
     @classmethod
     def load(cls, campaign: Campaign) -> CampaignView:
-        copies = list(campaign.copies.all())
+        copies = campaign_copies(campaign)
         entry = campaign.notification_type
+        fanout = campaign.is_fanout
         return cls(
             id=campaign.pk,
             name=campaign.name,
@@ -149,6 +175,10 @@ class CampaignView:
             copies=CopyBook.from_copies(copies),
             copy_version=copy_version(copies),
             loaded_at=time.monotonic(),
+            fanout=fanout,
+            event_data=dict(campaign.event_data or {}) if fanout else {},
+            urgency=entry.urgency if fanout else "bulk",
+            priority=classify(category=entry.category, urgency=entry.urgency) if fanout else CAMPAIGN_PRIORITY,
         )
 
 
@@ -187,10 +217,6 @@ class CampaignCache:
         return view
 
 
-#: Every campaign message is bulk, whatever its type's category and urgency.
-CAMPAIGN_PRIORITY = classify(category="", urgency="", campaign=True)
-
-
 def build_recipient_messages(
     view: CampaignView,
     *,
@@ -216,22 +242,39 @@ def build_recipient_messages(
     wanted = channel == Channel.EMAIL or (copy is not None and view.copies.mentions_unsubscribe(copy))
     mandatory = view.category in MANDATORY_CATEGORIES
     unsubscribe = unsubscribe_url(user_id, view.category) if wanted and not mandatory else None
+    user = {"id": user_id, "email": contact.email, "first_name": recipient.get("first_name") or ""}
     if copy is None:
         if channel != Channel.WEBHOOK:
             raise RenderError(f"no {channel} copy for locale {locale!r}")
-        content: dict[str, Any] = {"payload": {"type": view.type_key, "campaign_id": view.id, "launch_id": launch_id}}
+        content: dict[str, Any] = (
+            {"payload": {"type": view.type_key, "event_id": launch_id, "data": view.event_data}}
+            if view.fanout
+            else {"payload": {"type": view.type_key, "campaign_id": view.id, "launch_id": launch_id}}
+        )
     else:
         content = statics.static_render(copy, channel) if statics is not None else None
         if content is None:
-            context = build_copy_context(
-                user={"id": user_id, "email": contact.email, "first_name": recipient.get("first_name") or ""},
-                profile={"locale": locale, "attributes": recipient.get("attributes") or {}},
-                campaign={"id": view.id, "name": view.name},
-                unsubscribe_url=unsubscribe,
-            )
+            if view.fanout:
+                context = build_fanout_context(
+                    data=view.event_data,
+                    event={"id": launch_id, "type": view.type_key},
+                    user=user,
+                    unsubscribe_url=unsubscribe,
+                )
+            else:
+                context = build_copy_context(
+                    user=user,
+                    profile={"locale": locale, "attributes": recipient.get("attributes") or {}},
+                    campaign={"id": view.id, "name": view.name},
+                    unsubscribe_url=unsubscribe,
+                )
             content = render_copy(copy, channel, context)
     if channel in (Channel.PUSH, Channel.INAPP):
-        content["data"] = {"type": view.type_key, "campaign_id": str(view.id), "launch_id": launch_id}
+        content["data"] = (
+            {"type": view.type_key, "event_id": launch_id, **push_data(view.event_data)}
+            if view.fanout
+            else {"type": view.type_key, "campaign_id": str(view.id), "launch_id": launch_id}
+        )
     if channel == Channel.EMAIL and unsubscribe:
         content["list_unsubscribe"] = unsubscribe
     meta: dict[str, Any] = {"campaign_id": view.id, "launch_id": None if test else launch_id, "throttle": None}
@@ -245,9 +288,10 @@ def build_recipient_messages(
         channel=channel,
         type=view.type_key,
         category=view.category,
-        urgency="normal" if test else "bulk",
-        # A campaign is bulk whatever its type; a marketer's test send is a preview, sent at once.
-        priority=PriorityClass.TRANSACTIONAL if test else CAMPAIGN_PRIORITY,
+        urgency="normal" if test else view.urgency,
+        # A campaign is bulk whatever its type (a fanout event: its type's class); a marketer's test
+        # send is a preview, sent at once.
+        priority=PriorityClass.TRANSACTIONAL if test else view.priority,
         created_at=now.isoformat(),
         locale=locale,
         to=to,
@@ -256,3 +300,8 @@ def build_recipient_messages(
         log_day=log_day,
     )
     return split_by_platform(message)
+
+
+def push_data(data: dict[str, Any]) -> dict[str, str]:
+    """Push data values must be strings (FCM): the event data's scalars, stringified (as the dispatcher)."""
+    return {str(k): str(v) for k, v in data.items() if isinstance(v, str | int | float | bool)}

@@ -20,7 +20,6 @@ from django.utils import timezone
 from prometheus_client import Counter
 
 from campaigns.expansion.building import (
-    CAMPAIGN_PRIORITY,
     BatchMessage,
     CampaignCache,
     CampaignView,
@@ -62,7 +61,7 @@ from notifications.dispatch.screening import (
     screen_channel,
 )
 from notifications.dispatch.templating import RenderError
-from notifications.models import DeliveryStatus
+from notifications.models import DeliveryStatus, Urgency
 from notifications.priority import lane_for
 from notifications.redis_connect import REDIS_ERRORS
 from preferences.cache import preferences_get_many
@@ -227,11 +226,11 @@ class BatchExpander:
         if not _active(view, batch):  # paused (or the start is not committed yet)
             return self.clock() + PAUSED_RECHECK_SECONDS
         mode = self.switches.channel_mode(batch.channel)
-        if kill_switch_holds(mode, urgent=False):
+        if kill_switch_holds(mode, urgent=view.urgent):
             return self.clock() + KILL_SWITCH_RECHECK_SECONDS
         cursor = read_cursor(self.redis, **key)
         total = len(batch.user_ids)
-        if kill_switch_drops(mode, urgent=False):
+        if kill_switch_drops(mode, urgent=view.urgent):
             if deferred:
                 self._drop_deferred(view, batch, key, reason=KILL_SWITCH, cursor=cursor)
                 return None
@@ -257,7 +256,8 @@ class BatchExpander:
             want = min(self.config.chunk_size, total - cursor)
             if self.config.pacing:
                 try:
-                    room = self._max_backlog(batch.channel) - self.backlog.waiting(batch.channel)
+                    lane = lane_for(view.priority)
+                    room = self._max_backlog(batch.channel) - self.backlog.waiting(batch.channel, lane)
                 except KafkaException as exc:  # e.g. a leader moving: look again shortly, release nothing blind
                     log.warning("channel backlog unknown", extra={"channel": batch.channel, "error": str(exc)})
                     return self.clock() + BACKLOG_REFRESH_SECONDS * 2
@@ -274,7 +274,7 @@ class BatchExpander:
             ids = batch.user_ids[cursor : cursor + permits]
             chunk = self._expand_chunk(view, batch, ids, start=cursor)
             self.pacer.spend(buckets, chunk.queued)
-            self.backlog.released(batch.channel, chunk.queued)
+            self.backlog.released(batch.channel, chunk.queued, lane_for(view.priority))
             self._flush()  # acknowledged by Kafka before the cursor moves
             cursor += len(ids)
             record_expansion(
@@ -355,7 +355,7 @@ class BatchExpander:
         channel = batch.channel
         states = preferences_get_many(ids, redis_client=self.redis)
         now = self.wall_clock()
-        topic = delivery_topic(channel, lane_for(CAMPAIGN_PRIORITY))
+        topic = delivery_topic(channel, lane_for(view.priority))
         chunk = _Chunk()
         suppressed: dict[int, str] = {}
         candidates: list[_Candidate] = []
@@ -369,7 +369,7 @@ class BatchExpander:
                 channel=channel,
                 default_channels=view.default_channels,
                 mode=None,  # the kill switch holds or drops the whole batch (_expand)
-                urgent=False,
+                urgent=view.urgent,
             )
             if to is None:
                 suppressed[user_id] = reason
@@ -384,7 +384,7 @@ class BatchExpander:
             if index in refused:
                 suppressed[user_id] = FREQUENCY_CAP
                 continue
-            quiet_end = quiet_hours.end(candidate.state, urgent=False)
+            quiet_end = quiet_hours.end(candidate.state, urgent=view.urgency == Urgency.URGENT)
             if quiet_end is not None:
                 waiting.setdefault(due_minute(quiet_end), []).append(user_id)
                 continue

@@ -20,7 +20,7 @@ from notifications.bus.lanes import lane_group
 from notifications.bus.topics import delivery_topic
 from notifications.delivery.token_bucket import Priority
 from notifications.models import Provider
-from notifications.priority import lane_for
+from notifications.priority import Lane, lane_for
 from notifications.providers.capacity import channel_capacity
 
 #: How often the channels' contract rates are re-read from the Provider table.
@@ -54,39 +54,41 @@ class ChannelContracts:
 
 class ChannelBacklog:
     """The queue in front of a channel's workers, read from Kafka with the admin API: messages in
-    ``notif.<channel>.bulk`` (the campaign lane) past the workers' committed offsets (a group that
-    never committed counts the whole topic), and how many workers the group has. Measured at most
-    every ``interval`` seconds; what this process released since is added on top, so chunks in a
-    row cannot all fill the same room."""
+    the lane's topic (``notif.<channel>.bulk`` for campaigns; a fanout event of a transactional type
+    travels in ``notif.<channel>``) past the workers' committed offsets (a group that never committed
+    counts the whole topic), and how many workers the group has. Measured at most every ``interval``
+    seconds; what this process released since is added on top, so chunks in a row cannot all fill
+    the same room."""
 
     def __init__(self, *, interval: float = BACKLOG_REFRESH_SECONDS, clock: Callable[[], float] = time.monotonic):
         self.interval = interval
         self._clock = clock
         self._admin: AdminClient | None = None
-        self._measured: dict[str, tuple[float, int, int]] = {}
-        self._released: dict[str, int] = {}
+        self._measured: dict[tuple[str, Lane], tuple[float, int, int]] = {}
+        self._released: dict[tuple[str, Lane], int] = {}
 
-    def waiting(self, channel: str) -> int:
-        return self._current(channel)[0]
+    def waiting(self, channel: str, lane: Lane | None = None) -> int:
+        return self._current(channel, lane or lane_for(CAMPAIGN_PRIORITY))[0]
 
-    def workers(self, channel: str) -> int:
-        return self._current(channel)[1]
+    def workers(self, channel: str, lane: Lane | None = None) -> int:
+        return self._current(channel, lane or lane_for(CAMPAIGN_PRIORITY))[1]
 
-    def released(self, channel: str, n: int) -> None:
-        self._released[channel] = self._released.get(channel, 0) + n
+    def released(self, channel: str, n: int, lane: Lane | None = None) -> None:
+        key = (channel, lane or lane_for(CAMPAIGN_PRIORITY))
+        self._released[key] = self._released.get(key, 0) + n
 
-    def _current(self, channel: str) -> tuple[int, int]:
-        at, lag, members = self._measured.get(channel, (float("-inf"), 0, 0))
+    def _current(self, channel: str, lane: Lane) -> tuple[int, int]:
+        key = (channel, lane)
+        at, lag, members = self._measured.get(key, (float("-inf"), 0, 0))
         if self._clock() - at >= self.interval:
-            lag, members = self._measure(channel)
-            self._measured[channel] = (self._clock(), lag, members)
-            self._released[channel] = 0
-        return lag + self._released.get(channel, 0), members
+            lag, members = self._measure(channel, lane)
+            self._measured[key] = (self._clock(), lag, members)
+            self._released[key] = 0
+        return lag + self._released.get(key, 0), members
 
-    def _measure(self, channel: str) -> tuple[int, int]:
+    def _measure(self, channel: str, lane: Lane) -> tuple[int, int]:
         if self._admin is None:
             self._admin = AdminClient(admin_config())
-        lane = lane_for(CAMPAIGN_PRIORITY)
         admin, topic = self._admin, delivery_topic(channel, lane)
         group = consumer_config(lane_group(worker_group(channel), lane))["group.id"]
         partitions = admin.list_topics(topic, timeout=5).topics[topic].partitions

@@ -33,6 +33,7 @@ def describe_ingest(result: dict[str, Any], generator, request, public) -> dict[
         return result
     for component in (event, batch):
         component["additionalProperties"] = False  # so one event and a batch never look alike
+    event["oneOf"] = [{"required": ["recipients"]}, {"required": ["target"]}]  # one of the two, not both
     recipients = event["properties"]["recipients"]
     recipients.update(minItems=1, maxItems=settings.INGEST_MAX_RECIPIENTS)
     _complete_inline_recipient(recipients["items"]["oneOf"][1], schemas.get("RecipientInRequest"))

@@ -5,7 +5,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from notifications.api_fields import StrictCharField, StrictSerializer
+from notifications.api_fields import StrictCharField, StrictRegexField, StrictSerializer
 from notifications.models import NotificationType
 from preferences.identify import RecipientData
 from preferences.models import EXTERNAL_ID, EXTERNAL_ID_MAX_LENGTH
@@ -56,6 +56,36 @@ class RecipientRefField(serializers.Field):
         return value if isinstance(value, str) else value.external_id
 
 
+class TargetInSerializer(StrictSerializer):
+    """Whom a fanout event reaches instead of listed `recipients`."""
+
+    topic = StrictCharField(
+        max_length=100, required=False, help_text="A topic's key: its subscribers (POST /api/v1/topics)."
+    )
+    audience = serializers.JSONField(
+        required=False, help_text="An audience predicate in the campaign predicate language (a JSON object)."
+    )
+    exclude = serializers.ListField(
+        child=StrictRegexField(
+            EXTERNAL_ID,
+            max_length=EXTERNAL_ID_MAX_LENGTH,
+            trim_whitespace=False,
+            error_messages={"invalid": NOT_A_RECIPIENT},
+        ),
+        required=False,
+        max_length=1000,
+        help_text="Recipient ids to leave out (e.g. the actor), at most 1,000.",
+    )
+
+    def validate(self, attrs):
+        from campaigns.fanout import target_problems
+
+        errors = target_problems(attrs)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
+
+
 class EventInSerializer(StrictSerializer):
     event_id = StrictCharField(
         max_length=200,
@@ -67,9 +97,16 @@ class EventInSerializer(StrictSerializer):
     recipients = serializers.ListField(
         child=RecipientRefField(),
         allow_empty=False,
+        required=False,
         help_text="The recipients: each your id for them (see PUT /api/v1/recipients/{id}), or a recipient "
         'object with its id and the fields of that endpoint (`{"id": "u-42", "email": "ana@example.com"}`), '
-        "created or updated in the same transaction as the event.",
+        "created or updated in the same transaction as the event. Give `recipients` or `target`.",
+    )
+    target = TargetInSerializer(
+        required=False,
+        help_text='Instead of `recipients`, a fanout: `{"topic": "<key>"}` (its subscribers) or `{"audience": '
+        "<predicate>}`, with an optional `exclude` list. Sent in batches like a campaign, with the type's "
+        "templates and this event's data.",
     )
     data = serializers.DictField(required=False, default=dict, help_text="Template variables.")
     occurred_at = serializers.DateTimeField(required=False)
@@ -96,6 +133,11 @@ class EventInSerializer(StrictSerializer):
                 recipient if not isinstance(known, RecipientData) else merge_recipient_data(known, recipient)
             )
         return list(unique.values())
+
+    def validate(self, attrs):
+        if ("recipients" in attrs) == ("target" in attrs):
+            raise serializers.ValidationError({"recipients": ["Give either recipients or a target, not both."]})
+        return attrs
 
     def validate_data(self, value: dict) -> dict:
         size = len(orjson.dumps(value))

@@ -42,11 +42,12 @@ def read_events(body: Any, *, known_type: Callable[[str], bool]) -> tuple[list[E
     events = [
         EventInput(
             type=item["type"],
-            recipients=[r if isinstance(r, str) else r.external_id for r in item["recipients"]],
+            recipients=[r if isinstance(r, str) else r.external_id for r in item.get("recipients", ())],
             data=item.get("data") or {},
             event_id=item.get("event_id"),
             occurred_at=item.get("occurred_at"),
-            inline=[r for r in item["recipients"] if not isinstance(r, str)],
+            inline=[r for r in item.get("recipients", ()) if not isinstance(r, str)],
+            target=item.get("target"),
         )
         for item in items
     ]

@@ -195,7 +195,9 @@ class EventIngestView(APIView):
             "the events are durably queued; delivery is asynchronous. Re-sending an `event_id` returns "
             "the original acceptance with `duplicate: true` and creates nothing. Over the key's quota: "
             "429 with Retry-After, nothing accepted. While the platform sheds load or the database is "
-            "away: 503 with Retry-After, nothing accepted."
+            "away: 503 with Retry-After, nothing accepted. With `target` instead of `recipients` the event "
+            "goes to a topic's subscribers or an audience predicate, in batches (a fanout, shown and "
+            "controlled like a campaign in the admin)."
         ),
         request=PolymorphicProxySerializer(
             component_name="EventOrBatch",
@@ -232,6 +234,16 @@ class EventIngestView(APIView):
                     "type": "order.shipped",
                     "recipients": [{"id": "u-42", "email": "ana@example.com", "locale": "de-CH"}, "u-43"],
                     "data": {"order_number": "1235"},
+                },
+                request_only=True,
+            ),
+            OpenApiExample(
+                "A fanout event to a topic's subscribers (sent in batches, like a campaign)",
+                value={
+                    "event_id": "show-1234-episode-2",
+                    "type": "show.new_episode",
+                    "target": {"topic": "show:1234", "exclude": ["u-42"]},
+                    "data": {"episode": "S1E2"},
                 },
                 request_only=True,
             ),

@@ -76,6 +76,8 @@ class EventInput:
     occurred_at: datetime | None = None
     #: Recipient objects sent with the event (``preferences.identify.RecipientData``), upserted with it.
     inline: Sequence[Any] = ()
+    #: Instead of recipients, a fanout target (``{"topic": key}`` or ``{"audience": predicate}``, ``exclude``).
+    target: dict[str, Any] | None = None
 
 
 @dataclass
@@ -89,6 +91,8 @@ class PreparedEvent:
     recipient_count: int
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # outbox rows, see insert_outbox_rows
     inline: Sequence[Any] = ()  # recipient objects to upsert in the event's transaction
+    fanout: Any = None  # a fanout event's ``campaigns.fanout.FanoutTarget`` and data (no rows then)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare_events(events: Sequence[EventInput], *, service: str, now: datetime) -> list[PreparedEvent]:
@@ -110,6 +114,9 @@ def prepare_events(events: Sequence[EventInput], *, service: str, now: datetime)
             producer_event_id=producer_event_id,
             accepted_at=now_iso,
         )
+        if event.target is not None:
+            prepared.append(_prepare_fanout(event, service=service, producer_event_id=producer_event_id, pid=pid))
+            continue
         headers = {"idempotency-key": "", "event-type": event.type}
         rows = []
         for recipient in event.recipients:
@@ -120,6 +127,17 @@ def prepare_events(events: Sequence[EventInput], *, service: str, now: datetime)
             PreparedEvent(service, producer_event_id, pid, event.type, len(event.recipients), rows, event.inline)
         )
     return prepared
+
+
+def _prepare_fanout(event: EventInput, *, service: str, producer_event_id: str, pid: uuid.UUID) -> PreparedEvent:
+    """A fanout event: no outbox row per recipient; :func:`store_events` creates its fanout run."""
+    from campaigns.fanout import FanoutTarget
+
+    target = event.target or {}
+    fanout = FanoutTarget(
+        topic=target.get("topic"), audience=target.get("audience"), exclude=tuple(target.get("exclude") or ())
+    )
+    return PreparedEvent(service, producer_event_id, pid, event.type, 0, fanout=fanout, data=dict(event.data))
 
 
 def store_events(prepared: Sequence[PreparedEvent], *, now: datetime) -> list[PublishResult]:
@@ -139,12 +157,15 @@ def store_events(prepared: Sequence[PreparedEvent], *, now: datetime) -> list[Pu
     results: list[PublishResult] = []
     first_seen: set[uuid.UUID] = set()
     inline: list[Any] = []
+    fanouts: list[PreparedEvent] = []
     for event in prepared:
         fresh = event.id in inserted and event.id not in first_seen
         first_seen.add(event.id)
         if fresh:
             rows += event.rows
             inline += event.inline
+            if event.fanout is not None:
+                fanouts.append(event)
         results.append(
             PublishResult(
                 id=event.id,
@@ -156,7 +177,25 @@ def store_events(prepared: Sequence[PreparedEvent], *, now: datetime) -> list[Pu
     if inline:
         _upsert_inline_recipients(inline)
     insert_outbox_rows(rows)
+    if fanouts:
+        _create_fanouts(fanouts, now=now)
     return results
+
+
+def _create_fanouts(events: Sequence[PreparedEvent], *, now: datetime) -> None:
+    """The fanout runs of the new fanout events (``campaigns.fanout``), in the caller's transaction."""
+    from campaigns.fanout import fanout_create
+
+    for event in events:
+        fanout_create(
+            event_id=event.id,
+            producer_event_id=event.producer_event_id,
+            service=event.service,
+            type_key=event.type,
+            target=event.fanout,
+            data=event.data,
+            now=now,
+        )
 
 
 def _upsert_inline_recipients(inline: Sequence[Any]) -> None:

@@ -56,6 +56,15 @@ API: dict[tuple[str, str], dict[str, int]] = {
     ("preferences:recipient", "put"): _row(401, 200, 401, 401, 401, 401, 401, 401),
     ("preferences:recipient", "delete"): _row(401, 204, 401, 401, 401, 401, 401, 401),
     ("preferences:recipients-bulk", "post"): _row(401, 200, 401, 401, 401, 401, 401, 401),
+    # Topics: the producer's key manages them; an end user follows the followable ones (/me).
+    ("subscriptions:topics", "get"): _row(401, 200, 401, 401, 401, 401, 401, 401),
+    ("subscriptions:topics", "post"): _row(401, 201, 401, 401, 401, 401, 401, 401),
+    ("subscriptions:topic-subscribers", "get"): _row(401, 200, 401, 401, 401, 401, 401, 401),
+    ("subscriptions:topic-subscribers", "post"): _row(401, 200, 401, 401, 401, 401, 401, 401),
+    ("subscriptions:topic-subscribers-remove", "post"): _row(401, 200, 401, 401, 401, 401, 401, 401),
+    ("subscriptions:me-topics", "get"): SIGNED_IN,
+    ("subscriptions:me-topic", "put"): SIGNED_IN,
+    ("subscriptions:me-topic", "delete"): SIGNED_IN,
     # The signed link is the authorisation (RFC 8058 one-click): anyone holding it.
     ("preferences:unsubscribe", "get"): _all(200),
     ("preferences:unsubscribe", "post"): _all(200),
@@ -95,6 +104,7 @@ ADMIN: dict[str, dict[str, str]] = {
     "webhooks.webhookendpoint": {MARKETER: "", SUPPORT: "", OPERATIONS: "vac", SUPERUSER: "vacd"},
     "campaigns.campaign": {MARKETER: "vacd", SUPPORT: "", OPERATIONS: "", SUPERUSER: "vacd"},
     "campaigns.campaignlaunch": {MARKETER: "v", SUPPORT: "", OPERATIONS: "", SUPERUSER: "vd"},
+    "subscriptions.topic": {MARKETER: "", SUPPORT: "", OPERATIONS: "", SUPERUSER: "vacd"},
 }
 
 #: (model admin, action) → the staff principals that may run it. An action guarded inside its service
@@ -225,6 +235,15 @@ def _request(name: str, method: str, owner, notification_type) -> tuple[str, dic
         return reverse(name, args=["matrix-r1"]), ({"email": "r1-new@example.com"} if method == "put" else {})
     if name == "preferences:recipients-bulk":
         return reverse(name), {"recipients": [{"id": "matrix-r2", "email": "r2@example.com"}]}
+    if name.startswith("subscriptions:"):
+        from subscriptions.models import Topic
+
+        topic, _ = Topic.objects.get_or_create(key="matrix", defaults={"name": "Matrix", "user_can_follow": True})
+        if name == "subscriptions:topics":
+            return reverse(name), {"key": "matrix-new", "name": "New"} if method == "post" else {}
+        if name.startswith("subscriptions:me-"):
+            return (reverse(name, args=[topic.key]) if name.endswith("topic") else reverse(name)), {}
+        return reverse(name, args=[topic.key]), ({"recipients": [str(owner.pk)]} if method == "post" else {})
     if name == "legacy-dlq-admin":
         return reverse(name, kwargs={"model": "deadletter", "rest": ""}), {}
     return reverse(name), {}

@@ -50,7 +50,7 @@ def credentials(api_key, django_user_model):
 
 
 def _authorization(operation, credentials) -> str | None:
-    if operation.path == "/api/v1/events" or operation.path.startswith("/api/v1/recipients/"):
+    if operation.path == "/api/v1/events" or operation.path.startswith(("/api/v1/recipients/", "/api/v1/topics")):
         return credentials["producer"]
     if operation.path.startswith("/api/v1/me/"):
         return credentials["user"]
@@ -75,8 +75,21 @@ def _fuzz(operation, mode: GenerationMode, authorization: str | None) -> None:
     run()
 
 
+def _served_schema(wsgi_app):
+    """The served schema, less one member: a fanout event's `target` names a topic that must exist and
+    an audience in the campaign predicate language, which the server checks and no schema states
+    (tests/subscriptions and tests/campaigns/test_fanout_end_to_end.py test its 400s)."""
+    from werkzeug.test import Client
+
+    raw = Client(wsgi_app).get("/api/schema/", headers={"Accept": "application/json"}).json
+    del raw["components"]["schemas"]["EventInRequest"]["properties"]["target"]
+    schema = schemathesis.openapi.from_dict(raw)
+    schema.app, schema.location = wsgi_app, "/api/schema/"
+    return schema
+
+
 def test_every_operation_honours_the_schema(wsgi_app, notification_type, credentials):
-    schema = schemathesis.openapi.from_wsgi("/api/schema/", wsgi_app)
+    schema = _served_schema(wsgi_app)
     # Credentials are ours (sent by `_fuzz`); NUL characters are refused in every text field (PostgreSQL
     # cannot store them) and no schema language says so.
     schema.config.generation.update(with_security_parameters=False, allow_x00=False)

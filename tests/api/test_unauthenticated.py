@@ -32,6 +32,14 @@ OPERATIONS = [
     ("get", "/api/v1/recipients/{id}"),
     ("delete", "/api/v1/recipients/{id}"),
     ("post", "/api/v1/recipients/bulk"),
+    ("get", "/api/v1/topics"),
+    ("post", "/api/v1/topics"),
+    ("get", "/api/v1/topics/{key}/subscribers"),
+    ("post", "/api/v1/topics/{key}/subscribers"),
+    ("post", "/api/v1/topics/{key}/subscribers/remove"),
+    ("get", "/api/v1/me/topics"),
+    ("put", "/api/v1/me/topics/{key}"),
+    ("delete", "/api/v1/me/topics/{key}"),
 ]
 
 
@@ -62,7 +70,7 @@ def test_missing_or_bad_credentials_are_401_with_www_authenticate(method, path, 
     client = APIClient()
     if authorization:
         client.credentials(HTTP_AUTHORIZATION=authorization)
-    response = getattr(client, method)(path.replace("{id}", "1"), {}, format="json")
+    response = getattr(client, method)(path.replace("{id}", "1").replace("{key}", "k"), {}, format="json")
     assert response.status_code == 401, response.content
     # The first scheme the endpoint accepts: an end user's token (RFC 6750) on /me, a producer key elsewhere.
     assert response["WWW-Authenticate"].split(" ", 1)[0] in {"Api-Key", "Token", "Bearer"}

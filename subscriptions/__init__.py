@@ -1,0 +1,1 @@
+"""Topics producers publish to, and who follows them (``Topic``, ``TopicSubscription``)."""

@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -476,11 +477,24 @@ def worker_baseline(args, env: dict[str, str], sandbox, tmp: Path, run: str) -> 
             delete_topics_with_prefix(prefix)
 
 
-def main() -> int:
-    args = parse_args()
+@dataclass
+class FanoutRun:
+    """One fan-out benchmark's private world: its database, Kafka topic and Redis key prefix, a
+    folder for process logs, and the sandbox to stop."""
+
+    run: str
+    tmp: Path
+    sandbox: object | None = None
+    keep_logs: bool = False
+
+
+@contextlib.contextmanager
+def fanout_run(database: str, tag: str, *, keep_database: bool):
+    """Create the database, set Django up on it with prefixes of its own, migrate, create the topics;
+    afterwards remove all of it (the process logs stay when ``keep_logs`` was set)."""
     run = uuid.uuid4().hex[:8]
-    create_database(args.database)
-    topic_prefix, redis_prefix = f"benchcf{run}.", f"benchcf{run}:"
+    create_database(database)
+    topic_prefix, redis_prefix = f"{tag}{run}.", f"{tag}{run}:"
     os.environ.update({"KAFKA_TOPIC_PREFIX": topic_prefix, "REDIS_KEY_PREFIX": redis_prefix, "LOG_LEVEL": "WARNING"})
 
     import django
@@ -490,25 +504,43 @@ def main() -> int:
 
     from django.conf import settings
     from django.core.management import call_command
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    assert settings.DATABASES["default"]["NAME"] == args.database
-
     from django.db import connection
 
     from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
     from notifications.redis_client import get_redis
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    assert settings.DATABASES["default"]["NAME"] == database
     redis_client = get_redis()
-    sandbox = None
-    tmp = Path(tempfile.mkdtemp(prefix=f"benchcf{run}-"))
-    results: dict = {}
+    state = FanoutRun(run=run, tmp=Path(tempfile.mkdtemp(prefix=f"{tag}{run}-")))
     try:
-        log(f"migrating {args.database} ...")
+        log(f"migrating {database} ...")
         call_command("migrate", interactive=False, verbosity=0)
         ensure_topics()
+        yield state
+    finally:
+        log("cleaning up ...")
+        if state.keep_logs:
+            log(f"process logs kept in {state.tmp}")
+        else:
+            shutil.rmtree(state.tmp, ignore_errors=True)
+        if state.sandbox is not None:
+            state.sandbox.stop()
+        with contextlib.suppress(Exception):
+            delete_topics_with_prefix(topic_prefix)
+        with contextlib.suppress(Exception):
+            delete_redis_prefix(redis_client, f"{redis_prefix}*")
+        connection.close()
+        if not keep_database:
+            drop_database(database)
+
+
+def main() -> int:
+    args = parse_args()
+    results: dict = {}
+    with fanout_run(args.database, "benchcf", keep_database=args.keep_database) as bench:
         log(f"COPYing {args.users:,} users ...")
-        results["load"] = load_users(args.users, args.opted_out, run)
+        results["load"] = load_users(args.users, args.opted_out, bench.run)
         log(f"loaded in {results['load']['copy']:.1f}s (+ ANALYZE {results['load']['analyze']:.1f}s)")
         campaign, launcher = setup_campaign(args)
         if args.wait_quiet:
@@ -517,35 +549,22 @@ def main() -> int:
         results["emit"] = emit(args, campaign, launcher)
         log(f"emitted in {results['emit']['seconds']:.2f}s")
         if not args.skip_send:
-            sandbox, env = start_sms_sandbox(args)
+            bench.sandbox, env = start_sms_sandbox(args)
             if args.wait_quiet:
                 wait_for_quiet_machine(args.wait_quiet)
             log(f"send rate: {args.workers} worker(s) against a {args.contract_rate:g}/s contract ...")
-            results["send"] = send_rate(args, campaign, env, sandbox, tmp)
+            results["send"] = send_rate(args, campaign, env, bench.sandbox, bench.tmp)
+            bench.keep_logs = results["send"]["unclean"]
             if not args.skip_baseline:
                 if args.wait_quiet:
                     wait_for_quiet_machine(args.wait_quiet)
                 log("baseline: the same workers on a pre-produced backlog, no campaign ...")
-                results["baseline"] = worker_baseline(args, env, sandbox, tmp, run)
+                results["baseline"] = worker_baseline(args, env, bench.sandbox, bench.tmp, bench.run)
+                bench.keep_logs = bench.keep_logs or results["baseline"]["unclean"]
         print_report(args, results)
         emit_ok = results["emit"]["seconds"] <= EMIT_TARGET_SECONDS
         send_ok = args.skip_send or (results["send"]["share"] >= RATE_TARGET and not results["send"]["unclean"])
         return 0 if emit_ok and send_ok else 1
-    finally:
-        log("cleaning up ...")
-        if any(results.get(phase, {}).get("unclean") for phase in ("send", "baseline")):
-            log(f"process logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if sandbox is not None:
-            sandbox.stop()
-        with contextlib.suppress(Exception):
-            delete_topics_with_prefix(topic_prefix)
-        with contextlib.suppress(Exception):
-            delete_redis_prefix(redis_client, f"{redis_prefix}*")
-        connection.close()
-        if not args.keep_database:
-            drop_database(args.database)
 
 
 def print_report(args, results: dict) -> None:

@@ -37,12 +37,9 @@ What it does, in one bounded run:
 """
 
 import argparse
-import contextlib
 import os
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -52,11 +49,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-from _common import CpuMeter, delete_redis_prefix, log, postgres_pids, wait_for_quiet_machine  # noqa: E402
+from _common import CpuMeter, log, postgres_pids, wait_for_quiet_machine  # noqa: E402
 from campaign_fanout import (  # noqa: E402
-    create_database,
-    drop_database,
     explain_first_page,
+    fanout_run,
     load_users,
     page_until_emitted,
     send_rate,
@@ -210,38 +206,13 @@ def emit(args, event_id: str) -> tuple[dict, object]:
 
 def main() -> int:
     args = parse_args()
-    run = uuid.uuid4().hex[:8]
-    create_database(args.database)
-    topic_prefix, redis_prefix = f"benchtf{run}.", f"benchtf{run}:"
-    os.environ.update({"KAFKA_TOPIC_PREFIX": topic_prefix, "REDIS_KEY_PREFIX": redis_prefix, "LOG_LEVEL": "WARNING"})
-
-    import django
-
-    django.setup()
-    import logging
-
-    from django.conf import settings
-    from django.core.management import call_command
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    assert settings.DATABASES["default"]["NAME"] == args.database
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
-
-    from django.db import connection
-
-    from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
-    from notifications.redis_client import get_redis
-
-    redis_client = get_redis()
-    sandbox = None
-    tmp = Path(tempfile.mkdtemp(prefix=f"benchtf{run}-"))
     results: dict = {}
-    try:
-        log(f"migrating {args.database} ...")
-        call_command("migrate", interactive=False, verbosity=0)
-        ensure_topics()
+    with fanout_run(args.database, "benchtf", keep_database=args.keep_database) as bench:
+        from django.conf import settings
+
+        settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
         log(f"COPYing {args.subscribers:,} users ...")
-        results["load"] = load_users(args.subscribers, 0.0, run)
+        results["load"] = load_users(args.subscribers, 0.0, bench.run)
         user_ids, raw_key = setup(args)
         if args.wait_quiet:
             wait_for_quiet_machine(args.wait_quiet)
@@ -255,11 +226,12 @@ def main() -> int:
         results["emit"], fanout = emit(args, event_id)
         log(f"emitted in {results['emit']['seconds']:.2f}s")
         if not args.skip_send:
-            sandbox, env = start_sms_sandbox(args)
+            bench.sandbox, env = start_sms_sandbox(args)
             if args.wait_quiet:
                 wait_for_quiet_machine(args.wait_quiet)
             log(f"send rate: {args.workers} worker(s) against a {args.contract_rate:g}/s contract ...")
-            results["send"] = send_rate(args, fanout, env, sandbox, tmp)
+            results["send"] = send_rate(args, fanout, env, bench.sandbox, bench.tmp)
+            bench.keep_logs = results["send"]["unclean"]
         print_report(args, results)
         emit_ok = results["emit"]["seconds"] <= EMIT_TARGET_SECONDS
         write_ok = results["writes"]["new"]["rate"] >= WRITE_TARGET
@@ -269,21 +241,6 @@ def main() -> int:
             and not results["send"]["unclean"]
         )
         return 0 if emit_ok and write_ok and send_ok else 1
-    finally:
-        log("cleaning up ...")
-        if results.get("send", {}).get("unclean"):
-            log(f"process logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if sandbox is not None:
-            sandbox.stop()
-        with contextlib.suppress(Exception):
-            delete_topics_with_prefix(topic_prefix)
-        with contextlib.suppress(Exception):
-            delete_redis_prefix(redis_client, f"{redis_prefix}*")
-        connection.close()
-        if not args.keep_database:
-            drop_database(args.database)
 
 
 def print_report(args, results: dict) -> None:

@@ -44,6 +44,7 @@ EXERCISED = {
     "campaigns/progress.py:record_expansion": "test_campaign_progress",
     "campaigns/progress.py:read_sent": "test_campaign_progress",
     "campaigns/halt.py:read_halts": "test_campaign_halts",
+    "notifications/redis_connect.py:PlatformRedisCluster.pipeline": "test_cluster_pipelines",
 }
 
 
@@ -159,3 +160,19 @@ def test_campaign_halts(prefix):
     set_halt(client, 22, "paused")
     assert read_halts(client, [21, 22, 23, 24]) == {"21": "cancelled", "22": "paused"}
     assert prefix == settings.REDIS_KEY_PREFIX
+
+
+def test_cluster_pipelines(prefix):
+    """The platform's cluster client hands its routing policies to its pipelines, and a pipeline over
+    keys of many slots runs each command on its key's node and answers in order."""
+    client = get_redis()
+    keys = [f"{prefix}pipe:{i}" for i in range(100)]
+    pipe = client.pipeline(transaction=False)
+    for i, key in enumerate(keys):
+        pipe.set(key, i)
+    assert all(pipe.execute())
+    pipe = client.pipeline(transaction=False)
+    assert pipe._policy_resolver is client._policy_resolver
+    for key in keys:
+        pipe.get(key)
+    assert [int(v) for v in pipe.execute()] == list(range(100))

@@ -90,6 +90,17 @@ def fenced(exc: BaseException) -> bool:
     return isinstance(error, KafkaError) and error.code() in (KafkaError.FENCED_INSTANCE_ID, KafkaError._FATAL)
 
 
+#: Commit errors that mean this member no longer owns the partitions (the group moved on without it).
+_MEMBERSHIP_LOST = (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS)
+
+
+def membership_lost(exc: BaseException) -> bool:
+    """True when a commit failed because the group no longer counts this member in (after a broker or
+    coordinator failover): the offsets cannot be committed by us any more, the next owner re-reads."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(error, KafkaError) and error.code() in _MEMBERSHIP_LOST
+
+
 class ConsumerRunner:
     def __init__(
         self,
@@ -320,13 +331,13 @@ class ConsumerRunner:
     def revoked_partitions(self, partitions: set[tuple[str, int]]) -> None:
         """Hook: commit what is durable of `partitions` while they are still ours. Handling is
         synchronous here, so only background completions can be in flight: settle them now. A commit
-        that fails because Kafka is away (the coordinator's broker restarting) is given up: the next
-        owner reads those messages again, which the next stage's dedup absorbs; raising here would
-        stop the process from inside the rebalance callback."""
+        that fails because Kafka is away (the coordinator's broker restarting) or the group no longer
+        counts us in is given up: the next owner reads those messages again, which the next stage's
+        dedup absorbs; raising here would stop the process from inside the rebalance callback."""
         try:
             self._settle(keep=0, final=True)
         except Exception as exc:
-            if dependency_of(exc) != "kafka":
+            if dependency_of(exc) != "kafka" and not membership_lost(exc):
                 raise
             log.warning(
                 "offsets not committed on revocation (redelivered)", extra={"role": self.config.role, "error": str(exc)}

@@ -9,11 +9,11 @@ import uuid
 from concurrent.futures import Future
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from django.db import OperationalError
 
 from notifications.bus.config import consumer_config
-from notifications.bus.runner import ConsumerRunner, RunnerConfig
+from notifications.bus.runner import ConsumerRunner, RunnerConfig, membership_lost
 from tests.kafka_helpers import produce_raw
 
 
@@ -265,3 +265,19 @@ def test_a_fenced_static_member_joins_again_instead_of_exiting(fresh_topic, sett
         runner.stop_event.set()
         thread.join(15)
     assert not errors
+
+
+@pytest.mark.parametrize(
+    ("code", "lost"),
+    [
+        (KafkaError.UNKNOWN_MEMBER_ID, True),
+        (KafkaError.ILLEGAL_GENERATION, True),
+        (KafkaError.REBALANCE_IN_PROGRESS, True),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, False),
+        (KafkaError.FENCED_INSTANCE_ID, False),
+    ],
+)
+def test_a_commit_refused_for_a_lost_membership_is_told_apart(code, lost):
+    """Such a commit on revocation is given up (the next owner re-reads) instead of stopping the process."""
+    assert membership_lost(KafkaException(KafkaError(code))) is lost
+    assert membership_lost(ValueError("x")) is False

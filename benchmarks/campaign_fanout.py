@@ -212,12 +212,28 @@ def topic_counts(topics: list[str]) -> dict[str, int]:
         for topic in topics:
             total = 0
             for p in meta[topic].partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                low, high = _watermarks(consumer, TopicPartition(topic, p))
                 total += high - low
             out[topic] = total
         return out
     finally:
         consumer.close()
+
+
+def _watermarks(consumer, tp, attempts: int = 20) -> tuple[int, int]:
+    """A partition's watermarks; right after the topics were created its leader may still be elected
+    (NOT_LEADER_FOR_PARTITION, LEADER_NOT_AVAILABLE): asked again for a few seconds."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    retriable = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+    for _ in range(attempts - 1):
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=10)
+        except KafkaException as exc:
+            if exc.args[0].code() not in retriable:
+                raise
+        time.sleep(0.25)
+    return consumer.get_watermark_offsets(tp, timeout=10)
 
 
 # -- the phases ----------------------------------------------------------------------------------------

@@ -104,6 +104,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--keep-database", action="store_true", help="do not drop the database at the end")
     p.add_argument("--out-dir", default=None, help="where the PNG and report.md go (default: a new temp dir)")
     p.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (kept anyway on failure)")
+    p.add_argument("--bulk-nice", type=int, default=10, help="CPU priority of the bulk lane's dispatcher (lanes)")
     p.add_argument("--sandbox-nice", type=int, default=-10, help="priority of the sandbox (the instrument); 0 = as is")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
@@ -481,16 +482,21 @@ class BacklogSampler(threading.Thread):
 class Platform(RoleProcesses):
     """One variant's processes, each logging to its own file; stopped with SIGTERM."""
 
-    CONSUMERS = ("dispatcher", "orchestrator", "expander")
+    CONSUMERS = ("dispatcher", "dispatcher-bulk", "orchestrator", "expander")
 
-    def start(self, name: str, *cmd: str) -> None:
-        self.spawn(name, cmd)
+    def start(self, name: str, *cmd: str, nice: int = 0) -> None:
+        self.spawn(name, cmd, nice=nice)
 
-    def start_all(self, args, port: int) -> None:
+    def start_all(self, args, port: int, *, lanes: bool) -> None:
         web = ["config.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         self.start("web", "-m", "uvicorn", *web, "--workers", str(args.web_workers), "--no-access-log")
         self.start("relay", "manage.py", "relay_outbox")
-        self.start("dispatcher", "manage.py", "run_dispatcher")
+        if lanes:  # as the Procfile: a dispatcher per events lane, the bulk one at a lower CPU priority
+            self.start("dispatcher", "manage.py", "run_consumer", "dispatcher", "--lane", "priority")
+            bulk = ("manage.py", "run_consumer", "dispatcher", "--lane", "bulk")
+            self.start("dispatcher-bulk", *bulk, nice=args.bulk_nice)
+        else:
+            self.start("dispatcher", "manage.py", "run_dispatcher")
         self.start("orchestrator", "manage.py", "run_campaign_orchestrator")
         self.start("expander", "manage.py", "run_batch_expander", "--channel", "email")
         for i in range(args.workers):
@@ -519,7 +525,8 @@ class Platform(RoleProcesses):
                 if web and logged:
                     ids = [g.group_id for g in admin.list_consumer_groups().result(5).valid if prefix in g.group_id]
                     states = [f.result(5).state for f in admin.describe_consumer_groups(ids).values()] if ids else []
-                    if len(states) >= len(self.CONSUMERS) + 1 and all(s == ConsumerGroupState.STABLE for s in states):
+                    groups = sum(n in self.procs for n in self.CONSUMERS) + 1
+                    if len(states) >= groups and all(s == ConsumerGroupState.STABLE for s in states):
                         return time.monotonic() - started
             time.sleep(0.5)
         raise VariantFailed(f"the platform was not ready after {timeout:.0f} s (logs in {self.logdir})")
@@ -580,6 +587,7 @@ class VariantRun:
     error: str = ""
     ready_after: float = 0.0
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> group -> % of one core
+    stages: dict[str, tuple[float, float]] = field(default_factory=dict)  # OTP event id -> Kafka times (c)
 
 
 class PhaseClock:
@@ -612,7 +620,7 @@ def cpu_groups(platform: Platform, sandbox) -> dict[str, Callable[[], list[int]]
     web = platform.procs["web"].pid
     return {
         "web": lambda: [web, *children_of(web)],
-        "relay+dispatcher": procs("relay", "dispatcher"),
+        "relay+dispatcher": procs("relay", "dispatcher", "dispatcher-bulk"),
         "orchestrator+expander": procs("orchestrator", "expander"),
         "workers": procs("worker"),
         "sandbox": lambda: [sandbox.proc.pid],
@@ -664,10 +672,11 @@ def run_variant(args, variant: str, run: str, catalog: Catalog, logdir: Path) ->
         sandbox = start_sandbox(args)
         port = free_port()
         platform = Platform(platform_env(variant, prefix, redis_prefix, sandbox), logdir)
-        platform.start_all(args, port)
+        platform.start_all(args, port, lanes=VARIANTS[variant] == "1")
         result.ready_after = platform.wait_ready(f"http://127.0.0.1:{port}", prefix)
         log(f"[{variant}] {len(platform.procs)} processes ready after {result.ready_after:.1f} s")
         drive_phases(args, result, catalog, campaign, sandbox, platform, f"http://127.0.0.1:{port}")
+        result.stages = otp_stage_times(prefix, {o.key.split(":", 1)[0] for o in result.otps})
     except VariantFailed as exc:
         result.error = str(exc)
         log(f"[{variant}] FAILED: {exc}")
@@ -745,6 +754,38 @@ def drive_phases(args, result: VariantRun, catalog: Catalog, campaign, sandbox, 
                            "failed_events": poster.failed_events}  # fmt: skip
 
 
+def otp_stage_times(prefix: str, event_ids: set[str]) -> dict[str, tuple[float, float]]:
+    """Per OTP event id: when the relay wrote it to `notif.events` and the dispatcher its e-mail to
+    `notif.email` (the messages' CreateTime, wall clock), read back from both topics."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from notifications.bus.config import consumer_config
+    from notifications.bus.topics import topic_name
+
+    found: dict[str, dict[str, float]] = {"events": {}, "email": {}}
+    for stage in found:
+        consumer = Consumer(consumer_config(f"{prefix}stage-times", **{"enable.auto.commit": False}))
+        try:
+            topic = topic_name(stage)
+            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p, end in ends.items() if end > 0])
+            left = {p for p, end in ends.items() if end > 0}
+            deadline = time.monotonic() + 60
+            while left and time.monotonic() < deadline:
+                for m in consumer.consume(1000, 1.0):
+                    if m.error():
+                        continue
+                    key = dict(m.headers() or []).get("idempotency-key", b"").decode().split(":", 1)[0]
+                    if key in event_ids:
+                        found[stage].setdefault(key, m.timestamp()[1] / 1000)
+                    if m.offset() + 1 >= ends[m.partition()]:
+                        left.discard(m.partition())
+        finally:
+            consumer.close()
+    return {k: (t, found["email"][k]) for k, t in found["events"].items() if k in found["email"]}
+
+
 def clean_up_variant(prefix: str, redis_prefix: str) -> None:
     """The run's topics, consumer groups, Redis keys and any outbox rows still addressed to its topics."""
     from confluent_kafka.admin import AdminClient
@@ -820,6 +861,8 @@ def phase_figures(args, run: VariantRun, span, t0: float, series, first: dict, b
     otps = [o for o in run.otps if start <= o.t_send < end and o.status == "202"]
     latencies = sorted((first[o.key] - o.t_send) * 1000 for o in otps if o.key in first)
     answers = sorted((o.t_answer - o.t_send) * 1000 for o in otps)
+    staged = [(o, run.stages[o.key.split(":", 1)[0]]) for o in otps if o.key in first]
+    staged = [(o, t_events, t_email) for o, (t_events, t_email) in staged if o.key.split(":", 1)[0] in run.stages]
     bulk_keys = getattr(run.expected, bulk_kind) if bulk_kind else set()
     mine = [o.key for o in otps] + list(bulk_keys)  # the pairs this phase answers for
     busy = backlogged_seconds(run, t0, span, bulk_kind)
@@ -834,6 +877,9 @@ def phase_figures(args, run: VariantRun, span, t0: float, series, first: dict, b
         "p99": percentile(latencies, 0.99),
         "max": latencies[-1] if latencies else float("nan"),
         "api_p99": percentile(answers, 0.99),
+        "relay_p99": percentile(sorted((t_events - o.t_answer) * 1000 for o, t_events, _ in staged), 0.99),
+        "dispatch_p99": percentile(sorted((t_email - t_events) * 1000 for o, t_events, t_email in staged), 0.99),
+        "send_p99": percentile(sorted((first[o.key] - t_email) * 1000 for o, _, t_email in staged), 0.99),
         "rate": total / len(seconds) if seconds else float("nan"),
         "rate_share": total / len(seconds) / args.contract_rate if seconds else float("nan"),
         "otp_rate": sum(series["otp"][s] for s in seconds) / len(seconds) if seconds else float("nan"),
@@ -904,6 +950,9 @@ ROWS = [  # (label, key, format)
     ("OTP latency p99 ms", "p99", ".0f"),
     ("OTP latency max ms", "max", ".0f"),
     ("  of which API (202) p99 ms", "api_p99", ".0f"),
+    ("  202 -> notif.events p99 ms (c)", "relay_p99", ".0f"),
+    ("  notif.events -> notif.email p99 ms (c)", "dispatch_p99", ".0f"),
+    ("  notif.email -> provider p99 ms (c)", "send_p99", ".0f"),
     ("p99 / rest p99", "p99_ratio", ".2f"),
     ("provider sends/s (a)", "rate", ".0f"),
     ("  / contract", "rate_share", ".3f"),
@@ -981,7 +1030,10 @@ NOTES = (
     "Lost/duplicated: the phase's OTPs by send time, plus every recipient of the phase's bulk; keys = worker "
     "message ids as the sandbox recorded them. Lags: largest sample (every 2 s) of messages past the "
     "dispatcher's / the workers' committed offsets. CPU: % of one core over the phase (from /proc; 'other "
-    "processes' = everything outside this run, e.g. someone else's tests: figures depressed when it is high)."
+    "processes' = everything outside this run, e.g. someone else's tests: figures depressed when it is high). "
+    "(c) where an OTP's time goes, each stage's own p99 (they do not add up to the total's): the API's answer "
+    "-> the relay writing the event to notif.events -> the dispatcher writing its e-mail to notif.email (Kafka "
+    "CreateTime, the producers' wall clocks) -> the sandbox's arrival time."
 )
 
 

@@ -24,10 +24,12 @@ class RoleProcesses:
     def log_path(self, name: str) -> Path:
         return self.logdir / f"{name}.log"
 
-    def spawn(self, name: str, args: Sequence[str]) -> None:
+    def spawn(self, name: str, args: Sequence[str], *, nice: int = 0) -> None:
+        """Start `python <args>` as `name`, at CPU priority `nice` (0: as this process)."""
+        niced = ["nice", "-n", str(nice)] if nice else []
         with self.log_path(name).open("wb") as out:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, *args], cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT
+                [*niced, sys.executable, *args], cwd=REPO, env=self.env, stdout=out, stderr=subprocess.STDOUT
             )
 
     def dead(self) -> dict[str, int]:

@@ -40,21 +40,31 @@ class ConsumerSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     #: What the role's /readyz checks (names of `notifications.health.CHECKS`).
     dependencies: tuple[str, ...] = ("postgres", "redis", "kafka")
+    #: Whether a process may read one lane alone (`run_consumer --lane`), so the lanes of the role
+    #: do not share a process's CPU (`docs/architecture.md`, "Priority lanes").
+    lanes_apart: bool = False
 
-    def runner_config(self, **overrides: Any) -> RunnerConfig:
-        """The role's RunnerConfig: its name, topics and group, with `overrides` (None: the default)."""
-        values: dict[str, Any] = {
-            "role": self.name,
-            "topics": self.topics(),
-            "bulk_topics": self.bulk_topics() if settings.PRIORITY_LANES else [],
-            "group": self.group,
-        }
+    def runner_config(self, *, lane: Lane | None = None, **overrides: Any) -> RunnerConfig:
+        """The role's RunnerConfig: its name, topics and group (of `lane` only, when given), with
+        `overrides` (None: the default)."""
+        topics, bulk_topics = self.topics(), self.bulk_topics() if settings.PRIORITY_LANES else []
+        if lane is not None:
+            if not self.lanes_apart:
+                raise LaneNotApart(f"{self.name} reads its lanes in one process; --lane is not for it")
+            if lane is Lane.BULK and not bulk_topics:
+                raise LaneNotApart("PRIORITY_LANES is off: every message is in the priority lane, none is bulk")
+            topics, bulk_topics = (topics, []) if lane is Lane.PRIORITY else ([], bulk_topics)
+        values: dict[str, Any] = {"role": self.name, "topics": topics, "bulk_topics": bulk_topics, "group": self.group}
         values.update({key: value for key, value in overrides.items() if value is not None})
         return RunnerConfig(**values)
 
     def build(self, **options: Any) -> ConsumerRunner:
         """The role's runner, ready to `run()`."""
         return import_string(self.factory)(**{**self.options, **options})
+
+
+class LaneNotApart(ValueError):
+    """`--lane` asked of a role that reads its lanes in one process, or with the lanes off."""
 
 
 class UnknownConsumer(KeyError):
@@ -90,6 +100,7 @@ def consumers() -> dict[str, ConsumerSpec]:
             bulk_topics=lambda: [events_topic(Lane.BULK)],
             dlq_topic=lambda _topic: topic_name("events.dlq"),
             metrics_port=9102,
+            lanes_apart=True,
         ),
         *(
             ConsumerSpec(

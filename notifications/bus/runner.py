@@ -297,9 +297,11 @@ class ConsumerRunner:
         moment). A bulk lane not polled for long (a steady priority stream) is polled anyway: it must
         not leave its group."""
         size, timeout = self.config.batch_size, self.config.poll_timeout
+        bulk_size = self.config.bulk_batch_size or size
         if Lane.BULK not in self.consumer.lanes:
             return self.consumer.consume(Lane.PRIORITY, size, timeout)
-        bulk_size = self.config.bulk_batch_size or size
+        if Lane.PRIORITY not in self.consumer.lanes:  # a process of the bulk lane alone
+            return self.consumer.consume(Lane.BULK, bulk_size, timeout)
         if self.consumer.overdue(Lane.BULK):
             return self.consumer.consume(Lane.BULK, bulk_size, 0)
         return (

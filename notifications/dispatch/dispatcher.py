@@ -459,18 +459,22 @@ def _stringly(data: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items() if isinstance(v, (str, int, float, bool))}
 
 
-def build_dispatcher_runner(*, batch_size: int | None = None, group: str | None = None) -> ConsumerRunner:
-    """`run_dispatcher`'s loop over both events lanes (several dispatchers share the partitions)."""
+def build_dispatcher_runner(
+    *, batch_size: int | None = None, group: str | None = None, lane: Lane | None = None
+) -> ConsumerRunner:
+    """`run_dispatcher`'s loop over both events lanes, or over `lane` alone (several dispatchers
+    share the partitions)."""
     from notifications.bus.consumers import consumer
     from notifications.redis_client import get_redis
 
     batch_size = batch_size or 1000
     return ConsumerRunner(
         consumer("dispatcher").runner_config(
+            lane=lane,
             group=group,
             batch_size=batch_size,
-            # ≈ 15 ms of dispatching: what an urgent event may wait for behind a digest.
-            bulk_batch_size=min(batch_size, 250),
+            # ≈ 15 ms of dispatching: what an urgent event may wait for behind a digest in one process.
+            bulk_batch_size=batch_size if lane is Lane.BULK else min(batch_size, 250),
             async_commit=True,
         ),
         Dispatcher(producer=dispatcher_producer(), redis_client=get_redis()),

@@ -1,10 +1,9 @@
 """Group commit: the concurrent ingest requests of one process share one transaction and one commit.
 
-Each request hands its prepared events to the committer thread and waits; the thread stores
-everything that arrived since its last commit in one transaction (two multi-row statements), commits,
-and only then wakes the requests with their results. Nothing is answered 202 before its commit:
-a process killed meanwhile answers nobody, and its transaction dies with its connection. Why:
-`docs/architecture.md`, "Ingest".
+Each request hands its prepared events to its lane's committer thread and waits; the thread stores
+everything that arrived since its last commit in one transaction, commits, and only then wakes the
+requests with their results: nothing is answered 202 before its commit. Why: `docs/architecture.md`,
+"Ingest".
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from django.utils import timezone
 from prometheus_client import Histogram
 
 from notifications.outbox.services import PreparedEvent, PublishResult, store_events
+from notifications.priority import Lane
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,21 @@ class DatabaseUnavailable(Exception):
 
 
 class GroupCommitter:
+    """One committer thread per events lane: a request with an urgent or transactional event never
+    waits for a group of bulk events to be written (`docs/architecture.md`, "Ingest")."""
+
     def __init__(self, *, store: Callable[..., list[PublishResult]] = store_events) -> None:
         self._store = store
         self._cond = threading.Condition()
-        self._queue: deque[tuple[list[PreparedEvent], Future]] = deque()
-        self._thread: threading.Thread | None = None
+        self._queues: dict[Lane, deque[tuple[list[PreparedEvent], Future]]] = {lane: deque() for lane in Lane}
+        self._threads: dict[Lane, threading.Thread] = {}
         self._stopping = False
-        #: Seconds the last commits took, smoothed (the overload guard reads it).
-        self.commit_seconds = 0.0
+        #: Seconds the last commits of each lane took, smoothed (the overload guard reads the larger).
+        self._commit_seconds = dict.fromkeys(Lane, 0.0)
+
+    @property
+    def commit_seconds(self) -> float:
+        return max(self._commit_seconds.values())
 
     def submit(self, prepared: list[PreparedEvent], *, timeout: float = 30.0) -> list[PublishResult]:
         """Store `prepared` in the next group commit; returns once committed (DatabaseUnavailable
@@ -61,49 +68,55 @@ class GroupCommitter:
         return self.enqueue(prepared).result(timeout)
 
     def enqueue(self, prepared: list[PreparedEvent]) -> Future:
-        """Queue `prepared` for the next group commit; the future holds its results once committed."""
+        """Queue `prepared` for the next group commit of its lane (priority when any of its events is);
+        the future holds its results once committed."""
+        lane = Lane.BULK if prepared and all(event.lane is Lane.BULK for event in prepared) else Lane.PRIORITY
         future: Future = Future()
         with self._cond:
-            if self._thread is None or not self._thread.is_alive():
+            thread = self._threads.get(lane)
+            if thread is None or not thread.is_alive():
                 self._stopping = False
-                self._thread = threading.Thread(target=self._run, name="ingest-group-commit", daemon=True)
-                self._thread.start()
-            self._queue.append((prepared, future))
-            self._cond.notify()
+                thread = threading.Thread(target=self._run, args=(lane,), name=f"ingest-commit-{lane}", daemon=True)
+                self._threads[lane] = thread
+                thread.start()
+            self._queues[lane].append((prepared, future))
+            self._cond.notify_all()
         return future
 
     def close(self) -> None:
-        """Stop the committer thread (after what is queued) and close its database connection."""
+        """Stop the committer threads (after what is queued) and close their database connections."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-            thread = self._thread
-        if thread is not None:
+            self._cond.notify_all()
+            threads = list(self._threads.values())
+        for thread in threads:
             thread.join(10)
 
-    def _run(self) -> None:
+    def _run(self, lane: Lane) -> None:
+        queue = self._queues[lane]
         try:
             while True:
                 with self._cond:
-                    while not self._queue and not self._stopping:
+                    while not queue and not self._stopping:
                         self._cond.wait()
-                    if not self._queue:
+                    if not queue:
                         return
-                    group = self._take_group()
-                self._commit(group)
+                    group = self._take_group(queue)
+                self._commit(lane, group)
         finally:
             connections.close_all()
 
-    def _take_group(self) -> list[tuple[list[PreparedEvent], Future]]:
+    @staticmethod
+    def _take_group(queue: deque[tuple[list[PreparedEvent], Future]]) -> list[tuple[list[PreparedEvent], Future]]:
         """Everything queued since the last commit, up to MAX_GROUP_EVENTS (at least one request)."""
         group, events = [], 0
-        while self._queue and (not group or events + len(self._queue[0][0]) <= MAX_GROUP_EVENTS):
-            item = self._queue.popleft()
+        while queue and (not group or events + len(queue[0][0]) <= MAX_GROUP_EVENTS):
+            item = queue.popleft()
             group.append(item)
             events += len(item[0])
         return group
 
-    def _commit(self, group: list[tuple[list[PreparedEvent], Future]]) -> None:
+    def _commit(self, lane: Lane, group: list[tuple[list[PreparedEvent], Future]]) -> None:
         started = time.perf_counter()
         close_old_connections()
         try:
@@ -121,7 +134,7 @@ class GroupCommitter:
             self._fail(group, exc)
             raise
         elapsed = time.perf_counter() - started
-        self.commit_seconds = 0.8 * self.commit_seconds + 0.2 * elapsed
+        self._commit_seconds[lane] = 0.8 * self._commit_seconds[lane] + 0.2 * elapsed
         COMMIT_SECONDS.observe(elapsed)
         GROUP_REQUESTS.observe(len(group))
         for (_, future), result in zip(group, results, strict=True):

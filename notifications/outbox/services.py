@@ -93,6 +93,7 @@ class PreparedEvent:
     inline: Sequence[Any] = ()  # recipient objects to upsert in the event's transaction
     fanout: Any = None  # a fanout event's ``campaigns.fanout.FanoutTarget`` and data (no rows then)
     data: dict[str, Any] = field(default_factory=dict)
+    lane: Lane = Lane.PRIORITY  # the events lane of its type; the ingest commits the lanes apart
 
 
 def prepare_events(events: Sequence[EventInput], *, service: str, now: datetime) -> list[PreparedEvent]:
@@ -103,7 +104,8 @@ def prepare_events(events: Sequence[EventInput], *, service: str, now: datetime)
     for event in events:
         producer_event_id = event.event_id or str(uuid.uuid4())
         pid = platform_event_id(service=service, producer_event_id=producer_event_id)
-        topic = events_topic(lane_for(type_priority(event.type)))
+        lane = lane_for(type_priority(event.type))
+        topic = events_topic(lane)
         envelope = build_event_envelope(
             event_id=pid,
             type=event.type,
@@ -116,6 +118,7 @@ def prepare_events(events: Sequence[EventInput], *, service: str, now: datetime)
         )
         if event.target is not None:
             prepared.append(_prepare_fanout(event, service=service, producer_event_id=producer_event_id, pid=pid))
+            prepared[-1].lane = lane
             continue
         headers = {"idempotency-key": "", "event-type": event.type}
         rows = []
@@ -124,7 +127,9 @@ def prepare_events(events: Sequence[EventInput], *, service: str, now: datetime)
             headers["idempotency-key"] = f"{envelope['id']}:{recipient}"
             rows.append((topic, recipient, orjson.dumps(envelope).decode(), orjson.dumps(headers).decode()))
         prepared.append(
-            PreparedEvent(service, producer_event_id, pid, event.type, len(event.recipients), rows, event.inline)
+            PreparedEvent(
+                service, producer_event_id, pid, event.type, len(event.recipients), rows, event.inline, lane=lane
+            )
         )
     return prepared
 

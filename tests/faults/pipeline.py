@@ -19,7 +19,8 @@ from tests.role_processes import RoleProcesses
 #: stopped one has a successor).
 ROLES: dict[str, list[str]] = {
     "relay": ["manage.py", "relay_outbox"],
-    "dispatcher": ["manage.py", "run_consumer", "dispatcher", "--instance", "0"],
+    "dispatcher": ["manage.py", "run_consumer", "dispatcher", "--lane", "priority", "--instance", "0"],
+    "dispatcher_bulk": ["manage.py", "run_consumer", "dispatcher", "--lane", "bulk", "--instance", "0"],
     "worker0": ["manage.py", "run_consumer", "worker-email", "--instance", "0"],
     "worker1": ["manage.py", "run_consumer", "worker-email", "--instance", "1"],
     "orchestrator": ["manage.py", "run_consumer", "campaign-orchestrator", "--instance", "0"],

@@ -33,7 +33,7 @@ def test_steady_load_without_a_fault_is_delivered_exactly_once(run_case):
     assert_exactly_once(figures)
 
 
-@pytest.mark.parametrize("role", ["relay", "dispatcher", "triage"])
+@pytest.mark.parametrize("role", ["relay", "dispatcher", "dispatcher_bulk", "triage"])
 def test_a_role_killed_mid_batch_and_restarted_loses_nothing_and_sends_nothing_twice(run_case, role):
     figures, _ = run_case(f"kill-{role}", kill_and_restart(role))
     assert_exactly_once(figures)

@@ -178,6 +178,45 @@ def test_concurrent_requests_share_commits(notification_type, api_key):
     assert requests == 20 and commits <= 3, f"{requests} requests in {commits} commits"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_urgent_request_is_committed_while_a_bulk_group_waits(notification_type, api_key):
+    """The lanes commit apart: a bulk group held by the database does not hold an urgent request."""
+    import psycopg
+
+    from notifications.outbox.envelope import platform_event_id
+    from notifications.outbox.relay import conninfo_from_django
+
+    NotificationType.objects.create(key="digest.weekly", name="Digest", category="marketing")
+    NotificationType.objects.create(key="auth.otp", name="OTP", category="security", urgency="urgent")
+    held = platform_event_id(service="orders", producer_event_id="digest-0")
+
+    def post(body):
+        try:
+            return client_for(api_key[1]).post(URL, body, format="json")
+        finally:
+            connection.close()  # the thread's own database connection
+
+    blocker = psycopg.connect(conninfo_from_django())
+    try:  # another session inserting the bulk event's id first: the bulk group waits on its index entry
+        blocker.execute(
+            "INSERT INTO notifications_acceptedevent"
+            " (id, service, producer_event_id, type, recipient_count, accepted_at)"
+            " VALUES (%s, 'orders', 'digest-0', 'digest.weekly', 1, now())",
+            (held,),
+        )
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            bulk = pool.submit(post, {"event_id": "digest-0", "type": "digest.weekly", "recipients": ["7"]})
+            time.sleep(0.5)
+            urgent = pool.submit(post, {"event_id": "otp-0", "type": "auth.otp", "recipients": ["7"]})
+            assert urgent.result(10).status_code == 202
+            assert not bulk.done(), "the bulk group's commit is still held"
+            blocker.rollback()
+            assert bulk.result(30).status_code == 202
+    finally:
+        blocker.close()
+    assert set(AcceptedEvent.objects.values_list("producer_event_id", flat=True)) == {"digest-0", "otp-0"}
+
+
 class lock_outbox:
     """Another session holding the outbox table: inserts wait until it lets go."""
 

@@ -1,8 +1,9 @@
 """Run any consumer of the registry (`notifications/bus/consumers.py`) until SIGTERM."""
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from notifications.bus.consumers import consumers
+from notifications.bus.consumers import LaneNotApart, consumer, consumers
+from notifications.priority import Lane
 from notifications.process import run_consumer
 
 
@@ -18,6 +19,18 @@ class Command(BaseCommand):
             default=None,
             help="static group membership: a name unique among this role's processes (default: CONSUMER_INSTANCE)",
         )
+        parser.add_argument(
+            "--lane",
+            choices=[lane.value for lane in Lane],
+            default=None,
+            help="read this lane alone (roles that allow it: the dispatcher); default: both, priority first",
+        )
 
-    def handle(self, *args, name: str, batch_size: int | None, metrics_port: int | None, instance, **options):
-        run_consumer(name, metrics_port=metrics_port, instance=instance, batch_size=batch_size)
+    def handle(self, *args, name: str, batch_size: int | None, metrics_port: int | None, instance, lane, **options):
+        if lane is not None and not consumer(name).lanes_apart:
+            raise CommandError(f"{name} reads its lanes in one process; --lane is not for it")
+        lane_option = {} if lane is None else {"lane": Lane(lane)}
+        try:
+            run_consumer(name, metrics_port=metrics_port, instance=instance, batch_size=batch_size, **lane_option)
+        except LaneNotApart as exc:
+            raise CommandError(str(exc)) from None

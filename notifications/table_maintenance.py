@@ -14,7 +14,7 @@ from prometheus_client import Counter
 
 from notifications.log_partitions import maintain_partitions
 from notifications.outages import dependency_of
-from notifications.retention import DELETE_BATCH, POLICIES, RetentionPolicy
+from notifications.retention import POLICIES, RetentionPolicy
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def delivery_log_steps(*, retention: int | None = None, ahead: int | None = None
 
 
 def retention_steps(
-    policy: RetentionPolicy, *, retention: int | None = None, batch: int = DELETE_BATCH, **_
+    policy: RetentionPolicy, *, retention: int | None = None, batch: int | None = None, **_
 ) -> Iterator[TableChanges]:
     if policy.cutoff(retention=retention) is None:
         yield TableChanges(policy.name, skipped="kept for good")

@@ -4,6 +4,7 @@ the one maintenance (command and loop) is harmless to repeat."""
 
 import datetime as dt
 import uuid
+from io import StringIO
 
 import pytest
 from django.core.management import call_command
@@ -32,11 +33,23 @@ def days_ago(n: float) -> dt.datetime:
 
 def maintain(*tables: str, **options) -> list[str]:
     """Run `maintain_tables` (on `tables`, default all) and return its lines."""
-    from io import StringIO
-
     out = StringIO()
     call_command("maintain_tables", *[f"--table={t}" for t in tables], stdout=out, **options)
     return out.getvalue().splitlines()
+
+
+def accepted_events(count: int, *, age_days: float) -> None:
+    AcceptedEvent.objects.bulk_create(
+        AcceptedEvent(
+            id=uuid.uuid4(),
+            service="s",
+            producer_event_id=str(uuid.uuid4()),
+            type="t",
+            recipient_count=1,
+            accepted_at=days_ago(age_days),
+        )
+        for _ in range(count)
+    )
 
 
 def post_event(client, event_id: str) -> dict:
@@ -167,12 +180,7 @@ def test_a_retention_of_zero_keeps_rows_for_good(settings, django_user_model):
 # --- the maintenance itself ----------------------------------------------------------------------
 def test_a_big_delete_runs_in_bounded_batches(settings):
     settings.ACCEPTED_EVENT_RETENTION_DAYS = 1
-    AcceptedEvent.objects.bulk_create(
-        AcceptedEvent(
-            id=uuid.uuid4(), service="s", producer_event_id=str(n), type="t", recipient_count=1, accepted_at=days_ago(2)
-        )
-        for n in range(25)
-    )
+    accepted_events(25, age_days=2)
     assert list(POLICY["accepted_events"].delete_batches(batch=10)) == [10, 10, 5]
     assert not AcceptedEvent.objects.exists()
 
@@ -188,9 +196,7 @@ def test_running_the_maintenance_twice_is_harmless(settings):
     assert list(DeadLetter.objects.values_list("message_id", flat=True)) == ["m-2"]
 
 
-def test_the_old_command_name_maintains_the_delivery_log_only(capsys):
-    from io import StringIO
-
+def test_the_old_command_name_maintains_the_delivery_log_only():
     out = StringIO()
     call_command("maintain_delivery_log", stdout=out)
     assert out.getvalue().splitlines() == ["delivery_log: nothing to do"]
@@ -203,12 +209,7 @@ def test_retention_days_on_the_command_needs_one_table():
 
 def test_the_loop_runs_one_bounded_step_per_tick_and_a_pass_per_interval(settings):
     settings.ACCEPTED_EVENT_RETENTION_DAYS = 1
-    AcceptedEvent.objects.bulk_create(
-        AcceptedEvent(
-            id=uuid.uuid4(), service="s", producer_event_id=str(n), type="t", recipient_count=1, accepted_at=days_ago(2)
-        )
-        for n in range(5)
-    )
+    accepted_events(5, age_days=2)
     clock = [0.0]
     loop = MaintenanceLoop(interval=3600, clock=lambda: clock[0])
     steps = [loop.tick() for _ in range(3 * len(TABLES))]
@@ -217,9 +218,7 @@ def test_the_loop_runs_one_bounded_step_per_tick_and_a_pass_per_interval(setting
     assert [step.deleted for step in done if step.table == "accepted_events"] == [5]
     assert loop.tick() is None, "the pass is over; the next one is due in an hour"
 
-    AcceptedEvent.objects.create(
-        id=uuid.uuid4(), service="s", producer_event_id="x", type="t", recipient_count=1, accepted_at=days_ago(2)
-    )
+    accepted_events(1, age_days=2)
     clock[0] = 3600.0
     later = [loop.tick() for _ in range(3 * len(TABLES))]
     assert [s.deleted for s in later if s is not None and s.table == "accepted_events"] == [1]
@@ -227,9 +226,7 @@ def test_the_loop_runs_one_bounded_step_per_tick_and_a_pass_per_interval(setting
 
 def test_a_refused_step_is_counted_by_the_loop_and_fails_the_command_in_one_line(settings):
     settings.ACCEPTED_EVENT_RETENTION_DAYS = 1
-    AcceptedEvent.objects.create(
-        id=uuid.uuid4(), service="s", producer_event_id="x", type="t", recipient_count=1, accepted_at=days_ago(2)
-    )
+    accepted_events(1, age_days=2)
     with connection.cursor() as cursor:
         cursor.execute(
             "CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS "

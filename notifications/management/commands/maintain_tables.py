@@ -20,15 +20,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--retention-days", type=int, default=None, help="Days kept, with one --table.")
         parser.add_argument("--ahead", type=int, default=None, help="Delivery log: days ahead (default: setting).")
-        parser.add_argument("--batch", type=int, default=None, help="Rows per delete batch (default: 2000).")
+        parser.add_argument("--batch", type=int, default=None, help="Rows per delete batch (default: per table).")
 
     def handle(self, *args, table: list[str] | None, retention_days: int | None, ahead, batch, **options):
         names = table or list(TABLES)
         if retention_days is not None and len(names) != 1:
             raise CommandError("--retention-days needs exactly one --table")
-        overrides = {"retention": retention_days, "ahead": ahead}
-        if batch is not None:
-            overrides["batch"] = batch
+        overrides = {"retention": retention_days, "ahead": ahead, "batch": batch}
         failures = []
         for name in names:
             steps: list[TableChanges] = []

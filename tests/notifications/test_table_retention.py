@@ -247,3 +247,16 @@ def test_a_refused_step_is_counted_by_the_loop_and_fails_the_command_in_one_line
         maintain()
     assert str(raised.value) == "accepted_events: deletes refused here"
     assert AcceptedEvent.objects.exists()
+
+
+def test_the_admin_lists_what_the_maintenance_kept(settings, admin_client, notification_type):
+    settings.DLQ_RESOLVED_RETENTION_DAYS = 30
+    kept = dead_letter(1, status=DeadLetterStatus.DISCARDED, changed=days_ago(29))
+    gone = dead_letter(2, status=DeadLetterStatus.DISCARDED, changed=days_ago(31))
+    accepted_events(2, age_days=1)
+    maintain()
+    page = admin_client.get("/admin/dlq/deadletter/", {"status__exact": "discarded"})
+    assert page.status_code == 200 and f"/admin/dlq/deadletter/{kept.pk}/change/" in page.content.decode()
+    assert f"/admin/dlq/deadletter/{gone.pk}/change/" not in page.content.decode()
+    for changelist in ("notifications/acceptedevent", "preferences/inboxmessage", "campaigns/campaign"):
+        assert admin_client.get(f"/admin/{changelist}/").status_code == 200, changelist

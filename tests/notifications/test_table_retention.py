@@ -260,3 +260,28 @@ def test_the_admin_lists_what_the_maintenance_kept(settings, admin_client, notif
     assert f"/admin/dlq/deadletter/{gone.pk}/change/" not in page.content.decode()
     for changelist in ("notifications/acceptedevent", "preferences/inboxmessage", "campaigns/campaign"):
         assert admin_client.get(f"/admin/{changelist}/").status_code == 200, changelist
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_index_migrations_apply_to_tables_with_rows(django_user_model):
+    previous = {"dlq": "0001", "preferences": "0003", "campaigns": "0003"}
+    for app, migration in previous.items():
+        call_command("migrate", app, migration, verbosity=0)
+    try:
+        dead_letter(1, status=DeadLetterStatus.REPLAYED, changed=days_ago(31))
+        user = django_user_model.objects.create(username="u")
+        InboxMessage.objects.create(user=user, notification_id="n", type_key="t", category="product")
+        call_command("migrate", verbosity=0)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT indexname FROM pg_indexes WHERE indexname IN "
+                "('deadletter_resolved', 'inbox_created', 'campaign_fanout_changed') ORDER BY 1"
+            )
+            assert [name for (name,) in cursor.fetchall()] == [
+                "campaign_fanout_changed",
+                "deadletter_resolved",
+                "inbox_created",
+            ]
+        assert DeadLetter.objects.count() == 1 and InboxMessage.objects.count() == 1
+    finally:
+        call_command("migrate", verbosity=0)

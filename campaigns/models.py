@@ -145,7 +145,14 @@ class Campaign(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         permissions = [("launch_campaign", "Can launch, pause, resume and cancel campaigns")]
-        indexes = [models.Index(fields=["state"], name="campaign_state")]
+        indexes = [
+            models.Index(fields=["state"], name="campaign_state"),
+            models.Index(
+                fields=["state_changed_at"],
+                name="campaign_fanout_changed",
+                condition=models.Q(kind=CampaignKind.FANOUT),
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

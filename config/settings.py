@@ -176,6 +176,19 @@ DELIVERY_LOG_RETENTION_DAYS = env.int("DELIVERY_LOG_RETENTION_DAYS", default=30)
 # Daily partitions created ahead of today, so a missed maintenance run never stops the writers.
 DELIVERY_LOG_PARTITIONS_AHEAD = env.int("DELIVERY_LOG_PARTITIONS_AHEAD", default=7)
 
+# --- Retention of the other tables that grow with traffic (docs/architecture.md, "Bounded tables") --
+# Accepted events are forgotten after this many days: a repeat of an event_id within it is a
+# duplicate, after it a new event. 0 keeps them for good.
+ACCEPTED_EVENT_RETENTION_DAYS = env.int("ACCEPTED_EVENT_RETENTION_DAYS", default=30)
+# Replayed and discarded dead letters are deleted this many days after their last change; open ones
+# never are. 0 keeps them for good.
+DLQ_RESOLVED_RETENTION_DAYS = env.int("DLQ_RESOLVED_RETENTION_DAYS", default=30)
+# In-app inbox messages are deleted this many days after they arrived. 0 keeps them for good.
+INBOX_RETENTION_DAYS = env.int("INBOX_RETENTION_DAYS", default=90)
+# Fanout runs (campaigns of kind fanout) are deleted this many days after they completed, were
+# cancelled or failed; marketers' campaigns are never. 0 keeps them for good.
+FANOUT_RETENTION_DAYS = env.int("FANOUT_RETENTION_DAYS", default=30)
+
 # The web process's /metrics (on the public port) wants `Authorization: Bearer <METRICS_TOKEN>`; unset,
 # it answers loopback clients only (behind a proxy on the same host: set a token).
 METRICS_TOKEN = env("METRICS_TOKEN", default="")

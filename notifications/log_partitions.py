@@ -7,11 +7,9 @@ import re
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, OperationalError, connection, transaction
-from prometheus_client import Counter
+from django.db import OperationalError, connection, transaction
 
 from notifications.models import DeliveryLog, utc_today
-from notifications.outages import dependency_of
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +18,6 @@ MAINTENANCE_LOCK = (7310, 1)
 #: Dropping a partition needs an exclusive lock on the whole table for an instant; if a long query
 #: holds the table, give up (the next run retries) rather than queue every writer behind the DROP.
 LOCK_TIMEOUT = "2s"
-#: How often a long-running role runs the maintenance (run_dispatcher's tick).
-MAINTENANCE_INTERVAL = 3600.0
-
-MAINTENANCE_FAILURES = Counter(
-    "delivery_log_partition_maintenance_failures_total", "Partition maintenance runs refused by PostgreSQL"
-)
 
 _BOUND = re.compile(r"FROM \((?:MINVALUE|'(?P<lo>[\d-]+)')\) TO \('(?P<hi>[\d-]+)'\)")
 
@@ -115,17 +107,3 @@ def maintain_partitions(
             extra={"partitions_created": changes.created, "partitions_dropped": changes.dropped},
         )
     return changes
-
-
-def maintain_partitions_from_loop() -> PartitionChanges | None:
-    """`maintain_partitions` for a long-running role's loop: a refused statement (say a table in the
-    way of a new partition) is logged and counted, not fatal, since the days ahead leave time to fix
-    it; PostgreSQL being away propagates (the loop rides it out)."""
-    try:
-        return maintain_partitions()
-    except DatabaseError as exc:
-        if dependency_of(exc) is not None:
-            raise
-        MAINTENANCE_FAILURES.inc()
-        log.exception("delivery-log partition maintenance failed; the next run retries")
-        return None

@@ -191,6 +191,7 @@ class InboxMessage(models.Model):
         indexes = [
             models.Index(fields=["user", "-created_at", "-id"], name="inbox_user_created"),
             models.Index(fields=["user"], condition=models.Q(read_at__isnull=True), name="inbox_user_unread"),
+            models.Index(fields=["created_at"], name="inbox_created"),
         ]
 
     def __str__(self) -> str:

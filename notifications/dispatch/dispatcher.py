@@ -52,10 +52,9 @@ from notifications.dispatch.screening import (
     screen_channel,
 )
 from notifications.dispatch.templating import FieldsRenderer, RenderError, mentions
-from notifications.log_partitions import MAINTENANCE_INTERVAL as PARTITION_MAINTENANCE_INTERVAL
-from notifications.log_partitions import maintain_partitions_from_loop
 from notifications.models import MANDATORY_CATEGORIES, DeliveryStatus, Urgency
 from notifications.priority import Lane, PriorityClass, classify, lane_for
+from notifications.table_maintenance import MaintenanceLoop
 from preferences.cache import preferences_get_many
 from preferences.recipient_ids import resolve_recipients
 from preferences.selectors import ContactPoints, contact_points_for_users
@@ -212,7 +211,7 @@ class Dispatcher:
         self._acked = AckedProducer(producer, "dispatcher")
         self._last_release = float("-inf")
         self._release_screen = ReleaseScreen(redis_client=redis_client, catalog=self.catalog, switches=self.switches)
-        self._last_partitions = float("-inf")
+        self._maintenance = MaintenanceLoop()
         self.writer = DatabaseThread("dispatcher-writer")
         self.reader = DatabaseThread("dispatcher-reader")
 
@@ -357,15 +356,13 @@ class Dispatcher:
         self._acked.flush()
 
     def tick(self) -> None:
-        """Called by the runner between polls: release quiet-hours messages that are due, and keep
-        the delivery log's daily partitions (at start, then hourly)."""
+        """Called by the runner between polls: release quiet-hours messages that are due, and one
+        bounded step of the table maintenance (a pass at start, then hourly)."""
         now = time.monotonic()
         if now - self._last_release >= RELEASE_INTERVAL:
             self._last_release = now
             release_due_messages(screen=self._release_screen)
-        if now - self._last_partitions >= PARTITION_MAINTENANCE_INTERVAL:
-            self._last_partitions = now
-            maintain_partitions_from_loop()
+        self._maintenance.tick()
 
     # -- building ------------------------------------------------------------------------------
     def _build_message(self, c: _Candidate, scratch: _BatchScratch, day: str | None = None) -> ChannelMessage:

@@ -98,6 +98,11 @@ class DeadLetter(models.Model):
             models.Index(fields=["event_id"], name="deadletter_event"),
             models.Index(fields=["user_id"], name="deadletter_user"),
             models.Index(fields=["fingerprint"], name="deadletter_page_pending", condition=models.Q(page_pending=True)),
+            models.Index(
+                fields=["updated_at"],
+                name="deadletter_resolved",
+                condition=models.Q(status__in=[DeadLetterStatus.REPLAYED, DeadLetterStatus.DISCARDED]),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -161,7 +161,9 @@ class AcceptedEventOutSerializer(serializers.Serializer):
     id = serializers.UUIDField(help_text="The platform's event id.")
     event_id = serializers.CharField(source="producer_event_id")
     accepted_at = serializers.DateTimeField()
-    duplicate = serializers.BooleanField(help_text="True when this event_id had already been accepted.")
+    duplicate = serializers.BooleanField(
+        help_text="True when this event_id had already been accepted (within the retention of accepted events)."
+    )
 
 
 class AcceptedBatchOutSerializer(serializers.Serializer):

@@ -192,8 +192,9 @@ class EventIngestView(APIView):
         description=(
             'Send one event object, or `{"events": [...]}` with up to INGEST_MAX_BATCH (default 500) '
             "events. Authenticate with `Authorization: Api-Key <key>`. The answer is 202 as soon as "
-            "the events are durably queued; delivery is asynchronous. Re-sending an `event_id` returns "
-            "the original acceptance with `duplicate: true` and creates nothing. Over the key's quota: "
+            "the events are durably queued; delivery is asynchronous. Re-sending an `event_id` within "
+            "ACCEPTED_EVENT_RETENTION_DAYS (default 30 days) of its acceptance returns the original "
+            "acceptance with `duplicate: true` and creates nothing. Over the key's quota: "
             "429 with Retry-After, nothing accepted. While the platform sheds load or the database is "
             "away: 503 with Retry-After, nothing accepted. With `target` instead of `recipients` the event "
             "goes to a topic's subscribers or an audience predicate, in batches (a fanout, shown and "

@@ -1,7 +1,8 @@
 """Shared fixtures: an isolated Kafka topic prefix per test run, API clients, subprocess env, the
-platform's processes."""
+platform's processes, role threads, a private Redis, a headless browser."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,6 +91,37 @@ def notification_type(db):
     return NotificationType.objects.create(
         key="order.shipped", name="Order shipped", default_channels=["email", "push"]
     )
+
+
+@pytest.fixture
+def types(db):
+    """order.shipped (four channels, a German e-mail variant), auth.password_reset (urgent), marketing.digest
+    (bulk): the types and templates of the dispatcher's tests."""
+    from notifications.models import Category, NotificationTemplate, NotificationType, Urgency
+
+    def new_type(key, name, category, channels, **fields):
+        return NotificationType.objects.create(
+            key=key, name=name, category=category, default_channels=channels, **fields
+        )
+
+    def template(notification_type, channel, **text):
+        NotificationTemplate.objects.create(notification_type=notification_type, channel=channel, **text)
+
+    channels = ["email", "push", "sms", "inapp"]
+    shipped = new_type(
+        "order.shipped", "Order shipped", Category.TRANSACTIONAL, channels, sample_payload={"order": "1"}
+    )
+    order = {"subject": "Order {{ order }} shipped", "title": "Shipped", "body": "Your order {{ order }} is on its way"}
+    for channel in shipped.default_channels:
+        template(shipped, channel, html="<p>Order {{ order }}</p>", **order)
+    german = {"subject": "Bestellung {{ order }} versandt", "body": "Ihre Bestellung {{ order }} ist unterwegs"}
+    template(shipped, "email", locale="de", **german)
+    reset = new_type("auth.password_reset", "Reset", Category.SECURITY, ["email"], urgency=Urgency.URGENT)
+    template(reset, "email", subject="Reset", body="{{ url }}")
+    digest = new_type("marketing.digest", "Digest", Category.MARKETING, ["email", "push"], urgency=Urgency.BULK)
+    for channel in digest.default_channels:
+        template(digest, channel, subject="Digest", title="Digest", body="News")
+    return {"shipped": shipped, "reset": reset, "digest": digest}
 
 
 @pytest.fixture
@@ -321,3 +353,35 @@ def private_redis(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+# Browser tests (the campaign admin, the preference centre): Debian's chromium and chromium-driver.
+CHROMIUM = os.environ.get("CHROMIUM_BINARY") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"browser tests must run in CI, but {reason} (.ci/run installs chromium, chromium-driver)")
+    pytest.skip(f"{reason}: apt-get install chromium chromium-driver to run the browser tests")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session (starting one costs about a second)."""
+    try:
+        from selenium import webdriver
+    except ImportError:
+        _unavailable("selenium is not installed (pip install -e '.[dev]')")
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            _unavailable(f"{path} is missing")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # with the driver's path too, Selenium Manager downloads nothing
+    arguments = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400", "--lang=en-US")
+    for argument in arguments:
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()

@@ -469,7 +469,7 @@ def build_dispatcher_runner(*, batch_size: int | None = None, group: str | None 
         consumer("dispatcher").runner_config(
             group=group,
             batch_size=batch_size,
-            # ≈ 15 ms of dispatching: what an urgent event may wait for behind a digest.
+            # A few milliseconds of dispatching: what an urgent event may wait for behind a digest.
             bulk_batch_size=min(batch_size, 250),
             async_commit=True,
         ),

@@ -355,6 +355,28 @@ def private_redis(tmp_path):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def rsa_key():
+    """A throwaway RSA key (service-account assertions for FCM)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def dead_redis():
+    """A Redis client pointed at a local port with nothing listening (connecting gets ECONNREFUSED at
+    once), with short timeouts and no retries."""
+    from notifications.delivery.redis_client import make_redis_client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = make_redis_client(f"redis://127.0.0.1:{port}/0", socket_timeout=0.1, socket_connect_timeout=0.1, retries=0)
+    yield client
+    client.close()
+
+
 # Browser tests (the campaign admin, the preference centre): Debian's chromium and chromium-driver.
 CHROMIUM = os.environ.get("CHROMIUM_BINARY") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -187,6 +187,36 @@ def sandbox(tmp_path_factory):
     proc.stop()
 
 
+#: Provider rows of the tests that run workers against the sandboxes, by name: rates that never hold a
+#: test up, SMTP behind SendGrid.
+SANDBOX_PROVIDER_ROWS = {
+    "sendgrid": {"channel": "email", "kind": "sendgrid", "rate": 1000, "burst": 50, "priority": 1},
+    "smtp": {"channel": "email", "kind": "smtp", "rate": 1000, "burst": 50, "priority": 2},
+    "twilio": {"channel": "sms", "kind": "twilio", "rate": 1000, "burst": 50},
+    "fcm": {"channel": "push", "kind": "fcm", "rate": 1000, "burst": 50},
+    "apns": {"channel": "push", "kind": "apns", "rate": 1000, "burst": 50},
+    "webhook": {"channel": "webhook", "kind": "webhook", "rate": 1000, "burst": 50},
+    "inapp": {"channel": "inapp", "kind": "inapp", "rate": 10000, "burst": 500},
+}
+
+
+@pytest.fixture
+def sandbox_providers(db, sandbox):
+    """`sandbox_providers("sendgrid", "twilio")`: those providers' rows (SANDBOX_PROVIDER_ROWS), their
+    sandboxes reset to their start-up behaviour; returns the rows by name."""
+    from notifications.models import Provider
+
+    def create(*names: str) -> dict:
+        for name in names:
+            if name in SANDBOX_PROVIDERS:  # in-app has no sandbox
+                sandbox.client(name).reset(config=True)
+        rows = [Provider(name=name, **SANDBOX_PROVIDER_ROWS[name]) for name in names]
+        Provider.objects.bulk_create(rows)
+        return {row.name: row for row in rows}
+
+    return create
+
+
 class Platform:
     """Platform processes for one test, each with the test's database, topics and Redis prefix: the
     outbox relay in a thread, the other roles as `manage.py` subprocesses."""

@@ -12,28 +12,7 @@ Issue targets (issue 5):
 * end to end (batch expander -> channel workers -> provider sandbox enforcing the contract rate),
   the send rate while backlogged is >= 97% of the contract.
 
-What it does, in one bounded run:
-
-1. Creates its own database `bench_campaigns` with `createdb` as notif (dropped first if a
-   failed run left it), migrates it, and uses its own KAFKA_TOPIC_PREFIX / REDIS_KEY_PREFIX
-   (`benchcf<run>.` / `benchcf<run>:`), set before Django is set up.
-2. COPYs --users users with profiles (an e-mail address and a phone number each, attributes
-   {"plan": "free"|"pro"}) and --opted-out of them with a preference document opting out of
-   marketing e-mail and SMS; ANALYZE.
-3. Emission: a campaign on channels email + sms with the predicate
-   {"all": [{"field": "attributes.plan", "op": "in", "value": ["free", "pro"]}]} (everyone, but
-   through the predicate compiler), launched through the service (state change + outbox event),
-   the launch recorded as the orchestrator does on the event, then ONE CampaignOrchestrator in this
-   process pages it until every batch is emitted. Timed from the first page to the last
-   checkpoint; the per-page times and the batch topics' message counts are reported.
-4. Send rate: a Twilio sandbox enforcing --contract-rate (429 above it), the `twilio` Provider row
-   at the same rate, one `run_batch_expander --channel sms` and --workers `run_worker --channel sms`
-   processes. After --warmup seconds the sandbox's accepted count is sampled over --send-seconds
-   (the campaign is far from done, so the workers are backlogged throughout). Reported: sends/s,
-   share of the contract, the largest count in any 1 s window, 429s, duplicates. The e-mail
-   batches are not expanded (no e-mail expander runs): the send-rate phase measures one channel.
-5. Cleans up: cancels the campaign, stops every process (SIGTERM, must exit 0), deletes the run's
-   topics and Redis keys, drops the database (unless --keep-database).
+What it does, step by step: benchmarks/README.md, "campaign_fanout.py".
 """
 
 import argparse
@@ -462,6 +441,7 @@ def worker_baseline(args, env: dict[str, str], sandbox, tmp: Path, run: str) -> 
 
     from notifications.bus.config import producer_config
     from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
+    from notifications.bus.producing import produce_with_retry
     from notifications.bus.topics import channel_topic
     from notifications.dispatch.messages import channel_message
 
@@ -478,12 +458,7 @@ def worker_baseline(args, env: dict[str, str], sandbox, tmp: Path, run: str) -> 
                 priority="bulk", created_at=datetime.now(UTC).isoformat(), locale="en",
                 to={"phone": f"+49152{i:08d}"}, content={"body": "Sale: 20% off"},
             )  # fmt: skip
-            while True:
-                try:
-                    producer.produce(channel_topic("sms"), key=str(i).encode(), value=orjson.dumps(message))
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_with_retry(producer, channel_topic("sms"), orjson.dumps(message), str(i).encode(), None)
         assert producer.flush(60) == 0
         baseline_env = {**env, "KAFKA_TOPIC_PREFIX": prefix, "REDIS_KEY_PREFIX": f"{prefix[:-1]}:"}
         return send_rate(args, None, baseline_env, sandbox, tmp, expander=False)

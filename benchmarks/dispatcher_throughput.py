@@ -5,39 +5,7 @@
 
 Issue target: >= 5,000 events/s warm on one dispatcher process, and say what limits it.
 
-What it does, in one run:
-
-1. Uses a dedicated database (`--database`, default `bench_notifications`; created with
-   `CREATE DATABASE` and migrated if missing), so the development database is never touched, and
-   its own KAFKA_TOPIC_PREFIX / REDIS_KEY_PREFIX (`benchdisp<run>.` / `benchdisp<run>:`), set before
-   Django is set up. Topics are created with `ensure_topics()` and deleted at the end.
-2. COPYs --users users into auth_user and preferences_recipientprofile (every user has an e-mail,
-   1% of them marked invalid; ~30% a phone; ~30% one or two push devices; ~20% a preference
-   document: channel opt-outs, a few global mutes, generous frequency caps, quiet hours outside
-   the current time), and creates the type `bench.order_shipped` (transactional; email, push, sms,
-   inapp) with a template per channel (plus a `de` e-mail template).
-3. Produces one v1 event envelope per user (`build_event_envelope`) to `<prefix>notif.events`,
-   key = user id.
-4. Runs ONE `Dispatcher` in this process through a `ConsumerRunner` (--batch-size) until every
-   event was handled (a counting wrapper around handle_batch), three times, each time from a new
-   consumer group:
-   * cold: the run's `prefs:*` keys are flushed first (every preference read misses Redis and goes
-     to PostgreSQL, which also warms the cache; templates are compiled on first use);
-   * warm: the same events again with the cache full. The delivery log's "first decision wins"
-     (INSERT ... ON CONFLICT DO NOTHING) makes this pass's log writes no-ops (the conflict check
-     still costs an index probe per row), and the dispatcher produces every message again (no
-     workers run, so nothing is sent);
-   * profiled: cProfile around handle_batch for the first --profile-events events (warm cache);
-     its rate is NOT a throughput figure (cProfile slows Python code down), only the shape counts.
-   Events/s are measured from the start of the first handle_batch to the moment the last batch is
-   complete, its delivery-log rows stored and its messages acknowledged (the dispatcher finishes
-   each batch on its writer thread while the next one is handled); so the consumer-group join is
-   excluded, and polling and committing between batches are included.
-   Messages per channel are counted from the channel topics' high watermarks. Each pass also
-   reports a phase breakdown of the handler (timers around the dispatcher's own calls) and the CPU
-   used by this process, PostgreSQL, Kafka and Redis (from /proc).
-5. Cleans up: the run's rows (delivery log, devices, documents, profiles, users, the type and its
-   templates if this run created them), Redis keys and topics (and consumer groups).
+What it does, step by step: benchmarks/README.md, "dispatcher_throughput.py".
 """
 
 import argparse
@@ -278,6 +246,7 @@ def produce_events(topic: str, ids: list[int], run: str) -> float:
     from confluent_kafka import Producer
 
     from notifications.bus.config import producer_config
+    from notifications.bus.producing import produce_with_retry
     from notifications.outbox.envelope import build_event_envelope
 
     producer = Producer(producer_config())
@@ -305,12 +274,7 @@ def produce_events(topic: str, ids: list[int], run: str) -> float:
             source="bench",
             producer_event_id=f"bench-{run}-{i}",
         )
-        while True:
-            try:
-                producer.produce(topic, key=str(uid).encode(), value=orjson.dumps(envelope), on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_with_retry(producer, topic, orjson.dumps(envelope), str(uid).encode(), None, on_delivery)
         producer.poll(0)
     remaining = producer.flush(120)
     if remaining or errors:

@@ -3,30 +3,7 @@
     .venv/bin/python benchmarks/dlq_triage.py [--messages 100000] [--batch-size 1000] [--partitions 6]
                                               [--unknown-fingerprints 20] [--database bench_notifications]
 
-What it does, in one run:
-
-1. Uses a dedicated database (`--database`, default `bench_notifications`; created with
-   `CREATE DATABASE` and migrated if missing), so the development database is never touched, and
-   its own KAFKA_TOPIC_PREFIX / REDIS_KEY_PREFIX (`benchdlq<run>.` / `benchdlq<run>:`), set before
-   Django is set up. Only the six DLQ topics are created (`notif.<channel>.dlq`, `notif.events.dlq`)
-   and they are deleted at the end.
-2. Produces --messages dead letters shaped like the real ones: channel messages (~0.7 KB) with the
-   worker's headers and an error history of 1-8 entries (invalid address 35%, rejected payload
-   15%, provider outage 20%, retries exhausted 10%, provider auth 5%, unknown 5% spread over
-   --unknown-fingerprints new failures) and dispatcher events-DLQ entries (10%: unknown type,
-   undecodable JSON). The generator knows the category every message must get.
-3. Pass "first": ONE `DlqTriageHandler` in this process through a `ConsumerRunner` (--batch-size)
-   until every message is handled; rows/s is measured from the start of the first handle_batch
-   to the end of the last (the group join is excluded; polls and commits are included), with a
-   phase split (parse + categorise / INSERT … ON CONFLICT / paging) and the CPU of this process,
-   PostgreSQL and Kafka. The pager logs (ERROR line + metric) but has no webhook or e-mail.
-4. Pass "redelivery": the same messages again from a new consumer group (as after a crash before
-   the commit): every row conflicts, nothing changes; rows/s of the idempotent path.
-5. Verification: rows = messages, per-category counts = what the generator expects, one page per
-   unknown fingerprint, and the redelivery changed nothing.
-6. Cleans up: the run's rows (by DLQ topic prefix), Redis keys, topics and consumer groups.
-
-Bounded: --messages is capped at 2,000,000, every pass has --timeout seconds (default 600).
+What it does, step by step: benchmarks/README.md, "dlq_triage.py".
 """
 
 import argparse
@@ -143,11 +120,13 @@ def channel_body(rng: random.Random, channel: str, n: int) -> dict:
 
 def dead_letter(rng: random.Random, n: int, what: str, unknown_kinds: int, topic_prefix: str):
     """(topic, key, value, headers, expected category, unknown fingerprint label or None)."""
+    from notifications.bus.dead_letters import dead_letter_headers
+
     now = time.time()
     if what == "events":
         if rng.random() < 0.5:
             value = b'{"v": 1, "id": "broken' + str(n).encode()  # undecodable JSON
-            headers = {"error-class": "invalid_json", "error": "not JSON: unexpected end of data: line 1 column 30"}
+            error_class, error = "invalid_json", "not JSON: unexpected end of data: line 1 column 30"
         else:
             event = {
                 "v": 1,
@@ -159,8 +138,8 @@ def dead_letter(rng: random.Random, n: int, what: str, unknown_kinds: int, topic
                 "source": "shop",
             }
             value = orjson.dumps(event)
-            headers = {"error-class": "unknown_type", "error": "unknown or disabled notification type 'order.refunded'"}
-        headers["origin-topic"] = f"{topic_prefix}notif.events"
+            error_class, error = "unknown_type", "unknown or disabled notification type 'order.refunded'"
+        headers = dead_letter_headers(origin_topic=f"{topic_prefix}notif.events", error_class=error_class, error=error)
         return f"{topic_prefix}notif.events.dlq", b"k", value, headers, "invalid_payload", None
     # A new kind of failure happens on one channel (its fingerprint includes channel and provider).
     kind = rng.randrange(unknown_kinds) if what == "unknown" else 0
@@ -196,16 +175,16 @@ def dead_letter(rng: random.Random, n: int, what: str, unknown_kinds: int, topic
         }
         for i, (c, s, code, msg) in enumerate(history)
     ]
-    headers = {
-        "idempotency-key": body["id"],
-        "attempt": str(len(history)),
-        "first-attempt-at": f"{errors[0]['at']:.3f}",
-        "origin-topic": f"{topic_prefix}notif.{channel}",
-        "error-class": error_class,
-        "error": history[-1][3],
-        "errors": orjson.dumps(errors).decode(),
-        "provider": provider,
-    }
+    headers = dead_letter_headers(
+        origin_topic=f"{topic_prefix}notif.{channel}",
+        error_class=error_class,
+        error=history[-1][3],
+        idempotency_key=body["id"],
+        attempt=len(history),
+        first_attempt_at=errors[0]["at"],
+        errors=errors,
+        provider=provider,
+    )
     return f"{topic_prefix}notif.{channel}.dlq", str(body["user_id"]).encode(), orjson.dumps(body), headers, what, label
 
 
@@ -215,6 +194,7 @@ def produce_dead_letters(n: int, seed: int, unknown_kinds: int, topic_prefix: st
     from confluent_kafka import Producer
 
     from notifications.bus.config import producer_config
+    from notifications.bus.producing import produce_with_retry
 
     rng = random.Random(seed)
     cumulative, acc = [], 0.0
@@ -235,18 +215,7 @@ def produce_dead_letters(n: int, seed: int, unknown_kinds: int, topic_prefix: st
         if label:
             labels.add(label)
         size += len(value) + sum(len(k) + len(v) for k, v in headers.items())
-        while True:
-            try:
-                producer.produce(
-                    topic,
-                    key=key,
-                    value=value,
-                    headers=list(headers.items()),
-                    on_delivery=lambda err, _m: err and errors.append(err),
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_with_retry(producer, topic, value, key, headers, lambda err, _m: err and errors.append(err))
         if i % 20_000 == 0 and i:
             log(f"  produced {i:,}")
     if producer.flush(120) or errors:

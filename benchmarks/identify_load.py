@@ -4,19 +4,7 @@
                                                  [--bulk-concurrency 2] [--single-seconds 10]
                                                  [--single-concurrency 16] [--workers 2]
 
-1. Uses its own database (`notif_bench_identify` on the same server, created and migrated if needed),
-   creates an API key for service "bench-identify" and starts uvicorn (`config.asgi`, --workers) on a
-   free 127.0.0.1 port.
-2. Bulk: POSTs `--recipients` new recipients (e-mail, phone, locale, time zone, two attributes, one push
-   token each) to `/api/v1/recipients/bulk` in requests of `--bulk-size`, `--bulk-concurrency` at a
-   time; then the same ids again (every one an update). Prints recipients/s for each pass and the CPU
-   that the client, the uvicorn processes, PostgreSQL and everything else spent per 1,000 recipients.
-3. Single: `PUT /api/v1/recipients/{id}` for `--single-seconds` with `--single-concurrency`
-   connections (new ids, then updates of them): requests/s, p50, p99.
-4. Verifies that every recipient exists, then removes the run's users (and with them their profiles
-   and devices) and the API key.
-
-The machine has 2 cores shared by the client, the server and PostgreSQL: figures are a floor.
+What it does, step by step: benchmarks/README.md, "identify_load.py".
 """
 
 import argparse

@@ -1,27 +1,9 @@
-"""Load test of `POST /api/v1/events` through gunicorn, on loopback.
+"""Load test of `POST /api/v1/events` through uvicorn (ASGI) and gunicorn gthread (WSGI), side by side, on loopback.
 
-    .venv/bin/python benchmarks/ingest_load.py [--duration 15] [--concurrency 16] [--workers 2]
-                                               [--threads 4] [--requests N] [--client raw|httpx]
+    .venv/bin/python benchmarks/ingest_load.py [--servers gthread,uvicorn] [--duration 15] [--concurrency 16]
+                                               [--workers 2] [--threads 4] [--requests N] [--client raw|httpx]
 
-What it does:
-
-1. Creates the NotificationType `bench.event` (unless it exists) and an API key for service "bench";
-   refuses to start if a `relay_outbox` is connected (it would drain the rows being counted).
-2. Starts gunicorn (`config.wsgi`, gthread, --workers x --threads) on a free 127.0.0.1 port with its
-   own environment: a unique KAFKA_TOPIC_PREFIX (so the run's outbox rows are recognisable by topic),
-   DJANGO_DEBUG=0, LOG_LEVEL=WARNING, METRICS_PORT=0.
-3. Runs two scenarios, each for --duration seconds (or --requests requests, whichever ends first),
-   with --concurrency keep-alive connections driven by one asyncio loop:
-   `single` (one event, one recipient per request) and `batch` (100 such events per request).
-   It reports requests/s, events/s, latency percentiles, errors, and the CPU each party used.
-4. Checks that the outbox grew by exactly the number of accepted events (rows with the run's topic)
-   and that "bench" AcceptedEvent rows grew by the same number.
-5. Cleans up: stops gunicorn, deletes the run's outbox rows, the AcceptedEvent rows of service
-   "bench", the API key and the type (if this run created it).
-
-The machine has 2 cores: the load client, gunicorn and PostgreSQL share them, so the figures are a
-floor for what the server does on its own. The default client is a minimal asyncio HTTP/1.1 client
-(much cheaper per request than httpx); its CPU share is printed with the results.
+What it does, step by step: benchmarks/README.md, "ingest_load.py".
 """
 
 import argparse

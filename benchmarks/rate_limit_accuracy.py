@@ -15,39 +15,7 @@ one `Provider` row `twilio` with rate R and burst B):
 and, without a limit (Provider rate 100,000), >= 1,000 sends/s per worker process at 100 ms provider
 latency, through concurrency (WORKER_CONCURRENCY bounds in-flight sends).
 
-What it does:
-
-1. Uses a dedicated database (`--database`, default `bench_notifications`; created with
-   `CREATE DATABASE` and migrated if missing) so the development database is never touched.
-2. Starts ONE Twilio sandbox (`SandboxProcess`, port 0, 127.0.0.1) and points the workers at it
-   through their environment (platform/sandbox.env with the sandbox's URL).
-3. Per scenario: a fresh KAFKA_TOPIC_PREFIX and REDIS_KEY_PREFIX (`benchrl<run><n>.` / `:`; the
-   sms topics are created with `ensure_topics()` with --partitions partitions, so 16 workers all
-   get a partition), the sandbox is reset and configured (rate, latency), the `twilio` Provider
-   row gets the scenario's rate/burst, and a backlog of --messages v1 sms messages is produced to
-   `notif.sms`: by default (`--start workers-first`) once every worker process has joined the
-   consumer group and holds its partitions (a spike hitting a running fleet; the clock and the CPU
-   meter start then), or before the workers start (`--start backlog-first`: their start-up and the
-   group's rebalances fall into the busy span). The workers run until the sandbox has accepted
-   them all (bounded by --scenario-timeout), get SIGTERM and must exit 0.
-   * `open`: the sandbox's own limit is far above R (--open-sandbox-rate): we measure OUR limiter.
-   * `contract`: the sandbox enforces exactly R (a plain 1 s sliding window, as Twilio would), so
-     every request our limiter lets through too early is answered 429.
-   Figures come from the sandbox's record of accepted requests (arrival times on the sandbox's
-   monotonic clock, the same timestamps its limiter uses): max 1 s window (exact), utilisation over
-   the whole busy span (first to last accepted request) and over the middle 90% of the requests
-   (robust to start-up and the tail), the quietest and busiest whole second, 429s, duplicate
-   idempotency keys. Also: CPU of the workers, the sandbox, Redis and Kafka (from /proc), and Redis
-   script calls (EVALSHA, machine-wide: slot bookings + dedup confirms) per accepted send, and the
-   booked slots the workers gave up for waking too late (from their logs).
-4. Throughput rows `LATENCY_MS:CONCURRENCY[:MAX_CONNECTIONS]`: one worker process, Provider rate
-   100,000, sandbox latency fixed at LATENCY_MS. The optional MAX_CONNECTIONS sets
-   TWILIO_MAX_CONNECTIONS in the worker's environment (default: max(200, WORKER_CONCURRENCY)).
-5. Cleans up: topics, Redis keys, the run's delivery-log rows, the Provider row (restored if it
-   existed), the sandbox.
-
-Every process runs on this machine: on a 2-core box 16 worker processes (plus the sandbox, Kafka,
-Redis and PostgreSQL) are CPU-starved, and the report shows the CPU figures that say so.
+What it does, step by step: benchmarks/README.md, "rate_limit_accuracy.py".
 """
 
 import argparse
@@ -179,6 +147,7 @@ def produce_backlog(n: int, type_key: str) -> float:
     from confluent_kafka import Producer
 
     from notifications.bus.config import producer_config
+    from notifications.bus.producing import produce_with_retry
     from notifications.bus.topics import channel_topic
     from notifications.dispatch.messages import channel_message
 
@@ -200,18 +169,9 @@ def produce_backlog(n: int, type_key: str) -> float:
             to={"phone": f"+4915{i:09d}"}, content={"body": f"Your order A-{i:07d} has shipped and arrives tomorrow."},
         )  # fmt: skip
         key = body["id"]
-        while True:
-            try:
-                producer.produce(
-                    topic,
-                    key=str(user_id).encode(),
-                    value=orjson.dumps(body),
-                    headers=[("idempotency-key", key.encode())],
-                    on_delivery=on_delivery,
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_with_retry(
+            producer, topic, orjson.dumps(body), str(user_id).encode(), [("idempotency-key", key.encode())], on_delivery
+        )
         producer.poll(0)
     remaining = producer.flush(120)
     if remaining or errors:
@@ -359,6 +319,7 @@ class Bench:
         from django.conf import settings
 
         from notifications.bus.config import consumer_config
+        from notifications.bus.consumers import consumer
         from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics
         from notifications.models import Provider
 
@@ -366,7 +327,7 @@ class Bench:
         topic_prefix, redis_prefix = f"benchrl{self.run}{self.index}.", f"benchrl{self.run}{self.index}:"
         self.prefixes.append(topic_prefix)
         settings.KAFKA_TOPIC_PREFIX, settings.REDIS_KEY_PREFIX = topic_prefix, redis_prefix
-        self.groups.append(consumer_config("worker.sms")["group.id"])  # run_worker's group under this prefix
+        self.groups.append(consumer_config(consumer("worker-sms").group)["group.id"])  # run_worker's, under this prefix
         settings.KAFKA_DEFAULT_PARTITIONS = self.args.partitions
         log(
             f"[{label}] prefix {topic_prefix}: {workers} worker(s), provider {provider_rate:g}/s "

@@ -3,33 +3,7 @@
     .venv/bin/python benchmarks/redis_cluster.py [--seconds 5] [--clients 1,4] [--batch 200] [--buckets 4]
                                                  [--memory-keys 1000000] [--e2e-messages 10000]
 
-Side by side in one run, for a single node (--single URL; by default a private `redis-server` this
-script starts on a free loopback port, configured as `platform/services` configures its own, so that
-no one else's traffic lands in its figures) and the cluster (--cluster, default the REDIS_URL of
-`platform/services --cluster env`):
-
-* dedup: `DedupStore.claim_many` of --batch new keys then `confirm_many` of them, as a worker does for
-  a polled batch (one pipeline each; on the cluster one pipeline per master). Figure: messages/s
-  (one claim + one confirm each).
-* booking: `TokenBucket.book` of up to 20 slots on one of --buckets provider buckets (rate 1,000,000/s,
-  so every call books), as the dispensers do. Figure: script calls/s. One bucket is one key, so one
-  provider's bookings always land on one master; several providers spread over the masters.
-
-Each row runs N client processes (--clients) for --seconds; reported with the Redis servers' CPU per
-operation (every redis-server process of the topology, replicas included, from /proc) and the
-clients' CPU per operation. On a 2-core machine the Python clients are the first limit: the server
-CPU per operation is the figure that says what a bigger machine would see.
-
---memory-keys N writes N sent markers as the dedup confirm leaves them (`SET … sent PX 86400000`,
-keys `notif:dedup:{dNNN}:<uuid>:<user>:email`) to the cluster and reports `used_memory` (INFO memory,
-summed over the masters) per million keys, and `MEMORY USAGE` of sampled keys; on the single node
-the `MEMORY USAGE` sample only (it is shared: its used_memory moves with other people's work).
-
---e2e-messages N (0: skip) also runs `benchmarks/rate_limit_accuracy.py --skip-accuracy` (one
-`run_worker --channel sms`, unthrottled sandbox, 0 ms latency, concurrency 200) once per topology
-with REDIS_URL set to it, and prints its worker throughput row for each: sends/s end to end.
-
-Every key lives under a run prefix (`benchrc<run>:`) and is deleted at the end.
+What it does, step by step: benchmarks/README.md, "redis_cluster.py".
 """
 
 from __future__ import annotations

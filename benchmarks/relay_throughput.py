@@ -3,26 +3,7 @@
     .venv/bin/python benchmarks/relay_throughput.py [--events 200000] [--batch-size 2000]
         [--relays 0] [--payload-bytes 1024] [--repeat 1] [--stats asis|empty|fresh]
 
-What it does:
-
-1. Creates topics under a unique KAFKA_TOPIC_PREFIX (`<prefix>notif.bench.relay.<run>` and
-   `<prefix>notif.bench.raw`) and refuses to start unless the outbox is empty and no other
-   `relay_outbox` session is connected (they would share the buckets and skew the figures).
-2. Starts the relay first, idle: in-process (`--relays 0`, default: one `OutboxRelay` in a thread,
-   with a time breakdown per phase) or `--relays K` subprocesses of `manage.py relay_outbox`; it
-   waits until the OUTBOX_BUCKETS advisory locks are held and fairly shared.
-3. Per run (--repeat): COPYs N rows (~--payload-bytes of JSON each, keys spread over --users users,
-   headers like the ingest API writes) into notifications_outboxevent in one transaction (rows/s
-   reported). The commit fires the NOTIFY that wakes the relay: the relay clock runs from the commit
-   until the outbox holds none of the run's rows. It records the plan PostgreSQL picks for the
-   claim query, the outbox table's scan counters and the CPU used by relay, PostgreSQL, Kafka and
-   everything else (other people's jobs on a shared machine depress the figures; it warns).
-4. Verifies the relay topic's high watermarks sum to N (and, unless --no-consume-check, consumes
-   every message and checks count, no duplicates and per-key order).
-5. Raw ceiling: a confluent-kafka Producer with the same producer_config() sends the same N
-   (key, value, headers) to the raw topic and flushes once; then again flushing every
-   --batch-size messages, as the relay must.
-6. Cleans up: stops the relays, deletes the run's outbox rows (by topic prefix) and its topics.
+What it does, step by step: benchmarks/README.md, "relay_throughput.py".
 """
 
 import argparse
@@ -55,6 +36,7 @@ from django.conf import settings  # noqa: E402
 
 from notifications.bus.config import producer_config  # noqa: E402
 from notifications.bus.kafka_admin import delete_topics_with_prefix, ensure_topics  # noqa: E402
+from notifications.bus.producing import produce_with_retry  # noqa: E402
 from notifications.bus.topics import TopicSpec  # noqa: E402
 from notifications.models import bucket_for_key  # noqa: E402
 from notifications.outbox.relay import (  # noqa: E402
@@ -400,7 +382,6 @@ class SubprocessRelays:
 # --- raw producer -------------------------------------------------------------------------------------
 def raw_produce(topic: str, msgs, flush_every: int | None = None) -> float:
     producer = Producer(producer_config())
-    produce = producer.produce
     errors = []
 
     def on_delivery(err, _msg):
@@ -410,12 +391,7 @@ def raw_produce(topic: str, msgs, flush_every: int | None = None) -> float:
     producer.list_topics(topic, timeout=10)  # warm up: connection and metadata, like a running relay
     t0 = time.perf_counter()
     for i, (key, value, headers) in enumerate(msgs, 1):
-        while True:
-            try:
-                produce(topic, value=value, key=key.encode(), headers=list(headers.items()), on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_with_retry(producer, topic, value, key.encode(), headers, on_delivery)
         if flush_every and i % flush_every == 0:
             producer.flush(30)
     remaining = producer.flush(60)

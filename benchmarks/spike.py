@@ -5,27 +5,12 @@
                                          [--variants lanes,naive] [--out-dir DIR]
     make spike SPIKE_ARGS="--users 3000 --contract-rate 200 --rest-seconds 10 --after-seconds 5"
 
-Per variant (`lanes`: PRIORITY_LANES=1, `naive`: PRIORITY_LANES=0, one FIFO lane per channel) it
-starts the provider sandbox (SendGrid, enforcing exactly --contract-rate in a rolling 1 s window),
-the web process (uvicorn, as the Procfile), relay_outbox, run_dispatcher, run_campaign_orchestrator,
-run_batch_expander and --workers
-run_worker processes, all for e-mail, with the variant's own topic prefix and Redis key prefix. An
-open-loop stream POSTs one urgent one-time code (OTP) per request at --otp-rate through all phases:
-
-* `rest`        --rest-seconds of OTPs alone;
-* `api-digest`  a digest to every user POSTed as events (500 per request, --post-concurrency
-                clients, as fast as the API takes them), until every digest e-mail reached the sandbox;
-* `campaign`    the same digest as a campaign launched through `campaigns.services`, until all arrived;
-* `after`       --after-seconds of OTPs alone.
-
-Printed per phase and variant: OTP latency p50/p99/max (client POST -> the sandbox's arrival time),
-provider rate per second vs the contract, the largest count in any 1 s window, 429s, the bulk
-utilisation of the budget the OTPs left, lost and duplicated (event, recipient, channel) pairs, and
-where the backlog sat (outbox rows, notif.events / notif.email consumer lag). Also written: a PNG
-of rate, latency and backlog over time and `report.md`, into --out-dir. Targets and the why:
-benchmarks/README.md, "spike.py". Exit status 1 when a variant did not complete or `lanes` misses
-a target.
-"""
+Per variant (`lanes`: PRIORITY_LANES=1, `naive`: one FIFO lane per channel) it runs the whole pipeline
+for e-mail against a SendGrid sandbox enforcing exactly --contract-rate, while an open-loop stream
+POSTs urgent one-time codes through the phases `rest`, `api-digest`, `campaign` and `after`; it prints
+OTP latency, provider rate, 429s, bulk utilisation, lost and duplicated pairs and where the backlog
+sat, and writes a PNG and `report.md` into --out-dir. Exit status 1 when a variant did not complete
+or `lanes` misses a target. Set-up, phases, targets and the why: benchmarks/README.md, "spike.py"."""
 
 import argparse
 import asyncio

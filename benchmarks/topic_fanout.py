@@ -14,26 +14,7 @@ Issue targets (issue 16):
 * bulk subscription writes through `POST /api/v1/topics/{key}/subscribers` (10,000 ids per
   request) reach >= 50,000 subscriptions/s.
 
-What it does, in one bounded run:
-
-1. Creates its own database `bench_topics` (dropped first if a failed run left it), migrates it,
-   and uses its own KAFKA_TOPIC_PREFIX / REDIS_KEY_PREFIX (`benchtf<run>.`), set before Django is set up.
-2. COPYs --subscribers users with profiles (e-mail and phone each; `campaign_fanout.load_users`,
-   none opted out) and their subscriptions to topic `bench:show` (COPY); ANALYZE.
-3. Subscription writes: --api-subscriptions of the same users subscribed to a second topic through
-   the API (in-process WSGI, Django's test client: the view, validation, id resolution and the
-   INSERT, without an HTTP server), 10,000 ids per request, timed; then the same ids again (all
-   `unchanged`).
-4. Emission: one event `{"target": {"topic": "bench:show"}}` POSTed to `/api/v1/events` (202; the
-   fanout row and its launch event committed together), the launch recorded as the orchestrator
-   does on the event, then ONE CampaignOrchestrator in this process pages it until every batch is
-   emitted. Timed from the first page to the last checkpoint.
-5. Send rate: `campaign_fanout.send_rate` — a Twilio sandbox enforcing --contract-rate, one
-   `run_batch_expander --channel sms` and --workers `run_worker --channel sms` processes; the type is
-   a product update, so its messages travel in the priority lane (`notif.sms`). Reported: sends/s,
-   share of the contract, the largest 1 s window, 429s, duplicate ids.
-6. Cleans up: cancels the fanout, stops every process, deletes the run's topics and Redis keys,
-   drops the database (unless --keep-database).
+What it does, step by step: benchmarks/README.md, "topic_fanout.py".
 """
 
 import argparse

@@ -1,14 +1,7 @@
 """Fanout events: one producer event addressed to a topic or an audience predicate, sent through the
-campaign machinery.
-
-The ingest stores the event once (``AcceptedEvent``, idempotent by event id) and, in the same
-transaction, :func:`fanout_create` turns it into a ``Campaign`` row of kind *fanout* — the type's
-templates as its copy, the event's data, the topic (a keyset join in the audience page) or the
-predicate, the excluded users — already *scheduled* under a launch id equal to the event's platform
-id, plus the ``campaign.launched`` event in the outbox. From there the orchestrator pages it, the
-expanders pace and render it, the workers send it and the admin shows, pauses and cancels it, as for
-any campaign. Why this shape: docs/architecture.md, "Fanout events".
-"""
+campaign machinery. :func:`fanout_create` turns the accepted event, in its transaction, into a
+scheduled ``Campaign`` of kind *fanout* and its launch event. See docs/architecture.md, "Topics and
+fanout events"."""
 
 from __future__ import annotations
 

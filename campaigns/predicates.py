@@ -1,28 +1,9 @@
 """Audience predicates: a small JSON language over whitelisted fields and operators, compiled to a Q.
 
-A predicate is a tree of groups and conditions::
-
-    {"all": [
-        {"field": "attributes.country", "op": "eq", "value": "DE"},
-        {"field": "profile.locale", "op": "in", "value": ["de", "de-ch"]},
-        {"any": [{"field": "user.date_joined", "op": "within_days", "value": 30},
-                 {"field": "opted_in:marketing:push", "op": "is", "value": true}]},
-        {"not": {"field": "muted", "op": "is", "value": true}}
-    ]}
-
-Groups: ``all`` (AND; an empty list matches everyone), ``any`` (OR; an empty list matches nobody),
-``not``. Conditions name a field of :data:`FIELDS` (or a pattern: ``attributes.<key>``,
-``opted_out:<category>:<channel>``, ``opted_in:<category>:<channel>``, ``reachable:<channel>``,
-``has_device:<platform>``) and one of the operators its kind allows (:data:`OPERATORS`).
-
-Nothing from the predicate reaches SQL as text: field names map to fixed ORM paths, operators to
-fixed lookups, attribute keys are checked against a strict pattern and passed to ``KeyTransform``
-(a bound parameter), values are type-checked and bound. Every condition compiles to a boolean that
-is never NULL (``COALESCE(…, false)``), so ``not`` means exactly "does not match", also for users
-without a profile or without the attribute. Anything else raises ``ValidationError`` whose messages
-carry the JSON path of the offending node, e.g. ``all[1].op: 'like' is not an operator of
-profile.locale (use one of: eq, ne, in, …)``.
-"""
+A predicate is a tree of groups (``all``, ``any``, ``not``) and conditions
+(``{"field": "attributes.country", "op": "eq", "value": "DE"}``) over :data:`FIELDS` and the
+operators of :data:`OPERATORS`; nothing of it reaches SQL as text. See docs/architecture.md,
+"Campaigns" (Audience predicates)."""
 
 from __future__ import annotations
 

@@ -1,41 +1,6 @@
-"""Live campaign progress: Redis counters written by the expanders and workers, flushed to PostgreSQL.
-
-Keys (all under ``settings.REDIS_KEY_PREFIX``; ``{c<id>}`` is the campaign's hash tag, so every key
-below shares one Redis Cluster slot and one MULTI or script may touch them together):
-
-* ``campaign:{c<id>}:progress`` — hash of counters: ``queued`` (per-recipient messages handed to the
-  workers), ``suppressed`` (dropped at expansion: no contact point, opted out since the batch was
-  emitted, kill switch), ``extra`` (push messages beyond one per user), ``failed``, ``deduplicated``
-  (messages redelivered after they were sent), ``halted`` (queued messages a worker dropped: the
-  campaign was cancelled; also counted in ``suppressed``). Every queued message ends as one of
-  ``sent``, ``failed`` or ``halted``: the campaign is complete when their sum reaches ``queued``
-  (``outstanding``). The same hash holds ``suppressed:<reason>`` (the
-  expansion's suppressions by reason, e.g. ``suppressed:frequency_cap``) and ``deferred``
-  (recipients waiting for the end of their quiet hours in a deferred batch; back to 0 once those
-  batches are expanded).
-* ``campaign:{c<id>}:counted`` — the "<counter>:<message id>" already counted by ``record_outcomes``.
-* ``campaign:{c<id>}:rate:sent`` / ``campaign:{c<id>}:rate:queued`` — hash of epoch second → count,
-  for the current rates (expire after two minutes of silence).
-* ``campaign:{c<id>}:expanded:<launch>`` — set of "<channel>:<batch>" fully expanded (completion).
-* ``campaign:{c<id>}:deferred:<launch>`` — set of "<channel>:<batch>" of quiet-hours batches
-  scheduled but not yet expanded (completion waits for them).
-* ``campaign:{c<id>}:cursor:<launch>:<channel>:<batch>`` — how far a batch has been expanded (a
-  deferred batch's ``batch`` is its string id, e.g. ``3.q1000@29412360``).
-
-``sent`` is not in the progress hash: the dedup confirm that records a send counts it, in the same
-script, in a counter of the dedup key's own slot (``campaign:<id>:sent:{<dedup shard>}``, see
-``DedupStore.confirm_many``); the campaign's ``sent`` is the sum of those shards.
-
-The orchestrator's own numbers (audience size, batches emitted, suppressed in SQL) are written to
-PostgreSQL at each checkpoint, exactly. The counters here are written after the fact they count is
-durable (message acknowledged by Kafka, outcome settled by the worker); expansion counters move in
-the same MULTI as the batch cursor, so a re-expanded chunk is never counted twice.
-
-RedisError policy: progress never fails a delivery. The workers' ``record_outcomes(strict=True)``
-raises, so their settle is retried once Redis is back (counting once makes that safe: completion
-depends on these counts); other callers log and drop (``campaign_progress_dropped_total``); the
-flush skips a round; the JSON endpoint falls back to the last flushed values.
-"""
+"""Live campaign progress: Redis counters written by the expanders and workers, each outcome counted
+once, flushed to PostgreSQL by the orchestrator. Keys, completion and the RedisError policy:
+docs/architecture.md, "Campaigns" (Progress)."""
 
 from __future__ import annotations
 

@@ -1,17 +1,6 @@
-"""Read-side queries of campaigns: the audience, one keyset page of it, and estimates.
-
-The audience of a campaign is ``active users ∧ predicate``. For each channel a user is *eligible*
-when preferences allow the campaign's category on that channel (:func:`preferences.selectors.
-allowed_users_q`, is_allowed as SQL) and a valid contact point exists (:func:`contact_available_q`).
-:func:`audience_page` returns one page of the audience with a flag per channel, in ONE query:
-``WHERE id > last AND predicate ORDER BY id LIMIT n`` (keyset: the cost of a page does not grow
-with its position, unlike OFFSET).
-
-In a page query the preference rule is :func:`allowed_by_document_q`, ``allowed_users_q`` written
-against a LEFT JOIN of the user's one document (why: docs/architecture.md, "Campaigns", departures);
-``test_allowed_by_document_q_matches_allowed_users_q`` checks the two agree. Estimates keep
-``allowed_users_q``.
-"""
+"""Read-side queries of campaigns: the audience (``active users ∧ predicate``), one keyset page of it with
+each channel's eligibility in the same query, and estimates. See docs/architecture.md, "Campaigns"
+(Orchestrator, and its departures)."""
 
 from __future__ import annotations
 

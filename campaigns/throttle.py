@@ -1,21 +1,6 @@
-"""The campaign throttle: at most N sends per second for one campaign, across every worker.
-
-Two token buckets use a campaign's throttle, both global (Redis ``TIME`` is the only clock):
-
-* ``campaign:{id}`` — taken by the channel worker right before a send of a message whose
-  ``meta.throttle`` is set (:func:`campaign_throttle_take`); this is the exact limit.
-* ``campaign-pace:campaign:{id}`` — taken by the batch expander before it releases per-recipient
-  messages to ``notif.<channel>`` (:mod:`campaigns.expansion.expander`), so the topic never holds more
-  than a moment's worth of a throttled campaign (pause and cancel take effect at once, and
-  transactional messages are not queued behind it).
-
-The burst is small (``CAMPAIGN_THROTTLE_BURST_SECONDS`` x rate, at least 1): the largest count
-in any 1 s window is at most rate + burst, and a marketer's "100/s" should mean about that.
-
-RedisError policy: fail closed. ``TokenBucket`` raises ``RateLimiterUnavailable`` (no local
-fallback), exactly like the provider bucket, and the worker already parks such a message in a
-retry tier; a campaign is never sent unthrottled because Redis is down.
-"""
+"""The campaign throttle: at most N sends per second for one campaign, across every worker, from a global
+token bucket (Redis ``TIME`` the only clock) that fails closed. See docs/architecture.md, "Campaigns"
+(Throttle)."""
 
 from __future__ import annotations
 

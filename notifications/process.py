@@ -47,8 +47,8 @@ def run_consumer(name: str, *, metrics_port: int | None = None, instance: str | 
     install_stop_handlers(runner.stop_event)
     start_metrics_server(metrics_port, default=spec.metrics_port, dependencies=spec.dependencies)
     # Full collections scan every object alive; after start-up that is mostly Django, the libraries
-    # and the settings, which live as long as the process (gen-2 pauses of 55-120 ms every few
-    # seconds in a worker: gaps in its sends). Freezing the start-up heap leaves the work's objects.
+    # and the settings, which live as long as the process (a gen-2 pause every few seconds in a
+    # worker: gaps in its sends). Freezing the start-up heap leaves the work's objects.
     gc.collect()
     gc.freeze()
     runner.run()

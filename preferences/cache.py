@@ -1,31 +1,6 @@
-"""Redis read-through cache of preference states, fenced by the document version.
-
-Layout: ``{REDIS_KEY_PREFIX}prefs:{user_id}`` holds orjson of ``{"v": version, "doc": document}``
-with a TTL (``PREFERENCES_CACHE_TTL``, default 1 h). Users without a document are cached too
-(``v`` 0, empty document), so the dispatcher's hot path does not hit PostgreSQL for them.
-
-Reads (:func:`preferences_get_many`): one MGET for the whole batch (on a Redis Cluster one MGET per
-slot, in one pipeline: a cache read needs no atomicity across users), ONE database query for the
-misses, then the misses are written back with a pipeline of fenced writes
-(``lua/prefs_cache_set.lua``: SET only if the cache holds no version or an older one; one key each).
-
-Writes (:func:`publish_state`, called by ``transaction.on_commit`` after every committed change):
-the key is replaced by the new version through the same fenced script. This is the "delete on
-commit" of the issue made race-free: a plain DEL would let a reader that loaded the old row just
-before the commit refill the cache with the old version after the DEL; with the fence its stale
-write is refused because the cache already holds the newer version. (Deleting a document uses a
-real DEL, see :func:`cache_delete`.)
-
-RedisError policy:
-
-* reads fail open to the database (every state is still correct, only slower) and are counted in
-  ``preferences_cache_errors_total{op="read"|"warm"}``; an in-process circuit breaker skips Redis
-  for a few seconds after repeated errors so a dead Redis does not add a timeout to every batch;
-* writes always commit in the database first; the cache update is retried once, and if it still
-  fails the error is counted (``op="publish"``) and logged. The cache may then serve the previous
-  version until its TTL expires (at most ``PREFERENCES_CACHE_TTL``); that is the bounded staleness
-  this design accepts when Redis is unreachable at the moment of a write.
-"""
+"""Redis read-through cache of preference states, fenced by the document version: one MGET per batch,
+one query for the misses, writes that only a newer version may overwrite. See docs/architecture.md,
+"Preferences" (Cache)."""
 
 from __future__ import annotations
 

@@ -1,23 +1,5 @@
-"""Per-user frequency caps ("at most 3 marketing messages a day"), counted atomically in Redis.
-
-A cap applies to one category and either one channel or ``"*"`` (all channels of the category
-together). A take for (user, category, channel) checks the channel's cap and the ``"*"`` cap in
-one Lua call (``lua/frequency_cap.lua``): if every counter is below its max, all are incremented;
-otherwise nothing is, so refused messages never use up the budget.
-
-Windows are fixed calendar windows in UTC (hour, day, week starting Monday 00:00 UTC). Each
-counter key names its window (``{prefix}fcap:{<user_id>}:<category>:<channel|*>:<per>:<start>``,
-the ``{user_id}`` hash tag keeps one user's counters in one cluster slot) and expires at the
-window's end (a TTL computed from ``now``, plus a minute of grace for callers whose clocks lag).
-
-The caller supplies ``now``: windows are hours to weeks long, so a few seconds of clock skew
-between dispatcher processes moves a message into a neighbouring window at worst. (Contrast the
-provider token bucket, which must use Redis ``TIME``; see the design notes.)
-
-Redis errors fail open (the message is allowed, ``fail_open=True`` in the decision, counted in
-``preferences_frequency_cap_fail_open_total``): a cap is a courtesy, and dropping a notification
-because Redis blinked is worse than sending one more. Pass ``fail_open=False`` to get the error.
-"""
+"""Per-user frequency caps ("at most 3 marketing messages a day"), counted atomically in Redis in fixed
+UTC windows; Redis errors fail open. See docs/architecture.md, "Preferences" (Frequency caps)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A lean check of a recipient object for the plain, valid case; anything else goes to the serializers.
 
-DRF builds and deep-copies a serializer's fields per instance: about 3 ms per recipient, against a
-target of thousands of recipients a second in a bulk upsert. ``fast_recipient`` accepts only what
+DRF builds and deep-copies a serializer's fields per instance, too slow for thousands of recipients
+a second in a bulk upsert. ``fast_recipient`` accepts only what
 ``RecipientItemInSerializer`` accepts and gives the same data (a property test compares the two); it
 gives up (None) on anything unusual, and the serializer then decides, with its field-level errors.
 """

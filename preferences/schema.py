@@ -1,20 +1,6 @@
-"""The JSON Schema of a preference document and its validation into path-keyed error messages.
-
-Document shape (every key optional; a missing entry means "use the notification type's default")::
-
-    {
-      "global_mute": false,
-      "categories": {"marketing": {"email": false, "push": true}},
-      "quiet_hours": {"enabled": true, "start": "22:00", "end": "07:00", "timezone": "Europe/Berlin"},
-      "frequency_caps": {"marketing": {"*": {"max": 3, "per": "day"}, "push": {"max": 1, "per": "hour"}}}
-    }
-
-:func:`validate_document` returns ``{"categories.marketing.push": ["must be boolean"], ...}`` (the
-dotted JSON path of each bad field; ``non_field_errors`` for the document itself), the shape DRF
-uses for a 400. Besides the schema it enforces the rules a schema cannot say clearly: mandatory
-categories (security) can be neither turned off nor capped. A quiet-hours window whose start equals
-its end is empty (it silences nothing).
-"""
+"""The JSON Schema of a preference document and its validation into path-keyed error messages
+(``{"categories.marketing.push": ["must be boolean"]}``). The document's shape: docs/architecture.md,
+"Preferences" (Documents)."""
 
 from __future__ import annotations
 

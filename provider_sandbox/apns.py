@@ -1,17 +1,10 @@
 """APNs provider API sandbox: HTTP/2 (cleartext, prior knowledge) ``POST /3/device/{token}``.
 
-* ``authorization: bearer <ES256 JWT>`` with ``kid`` header and ``iss``/``iat`` claims; missing ->
-  403 MissingProviderToken, malformed / wrong team or key -> 403 InvalidProviderToken, older than an
-  hour -> 403 ExpiredProviderToken (signature checked only with ``options.public_key_pem``)
-* headers ``apns-topic`` (required), ``apns-push-type``, ``apns-priority``, ``apns-id``,
-  ``apns-expiration``, ``apns-collapse-id`` are validated like APNs does
-* success: 200, empty body, ``apns-id`` header (echoed, or a generated UUID)
-* errors: ``:status`` + ``{"reason": ...}``; 410 adds ``"timestamp"`` (ms since epoch); 429
-  ``TooManyRequests``; 500 ``InternalServerError``; 503 ``ServiceUnavailable``
-* the recorded idempotency key is the client-supplied ``apns-id`` (none when APNs generated it)
-
-HTTP/1.1 on this port is only served for ``/_sandbox/`` (505 otherwise): real APNs is HTTP/2 only.
-"""
+* the ES256 provider token (``kid``, ``iss``, ``iat`` under an hour old; the signature only with
+  ``options.public_key_pem``), else 403 with APNs' reason; the ``apns-*`` headers validated as APNs does
+* success: 200, empty body, ``apns-id``; errors: ``:status`` + ``{"reason": ...}`` (410 with
+  ``"timestamp"``)
+* idempotency key: the client's ``apns-id``. HTTP/1.1 serves only ``/_sandbox/`` (505 otherwise)"""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""The ``/_sandbox/`` control API served next to every provider endpoint.
-
-==========================  ==================================================================
-``GET  /_sandbox/health``    ``{"ok": true, "provider": ...}``
-``GET  /_sandbox/stats``     counters, duplicates, ``max_1s_window``, per-second histogram
-                             (``?window=0.5`` also reports the densest window of that length)
-``GET  /_sandbox/requests``  recorded accepted requests, ``?since=SEQ&limit=N&recipient=R&raw=1``
-``GET  /_sandbox/config``    current configuration
-``POST /_sandbox/config``    partial update: rate, burst, latency, latency_ms, errors, options, seed
-``POST /_sandbox/reset``     clear records, counters, limiter window and fail-N counters;
-                             body ``{"config": true}`` also restores the startup configuration
-==========================  ==================================================================
-"""
+"""The ``/_sandbox/`` control API served next to every provider endpoint: health, stats, recorded
+requests, configuration and reset (README.md, "Control API")."""
 
 from __future__ import annotations
 

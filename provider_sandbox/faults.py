@@ -1,29 +1,6 @@
-"""Error injection: deterministic recipient triggers plus configurable random error rates.
-
-Trigger convention (identical for every provider; matched case-insensitively anywhere in the
-recipient: e-mail address, phone number, device token, or the webhook URL path):
-
-==================  ======================================================================
-marker              effect
-==================  ======================================================================
-``invalid``         permanent bad-request error (provider's real "invalid recipient" 400)
-``unregistered``    permanent invalid-token / gone error (FCM 404 UNREGISTERED, APNs 410 ...)
-``fail5xx-N``       the first N requests for that recipient get a transient 503, then succeed
-``fail500-N``       same with a 500
-``fail503-N``       same with a 503
-``fail429-N``       the first N requests for that recipient get the provider's rate-limit answer
-``slow-MS``         adds MS milliseconds of latency to that request
-==================  ======================================================================
-
-Phone numbers that must stay valid E.164 can use the reserved ``+1500555DDDD`` range instead
-(``+1500555`` is Twilio's own magic test prefix): ``+15005550001`` = invalid (Twilio's magic
-"invalid number"), ``+15005550004`` = unregistered (Twilio's magic "blocked/unsubscribed"),
-``+1500555 5 N xx`` = fail5xx-N and ``+1500555 9 N xx`` = fail429-N (``xx`` is free, so
-``+15005555300`` and ``+15005555301`` are two recipients that each fail 3 times).
-
-Fail-N counters are per provider and per exact recipient string, count only requests that passed the
-contract rate limit, and are cleared by ``POST /_sandbox/reset``.
-"""
+"""Error injection: deterministic recipient triggers (``invalid``, ``unregistered``, ``fail5xx-N``,
+``fail429-N``, ``slow-MS``, ``busy-S``, the ``+1500555DDDD`` phone range) and configurable random error
+rates. What each trigger answers per provider: README.md, "Trigger conventions"."""
 
 from __future__ import annotations
 

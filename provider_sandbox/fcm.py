@@ -1,19 +1,11 @@
 """FCM HTTP v1 sandbox plus the Google OAuth2 token endpoint it depends on.
 
-* ``POST /token`` (form ``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=<JWT>``):
-  the RS256 service-account assertion is checked (structure, ``iss``/``aud``/``iat``/``exp``, and the
-  signature when ``options.public_key_pem`` is set) and answered with
-  ``{"access_token", "expires_in": 3599, "token_type": "Bearer"}`` or Google's
-  ``{"error": "invalid_grant", "error_description": ...}``.  Not rate limited, not recorded.
-* ``POST /v1/projects/{project}/messages:send`` with ``Authorization: Bearer <issued token>`` and
-  ``{"message": {"token"|"topic"|"condition": ..., "notification": {...}, "data": {...}}}`` answers
-  ``{"name": "projects/{project}/messages/{id}"}``.
-* errors use the google.rpc shape ``{"error": {"code", "message", "status", "details": [...]}}`` with
-  a ``google.firebase.fcm.v1.FcmError`` detail (UNREGISTERED 404, INVALID_ARGUMENT 400,
-  QUOTA_EXCEEDED 429 + ``Retry-After``, UNAVAILABLE 503, INTERNAL 500).
-* idempotency keys: ``Idempotency-Key`` header, else ``message.data.notification_id`` /
-  ``message.data.idempotency_key``.
-"""
+* ``POST /token``: checks the RS256 service-account assertion (its signature only with
+  ``options.public_key_pem``); answers an access token or Google's ``invalid_grant``. Not rate
+  limited, not recorded.
+* ``POST /v1/projects/{project}/messages:send`` with an issued token: ``{"name": ...}``; errors in the
+  google.rpc shape with a ``google.firebase.fcm.v1.FcmError`` detail.
+* idempotency keys: ``Idempotency-Key``, else ``message.data.notification_id`` / ``idempotency_key``."""
 
 from __future__ import annotations
 

@@ -1,15 +1,7 @@
-"""Exact sliding-window rate limiter used to enforce a provider's contract rate.
-
-The limiter keeps the admission timestamps of the last ``capacity`` admitted requests and admits a
-new request only if fewer than ``capacity`` were admitted in the half-open window
-``(now - window, now]``, where ``window = capacity / rate``.  With the default ``capacity =
-ceil(rate)`` that is a plain 1-second sliding window: *no* 1-second interval ever contains more
-than ``rate`` admitted requests, which is what ``/_sandbox/stats`` ``max_window`` measures
-(it uses the very same timestamps and the same ``t_new - t_old >= window`` comparison).
-
-``burst`` changes the capacity: ``rate=100, burst=10`` admits at most 10 requests per 100 ms
-(smooth), ``rate=10, burst=50`` admits spikes of 50 as long as the 5-second average stays at 10/s.
-"""
+"""Exact sliding-window rate limiter enforcing a provider's contract rate: a request is admitted only if
+fewer than ``capacity`` were admitted in ``(now - capacity / rate, now]``. With the default capacity
+(``ceil(rate)``) no 1-second interval holds more than ``rate`` requests, as ``/_sandbox/stats``
+``max_window`` measures with the same timestamps; ``burst`` sets the capacity."""
 
 from __future__ import annotations
 

@@ -1,15 +1,9 @@
 """SendGrid v3 Mail Send sandbox: ``POST /v3/mail/send``.
 
-* auth ``Authorization: Bearer <api key>`` (any key unless ``options.api_keys`` is set), else 401
-  ``{"errors":[{"message":"The provided authorization grant is invalid, expired, or revoked",...}]}``
-* success: ``202 Accepted``, empty body, ``X-Message-Id`` header
-* every response carries ``X-RateLimit-Limit`` / ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset``
-  (epoch seconds); above the contract rate: 429 ``{"errors":[{"message":"too many requests",...}]}``
-* validation errors use SendGrid's ``{"errors":[{"message","field","help"}]}`` bodies
-* idempotency keys: ``Idempotency-Key`` header, then ``custom_args`` (per personalization, then
-  top level) fields listed in ``options.idempotency_fields`` (``notification_id`` first; anymail puts
-  metadata into ``custom_args`` and adds its own ``anymail_id``)
-"""
+* auth ``Authorization: Bearer <api key>`` (any key unless ``options.api_keys``), else 401
+* success: 202, empty body, ``X-Message-Id``; ``X-RateLimit-*`` on every response, 429 above the contract
+* errors in SendGrid's ``{"errors": [{"message", "field", "help"}]}`` bodies
+* idempotency keys: ``Idempotency-Key``, then the ``custom_args`` fields of ``options.idempotency_fields``"""
 
 from __future__ import annotations
 

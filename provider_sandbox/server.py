@@ -1,14 +1,6 @@
-"""Run the provider sandboxes: ``serve(config)`` for asyncio code, ``main(argv)`` for the CLI.
-
-``python -m provider_sandbox --only sendgrid,twilio --sendgrid-rate 500 --sendgrid-port 0``
-prints exactly one JSON line on stdout once every listener is bound::
-
-    {"event": "listening", "pid": 123, "host": "127.0.0.1",
-     "ports": {"sendgrid": 18101, "twilio": 41233},
-     "urls": {"sendgrid": "http://127.0.0.1:18101", "twilio": "http://127.0.0.1:41233"}}
-
-and ``{"event": "stopped"}`` after a graceful shutdown (SIGTERM / SIGINT).
-"""
+"""Run the provider sandboxes: ``serve(config)`` for asyncio code, ``main(argv)`` for the CLI, which
+prints one JSON line once every listener is bound (``{"event": "listening", "ports": {...}, "urls":
+{...}}``) and ``{"event": "stopped"}`` after SIGTERM / SIGINT."""
 
 from __future__ import annotations
 
@@ -109,8 +101,8 @@ FREEZE_INTERVAL_SECONDS = 1.0
 async def _freeze_survivors(stop_event: asyncio.Event) -> None:
     """Keep garbage collections short as the record buffer grows.
 
-    Every accepted request stays in memory as a record, and a full collection walks all of them:
-    12-14 ms with 60,000 records. During such a pause requests queue in the kernel and then get
+    Every accepted request stays in memory as a record, and a full collection walks all of them,
+    for milliseconds once there are tens of thousands. During such a pause requests queue in the kernel and then get
     their arrival timestamp together, so a provider stand-in that measures rates to the request
     would see bunches the clients never sent (and answer 429 for them). `gc.freeze()` moves the
     survivors to the permanent generation, so each collection only looks at the last second's objects.

@@ -1,18 +1,11 @@
 """SMTP sandbox: a real ``aiosmtpd`` server on the shared loop, plus its HTTP control port.
 
-* contract rate limit applied at ``MAIL FROM``: ``451 4.7.1 Rate limit exceeded, try again later``
-* per recipient at ``RCPT TO`` (first match wins):
-  ``options.rules`` (``{"pattern", "code", "message"}``) -> that reply;
-  ``options.bounce_pattern`` (default: local part contains ``bounce``) and the ``unregistered``
-  marker -> ``550 5.1.1 ... User unknown`` (hard bounce); ``invalid`` -> ``553 5.1.3``;
-  ``fail5xx-N`` -> ``451 4.3.0`` (transient) for the first N attempts; ``fail429-N`` -> ``451 4.7.1``;
-  random error rates map the same way
-* ``DATA`` waits the configured latency, records the message and answers
-  ``250 2.0.0 Ok: queued as <ID>``; idempotency key: ``X-Notification-Id`` / ``Idempotency-Key``
-  header, else ``Message-ID``
-* AUTH: not offered by default; ``options.auth = "any"`` or ``{"user": "password"}`` offers
-  PLAIN/LOGIN without TLS
-"""
+* contract rate limit at ``MAIL FROM``: ``451 4.7.1``
+* per recipient at ``RCPT TO``: ``options.rules``, then bounces (``options.bounce_pattern``,
+  ``unregistered``: ``550 5.1.1``), ``invalid`` (``553 5.1.3``), ``fail5xx-N`` / ``fail429-N`` (``451``)
+* ``DATA`` waits the configured latency, records the message, answers ``250 2.0.0 Ok: queued as <ID>``;
+  idempotency key: ``X-Notification-Id`` / ``Idempotency-Key``, else ``Message-ID``
+* AUTH only with ``options.auth`` (PLAIN/LOGIN without TLS)"""
 
 from __future__ import annotations
 

@@ -1,16 +1,10 @@
 """Twilio Programmable Messaging sandbox: ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json``.
 
-* auth: HTTP Basic ``AccountSid:AuthToken`` (or ``SK...`` API key) matching the path account; with
-  ``options.accounts = {sid: token}`` the pair must match.  Failure: 401 code 20003 "Authenticate".
-* form-encoded ``To`` / ``From`` or ``MessagingServiceSid`` / ``Body`` or ``MediaUrl``
-* success: 201 with a Message resource (``sid`` = ``SM`` + 32 hex, ``status`` ``queued``, or
-  ``accepted`` when only a ``MessagingServiceSid`` is given, exactly like Twilio)
-* errors: Twilio's ``{"code","message","more_info","status"}`` body (21211 invalid To, 21610
-  unsubscribed recipient, 20429 + ``Retry-After`` rate limit, 20500/20503 transient)
-* idempotency keys: ``Idempotency-Key`` / ``I-Twilio-Idempotency-Token`` header, the
-  ``notification_id`` / ``idempotency_key`` query parameter of ``StatusCallback``, else a
-  ``notification_id=...`` / ``nid:...`` token in ``Body`` (``options.body_key_pattern``)
-"""
+* auth: HTTP Basic ``AccountSid:AuthToken`` (or an ``SK...`` key) of the path's account, else 401 20003
+* success: 201 with a Message resource (``status`` ``queued``, or ``accepted`` with only a
+  ``MessagingServiceSid``); errors in Twilio's ``{"code", "message", "more_info", "status"}`` body
+* idempotency keys: ``Idempotency-Key`` / ``I-Twilio-Idempotency-Token``, the ``StatusCallback``'s
+  ``notification_id``, else a token in ``Body`` (``options.body_key_pattern``)"""
 
 from __future__ import annotations
 

@@ -1,18 +1,11 @@
 """Webhook receiver sandbox: accepts ``POST`` on any path, verifying Standard Webhooks signatures.
 
-With ``options.secret`` (``whsec_<base64>``) set, every request must carry ``webhook-id``,
-``webhook-timestamp`` (unix seconds, within ``options.tolerance_s``) and ``webhook-signature``
-(space-separated ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``); otherwise 401.
-``options.endpoint_secrets`` (``{path prefix: secret or [secrets]}``) gives endpoints their own
-secret(s) instead (the longest prefix wins; one verifying signature is enough).
-
-Success answers ``options.success_status`` (default 204).  The recipient used for triggers is the
-request path (``POST /hooks/fail5xx-2/tenant-1`` fails twice), the idempotency key the ``webhook-id``.
-Rate limiting answers ``503`` + ``Retry-After``; ``invalid`` -> 400; ``unregistered`` -> 410 Gone.
-A ``busy-S`` path marker makes that endpoint a busy receiver: its first request starts an S-second
-window during which it answers ``429`` + ``Retry-After`` (the seconds left; none with
-``options.busy_retry_after`` false); after it, it accepts.
-"""
+* with ``options.secret`` (or per-path ``options.endpoint_secrets``): ``webhook-id``,
+  ``webhook-timestamp`` (within ``options.tolerance_s``) and a verifying ``webhook-signature``, else 401
+* success: ``options.success_status`` (204); rate limited: 503 + ``Retry-After``
+* the triggers read the request path (``POST /hooks/fail5xx-2/tenant-1`` fails twice); ``busy-S``
+  makes an endpoint answer 429 + ``Retry-After`` for S seconds from its first request
+* idempotency key: ``webhook-id``"""
 
 from __future__ import annotations
 

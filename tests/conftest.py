@@ -1,7 +1,8 @@
 """Shared fixtures: an isolated Kafka topic prefix per test run, API clients, subprocess env, the
-platform's processes."""
+platform's processes, role threads, a private Redis, a headless browser."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -93,6 +94,37 @@ def notification_type(db):
 
 
 @pytest.fixture
+def types(db):
+    """order.shipped (four channels, a German e-mail variant), auth.password_reset (urgent), marketing.digest
+    (bulk): the types and templates of the dispatcher's tests."""
+    from notifications.models import Category, NotificationTemplate, NotificationType, Urgency
+
+    def new_type(key, name, category, channels, **fields):
+        return NotificationType.objects.create(
+            key=key, name=name, category=category, default_channels=channels, **fields
+        )
+
+    def template(notification_type, channel, **text):
+        NotificationTemplate.objects.create(notification_type=notification_type, channel=channel, **text)
+
+    channels = ["email", "push", "sms", "inapp"]
+    shipped = new_type(
+        "order.shipped", "Order shipped", Category.TRANSACTIONAL, channels, sample_payload={"order": "1"}
+    )
+    order = {"subject": "Order {{ order }} shipped", "title": "Shipped", "body": "Your order {{ order }} is on its way"}
+    for channel in shipped.default_channels:
+        template(shipped, channel, html="<p>Order {{ order }}</p>", **order)
+    german = {"subject": "Bestellung {{ order }} versandt", "body": "Ihre Bestellung {{ order }} ist unterwegs"}
+    template(shipped, "email", locale="de", **german)
+    reset = new_type("auth.password_reset", "Reset", Category.SECURITY, ["email"], urgency=Urgency.URGENT)
+    template(reset, "email", subject="Reset", body="{{ url }}")
+    digest = new_type("marketing.digest", "Digest", Category.MARKETING, ["email", "push"], urgency=Urgency.BULK)
+    for channel in digest.default_channels:
+        template(digest, channel, subject="Digest", title="Digest", body="News")
+    return {"shipped": shipped, "reset": reset, "digest": digest}
+
+
+@pytest.fixture
 def api_key(db):
     from notifications.models import ApiKey
 
@@ -153,6 +185,36 @@ def sandbox(tmp_path_factory):
             setattr(settings, name, int(value) if name == "SMTP_PORT" else value)
     yield proc
     proc.stop()
+
+
+#: Provider rows of the tests that run workers against the sandboxes, by name: rates that never hold a
+#: test up, SMTP behind SendGrid.
+SANDBOX_PROVIDER_ROWS = {
+    "sendgrid": {"channel": "email", "kind": "sendgrid", "rate": 1000, "burst": 50, "priority": 1},
+    "smtp": {"channel": "email", "kind": "smtp", "rate": 1000, "burst": 50, "priority": 2},
+    "twilio": {"channel": "sms", "kind": "twilio", "rate": 1000, "burst": 50},
+    "fcm": {"channel": "push", "kind": "fcm", "rate": 1000, "burst": 50},
+    "apns": {"channel": "push", "kind": "apns", "rate": 1000, "burst": 50},
+    "webhook": {"channel": "webhook", "kind": "webhook", "rate": 1000, "burst": 50},
+    "inapp": {"channel": "inapp", "kind": "inapp", "rate": 10000, "burst": 500},
+}
+
+
+@pytest.fixture
+def sandbox_providers(db, sandbox):
+    """`sandbox_providers("sendgrid", "twilio")`: those providers' rows (SANDBOX_PROVIDER_ROWS), their
+    sandboxes reset to their start-up behaviour; returns the rows by name."""
+    from notifications.models import Provider
+
+    def create(*names: str) -> dict:
+        for name in names:
+            if name in SANDBOX_PROVIDERS:  # in-app has no sandbox
+                sandbox.client(name).reset(config=True)
+        rows = [Provider(name=name, **SANDBOX_PROVIDER_ROWS[name]) for name in names]
+        Provider.objects.bulk_create(rows)
+        return {row.name: row for row in rows}
+
+    return create
 
 
 class Platform:
@@ -321,3 +383,57 @@ def private_redis(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def rsa_key():
+    """A throwaway RSA key (service-account assertions for FCM)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def dead_redis():
+    """A Redis client pointed at a local port with nothing listening (connecting gets ECONNREFUSED at
+    once), with short timeouts and no retries."""
+    from notifications.delivery.redis_client import make_redis_client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = make_redis_client(f"redis://127.0.0.1:{port}/0", socket_timeout=0.1, socket_connect_timeout=0.1, retries=0)
+    yield client
+    client.close()
+
+
+# Browser tests (the campaign admin, the preference centre): Debian's chromium and chromium-driver.
+CHROMIUM = os.environ.get("CHROMIUM_BINARY") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"browser tests must run in CI, but {reason} (.ci/run installs chromium, chromium-driver)")
+    pytest.skip(f"{reason}: apt-get install chromium chromium-driver to run the browser tests")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session (starting one costs about a second)."""
+    try:
+        from selenium import webdriver
+    except ImportError:
+        _unavailable("selenium is not installed (pip install -e '.[dev]')")
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(path, os.X_OK):
+            _unavailable(f"{path} is missing")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # with the driver's path too, Selenium Manager downloads nothing
+    arguments = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400", "--lang=en-US")
+    for argument in arguments:
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()

@@ -6,16 +6,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections import Counter as Tally
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from confluent_kafka import KafkaException, Message, Producer
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections
 from django.utils import timezone
 from prometheus_client import Counter
 
@@ -24,10 +23,9 @@ from campaigns.expansion.building import (
     CampaignCache,
     CampaignView,
     InvalidBatch,
-    build_recipient_messages,
     parse_batch,
 )
-from campaigns.expansion.deferral import due_minute, schedule_deferred_batches, settle_scheduled_logs
+from campaigns.expansion.chunk import SUPPRESSED, expand_chunk, log_outcomes
 from campaigns.expansion.pacing import (
     BACKLOG_REFRESH_SECONDS,
     Bucket,
@@ -41,42 +39,26 @@ from campaigns.progress import read_cursor, record_expansion
 from campaigns.rendering import StaticFieldCache
 from campaigns.selectors import BatchRecipient, batch_recipients
 from campaigns.throttle import throttle_burst
+from notifications.bus.dead_letters import dead_letter_headers
 from notifications.bus.producing import AckedProducer
-from notifications.bus.runner import ConsumerRunner, Deferrals, RunnerConfig
-from notifications.bus.topics import channel_topic, delivery_topic
+from notifications.bus.runner import ConsumerRunner, Deferrals
+from notifications.bus.topics import channel_topic
 from notifications.channels import ALL_CHANNELS
 from notifications.delivery.token_bucket import RateLimiterUnavailable
-from notifications.delivery_log import LogEntry, record_dispatch_outcomes
 from notifications.dispatch.killswitch import KillSwitchBoard
-from notifications.dispatch.messages import Header, encode
 from notifications.dispatch.screening import (
-    FREQUENCY_CAP,
     KILL_SWITCH,
-    NO_CONTACT_POINT,
-    QuietHours,
-    Screened,
-    frequency_cap_refusals,
     kill_switch_drops,
     kill_switch_holds,
-    screen_channel,
 )
-from notifications.dispatch.templating import RenderError
-from notifications.models import DeliveryStatus, Urgency
 from notifications.priority import lane_for
 from notifications.redis_connect import REDIS_ERRORS
-from preferences.cache import preferences_get_many
-from preferences.state import PreferenceState
 
 log = logging.getLogger(__name__)
 
 BATCHES = Counter("campaign_expander_batches_total", "Batch messages handled", ["channel", "outcome"])
-RELEASED = Counter("campaign_expander_messages_total", "Per-recipient messages produced", ["channel"])
 BACKPRESSURE = Counter(
     "campaign_expander_backpressure_total", "Times a batch waited because notif.<channel> was backed up", ["channel"]
-)
-SUPPRESSED = Counter("campaign_expander_suppressed_total", "Recipients dropped at expansion", ["channel", "reason"])
-DEFERRED = Counter(
-    "campaign_expander_deferred_total", "Recipients deferred to the end of their quiet hours", ["channel"]
 )
 
 #: A wait for throttle tokens up to this long is slept in place; a longer one becomes a deferral.
@@ -85,24 +67,8 @@ MAX_INLINE_WAIT = 0.25
 PAUSED_RECHECK_SECONDS = 1.0
 KILL_SWITCH_RECHECK_SECONDS = 5.0
 #: Batches whose recipients stay loaded in memory: a batch is worked through over several polls,
-#: interleaved with the other partitions' batches (a 50k batch holds roughly 15-25 MB).
+#: interleaved with the other partitions' batches (a 50k batch holds tens of megabytes).
 LOADED_BATCHES = 8
-
-
-@dataclass(slots=True)
-class _Candidate(Screened):
-    recipient: BatchRecipient
-
-
-@dataclass
-class _Chunk:
-    """What expanding one chunk did (the counters move with the cursor)."""
-
-    queued: int = 0
-    suppressed: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)
-    deferred_batches: list[str] = field(default_factory=list)
-    deferred_users: int = 0
 
 
 def _active(view: CampaignView, batch: BatchMessage) -> bool:
@@ -272,7 +238,17 @@ class BatchExpander:
                     continue
                 return self.clock() + wait
             ids = batch.user_ids[cursor : cursor + permits]
-            chunk = self._expand_chunk(view, batch, ids, start=cursor)
+            chunk = expand_chunk(
+                view,
+                batch,
+                ids,
+                start=cursor,
+                loaded=self._load(batch),
+                redis_client=self.redis,
+                now=self.wall_clock(),
+                statics=self.statics,
+                produce=self._produce,
+            )
             self.pacer.spend(buckets, chunk.queued)
             self.backlog.released(batch.channel, chunk.queued, lane_for(view.priority))
             self._flush()  # acknowledged by Kafka before the cursor moves
@@ -309,7 +285,7 @@ class BatchExpander:
         remaining = batch.user_ids[cursor:]
         if remaining:
             SUPPRESSED.labels(batch.channel, reason).inc(len(remaining))
-            self._log_outcomes(view, batch, {user_id: reason for user_id in remaining}, [])
+            log_outcomes(view, batch, {user_id: reason for user_id in remaining}, [])
         record_expansion(
             self.redis,
             **key,
@@ -347,106 +323,6 @@ class BatchExpander:
             self._loaded.move_to_end(key)
         return loaded
 
-    def _expand_chunk(self, view: CampaignView, batch: BatchMessage, ids: list[int], *, start: int) -> _Chunk:
-        """Produce the chunk's messages (not yet flushed), schedule its quiet-hours recipients and log
-        its suppressions. Batched like the dispatcher: preference states in one MGET, frequency caps
-        in one pipeline, deferred recipients in one insert per due time, log rows in one statement."""
-        loaded = self._load(batch)
-        channel = batch.channel
-        states = preferences_get_many(ids, redis_client=self.redis)
-        now = self.wall_clock()
-        topic = delivery_topic(channel, lane_for(view.priority))
-        chunk = _Chunk()
-        suppressed: dict[int, str] = {}
-        candidates: list[_Candidate] = []
-        for user_id in ids:
-            recipient = loaded.get(user_id)
-            state = states.get(user_id) or PreferenceState(user_id=user_id)
-            to, reason = screen_channel(
-                state,
-                recipient.contact if recipient is not None else None,
-                category=view.category,
-                channel=channel,
-                default_channels=view.default_channels,
-                mode=None,  # the kill switch holds or drops the whole batch (_expand)
-                urgent=view.urgent,
-            )
-            if to is None:
-                suppressed[user_id] = reason
-                continue
-            candidates.append(_Candidate(user_id, channel, view.category, state, to, recipient))
-        # A quiet-hours batch had its recipients' caps taken when it was deferred.
-        refused = set() if batch.caps_taken else frequency_cap_refusals(self.redis, candidates, now=now)
-        quiet_hours = QuietHours(now)
-        waiting: dict[dt.datetime, list[int]] = {}
-        for index, candidate in enumerate(candidates):
-            user_id, recipient = candidate.user_id, candidate.recipient
-            if index in refused:
-                suppressed[user_id] = FREQUENCY_CAP
-                continue
-            quiet_end = quiet_hours.end(candidate.state, urgent=view.urgency == Urgency.URGENT)
-            if quiet_end is not None:
-                waiting.setdefault(due_minute(quiet_end), []).append(user_id)
-                continue
-            try:
-                parts = build_recipient_messages(
-                    view,
-                    channel=channel,
-                    launch_id=batch.launch_id,
-                    contact=recipient.contact,
-                    recipient={"first_name": recipient.first_name, "attributes": recipient.attributes},
-                    now=now,
-                    statics=self.statics,
-                    log_day=batch.log_day,
-                )
-            except RenderError as exc:
-                # Copy was validated with a sample recipient; a failure here is this recipient's data.
-                suppressed[user_id] = "render_error"
-                log.warning("campaign copy did not render", extra={"user_id": user_id, "error": str(exc)})
-                continue
-            if not parts:
-                suppressed[user_id] = NO_CONTACT_POINT
-                continue
-            for part in parts:
-                self._produce(topic, str(user_id), encode(part), {Header.IDEMPOTENCY_KEY: part["id"]})
-                chunk.queued += 1
-        chunk.suppressed = len(suppressed)
-        chunk.reasons = dict(Tally(suppressed.values()))
-        for reason, n in chunk.reasons.items():
-            SUPPRESSED.labels(channel, reason).inc(n)
-        scheduled: list[tuple[str, list[int]]] = []
-        if suppressed or waiting:
-            with transaction.atomic():  # the deferred batches and their log rows together
-                scheduled = schedule_deferred_batches(batch, waiting, start=start, now=now)
-                self._log_outcomes(view, batch, suppressed, [u for _ident, users in scheduled for u in users])
-        chunk.deferred_batches = [ident for ident, _users in scheduled]
-        chunk.deferred_users = sum(len(users) for _ident, users in scheduled)
-        if chunk.deferred_users:
-            DEFERRED.labels(channel).inc(chunk.deferred_users)
-        RELEASED.labels(channel).inc(chunk.queued)
-        return chunk
-
-    def _log_outcomes(
-        self, view: CampaignView, batch: BatchMessage, suppressed: dict[int, str], scheduled: list[int]
-    ) -> None:
-        """Delivery-log rows of the chunk's suppressions and quiet-hours deferrals (one statement;
-        the first decision wins). A recipient released from a quiet-hours batch already has a
-        ``scheduled`` row: if suppressed now (cap, opt-out meanwhile, cancel), that row is settled
-        (one more statement); if sent, the worker moves it on as for any campaign message."""
-        day = batch.log_day
-        entries = [
-            LogEntry(batch.launch_id, user_id, batch.channel, view.type_key, DeliveryStatus.SUPPRESSED, reason, day=day)
-            for user_id, reason in suppressed.items()
-        ] + [
-            LogEntry(
-                batch.launch_id, user_id, batch.channel, view.type_key, DeliveryStatus.SCHEDULED, "quiet_hours", day=day
-            )
-            for user_id in scheduled
-        ]
-        record_dispatch_outcomes(entries)
-        if batch.part and suppressed:
-            settle_scheduled_logs(batch.launch_id, batch.channel, suppressed)
-
     # -- producing -----------------------------------------------------------------------------------
     def _produce(self, topic: str, key: str, value: bytes, headers: dict[str, str]) -> None:
         self._acked.produce(topic, key, value, headers)
@@ -460,17 +336,13 @@ class BatchExpander:
         channel = topic.rsplit(".", 2)[-2] if topic.endswith(".batch") else "email"
         BATCHES.labels(channel, "invalid").inc()
         log.warning("invalid batch message sent to DLQ", extra={"topic": topic, "error": error})
-        headers = {Header.ORIGIN_TOPIC: topic, Header.ERROR_CLASS: "invalid_batch", Header.ERROR: error[:1000]}
+        headers = dead_letter_headers(origin_topic=topic, error_class="invalid_batch", error=error)
         self._produce(
             channel_topic(channel, "dlq"),
             (message.key() or b"").decode(errors="replace"),
             message.value() or b"",
             headers,
         )
-
-
-def expander_topics(channels: Sequence[str]) -> list[str]:
-    return [channel_topic(channel, "batch") for channel in channels]
 
 
 def build_expander_runner(
@@ -483,6 +355,7 @@ def build_expander_runner(
     config: ExpanderConfig | None = None,
 ) -> ConsumerRunner:
     from notifications.bus.config import producer_config
+    from notifications.bus.consumers import batch_topics, consumer
     from notifications.redis_client import get_redis
 
     channels = list(channels or ALL_CHANNELS)
@@ -492,10 +365,9 @@ def build_expander_runner(
         config=config,
     )
     return ConsumerRunner(
-        RunnerConfig(
-            role="campaign-expander",
-            topics=expander_topics(channels),
-            group=group or "campaign-expander",
+        consumer("campaign-expander").runner_config(
+            topics=batch_topics(channels),
+            group=group,
             # Each batch message carries up to 50k recipients: a few per poll is plenty.
             batch_size=batch_size or int(getattr(settings, "CAMPAIGN_EXPANDER_POLL_BATCH", 8)),
             poll_timeout=0.2,

@@ -109,8 +109,10 @@ class ChannelBacklog:
 
 
 def worker_group(channel: str) -> str:
-    """The channel workers' consumer group (``notifications.delivery.wiring.build_worker_runner``)."""
-    return str(getattr(settings, "CAMPAIGN_WORKER_GROUP", "worker.{channel}")).format(channel=channel)
+    """The channel workers' consumer group, as their entry in the consumer registry names it."""
+    from notifications.bus.consumers import consumer
+
+    return consumer(f"worker-{channel}").group
 
 
 @dataclass

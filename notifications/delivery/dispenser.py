@@ -1,34 +1,6 @@
-"""Hands out a provider's global send slots to the sends waiting inside one worker process.
-
-Without it every waiting send polls Redis on its own: hundreds of coroutines per process wake at
-each refill and fire a blocking Redis call each (a thundering herd that burns CPU and adds jitter
-between a token's grant and the request reaching the provider, which is what a contract measures).
-With it, one poller per (process, provider) serves urgent waiters first, then transactional, then bulk.
-
-Provider buckets *book* slots (`TokenBucket.book`, one Lua call for all waiters): the script
-returns the start times of the next slots on the provider's global schedule, one interval apart, up
-to a short horizon ahead, and each waiter is woken at its slot by the event loop. The poller asks
-again when `min_booking` more slots fit; after a refused call (other processes took the slots) it
-adds a random delay, so that the processes sharing the bucket do not all ask at the same instant.
-With `window_margin` set (provider contracts) the slots are `1 + margin` intervals apart: the margin
-absorbs the jitter between a slot and the request's arrival at the provider, which enforces exactly
-R in every 1 s window.
-
-A send that starts later than `max_lateness` after its slot (its process was not scheduled in time:
-two cores, sixteen workers) gives the slot up and books again, rather than reaching the provider
-together with the sends of the next slots: a late send is what pushes a 1 s window over the
-contract. After `MAX_FORFEITS` in a row it goes anyway (progress over precision: the provider's
-429 is handled like any other).
-
-An urgent or transactional send that arrives while bulk sends of this process wait for slots they
-booked takes the earliest of those slots (the bulk send books again, first in its queue): it starts
-within one of this process's send intervals instead of behind the bulk bookings' horizon, at no
-cost to the contract (a booked slot is one request at that time, whoever sends it).
-
-A campaign's own throttle takes tokens instead (`booking=False`, `take_many`, sleeping the wait the
-script returns): `campaigns.throttle.campaign_throttle_take` takes from the same bucket, and takes
-and bookings do not share state.
-"""
+"""Hands out a provider's global send slots to the sends waiting inside one worker process: one
+poller per (process, provider) books slots for all of them, urgent first, then transactional, then
+bulk. See docs/architecture.md, "Delivery" (Token bucket)."""
 
 import asyncio
 import random

@@ -12,15 +12,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from prometheus_client import Counter
 
 from notifications.bus.topics import channel_topic
 from notifications.delivery.jobs import Job
-from notifications.delivery.outcomes import RETRY_ERRORS_KEPT, Outcomes
+from notifications.delivery.outcomes import Outcomes, carried_headers
 from notifications.delivery.provider_slots import ProviderSlot
 from notifications.dispatch.killswitch import REFRESH_SECONDS, KillSwitchBoard
-from notifications.dispatch.messages import Header
 from notifications.dispatch.screening import KILL_SWITCH, kill_switch_drops, kill_switch_holds, kill_switch_urgent
 from notifications.outages import dependency_of
 
@@ -152,14 +150,7 @@ def apply_switch_stop(outcomes: Outcomes, job: Job, stop: SwitchStop) -> None:
     suppressed). The caller has released the job's dedup claim."""
     STOPPED.labels(outcomes.channel, stop.provider, stop.action).inc()
     if stop.action == SwitchAction.PARK:
-        headers = {
-            Header.IDEMPOTENCY_KEY: job.key,
-            Header.ATTEMPT: str(job.attempt),
-            Header.ORIGIN_TOPIC: job.headers.get(Header.ORIGIN_TOPIC) or job.message.topic(),
-            Header.ERRORS: orjson.dumps(job.errors[-RETRY_ERRORS_KEPT:]).decode(),
-        }
-        if job.headers.get(Header.REPLAY):
-            headers[Header.REPLAY] = job.headers[Header.REPLAY]
+        headers = carried_headers(job)
         outcomes.producer.produce(
             channel_topic(outcomes.channel, "delayed"), job.message.key(), job.message.value() or b"", headers
         )

@@ -31,6 +31,20 @@ RETRY_ERRORS_KEPT = 20
 MetaOutcomes = list[tuple[str, str, dict]]
 
 
+def carried_headers(job: Job) -> dict[str, str]:
+    """What a job takes to its next attempt (a retry tier, the delayed topic): its key, attempt,
+    origin, error history and the replay it belongs to."""
+    headers = {
+        Header.IDEMPOTENCY_KEY: job.key,
+        Header.ATTEMPT: str(job.attempt),
+        Header.ORIGIN_TOPIC: job.headers.get(Header.ORIGIN_TOPIC) or job.message.topic(),
+        Header.ERRORS: orjson.dumps(job.errors[-RETRY_ERRORS_KEPT:]).decode(),
+    }
+    if job.headers.get(Header.REPLAY):
+        headers[Header.REPLAY] = job.headers[Header.REPLAY]
+    return headers
+
+
 class Outcomes:
     """Produces a channel's retries and dead letters, records every job's decisions, and settles them:
     produces acknowledged, then the delivery log, the message producers' outcome hook and dead
@@ -62,15 +76,10 @@ class Outcomes:
             job.errors.append({**error, "at": self.now()})
         tier, _seconds = next(((n, s) for n, s in self.tiers if s >= delay), self.tiers[-1])
         headers = {
-            Header.IDEMPOTENCY_KEY: job.key,
-            Header.ATTEMPT: str(job.attempt),
+            **carried_headers(job),
             Header.FIRST_ATTEMPT_AT: f"{job.first_attempt_at:.3f}",
             Header.NOT_BEFORE: f"{self.now() + max(delay, 0.0):.3f}",
-            Header.ORIGIN_TOPIC: job.headers.get(Header.ORIGIN_TOPIC) or job.message.topic(),
-            Header.ERRORS: orjson.dumps(job.errors[-RETRY_ERRORS_KEPT:]).decode(),
         }
-        if job.headers.get(Header.REPLAY):
-            headers[Header.REPLAY] = job.headers[Header.REPLAY]
         topic = delivery_topic(self.channel, lane_for(message_priority(job.body)), tier)
         self.producer.produce(topic, job.message.key(), job.message.value() or b"", headers)
         RETRIES.labels(self.channel, tier).inc()

@@ -470,7 +470,8 @@ def build_dispatcher_runner(
             lane=lane,
             group=group,
             batch_size=batch_size,
-            # ≈ 15 ms of dispatching: what an urgent event may wait for behind a digest in one process.
+            # A few milliseconds of dispatching: what an urgent event may wait for behind a digest
+            # in a process that reads both lanes.
             bulk_batch_size=batch_size if lane is Lane.BULK else min(batch_size, 250),
             async_commit=True,
         ),

@@ -1,17 +1,6 @@
-"""A renderer for the simplest templates, byte-for-byte what Django renders, without Django's cost.
-
-Most notification copy is text with ``{{ name }}`` / ``{{ data.order }}`` holes and nothing else.
-Django's template engine spends several microseconds per hole (context stack, variable resolution,
-localisation, escaping through lazy wrappers); the dispatcher renders several fields per message,
-thousands of messages a second. :func:`plain_template` recognises a compiled template made only of
-text and filter-less variables; :meth:`PlainTemplate.render` fills it when every hole resolves,
-through plain ``dict`` keys, to a plain ``str``, and returns None otherwise (a missing key, a
-number, a date, a safe string, an object attribute...), in which case the caller renders with
-Django. For a plain ``str`` Django's output is the value itself (``localize`` and
-``template_localtime`` leave strings alone), HTML-escaped with :func:`html.escape` when autoescape
-is on (``conditional_escape`` → ``escape``), so the two paths agree exactly; a property test checks
-it against Django on generated templates and contexts.
-"""
+"""A renderer for the simplest templates (text and filter-less ``{{ variables }}`` whose values are plain
+strings), byte-for-byte what Django renders, without Django's cost; anything else returns None and the
+caller renders with Django. See docs/architecture.md, "Dispatcher"."""
 
 from __future__ import annotations
 

@@ -1,19 +1,6 @@
-"""The outbox relay: moves committed outbox rows to Kafka, in order per key, at least once.
-
-How one relay works:
-
-1. It owns a share of the key buckets, each held by a session-level PostgreSQL advisory lock.
-   Several relays split the buckets fairly (by counting live relays); a dead relay's locks vanish
-   with its session and the others take its buckets. Because only one relay ever serves a bucket,
-   and a key always maps to one bucket, per-key order is kept however many relays run.
-2. It claims a batch with `DELETE … WHERE id IN (SELECT … ORDER BY id LIMIT n FOR UPDATE SKIP
-   LOCKED) RETURNING …` inside a transaction, produces every row with an idempotent producer,
-   waits for all delivery reports, and only then commits. A crash before the commit rolls the
-   delete back, so the rows are relayed again: a redelivery, never a loss. The consumers
-   deduplicate (event id + user + channel), which absorbs it.
-3. When a batch comes back short it waits for `NOTIFY notif_outbox` (sent by a trigger on insert)
-   or the poll interval, so an idle relay forwards a new row within milliseconds.
-"""
+"""The outbox relay: moves committed outbox rows to Kafka, in order per key, at least once. Relays share
+the key buckets through advisory locks, claim a batch with ``DELETE … FOR UPDATE SKIP LOCKED``, commit
+after every delivery report, and wake on ``NOTIFY``. See docs/architecture.md, "Outbox and relay"."""
 
 import logging
 import math

@@ -1,6 +1,6 @@
-"""Campaign test fixtures: a marketing type, campaigns with copy, users loaded with COPY, running roles."""
+"""Campaign test fixtures: a marketing type, campaigns with copy, users loaded with COPY, providers, the
+platform with its sandboxes opened wide."""
 
-import threading
 import uuid
 from datetime import UTC, datetime
 
@@ -146,31 +146,29 @@ def fast_providers(db):
     return {r.name: r for r in rows}
 
 
-class RunningRole:
-    """Run a ConsumerRunner (or anything with run()/stop_event) in a thread for the test's duration."""
+@pytest.fixture
+def platform(platform, sandbox):
+    """The shared platform fixture, with the campaign sandboxes opened wide (the Provider rows pace)."""
+    for name in ("sendgrid", "fcm", "apns"):
+        sandbox.client(name).reset(config=True)
+        sandbox.client(name).configure(rate=20000, burst=20000)
+    return platform
 
-    def __init__(self, runner, *, wait_assigned: bool = True):
-        self.runner = runner
-        self.wait_assigned = wait_assigned
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.error: BaseException | None = None
 
-    def _run(self):
-        try:
-            self.runner.run()
-        except BaseException as exc:  # surfaced in __exit__
-            self.error = exc
-            raise
+#: Provider rows at campaign rates, by name (SendGrid keeps a transactional reserve).
+CAMPAIGN_PROVIDERS = {
+    "sendgrid": {"channel": "email", "kind": "sendgrid", "rate": 6000, "burst": 600, "transactional_reserve": 50},
+    "fcm": {"channel": "push", "kind": "fcm", "rate": 6000, "burst": 600},
+    "apns": {"channel": "push", "kind": "apns", "rate": 6000, "burst": 600},
+    "inapp": {"channel": "inapp", "kind": "inapp", "rate": 20000, "burst": 2000},
+}
 
-    def __enter__(self):
-        self.thread.start()
-        if self.wait_assigned and hasattr(self.runner, "assigned"):
-            assert self.runner.assigned.wait(30), "role got its partitions"
-        return self
 
-    def __exit__(self, *exc):
-        self.runner.stop_event.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "role stops on request"
-        if self.error is not None and exc[0] is None:
-            raise self.error
+def create_providers(*names: str) -> None:
+    Provider.objects.bulk_create([Provider(name=name, **CAMPAIGN_PROVIDERS[name]) for name in names])
+
+
+@pytest.fixture
+def providers(db):
+    """SendGrid, FCM and APNs at campaign rates."""
+    create_providers("sendgrid", "fcm", "apns")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,36 +29,7 @@ from tests.campaigns.conftest import copy_users, make_campaign
 
 pytestmark = [pytest.mark.django_db(transaction=True)]  # the live server's thread reads committed rows
 
-CHROMIUM = os.environ.get("CHROMIUM_BINARY") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT_SECONDS = 10  # the progress panel polls every 2 s
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"browser tests must run in CI, but {reason} (.ci/run installs chromium, chromium-driver)")
-    pytest.skip(f"{reason}: apt-get install chromium chromium-driver to run the browser tests")
-
-
-@pytest.fixture(scope="session")
-def browser():
-    """One headless Chromium for the session (starting one costs about a second)."""
-    try:
-        from selenium import webdriver
-    except ImportError:
-        _unavailable("selenium is not installed (pip install -e '.[dev]')")
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not os.access(path, os.X_OK):
-            _unavailable(f"{path} is missing")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM  # with the driver's path too, Selenium Manager downloads nothing
-    arguments = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400", "--lang=en-US")
-    for argument in arguments:
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
 
 
 class AdminPage:

@@ -22,36 +22,13 @@ from notifications.dispatch.messages import channel_message
 from notifications.models import Provider
 from preferences.models import InboxMessage
 from tests.campaigns.conftest import copy_users, make_campaign
+from tests.campaigns.helpers import keys
 from tests.kafka_helpers import consume
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 UNSUBSCRIBED = {"categories": {"marketing": dict.fromkeys(("email", "push", "sms", "inapp", "webhook"), False)}}
-
-
-@pytest.fixture
-def platform(platform, sandbox):
-    """The shared platform fixture, with the campaign sandboxes opened wide (the Provider rows pace)."""
-    for name in ("sendgrid", "fcm", "apns"):
-        sandbox.client(name).reset(config=True)
-        sandbox.client(name).configure(rate=20000, burst=20000)
-    return platform
-
-
-@pytest.fixture
-def providers(db):
-    Provider.objects.bulk_create(
-        [
-            Provider(name="sendgrid", channel="email", kind="sendgrid", rate=6000, burst=600, transactional_reserve=50),
-            Provider(name="fcm", channel="push", kind="fcm", rate=6000, burst=600),
-            Provider(name="apns", channel="push", kind="apns", rate=6000, burst=600),
-        ]
-    )
-
-
-def keys(sandbox, name: str) -> collections.Counter:
-    return collections.Counter(k for r in sandbox.client(name).iter_requests() for k in r["idempotency_keys"][:1])
 
 
 def token_for(uid: int, platform_: str) -> str:

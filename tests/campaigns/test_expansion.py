@@ -2,71 +2,28 @@
 
 import time
 
-import orjson
 import pytest
 from confluent_kafka import Producer
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from campaigns import services
-from campaigns.expansion.expander import BatchExpander, ExpanderConfig
-from campaigns.models import CampaignState
 from campaigns.progress import read_counters
 from notifications.bus.config import producer_config
-from notifications.bus.topics import channel_topic, delivery_topic
+from notifications.bus.topics import channel_topic
 from notifications.models import KillSwitch
-from notifications.priority import Lane
 from notifications.redis_client import get_redis
 from preferences.models import Device, PreferenceDocument
 from tests.campaigns.conftest import copy_users, make_campaign
+from tests.campaigns.helpers import emit, expander, launch_running, released
 from tests.kafka_helpers import consume
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
-def running(campaign, marketer):
-    services.campaign_launch(campaign_id=campaign.pk, user=marketer)
-    services.campaign_transition(campaign_id=campaign.pk, to=CampaignState.RUNNING)
-    campaign.refresh_from_db()
-    return campaign
-
-
-def emit(campaign, channel, user_ids, batch=0):
-    payload = {
-        "v": 1,
-        "type": "campaign.batch",
-        "campaign_id": campaign.pk,
-        "launch_id": str(campaign.launch_id),
-        "channel": channel,
-        "batch": batch,
-        "user_ids": user_ids,
-        "content": {"campaign_id": campaign.pk, "copy_version": ""},
-        "created_at": "2026-11-25T10:00:00+00:00",
-    }
-    producer = Producer(producer_config())
-    producer.produce(channel_topic(channel, "batch"), key=f"{campaign.launch_id}:{batch}", value=orjson.dumps(payload))
-    assert producer.flush(10) == 0
-    messages = consume(channel_topic(channel, "batch"), expected=batch + 1, timeout=10)
-    return [m for m in messages if orjson.loads(m.value())["batch"] == batch][-1:]
-
-
-def expander(**config):
-    defaults = {"chunk_size": 1000, "time_budget": 5.0, "pacing": False}
-    return BatchExpander(
-        producer=Producer(producer_config()), redis_client=get_redis(), config=ExpanderConfig(**{**defaults, **config})
-    )
-
-
-def released(channel, expected, timeout=10.0, idle=0.5):
-    return [
-        orjson.loads(m.value())
-        for m in consume(delivery_topic(channel, Lane.BULK), expected=expected, timeout=timeout, idle=idle)
-    ]
-
-
 def test_expands_rendered_messages_in_the_recipients_locale(topics, promo_type, marketer):
     ids = copy_users(6, locale=lambda i: "de-ch" if i % 2 else "en", email=lambda i: i != 4)
-    campaign = running(
+    campaign = launch_running(
         make_campaign(
             promo_type,
             channels=["email"],
@@ -105,7 +62,7 @@ def test_push_is_split_per_platform_and_late_opt_outs_are_respected(topics, prom
     PreferenceDocument.objects.create(
         user_id=ids[3], document={"categories": {"marketing": {"push": False}}}, version=1
     )  # opted out after the batch was emitted
-    campaign = running(make_campaign(promo_type, channels=["push"]), marketer)
+    campaign = launch_running(make_campaign(promo_type, channels=["push"]), marketer)
     expander().handle_batch(emit(campaign, "push", ids))
     messages = released("push", 4)
     assert sorted(m["id"] for m in messages) == sorted(
@@ -122,7 +79,7 @@ def test_push_is_split_per_platform_and_late_opt_outs_are_respected(topics, prom
 
 
 def test_a_batch_costs_a_constant_number_of_queries(topics, promo_type, marketer):
-    campaign = running(make_campaign(promo_type, channels=["email"]), marketer)
+    campaign = launch_running(make_campaign(promo_type, channels=["email"]), marketer)
     small, large = copy_users(10), copy_users(400)
     handler = expander()
     handler.handle_batch(emit(campaign, "email", [small[0]], batch=0))  # warm the campaign cache
@@ -143,7 +100,7 @@ def test_a_batch_costs_a_constant_number_of_queries(topics, promo_type, marketer
 
 def test_paused_defers_and_cancelled_drops(topics, promo_type, marketer):
     ids = copy_users(5)
-    campaign = running(make_campaign(promo_type, channels=["email"]), marketer)
+    campaign = launch_running(make_campaign(promo_type, channels=["email"]), marketer)
     services.campaign_pause(campaign_id=campaign.pk, user=marketer)
     handler = expander()
     batch = emit(campaign, "email", ids)
@@ -158,7 +115,7 @@ def test_paused_defers_and_cancelled_drops(topics, promo_type, marketer):
 
 def test_kill_switch_drop_non_urgent_suppresses_the_batch(topics, promo_type, marketer):
     ids = copy_users(3)
-    campaign = running(make_campaign(promo_type, channels=["email"]), marketer)
+    campaign = launch_running(make_campaign(promo_type, channels=["email"]), marketer)
     KillSwitch.objects.create(channel="email", mode="drop_non_urgent")
     expander().handle_batch(emit(campaign, "email", ids))
     assert read_counters(get_redis(), [campaign.pk])[campaign.pk]["suppressed"] == 3
@@ -166,7 +123,7 @@ def test_kill_switch_drop_non_urgent_suppresses_the_batch(topics, promo_type, ma
 
 def test_throttle_paces_the_release(topics, promo_type, marketer, fast_providers):
     ids = copy_users(120)
-    campaign = running(make_campaign(promo_type, channels=["email"], throttle=60), marketer)
+    campaign = launch_running(make_campaign(promo_type, channels=["email"], throttle=60), marketer)
     handler = expander(pacing=True, time_budget=0.5, chunk_size=1000)
     batch = emit(campaign, "email", ids)
     started = time.monotonic()

@@ -16,24 +16,16 @@ import pytest
 from campaigns import services
 from campaigns.models import Campaign, CampaignKind, CampaignLaunch, CampaignState
 from notifications.bus.topics import channel_topic
-from notifications.models import Category, NotificationTemplate, NotificationType, Provider, Urgency
+from notifications.models import Category, NotificationTemplate, NotificationType, Urgency
 from preferences.models import InboxMessage
 from subscriptions.models import Topic
-from tests.campaigns.conftest import copy_users
+from tests.campaigns.conftest import copy_users, create_providers
 from tests.kafka_helpers import consume
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 SUBSCRIBERS = int(os.environ.get("FANOUT_E2E_SUBSCRIBERS", "10000"))
-
-
-@pytest.fixture
-def platform(platform, sandbox):
-    for name in ("sendgrid", "fcm", "apns"):
-        sandbox.client(name).reset(config=True)
-        sandbox.client(name).configure(rate=20000, burst=20000)
-    return platform
 
 
 @pytest.fixture
@@ -61,13 +53,9 @@ def email_only(episode_type):
 
 
 @pytest.fixture
-def providers(db):
-    Provider.objects.bulk_create(
-        [
-            Provider(name="sendgrid", channel="email", kind="sendgrid", rate=6000, burst=600, transactional_reserve=50),
-            Provider(name="inapp", channel="inapp", kind="inapp", rate=20000, burst=2000),
-        ]
-    )
+def fanout_providers(db):
+    """SendGrid and in-app at campaign rates: the channels of the fanout types."""
+    create_providers("sendgrid", "inapp")
 
 
 def subscribe(service_client, key: str, user_ids) -> None:
@@ -103,7 +91,7 @@ def start_pipeline(platform, *orchestrator_args: str, channels=("email",)) -> No
 
 
 def test_a_topic_event_reaches_each_subscriber_once_per_channel(
-    platform, providers, sandbox, episode_type, service_client, capsys
+    platform, fanout_providers, sandbox, episode_type, service_client, capsys
 ):
     """SUBSCRIBERS subscribers among SUBSCRIBERS + 5,000 users. Everyone subscribed can be reached in-app,
     one in five by e-mail; one in 20 opted out of product updates, one in 20 muted everything, one in
@@ -155,7 +143,9 @@ def test_a_topic_event_reaches_each_subscriber_once_per_channel(
         )
 
 
-def test_unsubscribe_between_batches_and_a_repeated_event_id(platform, providers, sandbox, email_only, service_client):
+def test_unsubscribe_between_batches_and_a_repeated_event_id(
+    platform, fanout_providers, sandbox, email_only, service_client
+):
     ids = copy_users(3000, tag="unsub")
     topic = make_topic(service_client, "show:unsub")
     subscribe(service_client, topic.key, ids)
@@ -190,7 +180,7 @@ def test_unsubscribe_between_batches_and_a_repeated_event_id(platform, providers
     assert Campaign.objects.filter(kind=CampaignKind.FANOUT).count() == 1, "a repeat fans out nothing"
 
 
-def test_cancel_stops_further_sends(platform, providers, sandbox, email_only, service_client, marketer):
+def test_cancel_stops_further_sends(platform, fanout_providers, sandbox, email_only, service_client, marketer):
     ids = copy_users(8000, tag="cancel")
     topic = make_topic(service_client, "show:cancel")
     subscribe(service_client, topic.key, ids)
@@ -210,7 +200,7 @@ def test_cancel_stops_further_sends(platform, providers, sandbox, email_only, se
     assert fanout.state == CampaignState.CANCELLED
 
 
-def test_orchestrator_killed_mid_fanout_and_restarted(platform, providers, sandbox, email_only, service_client):
+def test_orchestrator_killed_mid_fanout_and_restarted(platform, fanout_providers, sandbox, email_only, service_client):
     ids = copy_users(6000, tag="fkill")
     topic = make_topic(service_client, "show:kill")
     subscribe(service_client, topic.key, ids)

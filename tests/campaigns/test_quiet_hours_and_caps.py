@@ -18,21 +18,22 @@ from django.conf import settings
 from django.db import connections
 
 from campaigns import services
-from campaigns.expansion.expander import BatchExpander, ExpanderConfig, expander_topics
+from campaigns.expansion.expander import BatchExpander
 from campaigns.models import Campaign, CampaignState
 from campaigns.progress import pending_deferred_count, progress_snapshot, read_counters, read_details
 from notifications.bus.config import producer_config
-from notifications.bus.runner import ConsumerRunner, RunnerConfig
+from notifications.bus.consumers import batch_topics, consumer
+from notifications.bus.runner import ConsumerRunner
 from notifications.bus.topics import channel_topic
 from notifications.dispatch.scheduling import release_due_messages
 from notifications.models import DeliveryLog, ScheduledMessage
 from notifications.outbox.relay import RELAY_PRODUCER_OVERRIDES, OutboxRelay, RelayConfig, conninfo_from_django
 from notifications.redis_client import get_redis
 from preferences.frequency import frequency_cap_take
-from tests.campaigns.conftest import RunningRole, copy_users, make_campaign
-from tests.campaigns.test_end_to_end import keys, platform, providers, wait_for  # noqa: F401 - fixtures
-from tests.campaigns.test_expansion import emit, released, running
+from tests.campaigns.conftest import copy_users, make_campaign
+from tests.campaigns.helpers import emit, expander, keys, launch_running, released
 from tests.kafka_helpers import consume
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -81,16 +82,6 @@ def release_now(channel: str, *, expected_batches: int, on_topic: int) -> list:
     return [m for m in messages if orjson.loads(m.value()).get("part")]
 
 
-def expander(clock, **config):
-    defaults = {"chunk_size": 1000, "time_budget": 5.0, "pacing": False}
-    return BatchExpander(
-        producer=Producer(producer_config()),
-        redis_client=get_redis(),
-        config=ExpanderConfig(**{**defaults, **config}),
-        wall_clock=clock,
-    )
-
-
 def log_of(campaign) -> dict[int, tuple[str, str]]:
     rows = DeliveryLog.objects.filter(event_id=campaign.launch_id).values_list("user_id", "status", "reason")
     return {user_id: (status, reason) for user_id, status, reason in rows}
@@ -112,7 +103,7 @@ def test_capped_users_are_suppressed_and_quiet_hours_users_deferred_then_sent_on
             redis, user_id=uid, category="marketing", channel="email", caps=CAP["marketing"], now=NIGHT
         )
         assert first.allowed, "the day's one marketing e-mail, taken before the campaign"
-    campaign = running(make_campaign(promo_type, channels=["email"]), marketer)
+    campaign = launch_running(make_campaign(promo_type, channels=["email"]), marketer)
     clock = Clock(NIGHT)
     handler = expander(clock, chunk_size=5)  # several chunks: one deferred batch per chunk and due time
 
@@ -176,7 +167,7 @@ def test_a_paused_campaign_holds_released_quiet_hours_batches_and_a_cancelled_on
 ):
     berlin = copy_users(3, document={"quiet_hours": BERLIN})
     tokyo = copy_users(2, document={"quiet_hours": TOKYO_LUNCH})
-    campaign = running(make_campaign(promo_type, channels=["email"]), marketer)
+    campaign = launch_running(make_campaign(promo_type, channels=["email"]), marketer)
     clock = Clock(NIGHT)
     handler = expander(clock)
     assert handler.handle_batch(emit(campaign, "email", berlin + tokyo)) == {}
@@ -231,13 +222,7 @@ class _ExpanderRole:
     def __init__(self, clock: Clock):
         handler = BatchExpander(producer=Producer(producer_config()), redis_client=get_redis(), wall_clock=clock)
         self.runner = ConsumerRunner(
-            RunnerConfig(
-                role="campaign-expander",
-                topics=expander_topics(["email"]),
-                group="campaign-expander",
-                batch_size=8,
-                poll_timeout=0.2,
-            ),
+            consumer("campaign-expander").runner_config(topics=batch_topics(["email"]), batch_size=8, poll_timeout=0.2),
             handler,
         )
         self.stop_event = self.runner.stop_event
@@ -252,12 +237,10 @@ class _ExpanderRole:
 
 @pytest.mark.slow
 def test_end_to_end_capped_users_suppressed_quiet_hours_users_sent_after_the_window_nobody_twice(
-    request, sandbox, promo_type, marketer
+    platform, providers, sandbox, promo_type, marketer, running
 ):
     """Orchestrator, worker and dispatcher as processes, the relay in a thread, the expander in a
     thread on the test's clock; sends counted at the e-mail sandbox."""
-    platform_ = request.getfixturevalue("platform")  # (the fixtures of test_end_to_end, imported above)
-    request.getfixturevalue("providers")
 
     def document(i):
         if i % 4 in (0, 2):
@@ -278,10 +261,10 @@ def test_end_to_end_capped_users_suppressed_quiet_hours_users_sent_after_the_win
     )
     clock = Clock(NIGHT)
     client = sandbox.client("sendgrid")
-    platform_.orchestrator()
-    platform_.start("worker_email", "run_worker", "--channel", "email")
-    platform_.start("dispatcher", "run_dispatcher")  # its tick releases due ScheduledMessage rows
-    with RunningRole(_ExpanderRole(clock)):
+    platform.orchestrator()
+    platform.start("worker_email", "run_worker", "--channel", "email")
+    platform.start("dispatcher", "run_dispatcher")  # its tick releases due ScheduledMessage rows
+    with running(_ExpanderRole(clock)):
         services.campaign_launch(campaign_id=campaign.pk, user=marketer)
         campaign.refresh_from_db()
         wait_for(lambda: client.stats()["accepted"] >= len(at_once), timeout=90, what="the first wave sent")
@@ -331,7 +314,7 @@ def test_caps_and_quiet_hours_cost_the_same_redis_round_trips_for_6_or_300_recip
         return [{"frequency_caps": CAP}, {"frequency_caps": CAP, "quiet_hours": BERLIN}, None][i % 3]
 
     warm, small, large = (copy_users(n, document=document) for n in (3, 6, 300))
-    campaign = running(make_campaign(promo_type, channels=["email"]), marketer)
+    campaign = launch_running(make_campaign(promo_type, channels=["email"]), marketer)
     handler = expander(Clock(NIGHT))
     handler.handle_batch(emit(campaign, "email", warm, batch=0))  # scripts loaded, campaign cached
     trips = {"n": 0}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 
@@ -46,18 +45,6 @@ def prefix(redis_client: redis.Redis) -> Iterator[str]:
     keys = list(redis_client.scan_iter(match=f"{value}*", count=1000))
     if keys:
         redis_client.delete(*keys)
-
-
-@pytest.fixture
-def dead_redis() -> Iterator[redis.Redis]:
-    """A client pointed at a local port with nothing listening, with short timeouts and no retries."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    # The socket is closed: connecting now gets ECONNREFUSED immediately.
-    client = make_redis_client(f"redis://127.0.0.1:{port}/0", socket_timeout=0.1, socket_connect_timeout=0.1, retries=0)
-    yield client
-    client.close()
 
 
 def thread_client(client: redis.Redis) -> redis.Redis:

@@ -1,11 +1,9 @@
 """The dispatcher against real Kafka, PostgreSQL and Redis: one event in, the right messages out."""
 
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import orjson
 import pytest
 from confluent_kafka import Producer
 from django.db import transaction
@@ -27,112 +25,15 @@ from notifications.models import (
     NotificationType,
     OutboxEvent,
     ScheduledMessage,
-    Urgency,
 )
 from notifications.outbox.relay import OutboxRelay, RelayConfig, conninfo_from_django
 from notifications.priority import Lane
 from notifications.redis_client import get_redis
-from preferences.models import Device, PreferenceDocument, RecipientProfile
-from tests.kafka_helpers import consume, consume_matching, produce_raw
+from preferences.models import RecipientProfile
+from tests.dispatch_helpers import dispatch, envelope, make_user, out, statuses
+from tests.kafka_helpers import consume_matching
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def types(db):
-    shipped = NotificationType.objects.create(
-        key="order.shipped",
-        name="Order shipped",
-        category=Category.TRANSACTIONAL,
-        default_channels=["email", "push", "sms", "inapp"],
-        sample_payload={"order": "1"},
-    )
-    for channel in ("email", "push", "sms", "inapp"):
-        NotificationTemplate.objects.create(
-            notification_type=shipped,
-            channel=channel,
-            subject="Order {{ order }} shipped",
-            title="Shipped",
-            body="Your order {{ order }} is on its way",
-            html="<p>Order {{ order }}</p>",
-        )
-    NotificationTemplate.objects.create(
-        notification_type=shipped,
-        channel="email",
-        locale="de",
-        subject="Bestellung {{ order }} versandt",
-        body="Ihre Bestellung {{ order }} ist unterwegs",
-    )
-    reset = NotificationType.objects.create(
-        key="auth.password_reset",
-        name="Reset",
-        category=Category.SECURITY,
-        urgency=Urgency.URGENT,
-        default_channels=["email"],
-    )
-    NotificationTemplate.objects.create(notification_type=reset, channel="email", subject="Reset", body="{{ url }}")
-    digest = NotificationType.objects.create(
-        key="marketing.digest",
-        name="Digest",
-        category=Category.MARKETING,
-        urgency=Urgency.BULK,
-        default_channels=["email", "push"],
-    )
-    for channel in ("email", "push"):
-        NotificationTemplate.objects.create(
-            notification_type=digest, channel=channel, subject="Digest", title="Digest", body="News"
-        )
-    return {"shipped": shipped, "reset": reset, "digest": digest}
-
-
-def make_user(django_user_model, *, phone="+4915112345678", locale="en", tz="UTC", device=True, document=None):
-    user = django_user_model.objects.create(username=f"u{uuid.uuid4().hex[:8]}", email=f"{uuid.uuid4().hex[:8]}@ex.com")
-    RecipientProfile.objects.create(user=user, phone=phone or "", locale=locale, timezone=tz)
-    if device:
-        Device.objects.create(user=user, platform="fcm", token=f"tok-{uuid.uuid4().hex}")
-    if document is not None:
-        PreferenceDocument.objects.create(user=user, document=document, version=1)
-    return user
-
-
-def envelope(type_key: str, user_id: int, data=None, event_id=None) -> dict:
-    return {
-        "v": 1,
-        "id": event_id or str(uuid.uuid4()),
-        "type": type_key,
-        "occurred_at": "2026-11-25T10:00:00+00:00",
-        "recipient": str(user_id),
-        "data": data or {"order": "A-1"},
-        "source": "test",
-    }
-
-
-def dispatch(fresh_topic, items: list, *, clock=None) -> Dispatcher:
-    """Produce `items` (envelopes or raw bytes) to a fresh topic, consume them for real, dispatch."""
-    produce_raw(fresh_topic, [("k", v if isinstance(v, bytes) else orjson.dumps(v)) for v in items])
-    messages = consume(fresh_topic, expected=len(items), timeout=20)
-    assert len(messages) == len(items)
-    kwargs = {"clock": clock} if clock else {}
-    dispatcher = Dispatcher(producer=Producer(producer_config()), redis_client=get_redis(), **kwargs)
-    try:
-        dispatcher.handle_batch(messages).result()  # the delivery-log rows are stored
-    finally:
-        dispatcher.close()
-    return dispatcher
-
-
-def out(channel: str, event_id: str, suffix: str = "", expected: int = 1, lane: Lane = Lane.PRIORITY) -> list[dict]:
-    messages = consume_matching(
-        channel_topic(channel, suffix) if suffix else delivery_topic(channel, lane),
-        lambda m: orjson.loads(m.value()).get("event_id") == event_id,
-        expected=expected,
-        timeout=10 if expected else 2,
-    )
-    return [orjson.loads(m.value()) for m in messages]
-
-
-def statuses(event_id: str) -> dict[str, tuple[str, str]]:
-    return {row.channel: (row.status, row.reason) for row in DeliveryLog.objects.filter(event_id=event_id)}
 
 
 def test_event_becomes_one_rendered_message_per_channel(types, django_user_model, fresh_topic):
@@ -384,7 +285,7 @@ def test_events_name_recipients_by_external_id(types, django_user_model, fresh_t
     assert len(out("email", legacy["id"])) == 1
 
 
-def test_end_to_end_post_relay_dispatch(types, django_user_model, settings):
+def test_end_to_end_post_relay_dispatch(types, django_user_model, settings, running):
     """POST /api/v1/events → outbox → relay → notif.events → dispatcher (consumer group) → notif.email."""
     user = make_user(django_user_model)
     _key, raw = ApiKey.generate(service="shop")
@@ -397,11 +298,7 @@ def test_end_to_end_post_relay_dispatch(types, django_user_model, settings):
         RunnerConfig(role="dispatcher", topics=[topic_name("events")], group=f"dispatcher-{uuid.uuid4().hex[:6]}"),
         Dispatcher(producer=Producer(producer_config()), redis_client=get_redis()),
     )
-    threads = [threading.Thread(target=relay.run, daemon=True), threading.Thread(target=runner.run, daemon=True)]
-    for t in threads:
-        t.start()
-    try:
-        assert runner.assigned.wait(20), "dispatcher got its partitions"
+    with running(relay), running(runner):
         with transaction.atomic():
             response = client.post(
                 "/api/v1/events",
@@ -416,11 +313,6 @@ def test_end_to_end_post_relay_dispatch(types, django_user_model, settings):
         while statuses(event_id).get("email") != ("queued", "") and time.monotonic() < deadline:
             time.sleep(0.1)
         assert statuses(event_id)["email"] == ("queued", "")
-    finally:
-        relay.stop_event.set()
-        runner.stop_event.set()
-        for t in threads:
-            t.join(15)
 
 
 def test_parked_messages_are_drained_once_the_switch_is_back_to_normal(types, django_user_model, fresh_topic):

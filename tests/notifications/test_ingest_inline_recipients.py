@@ -8,10 +8,8 @@ from django.contrib.auth import get_user_model
 
 from notifications.models import AcceptedEvent, OutboxEvent
 from preferences.models import RecipientProfile
-from tests.notifications import test_dispatcher
-from tests.notifications.test_dispatcher import dispatch, out
+from tests.dispatch_helpers import dispatch, out
 
-types = test_dispatcher.types  # the notification types and templates of the dispatcher's tests
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("types")]
 
 URL = "/api/v1/events"

@@ -4,7 +4,6 @@ import collections
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import orjson
@@ -40,12 +39,6 @@ def make_relay(**overrides) -> OutboxRelay:
     return OutboxRelay(config)
 
 
-def run_in_thread(relay: OutboxRelay) -> threading.Thread:
-    thread = threading.Thread(target=relay.run, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_rollback_publishes_nothing(notification_type):
     with pytest.raises(RuntimeError), transaction.atomic():
         publish(type="order.shipped", recipients=[1, 2], data={"n": 1}, event_id="rolled-back")
@@ -75,30 +68,24 @@ def test_publish_is_idempotent_by_event_id(notification_type):
     assert OutboxEvent.objects.count() == 1
 
 
-def test_idle_relay_wakes_on_notify(notification_type):
+def test_idle_relay_wakes_on_notify(notification_type, running):
     """With a 30 s poll interval, only the NOTIFY trigger can make the relay forward this quickly."""
-    relay = make_relay(poll_interval=30.0)
-    thread = run_in_thread(relay)
-    try:
+    with running(make_relay(poll_interval=30.0)):
         time.sleep(0.5)  # let it go idle, waiting on LISTEN
         result = publish(type="order.shipped", recipients=[5], event_id="wake-up")
         messages = consume_matching(
             topic_name("events"), lambda m: orjson.loads(m.value())["id"] == str(result.id), expected=1, timeout=30
         )
         assert len(messages) == 1
-    finally:
-        relay.stop_event.set()
-        thread.join(10)
     assert OutboxEvent.objects.count() == 0
 
 
-def test_two_concurrent_relays_deliver_every_row_once_in_order_per_key(fresh_topic):
+def test_two_concurrent_relays_deliver_every_row_once_in_order_per_key(fresh_topic, running):
     topic = fresh_topic
     keys = [f"user-{i}" for i in range(40)]
     total = 4000
     relays = [make_relay(batch_size=100), make_relay(batch_size=100)]
-    threads = [run_in_thread(r) for r in relays]
-    try:
+    with running(relays[0]), running(relays[1]):
         # A relay that connects first may count only itself and take every bucket; the next rebalance
         # (every REBALANCE_INTERVAL) hands half to its peer. Write only once both serve a share, so
         # the rows below really are relayed by two relays at once.
@@ -116,11 +103,6 @@ def test_two_concurrent_relays_deliver_every_row_once_in_order_per_key(fresh_top
                 )
         messages = consume(topic, expected=total, timeout=60, idle=1.0)
         owned = [len(r.owned) for r in relays]
-    finally:
-        for r in relays:
-            r.stop_event.set()
-        for t in threads:
-            t.join(10)
     seqs = [orjson.loads(m.value())["seq"] for m in messages]
     assert sorted(seqs) == list(range(total)), "every row exactly once"
     per_key = collections.defaultdict(list)
@@ -169,20 +151,15 @@ def test_relay_killed_mid_batch_loses_nothing(subprocess_env, capsys, fresh_topi
     assert OutboxEvent.objects.count() == 0
 
 
-def test_a_row_the_broker_refuses_for_good_is_kept_aside_and_does_not_block(fresh_topic):
+def test_a_row_the_broker_refuses_for_good_is_kept_aside_and_does_not_block(fresh_topic, running):
     from notifications.models import OutboxFailure
     from notifications.outbox.relay import RELAY_PRODUCER_OVERRIDES
 
     with transaction.atomic():
         enqueue_messages([OutboxMessage(topic=f"{fresh_topic}-does-not-exist", key="k1", payload={"seq": -1})])
         enqueue_messages(OutboxMessage(topic=fresh_topic, key="k1", payload={"seq": i}) for i in range(5))
-    relay = make_relay(producer_config=producer_config(**RELAY_PRODUCER_OVERRIDES))
-    thread = run_in_thread(relay)
-    try:
+    with running(make_relay(producer_config=producer_config(**RELAY_PRODUCER_OVERRIDES))):
         messages = consume(fresh_topic, expected=5, timeout=40)
-    finally:
-        relay.stop_event.set()
-        thread.join(15)
     assert sorted(orjson.loads(m.value())["seq"] for m in messages) == [0, 1, 2, 3, 4]
     [failure] = OutboxFailure.objects.all()
     assert failure.payload == {"seq": -1} and "UNKNOWN_TOPIC" in failure.error

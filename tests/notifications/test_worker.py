@@ -37,21 +37,8 @@ PROVIDERS = {
 
 
 @pytest.fixture
-def providers(db, sandbox):
-    for client in (sandbox.client(p) for p in ("sendgrid", "twilio", "fcm", "apns", "webhook")):
-        client.reset(config=True)
-    sandbox.client("smtp_control").reset(config=True) if "smtp_control" in sandbox.urls else None
-    rows = [
-        Provider(name="sendgrid", channel="email", kind="sendgrid", rate=1000, burst=50, priority=1),
-        Provider(name="smtp", channel="email", kind="smtp", rate=1000, burst=50, priority=2),
-        Provider(name="twilio", channel="sms", kind="twilio", rate=1000, burst=50),
-        Provider(name="fcm", channel="push", kind="fcm", rate=1000, burst=50),
-        Provider(name="apns", channel="push", kind="apns", rate=1000, burst=50),
-        Provider(name="webhook", channel="webhook", kind="webhook", rate=1000, burst=50),
-        Provider(name="inapp", channel="inapp", kind="inapp", rate=10000, burst=500),
-    ]
-    Provider.objects.bulk_create(rows)
-    return {r.name: r for r in rows}
+def providers(sandbox_providers):
+    return sandbox_providers("sendgrid", "smtp", "twilio", "fcm", "apns", "webhook", "inapp")
 
 
 def message(channel: str, *, to: dict, user_id: int = 1, priority: str = "transactional", content=None) -> dict:

@@ -23,17 +23,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 @pytest.fixture
-def providers(db, sandbox):
-    for name in ("sendgrid", "twilio"):
-        sandbox.client(name).reset(config=True)
-    sandbox.client("smtp_control").reset(config=True)
-    Provider.objects.bulk_create(
-        [
-            Provider(name="sendgrid", channel="email", kind="sendgrid", rate=1000, burst=50, priority=1),
-            Provider(name="smtp", channel="email", kind="smtp", rate=1000, burst=50, priority=2),
-            Provider(name="twilio", channel="sms", kind="twilio", rate=1000, burst=50),
-        ]
-    )
+def providers(sandbox_providers):
+    return sandbox_providers("sendgrid", "smtp", "twilio")
 
 
 def message(channel: str, *, urgent: bool = False, meta: dict | None = None) -> dict:

@@ -6,8 +6,6 @@ import uuid
 
 import pytest
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from rest_framework.test import APIClient
 
 from notifications.redis_client import get_redis
@@ -33,18 +31,6 @@ def redis_prefix(settings):
 @pytest.fixture
 def redis_client() -> redis.Redis:
     return get_redis()
-
-
-@pytest.fixture
-def dead_redis() -> redis.Redis:
-    """A client for a port nobody listens on: every command fails fast with ConnectionError."""
-    return redis.Redis(
-        host="127.0.0.1",
-        port=1,
-        socket_connect_timeout=0.2,
-        socket_timeout=0.2,
-        retry=Retry(NoBackoff(), 0),
-    )
 
 
 @pytest.fixture

@@ -6,11 +6,9 @@ import pytest
 
 from preferences.cache import preferences_get
 from preferences.unsubscribe import unsubscribe_url
-from tests.campaigns import test_admin_browser
 
 from .factories import RecipientProfileFactory
 
-browser = test_admin_browser.browser  # one headless Chromium per session (skips without chromium locally)
 pytestmark = [pytest.mark.django_db(transaction=True)]  # the live server's thread reads committed rows
 
 

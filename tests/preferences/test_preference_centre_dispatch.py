@@ -7,10 +7,8 @@ import pytest
 from notifications.channels import ALL_CHANNELS
 from preferences.centre import field_name
 from preferences.unsubscribe import unsubscribe_url
-from tests.notifications import test_dispatcher
-from tests.notifications.test_dispatcher import dispatch, envelope, make_user, statuses
+from tests.dispatch_helpers import dispatch, envelope, make_user, statuses
 
-types = test_dispatcher.types  # the dispatcher tests' types, among them marketing.digest (e-mail, push)
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("types")]
 
 

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from notifications.dispatch.messages import ChannelMessage, channel_message
+from provider_sandbox.client import SandboxClient
 from provider_sandbox.process import SandboxProcess
 
 T = TypeVar("T")
@@ -94,12 +95,17 @@ def start_sandbox(*providers: str, **flags: Any) -> Iterator[SandboxProcess]:
         yield proc
 
 
+@pytest.fixture
+def control(sandbox: SandboxProcess) -> Iterator[SandboxClient]:
+    """The control client of the module's sandbox (one provider; see ``start_sandbox``), reset to its
+    start-up configuration."""
+    [provider] = {name.removesuffix("_control") for name in sandbox.urls}
+    with sandbox.client(provider) as client:
+        client.reset(config=True)
+        yield client
+
+
 # ---------------------------------------------------------------------------------------------- keys
-@pytest.fixture(scope="session")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
 @pytest.fixture(scope="session")
 def rsa_pem(rsa_key: rsa.RSAPrivateKey) -> tuple[str, str]:
     """``(private PEM, public PEM)`` of a throwaway service-account key."""

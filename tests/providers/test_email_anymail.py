@@ -23,13 +23,6 @@ def sandbox() -> Iterator[SandboxProcess]:
     yield from start_sandbox("sendgrid")
 
 
-@pytest.fixture
-def control(sandbox: SandboxProcess) -> Iterator[SandboxClient]:
-    with sandbox.client("sendgrid") as client:
-        client.reset(config=True)
-        yield client
-
-
 def adapter(sandbox: SandboxProcess, *, api_key: str = API_KEY, **kwargs: object) -> AnymailEmailAdapter:
     options: dict[str, object] = {"max_workers": 8, **kwargs}
     return AnymailEmailAdapter(

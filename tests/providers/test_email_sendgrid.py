@@ -20,13 +20,6 @@ def sandbox() -> Iterator[SandboxProcess]:
     yield from start_sandbox("sendgrid")
 
 
-@pytest.fixture
-def control(sandbox: SandboxProcess) -> Iterator[SandboxClient]:
-    with sandbox.client("sendgrid") as client:
-        client.reset(config=True)
-        yield client
-
-
 def adapter(sandbox: SandboxProcess, *, api_key: str = API_KEY, api_url: str | None = None) -> SendGridEmailAdapter:
     return SendGridEmailAdapter(
         api_key=api_key, api_url=api_url or f"{sandbox.url('sendgrid')}/v3", from_email="Shop <shop@example.com>"

@@ -22,13 +22,6 @@ def sandbox() -> Iterator[SandboxProcess]:
     yield from start_sandbox("smtp")
 
 
-@pytest.fixture
-def control(sandbox: SandboxProcess) -> Iterator[SandboxClient]:
-    with sandbox.client("smtp") as client:
-        client.reset(config=True)
-        yield client
-
-
 def adapter(sandbox: SandboxProcess, **kwargs: object) -> SmtpEmailAdapter:
     options: dict[str, object] = {"host": "127.0.0.1", "port": sandbox.ports["smtp"], "max_workers": 4, **kwargs}
     return SmtpEmailAdapter(from_email="Shop <shop@example.com>", **options)  # type: ignore[arg-type]

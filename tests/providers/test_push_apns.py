@@ -25,11 +25,10 @@ def sandbox() -> Iterator[SandboxProcess]:
 
 
 @pytest.fixture
-def control(sandbox: SandboxProcess, ec_pem: tuple[str, str]) -> Iterator[SandboxClient]:
-    with sandbox.client("apns") as client:
-        client.reset(config=True)
-        client.configure(options={"public_key_pem": ec_pem[1], "team_id": TEAM, "key_id": KEY_ID, "topics": [TOPIC]})
-        yield client
+def control(control: SandboxClient, ec_pem: tuple[str, str]) -> SandboxClient:
+    """The APNs sandbox checking the provider token's signature, team, key and topic."""
+    control.configure(options={"public_key_pem": ec_pem[1], "team_id": TEAM, "key_id": KEY_ID, "topics": [TOPIC]})
+    return control
 
 
 def adapter(sandbox: SandboxProcess, ec_pem: tuple[str, str], **kwargs: object) -> ApnsPushAdapter:

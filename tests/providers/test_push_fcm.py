@@ -25,11 +25,10 @@ def sandbox() -> Iterator[SandboxProcess]:
 
 
 @pytest.fixture
-def control(sandbox: SandboxProcess, rsa_pem: tuple[str, str]) -> Iterator[SandboxClient]:
-    with sandbox.client("fcm") as client:
-        client.reset(config=True)
-        client.configure(options={"public_key_pem": rsa_pem[1], "project": PROJECT})
-        yield client
+def control(control: SandboxClient, rsa_pem: tuple[str, str]) -> SandboxClient:
+    """The FCM sandbox checking the service account's signature, for one project."""
+    control.configure(options={"public_key_pem": rsa_pem[1], "project": PROJECT})
+    return control
 
 
 @pytest.fixture

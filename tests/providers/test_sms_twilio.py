@@ -22,13 +22,6 @@ def sandbox() -> Iterator[SandboxProcess]:
     yield from start_sandbox("twilio")
 
 
-@pytest.fixture
-def control(sandbox: SandboxProcess) -> Iterator[SandboxClient]:
-    with sandbox.client("twilio") as client:
-        client.reset(config=True)
-        yield client
-
-
 def adapter(sandbox: SandboxProcess, **kwargs: object) -> TwilioSmsAdapter:
     options = {"account_sid": ACCOUNT, "auth_token": TOKEN, "from_number": FROM, "base_url": sandbox.url("twilio")}
     return TwilioSmsAdapter(**{**options, **kwargs})  # type: ignore[arg-type]

@@ -26,13 +26,6 @@ def sandbox() -> Iterator[SandboxProcess]:
     yield from start_sandbox("webhook", webhook_secret=SECRET)
 
 
-@pytest.fixture
-def control(sandbox: SandboxProcess) -> Iterator[SandboxClient]:
-    with sandbox.client("webhook") as client:
-        client.reset(config=True)
-        yield client
-
-
 def test_signed_delivery_is_verified_and_recorded_under_the_notification_id(
     sandbox: SandboxProcess, control: SandboxClient
 ) -> None:

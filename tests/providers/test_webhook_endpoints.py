@@ -28,13 +28,6 @@ def sandbox() -> Iterator[SandboxProcess]:
     yield from start_sandbox("webhook", webhook_secret=GLOBAL)
 
 
-@pytest.fixture
-def control(sandbox: SandboxProcess) -> Iterator[SandboxClient]:
-    with sandbox.client("webhook") as client:
-        client.reset(config=True)
-        yield client
-
-
 def send_all(messages: list[dict], directory: EndpointDirectory) -> list:
     async def scenario():
         async with WebhookAdapter(signing_secret=GLOBAL, endpoints=directory) as hooks:

@@ -20,11 +20,6 @@ FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
 def assertion(key: rsa.RSAPrivateKey, token_uri: str, **overrides: Any) -> str:
     """What google-auth's service-account credentials post to ``token_uri``."""
     now = int(time.time())

@@ -22,7 +22,7 @@ from notifications.dlq.rules import RuleBook
 from notifications.dlq.signals import SUPPORT_GROUP
 from notifications.dlq.storing import DeadLetterEntry, StoredDeadLetter, categorise_entries, store_dead_letters
 from notifications.dlq.triage import build_triage_runner
-from notifications.models import DeliveryLog, Provider
+from notifications.models import DeliveryLog
 from notifications.outbox.relay import OutboxRelay, RelayConfig, conninfo_from_django
 from notifications.redis_client import get_redis
 
@@ -242,16 +242,9 @@ def relay(running):
 
 
 @pytest.fixture
-def providers(db, sandbox):
+def providers(sandbox_providers):
     """SendGrid and Twilio rows, talking to the sandboxes (reset to their default behaviour)."""
-    for name in ("sendgrid", "twilio"):
-        sandbox.client(name).reset(config=True)
-    Provider.objects.bulk_create(
-        [
-            Provider(name="sendgrid", channel="email", kind="sendgrid", rate=1000, burst=50),
-            Provider(name="twilio", channel="sms", kind="twilio", rate=1000, burst=50),
-        ]
-    )
+    return sandbox_providers("sendgrid", "twilio")
 
 
 # --- paging ---------------------------------------------------------------------------------------

@@ -122,10 +122,6 @@ KAFKA_HEARTBEAT_INTERVAL_MS = env.int("KAFKA_HEARTBEAT_INTERVAL_MS", default=150
 # restarted process takes its own partitions back without a rebalance. Unique per role and group;
 # empty: dynamic membership. Set per process by `run_consumer --instance`.
 CONSUMER_INSTANCE = env("CONSUMER_INSTANCE", default="")
-# Seconds a Python thread may hold the interpreter while another waits (Python's default: 0.005).
-# Shorter: an urgent request's many hand-overs (event loop, worker thread, committer) each wait
-# less behind a thread busy with bulk work. See docs/architecture.md, "Priority lanes".
-GIL_SWITCH_INTERVAL = env.float("GIL_SWITCH_INTERVAL", default=0.001)
 
 # --- Outbox relay -----------------------------------------------------------------------------
 # Rows are spread over this many key buckets; relays own buckets through advisory locks.

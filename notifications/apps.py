@@ -1,9 +1,6 @@
 """App configuration for the notification core."""
 
-import sys
-
 from django.apps import AppConfig
-from django.conf import settings
 from django.db.models.signals import post_migrate
 
 
@@ -13,7 +10,6 @@ class NotificationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        sys.setswitchinterval(settings.GIL_SWITCH_INTERVAL)  # every process of the platform, once
         from notifications import api_schema  # noqa: F401  (registers the API key's security scheme)
         from notifications.groups import ensure_groups_after_migrate
 

@@ -1,12 +1,9 @@
 """A long-running role's /metrics server: its port and the address it listens on."""
 
 import socket
-import subprocess
-import sys
 import urllib.request
 
 from notifications import process
-from tests.role_processes import REPO
 
 
 def test_metrics_listen_on_loopback_unless_metrics_bind_says_otherwise(settings, monkeypatch):
@@ -30,16 +27,3 @@ def test_the_metrics_server_answers_on_the_bound_address(settings):
     process.start_metrics_server(port)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     assert b"python_info" in body
-
-
-def test_every_process_takes_its_thread_switch_interval_from_the_environment(subprocess_env):
-    shown = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", "import sys; print(sys.getswitchinterval())"],
-        cwd=REPO,
-        env={**subprocess_env, "GIL_SWITCH_INTERVAL": "0.002"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert float(shown.stdout.split()[-1]) == 0.002

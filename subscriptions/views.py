@@ -3,6 +3,8 @@ see and follow the topics that allow it."""
 
 from __future__ import annotations
 
+import re
+
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -27,9 +29,13 @@ TAGS = ["topics"]
 MAX_PAGE = 1000
 NOT_FOUND = {"detail": "No topic has this key.", "code": "not_found"}
 
+_DIGITS = re.compile(r"[0-9]{1,9}")
+_USER_CURSOR_RE = re.compile(r"([0-9]{1,18})?")  # empty: the first page
 _CURSOR = OpenApiParameter("cursor", str, description="`next_cursor` of the previous page.")
 _USER_CURSOR = OpenApiParameter(
-    "cursor", {"type": "string", "pattern": "^[0-9]{1,18}$"}, description="`next_cursor` of the previous page."
+    "cursor",
+    {"type": "string", "pattern": f"^{_USER_CURSOR_RE.pattern}$"},
+    description="`next_cursor` of the previous page.",
 )
 _LIMIT = OpenApiParameter(
     "limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE}, description="Page size (default 100)."
@@ -38,14 +44,15 @@ _LIMIT = OpenApiParameter(
 
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_PAGE:
         raise serializers.ValidationError({"limit": [f"A whole number from 1 to {MAX_PAGE}."]})
     return int(raw)
 
 
 def _user_cursor(request: Request) -> int:
+    """0 (the first page) for no or an empty cursor; any other must be one this endpoint returned."""
     raw = request.query_params.get("cursor", "")
-    if raw and not (raw.isdigit() and len(raw) <= 18):
+    if not _USER_CURSOR_RE.fullmatch(raw):
         raise serializers.ValidationError({"cursor": ["Not a cursor this endpoint returned."]})
     return int(raw or 0)
 

@@ -71,7 +71,10 @@ def test_subscriber_requests_are_checked_field_by_field(service_client, show, se
     too_many = service_client.post(url, {"recipients": [f"x{i}" for i in range(10_001)]}, format="json")
     assert too_many.status_code == 400 and "recipients" in too_many.json()
     assert service_client.get(f"{url}?cursor=abc").status_code == 400
+    assert service_client.get(f"{url}?cursor=\u00b2").status_code == 400  # a digit to str.isdigit, not to int()
+    assert service_client.get(f"{url}?cursor=").status_code == 200  # the first page
     assert service_client.get(f"{url}?limit=0").status_code == 400
+    assert service_client.get(f"{url}?limit=\u0663").status_code == 400
     assert (
         service_client.post("/api/v1/topics/nope/subscribers", {"recipients": ["a"]}, format="json").status_code == 404
     )

@@ -132,7 +132,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
             return queryset, False
         match = Q(recipient=term) | Q(recipient=term.lower()) | Q(event_id=term) | Q(event_id=term.lower())
         match |= Q(message_id=term)
-        if term.isdigit() and len(term) < 19:
+        if term.isascii() and term.isdigit() and len(term) < 19:
             match |= Q(user_id=int(term))
         return queryset.filter(match), False
 

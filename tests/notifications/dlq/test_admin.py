@@ -139,6 +139,7 @@ def test_admin_list_filters_search_groups_and_detail(db, support_client):
         f"?q={target.recipient}",
         f"?q={target.event_id}",
         f"?fingerprint={target.fingerprint}",
+        "?q=%C2%B2",  # a digit to str.isdigit(), not to int()
     ):
         assert support_client.get(changelist + query).status_code == 200, query
     found = support_client.get(changelist, {"q": target.recipient}).context["cl"].result_list

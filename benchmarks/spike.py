@@ -17,11 +17,11 @@ import asyncio
 import contextlib
 import math
 import os
-import queue
 import random
 import shlex
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -306,17 +306,22 @@ class OtpStream(threading.Thread):
 
 
 class DigestPoster(threading.Thread):
-    """POSTs one digest event per user, --post-batch events per request, from --post-concurrency clients.
-
-    A failed request is retried with the same event ids (the API deduplicates them)."""
+    """The digest's producer: `_digest_client.py` in a process of its own (another service than the OTP
+    stream's), POSTing one digest event per user, --post-batch events per request, from --post-concurrency
+    clients; a failed request is retried with the same event ids (the API deduplicates them)."""
 
     def __init__(self, base_url: str, raw_key: str, users: list[int], expected: Expected, batch: int, clients: int):
         super().__init__(name="digest-poster", daemon=True)
-        self.url, self.clients, self.expected = base_url + PATH, clients, expected
-        self.headers = {"Authorization": f"Api-Key {raw_key}", "Content-Type": "application/json"}
-        self.batches: queue.Queue[list[int]] = queue.Queue()
-        for i in range(0, len(users), batch):
-            self.batches.put(users[i : i + batch])
+        self.job = {
+            "url": base_url + PATH,
+            "headers": {"Authorization": f"Api-Key {raw_key}", "Content-Type": "application/json"},
+            "users": users,
+            "event_id_prefix": expected.digest_event_id(""),
+            "type": DIGEST_TYPE,
+            "data": {"headline": "three new posts, one reply"},
+            "batch": batch,
+            "clients": clients,
+        }
         self.statuses: Counter[str] = Counter()
         self.failed_events = 0
         self.started = self.finished = 0.0
@@ -324,37 +329,22 @@ class DigestPoster(threading.Thread):
 
     def run(self) -> None:
         self.started = time.time()
-        threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        self.finished = time.time()
-
-    def _client(self) -> None:
-        import httpx
-
-        with httpx.Client(timeout=60.0) as client:
-            while not self.stop_event.is_set():
-                try:
-                    users = self.batches.get_nowait()
-                except queue.Empty:
-                    return
-                body = orjson.dumps({"events": [
-                    {"event_id": self.expected.digest_event_id(uid), "type": DIGEST_TYPE, "recipients": [str(uid)],
-                     "data": {"headline": "three new posts, one reply"}} for uid in users
-                ]})  # fmt: skip
-                for attempt in range(5):
-                    try:
-                        status = str(client.post(self.url, content=body, headers=self.headers).status_code)
-                    except httpx.HTTPError as exc:
-                        status = type(exc).__name__
-                    self.statuses[status] += 1
-                    if status == "202":
-                        break
-                    time.sleep(0.5 * (attempt + 1))
-                else:
-                    self.failed_events += len(users)
+        client = REPO / "benchmarks" / "_digest_client.py"
+        proc = subprocess.Popen([sys.executable, str(client)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        watcher = threading.Thread(target=lambda: self.stop_event.wait() and proc.poll() is None and proc.terminate(),
+                                   daemon=True)  # fmt: skip
+        watcher.start()
+        out, _ = proc.communicate(orjson.dumps(self.job))
+        self.stop_event.set()
+        if proc.returncode == 0 and out:
+            result = orjson.loads(out)
+            self.started, self.finished = result["started"], result["finished"]
+            self.statuses.update(result["statuses"])
+            self.failed_events = result["failed_events"]
+        else:
+            self.finished = time.time()
+            self.statuses[f"client exit {proc.returncode}"] += 1
+            self.failed_events = len(self.job["users"])
 
 
 # --- observers ------------------------------------------------------------------------------------------------

@@ -75,6 +75,10 @@ class TypePriorities:
         self._refresh(type_key)
         return self._classes.get(type_key, PriorityClass.TRANSACTIONAL)
 
+    def cached(self, type_key: object) -> PriorityClass | None:
+        """The type's class as last read, without a query; None for a type not seen yet."""
+        return self._classes.get(type_key) if isinstance(type_key, str) else None
+
     def known(self, type_key: str) -> bool:
         """Whether `type_key` is a type producers may publish (it exists and is enabled)."""
         self._refresh(type_key)

@@ -16,11 +16,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from datetime import datetime
 
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, connections, transaction
 from django.db.utils import InterfaceError, OperationalError
 from django.utils import timezone
 from prometheus_client import Histogram
 
+from notifications.ingest.admission import lower_thread_priority
 from notifications.outbox.services import PreparedEvent, PublishResult, store_events
 from notifications.priority import Lane
 
@@ -94,6 +96,8 @@ class GroupCommitter:
 
     def _run(self, lane: Lane) -> None:
         queue = self._queues[lane]
+        if lane is Lane.BULK:
+            lower_thread_priority(settings.INGEST_BULK_NICE)
         try:
             while True:
                 with self._cond:

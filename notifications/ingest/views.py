@@ -105,17 +105,25 @@ def _accepted(result: PublishResult, rendered: dict[datetime, str]) -> dict[str,
     }
 
 
-def admit(body: bytes, *, authorization: str, x_api_key: str | None) -> Admitted | Answer:
-    """Everything before the commit: overload, key, body, quota. An Answer ends the request (a 503
-    while the database is away, never a 500)."""
+def parse_body(body: bytes) -> object:
+    """The body's JSON value, or the JSONDecodeError (`admit` answers it after the key check)."""
     try:
-        return _admit(body, authorization=authorization, x_api_key=x_api_key)
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return exc
+
+
+def admit(data: object, *, authorization: str, x_api_key: str | None) -> Admitted | Answer:
+    """Everything before the commit: overload, key, body (`data`: its `parse_body`), quota. An
+    Answer ends the request (a 503 while the database is away, never a 500)."""
+    try:
+        return _admit(data, authorization=authorization, x_api_key=x_api_key)
     except (OperationalError, InterfaceError):
         close_old_connections()
         return UNAVAILABLE
 
 
-def _admit(body: bytes, *, authorization: str, x_api_key: str | None) -> Admitted | Answer:
+def _admit(data: object, *, authorization: str, x_api_key: str | None) -> Admitted | Answer:
     busy = overload.reason()
     if busy is not None:
         return _error(503, f"Overloaded: {busy}. Retry later.", "overloaded", {"Retry-After": "5"})
@@ -125,10 +133,8 @@ def _admit(body: bytes, *, authorization: str, x_api_key: str | None) -> Admitte
         return _error(401, "Invalid API key.", "authentication_failed", {"WWW-Authenticate": "Api-Key"})
     except RevokedApiKey:
         return _error(403, "This API key has been revoked.", "api_key_revoked")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return _error(400, f"JSON parse error - {exc}", "parse_error")
+    if isinstance(data, orjson.JSONDecodeError):
+        return _error(400, f"JSON parse error - {data}", "parse_error")
     try:
         events, is_batch = read_events(data, known_type=type_priority.known)
     except ValidationError as exc:
@@ -161,7 +167,7 @@ def ingest_events(request: HttpRequest) -> HttpResponse:
     except RequestDataTooBig:
         return TOO_LARGE.http_response()
     outcome = admit(
-        body,
+        parse_body(body),
         authorization=request.headers.get("Authorization", ""),
         x_api_key=request.headers.get("X-Api-Key"),
     )

@@ -48,6 +48,7 @@ from notifications.outbox.relay import (  # noqa: E402
 )
 
 TABLE = "notifications_outboxevent"
+RELAY_SESSIONS = APPLICATION_NAME + "/%"  # a relay's sessions, whatever lanes it serves
 SCRIPT = "benchmarks/relay_throughput.py"
 WORDS = [
     "your",
@@ -294,7 +295,7 @@ class InProcessRelay:
         self.relay.producer._p.list_topics(topic, timeout=10)
 
     def ready(self) -> bool:
-        return len(self.relay.owned) == settings.OUTBOX_BUCKETS
+        return self.relay.owned_count == settings.OUTBOX_BUCKETS * len(self.relay.lanes)
 
     def pause(self) -> None:
         self.gate.clear()
@@ -336,8 +337,8 @@ class SubprocessRelays:
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             held = conn.execute(
                 "SELECT a.pid, count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.classid = %s AND a.application_name = %s GROUP BY a.pid",
-                (ADVISORY_LOCK_CLASS, APPLICATION_NAME),
+                "WHERE l.locktype = 'advisory' AND l.classid = %s AND a.application_name LIKE %s GROUP BY a.pid",
+                (ADVISORY_LOCK_CLASS, RELAY_SESSIONS),
             ).fetchall()
         share = -(-settings.OUTBOX_BUCKETS // self.k)
         counts = [c for _, c in held]
@@ -353,8 +354,8 @@ class SubprocessRelays:
                 for p in self.procs:
                     p.send_signal(signal.SIGSTOP)
                 busy = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state <> 'idle'",
-                    (APPLICATION_NAME,),
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s AND state <> 'idle'",
+                    (RELAY_SESSIONS,),
                 ).fetchone()[0]
                 if not busy:
                     return
@@ -462,8 +463,8 @@ def preflight(conninfo: str) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         (rows,) = conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()
         (relays,) = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
-            (APPLICATION_NAME,),
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s AND datname = current_database()",
+            (RELAY_SESSIONS,),
         ).fetchone()
     if rows:
         sys.exit(f"refusing to run: {TABLE} holds {rows} rows; the benchmark needs an empty outbox")

@@ -465,12 +465,14 @@ class Platform(RoleProcesses):
     def start_all(self, args, port: int, *, lanes: bool) -> None:
         web = ["config.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         self.start("web", "-m", "uvicorn", *web, "--workers", str(args.web_workers), "--no-access-log")
-        self.start("relay", "manage.py", "relay_outbox")
-        if lanes:  # as the Procfile: a dispatcher per events lane, the bulk one at a lower CPU priority
+        if lanes:  # as the Procfile: a relay and a dispatcher per events lane, the bulk ones at a lower CPU priority
+            self.start("relay", "manage.py", "relay_outbox", "--lane", "priority")
+            self.start("relay-bulk", "manage.py", "relay_outbox", "--lane", "bulk", nice=args.bulk_nice)
             self.start("dispatcher", "manage.py", "run_consumer", "dispatcher", "--lane", "priority")
             bulk = ("manage.py", "run_consumer", "dispatcher", "--lane", "bulk")
             self.start("dispatcher-bulk", *bulk, nice=args.bulk_nice)
         else:
+            self.start("relay", "manage.py", "relay_outbox")
             self.start("dispatcher", "manage.py", "run_dispatcher")
         self.start("orchestrator", "manage.py", "run_campaign_orchestrator")
         self.start("expander", "manage.py", "run_batch_expander", "--channel", "email")
@@ -595,7 +597,7 @@ def cpu_groups(platform: Platform, sandbox) -> dict[str, Callable[[], list[int]]
     web = platform.procs["web"].pid
     return {
         "web": lambda: [web, *children_of(web)],
-        "relay+dispatcher": procs("relay", "dispatcher", "dispatcher-bulk"),
+        "relay+dispatcher": procs("relay", "relay-bulk", "dispatcher", "dispatcher-bulk"),
         "orchestrator+expander": procs("orchestrator", "expander"),
         "workers": procs("worker"),
         "sandbox": lambda: [sandbox.proc.pid],

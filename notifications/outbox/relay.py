@@ -22,9 +22,14 @@ from notifications.probes import HEARTBEAT
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "notif_outbox"
+#: A relay's sessions are named "relay_outbox/<lanes it serves>", e.g. "relay_outbox/01": its peers
+#: for a lane are the sessions whose name lists that lane.
 APPLICATION_NAME = "relay_outbox"
-#: First key of the two-int advisory lock; the second is the bucket number.
+#: First key of the two-int advisory lock is this plus the lane (0 priority, 1 bulk); the second is
+#: the bucket number. A relay owns (lane, bucket) pairs.
 ADVISORY_LOCK_CLASS = 7301
+#: The outbox's `lane` column: 0 the priority lane, 1 the bulk lane.
+LANES = (0, 1)
 #: How often a relay re-counts its peers and rebalances buckets.
 REBALANCE_INTERVAL = 2.0
 OLDEST_AGE_INTERVAL = 5.0
@@ -71,8 +76,12 @@ class RelayConfig:
     failure_table: str = "notifications_outboxfailure"
     buckets: int = 64
     batch_size: int = 2000
-    #: Bulk-lane rows per batch at most (priority rows are claimed first, up to batch_size).
+    #: Bulk-lane rows per batch at most when the relay serves both lanes (priority rows are claimed
+    #: first, up to batch_size); a bulk-only relay claims up to batch_size.
     bulk_batch_size: int = 500
+    #: The lanes this relay serves: both by default; one per process lets the bulk lane's relay run
+    #: at a lower CPU priority and never hold an urgent row behind a bulk batch.
+    lanes: tuple[int, ...] = LANES
     poll_interval: float = 1.0
     flush_timeout: float = 30.0
 
@@ -89,7 +98,11 @@ class OutboxRelay:
         self.stop_event = stop_event or threading.Event()
         self.producer = producer_factory(config.producer_config)
         self.conn: psycopg.Connection | None = None
-        self.owned: set[int] = set()
+        if not config.lanes or set(config.lanes) - set(LANES):
+            raise ValueError(f"lanes must be a non-empty subset of {LANES}, not {config.lanes!r}")
+        self.lanes = tuple(sorted(set(config.lanes)))
+        self.application_name = f"{APPLICATION_NAME}/{''.join(map(str, self.lanes))}"
+        self.owned: dict[int, set[int]] = {lane: set() for lane in self.lanes}
         self._last_rebalance = 0.0
         self._last_age = 0.0
         self._last_rows: list[tuple] = []
@@ -98,7 +111,7 @@ class OutboxRelay:
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> None:
         """Relay until `stop_event` is set; the batch in hand is always finished first."""
-        log.info("relay started", extra={"buckets": self.config.buckets})
+        log.info("relay started", extra={"buckets": self.config.buckets, "lanes": self.lanes})
         try:
             while not self.stop_event.is_set():
                 HEARTBEAT.beat()  # /healthz: the loop is turning
@@ -120,7 +133,7 @@ class OutboxRelay:
             self._connect()
         self._maybe_rebalance()
         self._maybe_report_age()
-        relayed = self.relay_batch() if self.owned else 0
+        relayed = self.relay_batch() if self.owned_count else 0
         if relayed < min(self.config.batch_size, self.config.bulk_batch_size):
             self._wait_for_work()
 
@@ -135,12 +148,13 @@ class OutboxRelay:
             except psycopg.Error:
                 log.debug("closing the relay's connection failed", exc_info=True)
         self.conn = None
-        self.owned.clear()
+        for buckets in self.owned.values():
+            buckets.clear()
         self._last_rebalance = 0.0
         OWNED_BUCKETS.set(0)
 
     def _connect(self) -> None:
-        self.conn = psycopg.connect(self.config.conninfo, autocommit=True, application_name=APPLICATION_NAME)
+        self.conn = psycopg.connect(self.config.conninfo, autocommit=True, application_name=self.application_name)
         self.conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         # The claim must walk an index in id order. With statistics taken while the table was empty
         # the planner picks a bitmap scan plus a sort of the whole backlog per batch, which makes a
@@ -155,50 +169,58 @@ class OutboxRelay:
             self.rebalance()
             self._last_rebalance = now
 
+    @property
+    def owned_count(self) -> int:
+        return sum(len(buckets) for buckets in self.owned.values())
+
     def rebalance(self) -> None:
-        """Hold a fair share of the buckets: release extras, then take free ones up to the share."""
+        """Per lane, hold a fair share of its buckets: release extras, then take free ones up to the share."""
         assert self.conn is not None  # noqa: S101 - narrows the type: run() connects first
-        live = self.conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = current_database()",
-            (APPLICATION_NAME,),
-        ).fetchone()[0]
-        share = math.ceil(self.config.buckets / max(1, live))
-        for bucket in sorted(self.owned, reverse=True)[: max(0, len(self.owned) - share)]:
-            self.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (ADVISORY_LOCK_CLASS, bucket))
-            self.owned.discard(bucket)
-        for bucket in range(self.config.buckets):
-            if len(self.owned) >= share:
-                break
-            if bucket in self.owned:
-                continue
-            got = self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (ADVISORY_LOCK_CLASS, bucket)).fetchone()[0]
-            if got:
-                self.owned.add(bucket)
-        OWNED_BUCKETS.set(len(self.owned))
+        for lane, owned in self.owned.items():
+            live = self.conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND split_part(application_name, '/', 1) = %s"
+                " AND strpos(split_part(application_name, '/', 2), %s) > 0",
+                (APPLICATION_NAME, str(lane)),
+            ).fetchone()[0]
+            share = math.ceil(self.config.buckets / max(1, live))
+            lock_class = ADVISORY_LOCK_CLASS + lane
+            for bucket in sorted(owned, reverse=True)[: max(0, len(owned) - share)]:
+                self.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (lock_class, bucket))
+                owned.discard(bucket)
+            for bucket in range(self.config.buckets):
+                if len(owned) >= share:
+                    break
+                if bucket in owned:
+                    continue
+                if self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (lock_class, bucket)).fetchone()[0]:
+                    owned.add(bucket)
+        OWNED_BUCKETS.set(self.owned_count)
 
     # -- relaying --------------------------------------------------------------------------------
     def relay_batch(self) -> int:
         """Claim, produce and delete one batch. Returns the number of rows relayed."""
         assert self.conn is not None  # noqa: S101 - narrows the type: run() connects first
         started = time.perf_counter()
-        all_buckets = len(self.owned) == self.config.buckets
-        buckets = "" if all_buckets else "AND bucket = ANY(%(buckets)s)"
-        # Each lane oldest first (per-key order holds within a lane), and at most bulk_batch_size
-        # bulk rows per batch: a priority row committed meanwhile waits for a small batch at most.
-        lanes = " || ".join(
-            f"ARRAY(SELECT ctid FROM {self.config.table} WHERE lane = {lane} {buckets}"  # noqa: S608 - config
-            f" ORDER BY id LIMIT %({limit})s FOR UPDATE SKIP LOCKED)"
-            for lane, limit in ((0, "limit"), (1, "bulk_limit"))
-        )
+        # Each lane oldest first (per-key order holds within a lane); serving both lanes, at most
+        # bulk_batch_size bulk rows per batch: a priority row committed meanwhile waits for a small
+        # batch at most.
+        claims, params = [], {}
+        for lane, owned in self.owned.items():
+            if not owned:
+                continue
+            buckets = "" if len(owned) == self.config.buckets else f"AND bucket = ANY(%(buckets{lane})s)"
+            claims.append(
+                f"ARRAY(SELECT ctid FROM {self.config.table} WHERE lane = {lane} {buckets}"  # noqa: S608 - config
+                f" ORDER BY id LIMIT %(limit{lane})s FOR UPDATE SKIP LOCKED)"
+            )
+            params[f"buckets{lane}"] = sorted(owned)
+            both = lane != 0 and 0 in self.owned
+            params[f"limit{lane}"] = self.config.bulk_batch_size if both else self.config.batch_size
         sql = (
-            f"DELETE FROM {self.config.table} WHERE ctid = ANY({lanes})"  # noqa: S608 - table name is config
+            f"DELETE FROM {self.config.table} WHERE ctid = ANY({' || '.join(claims)})"  # noqa: S608 - config
             " RETURNING id, topic, key, payload, headers, created_at, lane"
         )
-        params = {
-            "buckets": sorted(self.owned),
-            "limit": self.config.batch_size,
-            "bulk_limit": self.config.bulk_batch_size,
-        }
         try:
             with self.conn.transaction():
                 rows = self.conn.execute(sql, params).fetchall()

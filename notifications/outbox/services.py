@@ -30,9 +30,13 @@ class OutboxMessage:
     headers: dict[str, str] | None = None
 
 
+#: The outbox's `lane` column of each lane (what `relay_outbox --lane` serves).
+LANE_COLUMN = {Lane.PRIORITY: 0, Lane.BULK: 1}
+
+
 def outbox_lane(topic: str) -> int:
-    """The outbox row's `lane` column: 1 for a bulk-lane topic (claimed after every priority row)."""
-    return 1 if lane_of_topic(topic) is Lane.BULK else 0
+    """The outbox row's `lane` column: the bulk lane's for a bulk-lane topic, else the priority lane's."""
+    return LANE_COLUMN[Lane.BULK if lane_of_topic(topic) is Lane.BULK else Lane.PRIORITY]
 
 
 def enqueue_messages(messages: Iterable[OutboxMessage]) -> int:

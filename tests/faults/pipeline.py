@@ -18,7 +18,8 @@ from tests.role_processes import RoleProcesses
 #: name -> command line after `python`, as the Procfile starts each role (two e-mail workers, so a
 #: stopped one has a successor).
 ROLES: dict[str, list[str]] = {
-    "relay": ["manage.py", "relay_outbox"],
+    "relay": ["manage.py", "relay_outbox", "--lane", "priority"],
+    "relay_bulk": ["manage.py", "relay_outbox", "--lane", "bulk"],
     "dispatcher": ["manage.py", "run_consumer", "dispatcher", "--lane", "priority", "--instance", "0"],
     "dispatcher_bulk": ["manage.py", "run_consumer", "dispatcher", "--lane", "bulk", "--instance", "0"],
     "worker0": ["manage.py", "run_consumer", "worker-email", "--instance", "0"],
@@ -27,7 +28,7 @@ ROLES: dict[str, list[str]] = {
     "expander": ["manage.py", "run_consumer", "campaign-expander", "--instance", "0"],
     "triage": ["manage.py", "run_consumer", "dlq-triage", "--instance", "0"],
 }
-CONSUMERS = [name for name in ROLES if name != "relay"]
+CONSUMERS = [name for name in ROLES if not name.startswith("relay")]
 ASSIGNED = b'"partitions assigned"'
 
 

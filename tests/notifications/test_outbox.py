@@ -90,9 +90,9 @@ def test_two_concurrent_relays_deliver_every_row_once_in_order_per_key(fresh_top
         # (every REBALANCE_INTERVAL) hands half to its peer. Write only once both serve a share, so
         # the rows below really are relayed by two relays at once.
         wait_for(
-            lambda: sorted(len(r.owned) for r in relays) == [8, 8],
+            lambda: [sorted(map(len, r.owned.values())) for r in relays] == [[8, 8], [8, 8]],
             timeout=4 * REBALANCE_INTERVAL + 5,
-            what="two relays owning 8 buckets each",
+            what="two relays owning 8 buckets of each lane",
         )
         # Write while the relays run, in many small transactions, as producers would.
         for start in range(0, total, 200):
@@ -102,7 +102,7 @@ def test_two_concurrent_relays_deliver_every_row_once_in_order_per_key(fresh_top
                     for i in range(start, start + 200)
                 )
         messages = consume(topic, expected=total, timeout=60, idle=1.0)
-        owned = [len(r.owned) for r in relays]
+        owned = [len(r.owned[0]) for r in relays]
     seqs = [orjson.loads(m.value())["seq"] for m in messages]
     assert sorted(seqs) == list(range(total)), "every row exactly once"
     per_key = collections.defaultdict(list)
@@ -207,3 +207,38 @@ def test_the_relay_claims_priority_rows_before_any_bulk_backlog(topics):
     left = set(OutboxEvent.objects.values_list("topic", flat=True))
     assert left == {bulk_topic}, "the priority row went out in the first batch, ahead of 30 older bulk rows"
     assert OutboxEvent.objects.count() == 26
+
+
+def test_a_relay_per_lane_relays_its_own_lane_alone(topics):
+    bulk_topic, priority_topic = events_topic(Lane.BULK), events_topic()
+    enqueue_messages(OutboxMessage(topic=bulk_topic, key=f"u{i}", payload={"n": i}) for i in range(30))
+    enqueue_messages(OutboxMessage(topic=priority_topic, key=f"u{i}", payload={"n": i}) for i in range(3))
+    priority, bulk = make_relay(lanes=(0,), batch_size=10), make_relay(lanes=(1,), batch_size=10)
+    for relay in (priority, bulk):
+        relay._connect()
+        relay.rebalance()
+    try:
+        assert priority.relay_batch() == 3 and priority.relay_batch() == 0, "priority rows only"
+        assert OutboxEvent.objects.filter(lane=0).count() == 0
+        assert bulk.relay_batch() == 10, "a bulk-only relay claims a whole batch of bulk rows"
+        assert OutboxEvent.objects.filter(lane=1).count() == 20
+    finally:
+        priority.close()
+        bulk.close()
+
+
+def test_relays_share_each_lanes_buckets_among_the_relays_serving_it(running):
+    relays = [make_relay(), make_relay(lanes=(0,)), make_relay(lanes=(1,))]
+    with running(relays[0]), running(relays[1]), running(relays[2]):
+        wait_for(
+            lambda: [{lane: len(b) for lane, b in r.owned.items()} for r in relays] == [{0: 8, 1: 8}, {0: 8}, {1: 8}],
+            timeout=4 * REBALANCE_INTERVAL + 5,
+            what="each lane's 16 buckets split between its two relays",
+        )
+        owned = [{lane: set(b) for lane, b in r.owned.items()} for r in relays]
+    assert owned[0][0].isdisjoint(owned[1][0]) and owned[0][1].isdisjoint(owned[2][1])
+
+
+def test_a_relay_refuses_an_unknown_lane():
+    with pytest.raises(ValueError, match="lanes must be"):
+        make_relay(lanes=(2,))

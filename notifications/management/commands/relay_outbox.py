@@ -1,10 +1,12 @@
-"""Run an outbox relay until SIGTERM (several may run at once; they share the key buckets)."""
+"""Run an outbox relay until SIGTERM (several may run at once; they share the key buckets of each lane)."""
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from notifications.bus.config import producer_config
 from notifications.outbox.relay import RELAY_PRODUCER_OVERRIDES, OutboxRelay, RelayConfig, conninfo_from_django
+from notifications.outbox.services import LANE_COLUMN
+from notifications.priority import Lane
 from notifications.process import install_stop_handlers, start_metrics_server
 
 
@@ -14,8 +16,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--batch-size", type=int, default=settings.OUTBOX_BATCH_SIZE)
         parser.add_argument("--metrics-port", type=int, default=None)
+        parser.add_argument(
+            "--lane",
+            choices=[lane.value for lane in Lane],
+            default=None,
+            help="relay this lane's rows alone; default: both, priority rows first",
+        )
 
-    def handle(self, *args, batch_size: int, metrics_port: int | None, **options):
+    def handle(self, *args, batch_size: int, metrics_port: int | None, lane: str | None, **options):
+        lanes = tuple(LANE_COLUMN.values()) if lane is None else (LANE_COLUMN[Lane(lane)],)
         relay = OutboxRelay(
             RelayConfig(
                 conninfo=conninfo_from_django(),
@@ -24,6 +33,7 @@ class Command(BaseCommand):
                 batch_size=batch_size,
                 bulk_batch_size=settings.OUTBOX_BULK_BATCH_SIZE,
                 poll_interval=settings.OUTBOX_POLL_INTERVAL,
+                lanes=lanes,
             )
         )
         install_stop_handlers(relay.stop_event)

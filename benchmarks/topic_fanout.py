@@ -21,6 +21,7 @@ import argparse
 import os
 import shlex
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -61,6 +62,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=8.0, help="seconds before the send-rate window opens")
     p.add_argument("--send-seconds", type=float, default=30.0, help="length of the send-rate window")
     p.add_argument("--api-subscriptions", type=int, default=200_000, help="subscriptions written through the API")
+    p.add_argument("--write-clients", type=int, default=2, help="API clients writing subscriptions at once")
     p.add_argument("--skip-send", action="store_true", help="only measure the writes and the emission")
     p.add_argument("--database", default="bench_topics")
     p.add_argument("--keep-database", action="store_true", help="do not drop the database at the end")
@@ -69,6 +71,8 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if not 1 <= args.batch_size <= 50_000:
         p.error("--batch-size must be between 1 and 50000")
+    if not 1 <= args.write_clients <= 32:
+        p.error("--write-clients must be between 1 and 32")
     args.max_backlog = None  # what campaign_fanout.send_rate reads
     args.profile_expander = None
     return args
@@ -107,34 +111,58 @@ def setup(args) -> tuple[list[int], str]:
 
 
 def api_writes(args, user_ids: list[int], raw_key: str) -> dict:
-    """Subscribe --api-subscriptions users to API_TOPIC through the API, 10,000 per request; then again."""
+    """Subscribe --api-subscriptions users to API_TOPIC through the API, 10,000 per request from
+    --write-clients clients at once (each with its own database connection); then again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
     from django.test import Client
 
-    client = Client(HTTP_AUTHORIZATION=f"Api-Key {raw_key}")
     ids = [str(u) for u in user_ids[: args.api_subscriptions]]
     chunks = [ids[i : i + IDS_PER_REQUEST] for i in range(0, len(ids), IDS_PER_REQUEST)]
-    out = {}
-    for phase in ("new", "again"):
-        meter = CpuMeter({"bench (API)": lambda: [os.getpid()], "postgres": postgres_pids})
+
+    def client_run(mine: list[list[str]]) -> tuple[int, int]:
+        client = Client(HTTP_AUTHORIZATION=f"Api-Key {raw_key}")
         changed = unchanged = 0
-        meter.start()
-        started = time.perf_counter()
-        for chunk in chunks:
+        for chunk in mine:
             response = client.post(
                 f"/api/v1/topics/{API_TOPIC}/subscribers", {"recipients": chunk}, content_type="application/json"
             )
             assert response.status_code == 200, response.content[:300]
             body = response.json()
             changed, unchanged = changed + body["changed"], unchanged + body["unchanged"]
-        elapsed = time.perf_counter() - started
-        meter.stop()
-        out[phase] = {
-            "seconds": elapsed,
-            "rate": len(ids) / elapsed,
-            "changed": changed,
-            "unchanged": unchanged,
-            "cpu": meter.summary(),
-        }
+        return changed, unchanged
+
+    out = {}
+    shares = [chunks[i :: args.write_clients] for i in range(args.write_clients)]
+    connected = threading.Barrier(args.write_clients)
+
+    def connect() -> None:  # before the CPU meter starts, so it counts the clients' backends
+        connection.ensure_connection()
+        connected.wait()
+
+    with ThreadPoolExecutor(args.write_clients, initializer=connect) as pool:
+        list(pool.map(lambda _: None, range(args.write_clients)))  # every client connected
+        for phase in ("new", "again"):
+            meter = CpuMeter({"bench (API)": lambda: [os.getpid()], "postgres": postgres_pids})
+            meter.start()
+            started = time.perf_counter()
+            counts = list(pool.map(client_run, shares))
+            elapsed = time.perf_counter() - started
+            meter.stop()
+            out[phase] = {
+                "seconds": elapsed,
+                "rate": len(ids) / elapsed,
+                "changed": sum(c for c, _ in counts),
+                "unchanged": sum(u for _, u in counts),
+                "cpu": meter.summary(),
+            }
+
+        def disconnect(_: int) -> None:
+            connection.close()
+            connected.wait()  # one per client thread
+
+        list(pool.map(disconnect, range(args.write_clients)))
     return out
 
 
@@ -238,7 +266,8 @@ def print_report(args, results: dict) -> None:
         verdict = f" (target >= {WRITE_TARGET:,}/s: {'OK' if p['rate'] >= WRITE_TARGET else 'MISSED'})"
         print(
             f"  API writes, {label:<8}        {p['rate']:,.0f} subscriptions/s ({args.api_subscriptions:,} in "
-            f"{p['seconds']:.2f} s, {IDS_PER_REQUEST:,} per request; changed {p['changed']:,}, unchanged "
+            f"{p['seconds']:.2f} s, {IDS_PER_REQUEST:,} per request, {args.write_clients} clients; "
+            f"changed {p['changed']:,}, unchanged "
             f"{p['unchanged']:,}){verdict if phase == 'new' else ''}"
         )
         print(f"    CPU                       {p['cpu']}")

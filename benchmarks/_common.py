@@ -216,6 +216,11 @@ def require_loopback() -> None:
         raise SystemExit(f"refusing to run: not on 127.0.0.1: {remote}")
 
 
+#: First key of the benchmarks' advisory locks (the platform's own: 7301-7302 the relays' buckets per
+#: lane, 7310 the delivery-log maintenance); the second names the lock.
+BENCH_LOCK_CLASS = 7320
+
+
 def hold_run_lock(lock_id: int, what: str, max_wait: float = 1800.0):
     """One run of this benchmark at a time on the bench database (they share rows such as the Provider or the
     notification type). Returns the connection that holds the session lock: keep it open for the whole run."""
@@ -225,7 +230,7 @@ def hold_run_lock(lock_id: int, what: str, max_wait: float = 1800.0):
 
     conn = psycopg.connect(conninfo_from_django(), autocommit=True)
     deadline, logged = time.monotonic() + max_wait, 0.0
-    while not conn.execute("SELECT pg_try_advisory_lock(7302, %s)", (lock_id,)).fetchone()[0]:
+    while not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (BENCH_LOCK_CLASS, lock_id)).fetchone()[0]:
         if time.monotonic() > deadline:
             raise SystemExit(f"another {what} run still holds the bench lock after {max_wait:.0f}s")
         if time.monotonic() - logged > 30:
@@ -244,6 +249,16 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def require_migrated() -> None:
+    """Exit with one line when the configured database lacks migrations (a fresh machine before `make migrate`)."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+        raise SystemExit(f"database {connection.settings_dict['NAME']!r} has unapplied migrations: run `make migrate`")
+
+
 def migrate_bench_database() -> None:
     """`migrate` on the bench database, serialised against other benchmark runs doing the same."""
     import psycopg
@@ -252,11 +267,11 @@ def migrate_bench_database() -> None:
     from notifications.outbox.relay import conninfo_from_django
 
     with psycopg.connect(conninfo_from_django(), autocommit=True) as lock_conn:
-        lock_conn.execute("SELECT pg_advisory_lock(7302, 1)")
+        lock_conn.execute("SELECT pg_advisory_lock(%s, 1)", (BENCH_LOCK_CLASS,))
         try:
             call_command("migrate", interactive=False, verbosity=0)
         finally:
-            lock_conn.execute("SELECT pg_advisory_unlock(7302, 1)")
+            lock_conn.execute("SELECT pg_advisory_unlock(%s, 1)", (BENCH_LOCK_CLASS,))
 
 
 def wait_for_quiet_machine(max_wait: float, threshold: float = 0.25) -> float:

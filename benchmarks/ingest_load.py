@@ -29,7 +29,7 @@ import django  # noqa: E402
 django.setup()
 
 import orjson  # noqa: E402
-from _common import CpuMeter, children_of, log, postgres_pids  # noqa: E402
+from _common import CpuMeter, children_of, log, postgres_pids, require_migrated  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 
@@ -436,6 +436,7 @@ def main() -> int:
     if not set(scenarios) <= {"single", "batch"} or not set(servers) <= {"gthread", "uvicorn"} or not levels:
         sys.exit("--scenarios takes single, batch; --servers gthread, uvicorn; --concurrency numbers")
 
+    require_migrated()
     run_id = secrets.token_hex(4)
     prefix = f"bench-ingest-{run_id}."
     settings.KAFKA_TOPIC_PREFIX = prefix  # topic_name() below must match what the server writes

@@ -30,7 +30,7 @@ django.setup()
 
 import orjson  # noqa: E402
 import psycopg  # noqa: E402
-from _common import CpuMeter, kafka_pids, log, postgres_pids  # noqa: E402
+from _common import CpuMeter, kafka_pids, log, postgres_pids, require_migrated  # noqa: E402
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from django.conf import settings  # noqa: E402
 
@@ -547,6 +547,7 @@ def wait_relayed(
 
 def main() -> int:
     args = parse_args()
+    require_migrated()
     n = args.events
     prefix = f"bench-relay-{secrets.token_hex(4)}-"
     settings.KAFKA_TOPIC_PREFIX = prefix

@@ -39,6 +39,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 import orjson  # noqa: E402
 from _common import (  # noqa: E402
+    BENCH_LOCK_CLASS,
     CpuMeter,
     children_of,
     code_version,
@@ -65,7 +66,7 @@ BULK_OF_PHASE = {"api-digest": "digest", "campaign": "campaign"}
 VARIANTS = {"lanes": "1", "naive": "0"}
 TARGET_P99_RATIO = 1.5
 TARGET_UTILISATION = 0.95
-RUN_LOCK = (7302, 6)  # advisory lock on the main database: one spike run at a time (it drops bench_spike)
+RUN_LOCK = (BENCH_LOCK_CLASS, 6)  # advisory lock on the main database: one spike run at a time (it drops bench_spike)
 
 
 def parse_args() -> argparse.Namespace:

@@ -28,8 +28,9 @@ APPLICATION_NAME = "relay_outbox"
 #: First key of the two-int advisory lock is this plus the lane (0 priority, 1 bulk); the second is
 #: the bucket number. A relay owns (lane, bucket) pairs.
 ADVISORY_LOCK_CLASS = 7301
-#: The outbox's `lane` column: 0 the priority lane, 1 the bulk lane.
-LANES = (0, 1)
+#: The outbox's `lane` column of the priority lane and of the bulk lane.
+PRIORITY_LANE, BULK_LANE = 0, 1
+LANES = (PRIORITY_LANE, BULK_LANE)
 #: How often a relay re-counts its peers and rebalances buckets.
 REBALANCE_INTERVAL = 2.0
 OLDEST_AGE_INTERVAL = 5.0
@@ -215,7 +216,7 @@ class OutboxRelay:
                 f" ORDER BY id LIMIT %(limit{lane})s FOR UPDATE SKIP LOCKED)"
             )
             params[f"buckets{lane}"] = sorted(owned)
-            both = lane != 0 and 0 in self.owned
+            both = lane != PRIORITY_LANE and PRIORITY_LANE in self.owned
             params[f"limit{lane}"] = self.config.bulk_batch_size if both else self.config.batch_size
         sql = (
             f"DELETE FROM {self.config.table} WHERE ctid = ANY({' || '.join(claims)})"  # noqa: S608 - config

@@ -17,6 +17,7 @@ from django.utils import timezone
 from notifications.bus.topics import events_topic, lane_of_topic
 from notifications.models import AcceptedEvent, OutboxEvent, bucket_for_key
 from notifications.outbox.envelope import build_event_envelope, platform_event_id
+from notifications.outbox.relay import BULK_LANE, PRIORITY_LANE
 from notifications.priority import Lane, lane_for, type_priority
 
 
@@ -31,7 +32,7 @@ class OutboxMessage:
 
 
 #: The outbox's `lane` column of each lane (what `relay_outbox --lane` serves).
-LANE_COLUMN = {Lane.PRIORITY: 0, Lane.BULK: 1}
+LANE_COLUMN = {Lane.PRIORITY: PRIORITY_LANE, Lane.BULK: BULK_LANE}
 
 
 def outbox_lane(topic: str) -> int:

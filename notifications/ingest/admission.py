@@ -1,16 +1,13 @@
-"""Where an ingest request's CPU work runs: a request whose events are all of bulk types on the process's
-one bulk thread, at a lower CPU priority; any other on the priority threads. Why: `docs/architecture.md`,
-"Ingest"."""
+"""Which lane an ingest request is served in: a request whose events are all of bulk types by the bulk
+process (`bulk_process.py`) at a lower CPU priority; any other on the web process's threads. Why:
+`docs/architecture.md`, "Ingest"."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
-
-from django.conf import settings
 
 from notifications.priority import Lane, lane_for, type_priority
 
@@ -42,29 +39,3 @@ def lower_thread_priority(increment: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
     except OSError as exc:
         log.warning("could not lower the thread's CPU priority", extra={"error": str(exc)})
-
-
-class LaneExecutors:
-    """The threads of each lane, made on first use: the priority lane uses the event loop's default
-    executor (None); the bulk lane has one thread, so bulk requests take their turn one at a time and
-    never hold every thread of the process."""
-
-    def __init__(self) -> None:
-        self._bulk: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-
-    def for_lane(self, lane: Lane) -> Executor | None:
-        if lane is not Lane.BULK:
-            return None
-        with self._lock:
-            if self._bulk is None:
-                self._bulk = ThreadPoolExecutor(
-                    max_workers=1,
-                    thread_name_prefix="ingest-bulk",
-                    initializer=lower_thread_priority,
-                    initargs=(settings.INGEST_BULK_NICE,),
-                )
-            return self._bulk
-
-
-executors = LaneExecutors()

@@ -1,8 +1,9 @@
 """`POST /api/v1/events` as a plain ASGI handler, for a server running the ASGI application.
 
 The same steps as the WSGI view (`views.admit`, the group commit, `views.accepted`) without Django's
-request machinery; `admit` runs on a thread of the request's lane (`admission.py`; it may touch the
-database), the commit is awaited.
+request machinery. A request of the bulk lane (`admission.request_lane`) is served whole by the bulk
+process (`bulk_process.py`); any other is admitted on the event loop's default threads (`admit` may
+touch the database) and its commit is awaited.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from typing import Any
 
 from django.conf import settings
 
-from notifications.ingest.admission import executors, request_lane
+from notifications.ingest.admission import request_lane
+from notifications.ingest.bulk_process import bulk_process
 from notifications.ingest.group_commit import DatabaseUnavailable, committer
 from notifications.ingest.views import UNAVAILABLE, Admitted, Answer, accepted, admit, parse_body
+from notifications.priority import Lane
 
 #: Seconds a request waits for its group commit before it answers 503 (nothing accepted).
 COMMIT_TIMEOUT = 30.0
@@ -39,21 +42,33 @@ async def ingest_events_asgi(scope: dict[str, Any], receive, send) -> None:
 
 async def _admit_and_commit(body: bytes, headers: dict[str, str]) -> Answer:
     data = parse_body(body)
+    authorization, x_api_key = headers.get("authorization", ""), headers.get("x-api-key")
+    if request_lane(data) is Lane.BULK:
+        return await bulk_process.serve(body, authorization, x_api_key)
     loop = asyncio.get_running_loop()
-    executor = executors.for_lane(request_lane(data))
-    admit_call = functools.partial(
-        admit, data, authorization=headers.get("authorization", ""), x_api_key=headers.get("x-api-key")
-    )
-    outcome: Admitted | Answer = await loop.run_in_executor(executor, admit_call)
+    admit_call = functools.partial(admit, data, authorization=authorization, x_api_key=x_api_key)
+    outcome: Admitted | Answer = await loop.run_in_executor(None, admit_call)
     if isinstance(outcome, Answer):
         return outcome
     try:
         results = await asyncio.wait_for(asyncio.wrap_future(committer.enqueue(outcome.prepared)), COMMIT_TIMEOUT)
     except (DatabaseUnavailable, TimeoutError):
         return UNAVAILABLE
-    if executor is None:
-        return accepted(outcome, results)
-    return await loop.run_in_executor(executor, accepted, outcome, results)  # a bulk batch's 202 is long
+    return accepted(outcome, results)
+
+
+async def lifespan(receive, send) -> None:
+    """The ASGI lifespan protocol: the bulk process starts with the web process and stops with it."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            if settings.PRIORITY_LANES:
+                bulk_process.start()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await asyncio.get_running_loop().run_in_executor(None, bulk_process.close)
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 async def _read_body(receive) -> bytes | None:

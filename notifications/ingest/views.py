@@ -160,24 +160,29 @@ def accepted(admitted: Admitted, results: list[PublishResult]) -> Answer:
     return _json(202, _accepted(results[0], rendered))
 
 
+def admit_and_commit(data: object, *, authorization: str, x_api_key: str | None) -> Answer:
+    """The whole request on the calling thread: admit, wait for the group commit, 202."""
+    outcome = admit(data, authorization=authorization, x_api_key=x_api_key)
+    if isinstance(outcome, Answer):
+        return outcome
+    try:
+        results = committer.submit(outcome.prepared)
+    except (DatabaseUnavailable, concurrent.futures.TimeoutError):
+        return UNAVAILABLE
+    return accepted(outcome, results)
+
+
 def ingest_events(request: HttpRequest) -> HttpResponse:
-    """The whole request on a WSGI thread: admit, wait for the group commit, 202."""
+    """The request on a WSGI thread."""
     try:
         body = request.body
     except RequestDataTooBig:
         return TOO_LARGE.http_response()
-    outcome = admit(
+    return admit_and_commit(
         parse_body(body),
         authorization=request.headers.get("Authorization", ""),
         x_api_key=request.headers.get("X-Api-Key"),
-    )
-    if isinstance(outcome, Answer):
-        return outcome.http_response()
-    try:
-        results = committer.submit(outcome.prepared)
-    except (DatabaseUnavailable, concurrent.futures.TimeoutError):
-        return UNAVAILABLE.http_response()
-    return accepted(outcome, results).http_response()
+    ).http_response()
 
 
 class EventIngestView(APIView):

@@ -1,16 +1,22 @@
-"""Where the ingest's CPU work runs: bulk requests on the process's one bulk thread at a lower CPU
-priority, so an urgent request is admitted while bulk ones wait their turn."""
+"""Where the ingest's work runs: bulk requests in the bulk process at a lower CPU priority, so an urgent
+request is admitted while bulk ones wait their turn."""
 
 import asyncio
 import os
+import signal
 import threading
+import time
 
 import orjson
+import psycopg
 import pytest
 
-from notifications.ingest.admission import executors, lower_thread_priority, request_lane
+from notifications.ingest.admission import lower_thread_priority, request_lane
 from notifications.ingest.asgi import ingest_events_asgi
-from notifications.models import AcceptedEvent, NotificationType
+from notifications.ingest.bulk_process import bulk_process
+from notifications.models import AcceptedEvent, NotificationType, OutboxEvent
+from notifications.outbox.envelope import platform_event_id
+from notifications.outbox.relay import conninfo_from_django
 from notifications.priority import Lane, type_priority
 
 
@@ -51,15 +57,18 @@ def test_without_lanes_every_request_is_admitted_in_the_priority_lane(lane_types
     assert request_lane(digest()) is Lane.PRIORITY
 
 
-def test_the_bulk_thread_runs_at_a_lower_cpu_priority(settings):
-    def nice_of_this_thread():
-        return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+@pytest.fixture
+def bulk_ingest():
+    """The bulk process, stopped after the test (its connection would keep the test database open)."""
+    yield bulk_process
+    bulk_process.close()
 
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    name, nice = executors.for_lane(Lane.BULK).submit(nice_of_this_thread).result(5)
-    assert name.startswith("ingest-bulk")
-    assert nice == min(19, base + settings.INGEST_BULK_NICE)
-    assert executors.for_lane(Lane.PRIORITY) is None  # the event loop's default threads
+
+def test_the_bulk_process_runs_at_a_lower_cpu_priority(settings, bulk_ingest):
+    pool = bulk_ingest.executor()
+    assert pool.submit(os.getpid).result(30) != os.getpid()
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result(5) == min(19, base + settings.INGEST_BULK_NICE)
 
 
 def test_lowering_a_threads_priority_leaves_the_others_alone():
@@ -94,26 +103,71 @@ async def post(raw_key: str, body: dict) -> tuple[int, dict]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_urgent_request_is_admitted_while_the_bulk_thread_is_busy(lane_types, api_key):
-    busy, release = threading.Event(), threading.Event()
-    executors.for_lane(Lane.BULK).submit(lambda: busy.set() or release.wait(30))
-    assert busy.wait(5)
+def test_an_urgent_request_is_admitted_while_the_bulk_process_is_busy(lane_types, api_key, bulk_ingest):
+    busy = bulk_ingest.executor().submit(time.sleep, 3)  # the process serves one request at a time
 
     async def scenario():
         bulk = asyncio.create_task(post(api_key[1], {"events": [digest(1), digest(2)]}))
         urgent = await asyncio.wait_for(post(api_key[1], {"type": "auth.otp", "recipients": ["7"]}), 10)
         assert urgent[0] == 202
-        assert not bulk.done(), "the bulk request waits for the bulk thread"
-        release.set()
-        status, answer = await asyncio.wait_for(bulk, 10)
+        assert not busy.done() and not bulk.done(), "the bulk request waits for the bulk process"
+        status, answer = await asyncio.wait_for(bulk, 30)
         assert status == 202 and len(answer["events"]) == 2
+        assert [event["duplicate"] for event in answer["events"]] == [False, False]
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        release.set()
+    asyncio.run(scenario())
     assert sorted(AcceptedEvent.objects.values_list("type", flat=True)) == [
         "auth.otp",
         "digest.weekly",
         "digest.weekly",
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bulk_process_killed_before_its_commit_answers_503_keeps_nothing_and_is_replaced(
+    lane_types, api_key, bulk_ingest
+):
+    child = bulk_ingest.executor().submit(os.getpid).result(30)
+    held = platform_event_id(service="orders", producer_event_id="digest-0")
+    blocker = psycopg.connect(conninfo_from_django())
+    try:  # another session inserting the event's id first: the child's commit waits on its index entry
+        blocker.execute(
+            "INSERT INTO notifications_acceptedevent"
+            " (id, service, producer_event_id, type, recipient_count, accepted_at)"
+            " VALUES (%s, 'orders', 'digest-0', 'digest.weekly', 1, now())",
+            (held,),
+        )
+
+        async def killed_while_committing():
+            bulk = asyncio.create_task(post(api_key[1], {"events": [{**digest(1), "event_id": "digest-0"}]}))
+            await asyncio.sleep(1.0)
+            assert not bulk.done(), "the commit waits for the other session"
+            os.kill(child, signal.SIGKILL)
+            return await asyncio.wait_for(bulk, 30)
+
+        status, answer = asyncio.run(killed_while_committing())
+        blocker.rollback()
+    finally:
+        blocker.close()
+    assert status == 503 and answer["code"] == "unavailable"
+    assert not AcceptedEvent.objects.exists() and not OutboxEvent.objects.exists()
+
+    status, answer = asyncio.run(post(api_key[1], {"events": [{**digest(1), "event_id": "digest-0"}]}))
+    assert status == 202 and answer["events"][0]["duplicate"] is False
+    assert bulk_ingest.executor().submit(os.getpid).result(5) != child
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bulk_process_that_died_between_requests_is_replaced_for_the_next(lane_types, api_key, bulk_ingest):
+    pool = bulk_ingest.executor()
+    child = pool.submit(os.getpid).result(30)
+    os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until the pool has reaped its child (it marks itself broken first)
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    status, answer = asyncio.run(post(api_key[1], {"events": [digest(1)]}))
+    assert status == 202, answer

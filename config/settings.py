@@ -138,8 +138,10 @@ OUTBOX_POLL_INTERVAL = env.float("OUTBOX_POLL_INTERVAL", default=1.0)
 INGEST_MAX_BATCH = env.int("INGEST_MAX_BATCH", default=500)
 INGEST_MAX_RECIPIENTS = env.int("INGEST_MAX_RECIPIENTS", default=1000)
 INGEST_MAX_DATA_BYTES = env.int("INGEST_MAX_DATA_BYTES", default=64 * 1024)
-# How much lower the CPU priority (nice) of the web process's bulk-request and bulk-commit threads is.
+# How much lower the CPU priority (nice) of the web process's bulk-lane ingest process (and bulk-commit thread) is.
 INGEST_BULK_NICE = env.int("INGEST_BULK_NICE", default=10)
+# A niced process's PostgreSQL sessions get its nice value when the server is on this host and ours.
+DATABASE_SESSIONS_FOLLOW_NICE = env.bool("DATABASE_SESSIONS_FOLLOW_NICE", default=True)
 # --- Identify API (/api/v1/recipients) and inline recipients in events -------------------------
 RECIPIENTS_BULK_MAX = env.int("RECIPIENTS_BULK_MAX", default=1000)
 RECIPIENT_MAX_ATTRIBUTES_BYTES = env.int("RECIPIENT_MAX_ATTRIBUTES_BYTES", default=16 * 1024)

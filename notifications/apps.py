@@ -1,6 +1,7 @@
 """App configuration for the notification core."""
 
 from django.apps import AppConfig
+from django.db.backends.signals import connection_created
 from django.db.models.signals import post_migrate
 
 
@@ -11,6 +12,8 @@ class NotificationsConfig(AppConfig):
 
     def ready(self) -> None:
         from notifications import api_schema  # noqa: F401  (registers the API key's security scheme)
+        from notifications.db_session_priority import on_connection_created
         from notifications.groups import ensure_groups_after_migrate
 
         post_migrate.connect(ensure_groups_after_migrate, sender=self, dispatch_uid="notifications_operations_group")
+        connection_created.connect(on_connection_created, dispatch_uid="notifications_session_priority")

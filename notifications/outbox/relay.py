@@ -16,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
 from notifications.bus.producing import produce_with_retry
+from notifications.db_session_priority import share_cpu_priority
 from notifications.outages import Outage
 from notifications.probes import HEARTBEAT
 
@@ -156,6 +157,7 @@ class OutboxRelay:
 
     def _connect(self) -> None:
         self.conn = psycopg.connect(self.config.conninfo, autocommit=True, application_name=self.application_name)
+        share_cpu_priority(self.conn.info.backend_pid, self.conn.info.host)  # a bulk relay's session runs niced
         self.conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         # The claim must walk an index in id order. With statistics taken while the table was empty
         # the planner picks a bitmap scan plus a sort of the whole backlog per batch, which makes a

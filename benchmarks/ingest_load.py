@@ -29,7 +29,7 @@ import django  # noqa: E402
 django.setup()
 
 import orjson  # noqa: E402
-from _common import CpuMeter, children_of, log, postgres_pids, require_migrated  # noqa: E402
+from _common import CpuMeter, children_of, kafka_pids, log, postgres_pids, require_migrated  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 
@@ -330,10 +330,11 @@ class Row:
     hidden: bool = False  # counted (verification), not printed
 
 
-def measure(args, *, server: str, proc, label: str, concurrency: int, raw_key: str, **kwargs) -> Row:
+def measure(args, *, server: str, proc, relay, label: str, concurrency: int, raw_key: str, **kwargs) -> Row:
     log(f"{server}: {label}, {concurrency} connections")
     meter = CpuMeter({"server": lambda: [proc.pid, *children_of(proc.pid)], "postgres": postgres_pids,
-                      "client": lambda: [os.getpid()]})  # fmt: skip
+                      "client": lambda: [os.getpid()],
+                      "relay and kafka": lambda: ([relay.pid] if relay else []) + kafka_pids()})  # fmt: skip
     meter.start()
     result = asyncio.run(
         run_scenario(
@@ -352,14 +353,14 @@ def measure(args, *, server: str, proc, label: str, concurrency: int, raw_key: s
     return Row(server, label, concurrency, result, meter.used["server"], meter.used["postgres"], note)
 
 
-def run_server(args, server: str, scenarios: list[str], levels: list[int], raw_key: str, bodies, prefix: str):
+def run_server(args, server: str, scenarios: list[str], levels: list[int], raw_key: str, bodies, prefix: str, relay):
     """Every measurement against one server: the ceiling, each scenario at each level, single at half load."""
     port = free_port()
     proc = start_server(args, server, port, prefix)
     rows: list[Row] = []
     try:
         connection.close()  # don't hold an idle connection while the server works
-        common = {"server": server, "proc": proc, "raw_key": raw_key, "port": port}
+        common = {"server": server, "proc": proc, "relay": relay, "raw_key": raw_key, "port": port}
         log(f"{server}: warm-up")
         warm = asyncio.run(
             run_scenario(
@@ -456,7 +457,7 @@ def main() -> int:
         relay = None if args.no_relay else start_relay(prefix)
         bodies = Bodies(run_id, args.data_bytes)
         for server in servers:
-            rows += run_server(args, server, scenarios, levels, raw_key, bodies, prefix)
+            rows += run_server(args, server, scenarios, levels, raw_key, bodies, prefix, relay)
         accepted_events = sum(r.result["accepted_events"] for r in rows)
         accepted_after = AcceptedEvent.objects.filter(service=SERVICE).count()
         deadline = time.monotonic() + 120

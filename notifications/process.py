@@ -46,9 +46,14 @@ def run_consumer(name: str, *, metrics_port: int | None = None, instance: str | 
     runner = spec.build(**options)
     install_stop_handlers(runner.stop_event)
     start_metrics_server(metrics_port, default=spec.metrics_port, dependencies=spec.dependencies)
-    # Full collections scan every object alive; after start-up that is mostly Django, the libraries
-    # and the settings, which live as long as the process (a gen-2 pause every few seconds in a
-    # worker: gaps in its sends). Freezing the start-up heap leaves the work's objects.
+    freeze_startup_heap()
+    runner.run()
+
+
+def freeze_startup_heap() -> None:
+    """Leave the objects alive after start-up out of every later garbage collection. Full collections
+    scan every object alive; after start-up that is mostly Django, the libraries and the settings,
+    which live as long as the process (a gen-2 pause every few seconds: gaps in a worker's sends,
+    the tail of the web process's latency)."""
     gc.collect()
     gc.freeze()
-    runner.run()

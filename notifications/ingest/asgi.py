@@ -19,6 +19,7 @@ from notifications.ingest.bulk_process import bulk_process
 from notifications.ingest.group_commit import DatabaseUnavailable, committer
 from notifications.ingest.views import UNAVAILABLE, Admitted, Answer, accepted, admit, parse_body
 from notifications.priority import Lane
+from notifications.process import freeze_startup_heap
 
 #: Seconds a request waits for its group commit before it answers 503 (nothing accepted).
 COMMIT_TIMEOUT = 30.0
@@ -58,12 +59,14 @@ async def _admit_and_commit(body: bytes, headers: dict[str, str]) -> Answer:
 
 
 async def lifespan(receive, send) -> None:
-    """The ASGI lifespan protocol: the bulk process starts with the web process and stops with it."""
+    """The ASGI lifespan protocol: the bulk process starts with the web process and stops with it;
+    the start-up heap is left out of later garbage collections."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             if settings.PRIORITY_LANES:
                 bulk_process.start()
+            freeze_startup_heap()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await asyncio.get_running_loop().run_in_executor(None, bulk_process.close)

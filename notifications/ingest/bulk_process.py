@@ -38,6 +38,10 @@ def _start_child(databases: dict[str, Any], nice: int) -> None:
 
     settings.DATABASES.update(databases)  # before the connections are made from it
     django.setup()
+    from notifications.ingest import views  # noqa: F401  (imported now, not by the first request)
+    from notifications.process import freeze_startup_heap
+
+    freeze_startup_heap()
 
 
 class BulkIngestProcess:

@@ -21,10 +21,37 @@ log = logging.getLogger(__name__)
 
 
 def serve_bulk(body: bytes, authorization: str, x_api_key: str | None):
-    """In the child: the whole request (admit, group commit, 202), as the WSGI view serves it."""
+    """In the child: the whole request (admit, group commit, 202), as the WSGI view serves it, and
+    what it added to the ingest's counters (the parent's /metrics shows them)."""
     from notifications.ingest.views import admit_and_commit, parse_body
 
-    return admit_and_commit(parse_body(body), authorization=authorization, x_api_key=x_api_key)
+    before = _counter_values()
+    answer = admit_and_commit(parse_body(body), authorization=authorization, x_api_key=x_api_key)
+    after = _counter_values()
+    return answer, [(key, value - before.get(key, 0.0)) for key, value in after.items() if value > before.get(key, 0.0)]
+
+
+def _counters() -> dict[str, Any]:
+    from notifications.ingest.quotas import THROTTLED
+    from notifications.ingest.views import EVENTS
+
+    return {"ingest_events": EVENTS, "ingest_quota_refused": THROTTLED}
+
+
+def _counter_values() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    values = {}
+    for name, counter in _counters().items():
+        for metric in counter.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    values[(name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def _add_to_counters(increments) -> None:
+    counters = _counters()
+    for (name, labels), amount in increments:
+        counters[name].labels(**dict(labels)).inc(amount)
 
 
 def _start_child(databases: dict[str, Any], nice: int) -> None:
@@ -45,7 +72,9 @@ def _start_child(databases: dict[str, Any], nice: int) -> None:
 
 
 class BulkIngestProcess:
-    """The child process, started on the first bulk request and started again if it dies."""
+    """The child process: started with the web process (`start`) or by the first bulk request, and
+    started again if it dies. Its commit histograms stay in its own registry; its counters reach
+    the parent's with each answer."""
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None
@@ -82,10 +111,12 @@ class BulkIngestProcess:
                 self._discard(pool)
                 continue
             try:
-                return await asyncio.wrap_future(future)
+                answer, increments = await asyncio.wrap_future(future)
             except BrokenProcessPool:
                 self._discard(pool)
                 return UNAVAILABLE
+            _add_to_counters(increments)
+            return answer
         return UNAVAILABLE
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:

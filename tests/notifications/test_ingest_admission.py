@@ -14,6 +14,7 @@ import pytest
 from notifications.ingest.admission import lower_thread_priority, request_lane
 from notifications.ingest.asgi import ingest_events_asgi
 from notifications.ingest.bulk_process import bulk_process
+from notifications.ingest.views import EVENTS
 from notifications.models import AcceptedEvent, NotificationType, OutboxEvent
 from notifications.outbox.envelope import platform_event_id
 from notifications.outbox.relay import conninfo_from_django
@@ -115,7 +116,9 @@ def test_an_urgent_request_is_admitted_while_the_bulk_process_is_busy(lane_types
         assert status == 202 and len(answer["events"]) == 2
         assert [event["duplicate"] for event in answer["events"]] == [False, False]
 
+    accepted_before = EVENTS.labels("orders", "accepted")._value.get()
     asyncio.run(scenario())
+    assert EVENTS.labels("orders", "accepted")._value.get() == accepted_before + 3, "the child's counts reach /metrics"
     assert sorted(AcceptedEvent.objects.values_list("type", flat=True)) == [
         "auth.otp",
         "digest.weekly",

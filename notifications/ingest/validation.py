@@ -87,15 +87,18 @@ def fast_events(body: Any, *, is_batch: bool, known_type: Callable[[str], bool])
     else:
         items = [body]
     events = []
+    limits = (settings.INGEST_MAX_RECIPIENTS, settings.INGEST_MAX_DATA_BYTES)  # read once, not per event
     for item in items:
-        event = _fast_event(item, known_type)
+        event = _fast_event(item, known_type, *limits)
         if event is None:
             return None
         events.append(event)
     return events
 
 
-def _fast_event(item: Any, known_type: Callable[[str], bool]) -> EventInput | None:
+def _fast_event(
+    item: Any, known_type: Callable[[str], bool], max_recipients: int, max_data_bytes: int
+) -> EventInput | None:
     if not isinstance(item, dict) or "occurred_at" in item or not item.keys() <= _EVENT_FIELDS:
         return None
     event_id = item.get("event_id")
@@ -105,7 +108,7 @@ def _fast_event(item: Any, known_type: Callable[[str], bool]) -> EventInput | No
     if not (isinstance(type_key, str) and 0 < len(type_key) <= 100 and _trimmed(type_key) and known_type(type_key)):
         return None
     recipients = item.get("recipients")
-    if not isinstance(recipients, list) or not recipients or len(recipients) > settings.INGEST_MAX_RECIPIENTS:
+    if not isinstance(recipients, list) or not recipients or len(recipients) > max_recipients:
         return None
     for recipient in recipients:
         if not (isinstance(recipient, str) and _RECIPIENT.fullmatch(recipient)):
@@ -113,7 +116,7 @@ def _fast_event(item: Any, known_type: Callable[[str], bool]) -> EventInput | No
     data = item.get("data", {})
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
         return None
-    if data and len(orjson.dumps(data)) > settings.INGEST_MAX_DATA_BYTES:
+    if data and len(orjson.dumps(data)) > max_data_bytes:
         return None
     return EventInput(type=type_key, recipients=list(dict.fromkeys(recipients)), data=data, event_id=event_id)
 

@@ -11,6 +11,8 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import psycopg
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -53,15 +55,25 @@ def insert_outbox_rows(rows: Sequence[tuple[str, str, str, str]]) -> int:
     if not rows:
         return 0
     now = timezone.now()
+    buckets = settings.OUTBOX_BUCKETS
+    lanes: dict[str, int] = {}
     with (
         connection.cursor() as cursor,
         cursor.copy(
-            f"COPY {OutboxEvent._meta.db_table} (topic, key, bucket, lane, payload, headers, created_at) FROM STDIN"
+            f"COPY {OutboxEvent._meta.db_table} (topic, key, bucket, lane, payload, headers, created_at)"
+            " FROM STDIN (FORMAT BINARY)"  # the JSON text as it is: no escaping on either side
         ) as copy,
     ):
+        copy.set_types(_OUTBOX_COPY_TYPES)
         for topic, key, payload, headers in rows:
-            copy.write_row((topic, key, bucket_for_key(key), outbox_lane(topic), payload, headers, now))
+            lane = lanes.get(topic)
+            if lane is None:
+                lane = lanes[topic] = outbox_lane(topic)
+            copy.write_row((topic, key, bucket_for_key(key, buckets), lane, payload, headers, now))
     return len(rows)
+
+
+_OUTBOX_COPY_TYPES = ("varchar", "varchar", "int2", "int2", "text", "text", "timestamptz")
 
 
 @dataclass(frozen=True)
@@ -106,11 +118,12 @@ def prepare_events(events: Sequence[EventInput], *, service: str, now: datetime)
     What all recipients of an event share is worked out once per event."""
     prepared = []
     now_iso = now.isoformat()
+    topics = {lane: events_topic(lane) for lane in Lane}
     for event in events:
         producer_event_id = event.event_id or str(uuid.uuid4())
         pid = platform_event_id(service=service, producer_event_id=producer_event_id)
         lane = lane_for(type_priority(event.type))
-        topic = events_topic(lane)
+        topic = topics[lane]
         envelope = build_event_envelope(
             event_id=pid,
             type=event.type,
@@ -270,12 +283,15 @@ def _insert_accepted(prepared: Sequence[PreparedEvent], *, now: datetime) -> set
     if not unique:
         return set()
     events = list(unique.values())
-    with connection.cursor() as cursor:
+    connection.ensure_connection()
+    # Server-side binding with binary arrays: Django's cursor binds on the client, quoting every
+    # element of every array into the query text (about half the ingest's cost of this statement).
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(
             f"INSERT INTO {AcceptedEvent._meta.db_table} "  # noqa: S608
             "(id, service, producer_event_id, type, recipient_count, accepted_at) "
-            "SELECT i, s, p, t, n, %s FROM unnest(%s::uuid[], %s::varchar[], %s::varchar[], %s::varchar[], "
-            "%s::integer[]) AS r(i, s, p, t, n) ON CONFLICT (id) DO NOTHING RETURNING id",
+            "SELECT i, s, p, t, n, %b FROM unnest(%b::uuid[], %b::varchar[], %b::varchar[], %b::varchar[], "
+            "%b::integer[]) AS r(i, s, p, t, n) ON CONFLICT (id) DO NOTHING RETURNING id",
             [
                 now,
                 [e.id for e in events],

@@ -12,7 +12,7 @@ class NotificationsConfig(AppConfig):
 
     def ready(self) -> None:
         from notifications import api_schema  # noqa: F401  (registers the API key's security scheme)
-        from notifications.db_session_priority import on_connection_created
+        from notifications.cpu_priority import on_connection_created
         from notifications.groups import ensure_groups_after_migrate
 
         post_migrate.connect(ensure_groups_after_migrate, sender=self, dispatch_uid="notifications_operations_group")

@@ -4,14 +4,9 @@ process (`bulk_process.py`) at a lower CPU priority; any other on the web proces
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 from typing import Any
 
 from notifications.priority import Lane, lane_for, type_priority
-
-log = logging.getLogger(__name__)
 
 
 def request_lane(body: Any) -> Lane:
@@ -27,15 +22,3 @@ def request_lane(body: Any) -> Lane:
         if priority is None or lane_for(priority) is not Lane.BULK:
             return Lane.PRIORITY
     return Lane.BULK
-
-
-def lower_thread_priority(increment: int) -> None:
-    """Raise the calling thread's nice value by `increment` (Linux schedules threads, not processes):
-    on a busy host the kernel runs the process's other threads, and the other processes, first."""
-    if increment <= 0 or not hasattr(os, "setpriority"):
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
-    except OSError as exc:
-        log.warning("could not lower the thread's CPU priority", extra={"error": str(exc)})

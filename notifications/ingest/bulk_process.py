@@ -57,8 +57,9 @@ def _add_to_counters(increments) -> None:
 def _start_child(databases: dict[str, Any], nice: int) -> None:
     """The child's initializer: its CPU priority lowered first (Django's start-up included; its threads
     inherit it), then Django set up on the parent's databases (a test run's included)."""
-    tid = threading.get_native_id()
-    os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + max(0, nice)))
+    from notifications.cpu_priority import lower_thread_priority
+
+    lower_thread_priority(nice)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
     from django.conf import settings

@@ -22,7 +22,7 @@ from django.db.utils import InterfaceError, OperationalError
 from django.utils import timezone
 from prometheus_client import Histogram
 
-from notifications.ingest.admission import lower_thread_priority
+from notifications.cpu_priority import lower_thread_priority
 from notifications.outbox.services import PreparedEvent, PublishResult, store_events
 from notifications.priority import Lane
 

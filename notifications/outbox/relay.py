@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
 from notifications.bus.producing import produce_with_retry
-from notifications.db_session_priority import share_cpu_priority
+from notifications.cpu_priority import share_cpu_priority
 from notifications.outages import Outage
 from notifications.probes import HEARTBEAT
 

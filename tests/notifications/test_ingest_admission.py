@@ -11,7 +11,7 @@ import orjson
 import psycopg
 import pytest
 
-from notifications.ingest.admission import lower_thread_priority, request_lane
+from notifications.ingest.admission import request_lane
 from notifications.ingest.asgi import ingest_events_asgi
 from notifications.ingest.bulk_process import bulk_process
 from notifications.ingest.views import EVENTS
@@ -70,21 +70,6 @@ def test_the_bulk_process_runs_at_a_lower_cpu_priority(settings, bulk_ingest):
     assert pool.submit(os.getpid).result(30) != os.getpid()
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert pool.submit(os.getpriority, os.PRIO_PROCESS, 0).result(5) == min(19, base + settings.INGEST_BULK_NICE)
-
-
-def test_lowering_a_threads_priority_leaves_the_others_alone():
-    seen = {}
-
-    def lowered():
-        lower_thread_priority(3)
-        seen["lowered"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    thread = threading.Thread(target=lowered)
-    thread.start()
-    thread.join(5)
-    assert seen["lowered"] == min(19, base + 3)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
 
 
 async def post(raw_key: str, body: dict) -> tuple[int, dict]:

@@ -1,6 +1,7 @@
-"""A database session opened by a thread running at a lower CPU priority (a bulk lane's relay,
-dispatcher or ingest process) gets that priority for its server process too, when PostgreSQL runs on
-this host as a user allowed to renice it. Why: `docs/architecture.md`, "Ingest".
+"""CPU priority of the bulk lane's threads, and of their database sessions: a session opened by a
+thread running at a lower priority (a bulk lane's relay, dispatcher or ingest process) gets that
+priority for its server process too, when PostgreSQL runs on this host as a user allowed to renice
+it. Why: `docs/architecture.md`, "Ingest". Nothing here needs Django set up.
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ _LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1"})
 def thread_nice() -> int:
     """The calling thread's nice value (Linux schedules threads; a process's is its main thread's)."""
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def lower_thread_priority(increment: int) -> None:
+    """Raise the calling thread's nice value by `increment` (Linux schedules threads, not processes):
+    on a busy host the kernel runs the process's other threads, and the other processes, first.
+    Threads it starts afterwards inherit the value."""
+    if increment <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, thread_nice() + increment))
+    except OSError as exc:
+        log.warning("could not lower the thread's CPU priority", extra={"error": str(exc)})
 
 
 def is_local(host: str | None) -> bool:

@@ -1,4 +1,4 @@
-"""A niced thread's PostgreSQL sessions run at its priority on a local server; others are left alone."""
+"""Lowering a thread's CPU priority, and its PostgreSQL sessions following it on a local server."""
 
 import os
 import threading
@@ -7,11 +7,8 @@ import psycopg
 import pytest
 from django.db import connection
 
-from notifications.db_session_priority import is_local, share_cpu_priority
-from notifications.ingest.admission import lower_thread_priority
+from notifications.cpu_priority import is_local, lower_thread_priority, share_cpu_priority
 from notifications.outbox.relay import conninfo_from_django
-
-pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def in_thread(work, *, nice: int):
@@ -43,23 +40,27 @@ def session_nice() -> tuple[int, int]:
     return pid, os.getpriority(os.PRIO_PROCESS, pid)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_niced_threads_django_session_gets_its_nice_value():
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     _, nice = in_thread(session_nice, nice=4)
     assert nice == min(19, base + 4)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_session_at_normal_priority_is_left_alone():
     _, nice = in_thread(session_nice, nice=0)
     assert nice == 0
 
 
+@pytest.mark.django_db(transaction=True)
 def test_nothing_is_reniced_with_the_setting_off(settings):
     settings.DATABASE_SESSIONS_FOLLOW_NICE = False
     _, nice = in_thread(session_nice, nice=4)
     assert nice == 0
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_remote_server_is_never_reniced():
     def remote():
         with psycopg.connect(conninfo_from_django()) as conn:
@@ -80,3 +81,18 @@ def test_a_pid_that_is_not_a_process_here_is_refused_quietly():
 )  # fmt: skip
 def test_which_hosts_are_this_machine(host, local):
     assert is_local(host) is local
+
+
+def test_lowering_a_threads_priority_leaves_the_others_alone():
+    seen = {}
+
+    def lowered():
+        lower_thread_priority(3)
+        seen["lowered"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=lowered)
+    thread.start()
+    thread.join(5)
+    assert seen["lowered"] == min(19, base + 3)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
